@@ -1,0 +1,49 @@
+"""Balancing algorithms on a :class:`~synbal.problem.BalanceProblem`.
+
+``METHODS`` maps each method name to its solver ``(problem, reg, options) -> SolveResult``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from synbal.algorithms.base import HistoryEntry, SolveOptions, SolveResult
+from synbal.errors import SynbalError
+from synbal.problem import BalanceProblem
+from synbal.regularizers import Regularizer
+
+__all__ = ["METHODS", "HistoryEntry", "SolveOptions", "SolveResult", "solve"]
+
+Solver = Callable[[BalanceProblem, Regularizer, SolveOptions], SolveResult]
+METHODS: dict[str, Solver] = {}
+
+
+def register_method(name: str, solver: Solver) -> None:
+    """Make ``solver`` available as ``balance(..., method=name)``."""
+    METHODS[name] = solver
+
+
+def solve(problem: BalanceProblem, reg: Regularizer, method: str, options: SolveOptions) -> SolveResult:
+    """Run ``method`` on ``problem`` and return log-scales, convergence and history."""
+    try:
+        solver = METHODS[method]
+    except KeyError:
+        raise SynbalError(
+            f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}"
+        ) from None
+    if not 0.0 < options.theta <= 1.0:
+        raise SynbalError(f"theta must be in (0, 1], got {options.theta}")
+    if options.tol <= 0 or options.max_sweeps < 1:
+        raise SynbalError(f"tol must be > 0 and max_sweeps >= 1 (got {options.tol}, {options.max_sweeps})")
+    return solver(problem, reg, options)
+
+
+def _register_builtin() -> None:
+    from synbal.algorithms import exact, schedules
+
+    register_method("exact", exact.solve_exact)
+    for name in schedules.SCHEDULES:
+        register_method(name, schedules.make_solver(name))
+
+
+_register_builtin()

@@ -1,0 +1,193 @@
+"""The public front end: :func:`balance` and :func:`deficit` for any supported source.
+
+Both run extract → solve → apply: the source's adapter builds a balance problem, an algorithm
+finds log-scales on it, and the adapter writes the scales back (to a copy unless ``inplace``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from synbal.adapters import adapter_for
+from synbal.algorithms import METHODS, solve
+from synbal.algorithms.base import HistoryEntry, SolveOptions
+from synbal.errors import SynbalError
+from synbal.metrics import DeficitReport, deficit_report
+from synbal.problem import BalanceProblem
+from synbal.regularizers import RegularizerSpec, parse_regularizer
+
+__all__ = ["BalanceResult", "balance", "deficit"]
+
+
+@dataclass
+class BalanceResult:
+    """What :func:`balance` returns.
+
+    ``net`` is the balanced network (same type as the input), ``scales`` the multiplier ``λ``
+    of every scalable unit by name, ``converged`` whether the max relative deficit reached
+    ``tol``, ``history`` one entry per sweep (regularizer and max relative deficit).
+    """
+
+    net: Any
+    scales: dict[str, float]
+    log_scales: np.ndarray
+    converged: bool
+    history: list[HistoryEntry]
+    method: str
+    regularizer: str
+    regularizer_before: float
+    regularizer_after: float
+    max_relative_deficit: float
+    seconds: float
+    problem: BalanceProblem = field(repr=False)
+    excluded: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sweeps(self) -> int:
+        return self.history[-1].sweep if self.history else 0
+
+    def report(self) -> dict[str, Any]:
+        """A JSON-ready summary (the CLI's ``--report``)."""
+        return {
+            "method": self.method,
+            "regularizer": self.regularizer,
+            "regularizer_before": self.regularizer_before,
+            "regularizer_after": self.regularizer_after,
+            "max_relative_deficit": self.max_relative_deficit,
+            "converged": self.converged,
+            "sweeps": self.sweeps,
+            "seconds": self.seconds,
+            "units": self.problem.n,
+            "history": [h.as_dict() for h in self.history],
+            "excluded": dict(self.excluded),
+        }
+
+
+def balance(
+    net: Any,
+    reg: RegularizerSpec = "l2",
+    method: str = "exact",
+    *,
+    tol: float = 1e-10,
+    max_sweeps: int = 10_000,
+    seed: int | None = None,
+    inplace: bool = False,
+    theta: float = 1.0,
+    sets: list[list[str]] | None = None,
+    closed_form: bool = False,
+    progress: bool = False,
+    **adapter_options: Any,
+) -> BalanceResult:
+    """Balance every scalable unit of ``net`` for the regularizer ``reg``.
+
+    Parameters
+    ----------
+    net:
+        A :class:`synbal.Graph` or a ``torch.nn.Module`` (then pass ``example_inputs=``).
+    reg:
+        ``"l2"``, ``"l1"``, ``"l0.5"``, ``"1*l2+0.01*l1"``, or a regularizer object.
+    method:
+        ``exact`` (straight to the unique balanced state), ``stochastic`` (one random unit per
+        step), ``cyclic``, ``layer`` (independent sets at once), ``alternating`` (two colour
+        classes), ``tied`` (one λ per set), ``multiplicative`` (ℓ_{p,q}, if available).
+    tol:
+        Stop when the max relative deficit ``|IN − c·OUT| / (IN + c·OUT)`` is at most ``tol``.
+    max_sweeps, seed, theta:
+        Sweep budget, random seed, and partial-step exponent ``θ ∈ (0, 1]``.
+    inplace:
+        Modify ``net`` itself instead of a copy.
+    sets:
+        Unit-name groups for ``method="tied"`` (default: the network's layers).
+
+    Examples
+    --------
+    >>> import synbal
+    >>> g = synbal.Graph.from_dict({"format": "synbal.graph/1",
+    ...     "units": [{"name": "x", "role": "input"},
+    ...               {"name": "h", "role": "hidden", "activation": "relu"},
+    ...               {"name": "y", "role": "output"}],
+    ...     "edges": [["x", "h", 4.0], ["h", "y", 0.25]]})
+    >>> res = synbal.balance(g, "l2")
+    >>> round(res.scales["h"], 6), res.converged
+    (0.25, True)
+    >>> [round(w, 6) for _, _, w in res.net.edges]
+    [1.0, 1.0]
+    """
+    if method not in METHODS:
+        raise SynbalError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
+    regularizer = parse_regularizer(reg)
+    start = time.perf_counter()
+    adapter = adapter_for(net, **adapter_options)
+    problem = adapter.problem(regularizer)
+    options = SolveOptions(
+        tol=tol,
+        max_sweeps=max_sweeps,
+        theta=theta,
+        seed=seed,
+        sets=_resolve_sets(problem, sets),
+        closed_form=closed_form,
+        progress=progress,
+    )
+    zero = np.zeros(problem.n)
+    before = problem.value(zero)
+    result = solve(problem, regularizer, method, options)
+    balanced = adapter.apply(result.u, inplace=inplace)
+    seconds = time.perf_counter() - start
+    names = problem.names or []
+    return BalanceResult(
+        net=balanced,
+        scales={names[i]: float(np.exp(result.u[i])) for i in range(problem.n)},
+        log_scales=result.u,
+        converged=result.converged,
+        history=result.history,
+        method=method,
+        regularizer=str(regularizer),
+        regularizer_before=before,
+        regularizer_after=problem.value(result.u),
+        max_relative_deficit=problem.max_relative_deficit(result.u),
+        seconds=seconds,
+        problem=problem,
+        excluded=adapter.excluded(),
+    )
+
+
+def _resolve_sets(problem: BalanceProblem, sets: list[list[str]] | None) -> list[np.ndarray] | None:
+    if sets is None:
+        return None
+    index = {name: i for i, name in enumerate(problem.names or [])}
+    resolved = []
+    for group in sets:
+        missing = [name for name in group if name not in index]
+        if missing:
+            raise SynbalError(f"tied set names unknown or non-scalable units: {', '.join(missing)}")
+        resolved.append(np.array([index[name] for name in group], dtype=np.int64))
+    return resolved
+
+
+def deficit(net: Any, reg: RegularizerSpec = "l2", **adapter_options: Any) -> DeficitReport:
+    """Per-unit IN/OUT costs, deficits, relative deficits and totals of ``net``.
+
+    >>> import synbal
+    >>> g = synbal.Graph.from_dict({"format": "synbal.graph/1",
+    ...     "units": [{"name": "x", "role": "input"},
+    ...               {"name": "h", "role": "hidden", "activation": "relu"},
+    ...               {"name": "y", "role": "output"}],
+    ...     "edges": [["x", "h", 2.0], ["h", "y", 1.0]]})
+    >>> rep = synbal.deficit(g, "l2")
+    >>> rep.units[0].IN, rep.units[0].OUT, rep.overall_deficit
+    (4.0, 1.0, 9.0)
+    """
+    regularizer = parse_regularizer(reg)
+    adapter = adapter_for(net, **adapter_options)
+    problem = adapter.problem(regularizer)
+    l2 = problem if str(regularizer) == "l2" else adapter.problem(parse_regularizer("l2"))
+    return deficit_report(
+        problem,
+        regularizer=str(regularizer),
+        frobenius_norm=float(np.sqrt(l2.value(np.zeros(l2.n)))),
+        excluded=adapter.excluded(),
+    )

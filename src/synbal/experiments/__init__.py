@@ -1,0 +1,29 @@
+"""Reproductions of the papers' simulations: ``synbal reproduce NAME``.
+
+Each experiment is a module with ``run(ctx: ExperimentContext) -> dict`` that writes PNG plots,
+a JSON file with every number and setting, and a markdown summary into ``ctx.out_dir`` (see
+:mod:`synbal.experiments.report`). ``EXPERIMENTS`` maps names to ``(module, one-line claim)``;
+modules are imported only when run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from synbal.errors import SynbalError
+from synbal.experiments.report import ExperimentContext
+
+__all__ = ["EXPERIMENTS", "ExperimentContext", "run_experiment"]
+
+EXPERIMENTS: dict[str, tuple[str, str]] = {}
+
+
+def run_experiment(name: str, ctx: ExperimentContext) -> dict[str, Any]:
+    """Run the experiment ``name`` and return its results dictionary."""
+    if name not in EXPERIMENTS:
+        known = ", ".join(sorted(EXPERIMENTS)) or "none"
+        raise SynbalError(f"unknown experiment {name!r}; available: {known}")
+    module = importlib.import_module(EXPERIMENTS[name][0])
+    result: dict[str, Any] = module.run(ctx)
+    return result
