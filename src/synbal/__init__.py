@@ -24,6 +24,7 @@ __all__ = [
     "BalanceResult",
     "CustomRegularizer",
     "DeficitReport",
+    "DenseNet",
     "Graph",
     "PowerRegularizer",
     "SynbalError",
@@ -40,6 +41,10 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # Imported on first use so that `import synbal` stays light (PyTorch is loaded only when a
     # model is balanced or inspected).
+    if name == "DenseNet":
+        from synbal.dense import DenseNet
+
+        return DenseNet
     if name == "Graph":
         from synbal.graph import Graph
 

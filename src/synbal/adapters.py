@@ -44,7 +44,13 @@ def register_adapter(matches: Callable[[object], bool], factory: AdapterFactory)
     _REGISTRY.append((matches, factory))
 
 
+_builtin_loaded = False
+
+
 def _load_builtin_adapters() -> None:
+    global _builtin_loaded
+    _builtin_loaded = True
+    import synbal.dense  # noqa: F401  (registers DenseNet)
     import synbal.graph  # noqa: F401  (registers Graph)
 
     try:
@@ -55,7 +61,7 @@ def _load_builtin_adapters() -> None:
 
 def adapter_for(source: object, **options: Any) -> Adapter:
     """The adapter for ``source`` (a :class:`~synbal.graph.Graph`, an ``nn.Module``, …)."""
-    if not _REGISTRY:
+    if not _builtin_loaded:
         _load_builtin_adapters()
     for matches, factory in _REGISTRY:
         if matches(source):

@@ -44,6 +44,8 @@ __all__ = ["hessian", "solve_exact"]
 
 #: Problems with at most this many unit pairs are solved by Newton with a direct solver.
 DIRECT_LIMIT = 3_000_000
+#: Two-level sweeps allowed before a Newton polish takes over (problems under DIRECT_LIMIT).
+TWO_LEVEL_SWEEPS = 30
 
 
 def hessian(problem: BalanceProblem, u: np.ndarray) -> sp.csr_array:
@@ -86,8 +88,17 @@ def solve_exact(problem: BalanceProblem, reg: Regularizer, options: SolveOptions
     """Minimise ``R`` over the log-scales of the free units (see the module docstring)."""
     if problem.custom is not None:
         return _solve_custom(problem, options)
-    if problem.layers is not None and _pairs(problem) > DIRECT_LIMIT and _coarse_ok(problem):
-        return _two_level(problem, options)
+    if problem.layers is not None and _coarse_ok(problem):
+        small = _pairs(problem) <= DIRECT_LIMIT
+        first = _two_level(problem, options, limit=TWO_LEVEL_SWEEPS if small else None)
+        if first.converged or not small:
+            return first
+        polish = _newton(problem, options, u0=first.u)
+        offset = first.sweeps
+        history = first.history + [
+            HistoryEntry(h.sweep + offset, h.regularizer, h.max_relative_deficit) for h in polish.history[1:]
+        ]
+        return SolveResult(polish.u, polish.converged, history, steps=first.steps + polish.steps)
     return _newton(problem, options)
 
 
@@ -200,23 +211,40 @@ def _coarse_ok(problem: BalanceProblem) -> bool:
                for b in problem.blocks)
 
 
-def _coarse_problem(problem: BalanceProblem, u: np.ndarray) -> BalanceProblem:
-    layer_of = _layer_index(problem)
-    layers = problem.layers or []
+def _measure(problem: BalanceProblem, u: np.ndarray) -> tuple[float, float, list[float]]:
+    """``(R, max relative deficit, per-block totals)`` at ``u`` from one product per block side."""
     ue = np.append(u, 0.0)
     ce = np.append(problem.degree, 1.0)
-    blocks = []
+    n = problem.n
+    grad = np.zeros(n + 1)
+    scale = np.zeros(n + 1)
+    totals = []
     for b in problem.blocks:
         p = b.power
         x = np.exp(-p * ce[b.src] * ue[b.src])
         y = np.exp(p * ue[b.dst])
-        total = float(y @ (b.matrix @ x))
-        blocks.append(CostBlock(p, [layer_of[b.dst[0]]], [layer_of[b.src[0]]], [[total]]))
+        rin = y * (b.matrix @ x)
+        rout = x * (b.matrix.T @ y)
+        totals.append(float(rin.sum()))
+        np.add.at(grad, b.dst, p * rin)
+        np.add.at(scale, b.dst, p * rin)
+        np.add.at(grad, b.src, -p * ce[b.src] * rout)
+        np.add.at(scale, b.src, p * ce[b.src] * rout)
+    return float(sum(totals)), _max_rel(grad[:n], scale[:n], problem.free_mask()), totals
+
+
+def _coarse_problem(problem: BalanceProblem, totals: list[float]) -> BalanceProblem:
+    layer_of = _layer_index(problem)
+    layers = problem.layers or []
+    blocks = [
+        CostBlock(b.power, [layer_of[b.dst[0]]], [layer_of[b.src[0]]], [[total]])
+        for b, total in zip(problem.blocks, totals, strict=True)
+    ]
     degree = np.array([problem.degree[layer[0]] for layer in layers])
     return BalanceProblem(degree, blocks, names=[f"layer{k}" for k in range(len(layers))])
 
 
-def _two_level(problem: BalanceProblem, options: SolveOptions) -> SolveResult:
+def _two_level(problem: BalanceProblem, options: SolveOptions, limit: int | None = None) -> SolveResult:
     from synbal.algorithms.schedules import SetEvaluator
 
     u = np.zeros(problem.n)
@@ -224,26 +252,28 @@ def _two_level(problem: BalanceProblem, options: SolveOptions) -> SolveResult:
     layers = [layer[free[layer]] for layer in problem.layers or []]
     evaluator = SetEvaluator(problem)
     coarse_opts = SolveOptions(tol=1e-15, max_sweeps=100)
-    history = [HistoryEntry(0, problem.value(u), problem.max_relative_deficit(u))]
+    value, rel, totals = _measure(problem, u)
+    history = [HistoryEntry(0, value, rel)]
     bar = tqdm(desc="exact balancing", disable=not options.progress, leave=False)
     sweep = 0
-    while history[-1].max_relative_deficit > options.tol and sweep < options.max_sweeps:
+    max_sweeps = options.max_sweeps if limit is None else min(limit, options.max_sweeps)
+    while rel > options.tol and sweep < max_sweeps:
         sweep += 1
-        coarse = _coarse_problem(problem, u)
-        shift = _newton(coarse, coarse_opts).u
+        shift = _newton(_coarse_problem(problem, totals), coarse_opts).u
         for k, layer in enumerate(problem.layers or []):
             u[layer] += shift[k]
         for layer in layers:
             if layer.size:
                 costs = evaluator.costs(u, layer)
                 u[layer] += optimal_log_steps(costs, problem.degree[layer])
-        history.append(HistoryEntry(sweep, problem.value(u), problem.max_relative_deficit(u)))
+        value, rel, totals = _measure(problem, u)
+        history.append(HistoryEntry(sweep, value, rel))
         bar.update(1)
-        bar.set_postfix(deficit=f"{history[-1].max_relative_deficit:.2e}")
+        bar.set_postfix(deficit=f"{rel:.2e}")
         if options.callback is not None:
             options.callback(sweep, u)
     bar.close()
-    return SolveResult(u, history[-1].max_relative_deficit <= options.tol, history, steps=sweep)
+    return SolveResult(u, rel <= options.tol, history, steps=sweep)
 
 
 # ---------------------------------------------------------------------- custom g
