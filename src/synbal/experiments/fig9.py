@@ -1,0 +1,415 @@
+"""Figure 9: stochastic balancing always reaches the same balanced state.
+
+The claim (Theorem 9.1 and Figure 9 of the synaptic-balance paper): balancing one randomly
+chosen hidden unit at a time converges, whatever the random order, to one state that depends
+only on the initial weights, and the Frobenius norm of the weights decreases on the way.
+
+What this experiment does, for the MNIST autoencoder 784-200-100-50-100-200-784 (``fig9``) and
+the locally connected net 3072-5000-2592-1296-300-100-10 (``fig9-lc``):
+
+1. build the network and train it briefly (a few epochs) so that the weights are realistic;
+2. extract its L2 balance problem once (the PyTorch adapter), and find the balanced state
+   ``W_balanced`` with the exact solver (``method="exact"``) as the reference;
+3. run stochastic balancing many times (1,000 in the full run) from the same weights with
+   different random orders (the compiled many-runs kernel, seed ``s + r`` for run ``r``);
+4. on a grid of steps, measure each run's relative distance ``‖W(t) − W_balanced‖_F /
+   ‖W_balanced‖_F`` and ``‖W(t)‖_F`` (over every weight and bias the problem covers), and at the
+   end the largest distance to ``W_balanced`` and between the runs' end points.
+
+Everything is computed on the extracted problem — weights are ``w·exp(u_dst − c·u_src)`` for
+log-scales ``u`` — so no model tensor is touched during the 1,000 runs.
+
+>>> import numpy as np
+>>> from synbal.problem import BalanceProblem, CostBlock
+>>> # x -> h -> y with weights 2 and 0.5 (L2 costs 4 and 0.25): balanced at λ = 1/2
+>>> prob = BalanceProblem(np.ones(1), [CostBlock(2.0, [0], [-1], [[4.0]]),
+...                                   CostBlock(2.0, [-1], [0], [[0.25]])])
+>>> space = WeightSpace(prob, np.log([0.5]))
+>>> dist, norm = space.measure(np.zeros((1, 1)))  # W = (2, 0.5), W_balanced = (1, 1)
+>>> round(float(dist[0]) ** 2, 12), round(float(norm[0]) ** 2, 12)
+(1.25, 4.25)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from synbal.algorithms import SolveOptions, solve
+from synbal.errors import SynbalError
+from synbal.problem import BalanceProblem
+from synbal.regularizers import parse_regularizer
+
+__all__ = [
+    "Ensemble",
+    "Fig9Settings",
+    "WeightSpace",
+    "analyse_problem",
+    "run",
+    "run_lc",
+    "stochastic_ensemble",
+]
+
+#: The claim is supported when every run ends this close (relative) to ``W_balanced``.
+SAME_STATE_THRESHOLD = 1e-6
+
+#: Upper bound on the floats held at once for recorded trajectories and distance evaluation.
+_MEMORY_FLOATS = 8_000_000
+
+
+@dataclass(frozen=True)
+class Fig9Settings:
+    """Every knob of one fig9 run (all recorded in the JSON).
+
+    ``runs`` stochastic runs with seeds ``seed, seed+1, …``; each stops when its max relative
+    deficit is at most ``tol``; trajectories are sampled on about ``grid_points`` sweeps.
+    Training: ``train_epochs`` epochs of SGD (``lr``, ``momentum``, ``batch_size``) on
+    ``train_size`` examples (``None``: all of the loaded training set).
+    """
+
+    runs: int
+    tol: float = 1e-10
+    grid_points: int = 120
+    seed: int = 0
+    train_epochs: int = 3
+    train_size: int | None = None
+    batch_size: int = 200
+    lr: float = 0.05
+    momentum: float = 0.9
+
+
+# ---------------------------------------------------------------------------- weight geometry
+class WeightSpace:
+    """Frobenius geometry of the weights behind an L2 balance problem.
+
+    For an L2 problem every cost entry is ``A[r, k] = Σ w²`` over the weights from unit ``k`` to
+    unit ``r``, all multiplied by the same factor ``exp(u_r − c_k u_k)``. With ``δ = u − u_ref``,
+    ``α_r = expm1(δ_r)``, ``β_k = expm1(−c_k δ_k)`` and ``A*`` the costs at ``u_ref``,
+
+    ``‖W(u) − W(u_ref)‖²_F = Σ A*_rk (α_r + β_k + α_r β_k)²
+    = Σ_r α_r² [A*(1+β)²]_r + 2 Σ_r α_r [A* β(1+β)]_r + Σ_k β_k² [A*ᵀ1]_k``,
+
+    two matrix products per block for a whole batch of states, and no difference of two large
+    squares, so a distance of 1e-10 of the norm is still measured accurately.
+    """
+
+    def __init__(self, problem: BalanceProblem, u_ref: np.ndarray) -> None:
+        if problem.powers != (2.0,) or problem.custom is not None:
+            raise SynbalError(
+                "weight distances need the L2 balance problem (costs = squared weights); "
+                f"got powers {problem.powers}"
+            )
+        n = problem.n
+        u_ref = np.asarray(u_ref, dtype=np.float64)
+        if u_ref.shape != (n,):
+            raise SynbalError(f"reference log-scales have shape {u_ref.shape}, expected ({n},)")
+        ue = np.append(u_ref, 0.0)
+        ce = np.append(problem.degree, 1.0)
+        self.n = n
+        self._u_ref = u_ref
+        self._blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray, Any, np.ndarray]] = []
+        total = 0.0
+        for b in problem.blocks:
+            dst = np.where(b.dst < 0, n, b.dst)
+            src = np.where(b.src < 0, n, b.src)
+            y = np.exp(2.0 * ue[dst])
+            x = np.exp(-2.0 * ce[src] * ue[src])
+            if b.is_sparse:
+                scaled: Any = sp.csr_array(sp.diags_array(y) @ b.matrix @ sp.diags_array(x))
+            else:
+                scaled = np.asarray(b.matrix) * y[:, None] * x[None, :]
+            col_sums = np.asarray(scaled.sum(axis=0)).reshape(-1)
+            total += float(col_sums.sum())
+            self._blocks.append((dst, src, ce[src], scaled, col_sums))
+        self.reference_norm = float(math.sqrt(total))
+
+    def measure(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(‖W(u) − W(u_ref)‖_F, ‖W(u)‖_F)`` for every row ``u`` of ``U`` (shape ``(m, n)``)."""
+        U = np.atleast_2d(np.asarray(U, dtype=np.float64))
+        if U.ndim != 2 or U.shape[1] != self.n:
+            raise SynbalError(f"log-scales have shape {U.shape}, expected (m, {self.n})")
+        delta = np.concatenate([U - self._u_ref, np.zeros((U.shape[0], 1))], axis=1)
+        dist2 = np.zeros(U.shape[0])
+        norm2 = np.zeros(U.shape[0])
+        for dst, src, c_src, scaled, col_sums in self._blocks:
+            alpha = np.expm1(delta[:, dst])
+            beta = np.expm1(-c_src * delta[:, src])
+            grow = (1.0 + beta) ** 2
+            # (scaled @ v.T).T for a batch v of source vectors, dense or sparse alike
+            in_grow = np.asarray(scaled @ grow.T).T
+            in_mixed = np.asarray(scaled @ (beta * (1.0 + beta)).T).T
+            dist2 += np.sum(alpha * alpha * in_grow + 2.0 * alpha * in_mixed, axis=1)
+            dist2 += (beta * beta) @ col_sums
+            norm2 += np.sum((1.0 + alpha) ** 2 * in_grow, axis=1)
+        return np.sqrt(np.maximum(dist2, 0.0)), np.sqrt(norm2)
+
+
+# ---------------------------------------------------------------------------- the runs
+@dataclass
+class Ensemble:
+    """Many stochastic runs from ``u = 0``, sampled on a grid of sweeps.
+
+    ``distance`` and ``norm`` have one row per run and one column per grid point (relative
+    distance to the reference and ``‖W‖_F``); ``endpoints`` are the final log-scales;
+    ``sweeps_used`` is negative for a run that did not reach ``tol`` within ``max_sweeps``.
+    """
+
+    sweep_grid: np.ndarray
+    steps_per_sweep: int
+    distance: np.ndarray
+    norm: np.ndarray
+    endpoints: np.ndarray
+    sweeps_used: np.ndarray
+    max_sweeps: int
+    seconds: float
+
+    @property
+    def step_grid(self) -> np.ndarray:
+        """The grid in single-unit balancing steps."""
+        return self.sweep_grid * self.steps_per_sweep
+
+    @property
+    def converged(self) -> np.ndarray:
+        return self.sweeps_used > 0
+
+
+def _many_runs(problem: BalanceProblem) -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The compiled many-runs stochastic kernel for ``problem`` (one seeded stream per run)."""
+    from synbal.algorithms.kernels import UnitGraph
+
+    graph = UnitGraph.build(problem)
+    free = np.flatnonzero(problem.free_mask())
+
+    def runs_fn(runs: int, seed: int, tol: float, max_sweeps: int, record_every: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return graph.many_stochastic(np.zeros(problem.n), free, runs, seed, tol, max_sweeps, 1.0,
+                                     record_every)
+
+    return runs_fn
+
+
+def stochastic_ensemble(
+    problem: BalanceProblem,
+    space: WeightSpace,
+    *,
+    runs: int,
+    seed: int = 0,
+    tol: float = 1e-10,
+    grid_points: int = 120,
+    progress: bool = False,
+) -> Ensemble:
+    """Run stochastic balancing ``runs`` times from the problem's weights (``u = 0``).
+
+    A pilot run (seed ``seed``) measures how many sweeps convergence takes; every run then
+    gets twice that plus 10 sweeps, and trajectories are recorded on about ``grid_points``
+    evenly spaced sweeps. Runs are processed in batches so that memory stays bounded; run
+    ``r`` always uses seed ``seed + r``, so results do not depend on the batching.
+
+    >>> import numpy as np
+    >>> from synbal.problem import BalanceProblem, CostBlock
+    >>> prob = BalanceProblem(np.ones(2), [CostBlock(2.0, [0], [-1], [[4.0]]),
+    ...     CostBlock(2.0, [1], [0], [[1.0]]), CostBlock(2.0, [-1], [1], [[0.25]])])
+    >>> ens = stochastic_ensemble(prob, WeightSpace(prob, np.log([0.5, 0.5])), runs=3)
+    >>> bool(ens.converged.all()), bool(ens.distance[:, -1].max() < 1e-8)
+    (True, True)
+    """
+    if runs < 1:
+        raise SynbalError(f"runs must be at least 1, got {runs}")
+    if grid_points < 2:
+        raise SynbalError(f"grid_points must be at least 2, got {grid_points}")
+    start_time = time.perf_counter()
+    runs_fn = _many_runs(problem)
+    free = int(problem.free_mask().sum())
+    _, pilot, _ = runs_fn(1, seed, tol, 100_000, 0)
+    needed = int(abs(pilot[0]))
+    max_sweeps = 2 * needed + 10
+    record_every = max(1, math.ceil(max_sweeps / grid_points))
+    n_rec = max_sweeps // record_every + 1
+    batch = max(1, min(runs, _MEMORY_FLOATS // max(1, n_rec * problem.n)))
+    distance = np.empty((runs, n_rec))
+    norm = np.empty((runs, n_rec))
+    endpoints = np.empty((runs, problem.n))
+    sweeps_used = np.empty(runs, dtype=np.int64)
+    bar = tqdm(total=runs, desc="stochastic runs", unit="run", disable=not progress, leave=False)
+    try:
+        for first in range(0, runs, batch):
+            count = min(batch, runs - first)
+            U, used, snaps = runs_fn(count, seed + first, tol, max_sweeps, record_every)
+            dist, nrm = space.measure(snaps.reshape(count * n_rec, problem.n))
+            distance[first : first + count] = dist.reshape(count, n_rec) / space.reference_norm
+            norm[first : first + count] = nrm.reshape(count, n_rec)
+            endpoints[first : first + count] = U
+            sweeps_used[first : first + count] = used
+            bar.update(count)
+    finally:
+        bar.close()
+    return Ensemble(
+        sweep_grid=np.arange(n_rec) * record_every,
+        steps_per_sweep=free,
+        distance=distance,
+        norm=norm,
+        endpoints=endpoints,
+        sweeps_used=sweeps_used,
+        max_sweeps=max_sweeps,
+        seconds=time.perf_counter() - start_time,
+    )
+
+
+def endpoint_spread(problem: BalanceProblem, endpoints: np.ndarray) -> dict[str, float]:
+    """How far the runs' end points are from each other.
+
+    ``max_log_scale_spread`` is ``max_i (max_r u_ri − min_r u_ri)`` over units (exact over all
+    pairs of runs); ``max_relative_distance_to_run0`` is the largest ``‖W_r − W_0‖_F / ‖W_0‖_F``.
+    Any two end points are at most twice the largest distance to ``W_balanced`` apart.
+    """
+    spread = endpoints.max(axis=0) - endpoints.min(axis=0) if endpoints.size else np.zeros(0)
+    space = WeightSpace(problem, endpoints[0])
+    dist, _ = space.measure(endpoints)
+    return {
+        "max_log_scale_spread": float(spread.max()) if spread.size else 0.0,
+        "max_relative_distance_to_run0": float(dist.max() / space.reference_norm),
+    }
+
+
+# ---------------------------------------------------------------------------- analysis
+def analyse_problem(problem: BalanceProblem, settings: Fig9Settings, *, progress: bool = False
+                    ) -> tuple[dict[str, Any], Ensemble]:
+    """Reference by the exact solver, the stochastic ensemble, and every summary number."""
+    reg = parse_regularizer("l2")
+    start = time.perf_counter()
+    exact = solve(problem, reg, "exact", SolveOptions(tol=min(settings.tol, 1e-12),
+                                                    max_sweeps=10_000, progress=progress))
+    exact_seconds = time.perf_counter() - start
+    space = WeightSpace(problem, exact.u)
+    ens = stochastic_ensemble(problem, space, runs=settings.runs, seed=settings.seed,
+                              tol=settings.tol, grid_points=settings.grid_points,
+                              progress=progress)
+    final_dist = ens.distance[:, -1]
+    final_norm = ens.norm[:, -1]
+    initial_norm = float(ens.norm[0, 0])
+    used = np.abs(ens.sweeps_used)
+    spread = endpoint_spread(problem, ens.endpoints)
+    results: dict[str, Any] = {
+        "problem": {
+            "units": problem.n,
+            "free_units": ens.steps_per_sweep,
+            "weight_entries": int(sum(sp.coo_array(b.matrix).nnz for b in problem.blocks)),
+        },
+        "reference": {
+            "method": "exact",
+            "converged": exact.converged,
+            "max_relative_deficit": problem.max_relative_deficit(exact.u),
+            "seconds": exact_seconds,
+            "frobenius_norm": space.reference_norm,
+        },
+        "initial": {
+            "frobenius_norm": initial_norm,
+            "relative_distance_to_balanced": float(ens.distance[0, 0]),
+            "max_relative_deficit": problem.max_relative_deficit(np.zeros(problem.n)),
+        },
+        "runs": {
+            "count": settings.runs,
+            "converged": int(ens.converged.sum()),
+            "sweeps_min": int(used.min()),
+            "sweeps_mean": float(used.mean()),
+            "sweeps_max": int(used.max()),
+            "sweep_budget": ens.max_sweeps,
+            "steps_per_sweep": ens.steps_per_sweep,
+            "seconds": ens.seconds,
+        },
+        "final": {
+            "max_relative_distance_to_balanced": float(final_dist.max()),
+            "mean_relative_distance_to_balanced": float(final_dist.mean()),
+            **spread,
+            "frobenius_norm_mean": float(final_norm.mean()),
+            "frobenius_norm_std": float(final_norm.std()),
+            "frobenius_norm_decrease_percent": 100.0 * (1.0 - float(final_norm.mean()) / initial_norm),
+            "norm_monotone_in_every_run": bool(np.all(np.diff(ens.norm, axis=1) <= 1e-12 * initial_norm)),
+        },
+        "curves": {
+            "sweeps": ens.sweep_grid,
+            "steps": ens.step_grid,
+            "relative_distance_mean": ens.distance.mean(axis=0),
+            "relative_distance_std": ens.distance.std(axis=0),
+            "frobenius_norm_mean": ens.norm.mean(axis=0),
+            "frobenius_norm_std": ens.norm.std(axis=0),
+        },
+    }
+    results["supports_claim"] = bool(
+        ens.converged.all() and final_dist.max() <= SAME_STATE_THRESHOLD
+        and results["final"]["frobenius_norm_decrease_percent"] > 0.0
+    )
+    return results, ens
+
+
+# ---------------------------------------------------------------------------- outputs
+def plot_ensemble(ens: Ensemble, title: str) -> Any:
+    """Figure 9 in the paper's style: distance to ``W_balanced`` and ``‖W‖_F``, mean ± 1 std."""
+    from synbal.experiments.report import new_figure, plot_mean_std
+
+    fig, (ax_dist, ax_norm) = new_figure(ncols=2)
+    steps = ens.step_grid
+    floor = np.finfo(np.float64).eps
+    plot_mean_std(ax_dist, steps, np.maximum(ens.distance, floor),
+                  label=f"mean ± 1 std over {ens.distance.shape[0]} runs", logy=True)
+    ax_dist.set_xlabel("balancing steps (one random unit each)")
+    ax_dist.set_ylabel("‖W(t) − W_balanced‖_F / ‖W_balanced‖_F")
+    ax_dist.set_title(f"{title}: distance to the balanced state")
+    ax_dist.legend(loc="upper right", fontsize=8)
+    plot_mean_std(ax_norm, steps, ens.norm, label="stochastic balancing")
+    ax_norm.axhline(ens.norm[:, -1].mean(), color="grey", linestyle=":", linewidth=1,
+                    label="‖W_balanced‖_F")
+    ax_norm.set_xlabel("balancing steps (one random unit each)")
+    ax_norm.set_ylabel("‖W‖_F (weights and biases)")
+    ax_norm.set_title(f"{title}: norm of the weights")
+    ax_norm.legend(loc="upper right", fontsize=8)
+    return fig
+
+
+def summary_markdown(name: str, title: str, results: dict[str, Any], settings: Fig9Settings,
+                     setup: dict[str, Any]) -> str:
+    """The short human-readable verdict written next to the JSON."""
+    fin = results["final"]
+    runs = results["runs"]
+    ini = results["initial"]
+    verdict = "supports" if results["supports_claim"] else "does NOT support"
+    return "\n".join([
+        f"# {name}: stochastic balancing reaches one balanced state ({title})",
+        "",
+        "**Claim (paper, Figure 9 / Theorem 9.1):** stochastic balancing, applied many times with "
+        "different random orders to the same initial weights, always converges to the same "
+        "balanced state, and decreases the norm of the weights.",
+        "",
+        f"**Setup:** {setup['description']}",
+        f"Data: {setup['data_source']}.",
+        f"Weights: {setup['weights']}.",
+        f"{runs['count']} stochastic runs (seeds {settings.seed}…{settings.seed + runs['count'] - 1}), "
+        f"L2 regularizer, stop at max relative deficit ≤ {settings.tol:g}; reference "
+        f"W_balanced from the exact solver (max relative deficit "
+        f"{results['reference']['max_relative_deficit']:.1e}).",
+        "",
+        "**Result:**",
+        f"- runs converged: {runs['converged']} / {runs['count']} "
+        f"(sweeps of {runs['steps_per_sweep']} single-unit steps: min {runs['sweeps_min']}, "
+        f"mean {runs['sweeps_mean']:.1f}, max {runs['sweeps_max']})",
+        f"- relative distance to W_balanced: {ini['relative_distance_to_balanced']:.3g} at the "
+        f"start; at the end max {fin['max_relative_distance_to_balanced']:.2e}, mean "
+        f"{fin['mean_relative_distance_to_balanced']:.2e}",
+        f"- end points vs each other: max relative distance to run 0 "
+        f"{fin['max_relative_distance_to_run0']:.2e}; largest spread of a unit's log-scale "
+        f"across runs {fin['max_log_scale_spread']:.2e}",
+        f"- ‖W‖_F: {ini['frobenius_norm']:.6g} → {fin['frobenius_norm_mean']:.6g} "
+        f"(± {fin['frobenius_norm_std']:.1e} across runs), a decrease of "
+        f"{fin['frobenius_norm_decrease_percent']:.2f}%; never increased along any run: "
+        f"{'yes' if fin['norm_monotone_in_every_run'] else 'NO'}",
+        "",
+        f"**Verdict:** the result {verdict} the claim (criterion: every run converged and ends "
+        f"within {SAME_STATE_THRESHOLD:g} relative distance of W_balanced, and ‖W‖_F decreased).",
+    ])

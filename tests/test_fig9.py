@@ -1,0 +1,155 @@
+"""Tests of the fig9 reproduction: weight-space geometry, the stochastic ensemble, the outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from problem_factory import layered_problem
+from synbal.errors import SynbalError
+from synbal.experiments import fig9
+from synbal.experiments.fig9 import (
+    Fig9Settings,
+    WeightSpace,
+    analyse_problem,
+    endpoint_spread,
+    stochastic_ensemble,
+)
+from synbal.problem import BalanceProblem, CostBlock
+
+
+def _direct_weights(problem: BalanceProblem, u: np.ndarray) -> np.ndarray:
+    """All scaled weight magnitudes ``sqrt(A)·exp(u_dst − c·u_src)``, block by block."""
+    ue = np.append(u, 0.0)
+    ce = np.append(problem.degree, 1.0)
+    parts = []
+    for b in problem.blocks:
+        A = np.asarray(b.matrix.todense() if b.is_sparse else b.matrix)
+        factor = np.exp(ue[b.dst][:, None] - ce[b.src][None, :] * ue[b.src][None, :])
+        parts.append((np.sqrt(A) * factor).ravel())
+    return np.concatenate(parts)
+
+
+@pytest.fixture
+def problem() -> BalanceProblem:
+    return layered_problem(np.random.default_rng(3), [5, 4, 3, 4, 2])
+
+
+def test_weight_space_matches_direct_computation(problem: BalanceProblem) -> None:
+    rng = np.random.default_rng(0)
+    u_ref = rng.normal(size=problem.n)
+    U = rng.normal(size=(6, problem.n))
+    dist, norm = WeightSpace(problem, u_ref).measure(U)
+    w_ref = _direct_weights(problem, u_ref)
+    for k in range(U.shape[0]):
+        w = _direct_weights(problem, U[k])
+        assert dist[k] == pytest.approx(np.linalg.norm(w - w_ref), rel=1e-10)
+        assert norm[k] == pytest.approx(np.linalg.norm(w), rel=1e-10)
+    assert WeightSpace(problem, u_ref).reference_norm == pytest.approx(np.linalg.norm(w_ref), rel=1e-12)
+
+
+def test_weight_space_sparse_blocks_and_bipu() -> None:
+    import scipy.sparse as sp
+
+    A = sp.csr_array(np.array([[0.0, 2.0], [3.0, 0.0]]))
+    prob = BalanceProblem(np.array([1.0, 2.0]), [
+        CostBlock(2.0, [0, 1], [-1, -1], A),
+        CostBlock(2.0, [-1], [0, 1], np.array([[1.5, 0.5]])),
+        CostBlock(2.0, [1], [0], np.array([[0.7]])),
+    ])
+    u_ref = np.array([0.3, -0.2])
+    U = np.array([[0.0, 0.0], [1.0, 0.5]])
+    dist, norm = WeightSpace(prob, u_ref).measure(U)
+    w_ref = _direct_weights(prob, u_ref)
+    for k in range(2):
+        w = _direct_weights(prob, U[k])
+        assert dist[k] == pytest.approx(np.linalg.norm(w - w_ref), rel=1e-12)
+        assert norm[k] == pytest.approx(np.linalg.norm(w), rel=1e-12)
+
+
+def test_weight_space_keeps_precision_for_tiny_distances(problem: BalanceProblem) -> None:
+    rng = np.random.default_rng(1)
+    u_ref = rng.normal(size=problem.n)
+    direction = rng.normal(size=problem.n)
+    eps = 1e-10
+    dist, _ = WeightSpace(problem, u_ref).measure(u_ref + eps * direction)
+    # first order: w_rk (δ_r − δ_k), exact up to O(eps²) relative
+    w_ref = _direct_weights(problem, u_ref)
+    de = np.append(direction, 0.0)
+    lin = []
+    for b in problem.blocks:
+        lin.append(np.broadcast_to(de[b.dst][:, None] - de[b.src][None, :], b.matrix.shape).ravel())
+    expected = eps * np.linalg.norm(w_ref * np.concatenate(lin))
+    assert dist[0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_weight_space_rejects_bad_input(problem: BalanceProblem) -> None:
+    l1 = BalanceProblem(np.ones(1), [CostBlock(1.0, [0], [-1], [[2.0]]), CostBlock(1.0, [-1], [0], [[1.0]])])
+    with pytest.raises(SynbalError, match="L2"):
+        WeightSpace(l1, np.zeros(1))
+    with pytest.raises(SynbalError, match="shape"):
+        WeightSpace(problem, np.zeros(problem.n + 1))
+    with pytest.raises(SynbalError, match="expected"):
+        WeightSpace(problem, np.zeros(problem.n)).measure(np.zeros((2, problem.n - 1)))
+
+
+def test_ensemble_converges_to_the_exact_state(problem: BalanceProblem) -> None:
+    results, ens = analyse_problem(problem, Fig9Settings(runs=7, tol=1e-11, grid_points=30))
+    assert ens.distance.shape == ens.norm.shape == (7, ens.sweep_grid.size)
+    assert ens.converged.all()
+    assert results["final"]["max_relative_distance_to_balanced"] < 1e-8
+    assert results["final"]["max_relative_distance_to_run0"] < 1e-8
+    assert results["final"]["norm_monotone_in_every_run"]
+    assert results["final"]["frobenius_norm_decrease_percent"] > 0
+    # every run starts at the same weights, at the stated distance from W_balanced
+    np.testing.assert_allclose(ens.distance[:, 0], results["initial"]["relative_distance_to_balanced"])
+    assert results["supports_claim"] is True
+    # the runs really follow different random orders
+    assert np.ptp(ens.distance[:, 1]) > 0
+
+
+def test_ensemble_does_not_depend_on_batching(problem: BalanceProblem,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    space = WeightSpace(problem, np.zeros(problem.n))
+    whole = stochastic_ensemble(problem, space, runs=5, seed=11, grid_points=10)
+    monkeypatch.setattr(fig9, "_MEMORY_FLOATS", 1)  # one run per batch
+    split = stochastic_ensemble(problem, space, runs=5, seed=11, grid_points=10)
+    np.testing.assert_array_equal(whole.endpoints, split.endpoints)
+    np.testing.assert_array_equal(whole.distance, split.distance)
+
+
+def test_ensemble_rejects_bad_counts(problem: BalanceProblem) -> None:
+    space = WeightSpace(problem, np.zeros(problem.n))
+    with pytest.raises(SynbalError, match="runs"):
+        stochastic_ensemble(problem, space, runs=0)
+    with pytest.raises(SynbalError, match="grid_points"):
+        stochastic_ensemble(problem, space, runs=1, grid_points=1)
+
+
+def test_endpoint_spread_sees_different_end_points(problem: BalanceProblem) -> None:
+    same = np.zeros((3, problem.n))
+    assert endpoint_spread(problem, same) == {"max_log_scale_spread": 0.0,
+                                             "max_relative_distance_to_run0": 0.0}
+    moved = same.copy()
+    moved[2, 0] = 0.5
+    spread = endpoint_spread(problem, moved)
+    assert spread["max_log_scale_spread"] == 0.5
+    assert spread["max_relative_distance_to_run0"] > 0.01
+
+
+def test_outputs_plot_and_summary(problem: BalanceProblem, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from synbal.experiments.report import ExperimentContext, write_outputs
+
+    settings = Fig9Settings(runs=3, grid_points=20)
+    results, ens = analyse_problem(problem, settings)
+    setup = {"description": "a toy layered net", "data_source": "none", "weights": "random"}
+    md = fig9.summary_markdown("fig9", "toy", results, settings, setup)
+    assert "supports the claim" in md and "3 / 3" in md
+    ctx = ExperimentContext(out_dir=tmp_path, quick=True)
+    paths = write_outputs(ctx, "fig9", results=results, settings={}, summary_md=md,
+                          figures={"balancing": fig9.plot_ensemble(ens, "toy")})
+    assert sorted(p.name for p in paths) == ["fig9.json", "fig9.md", "fig9_balancing.png"]
+    data = json.loads((tmp_path / "fig9.json").read_text())
+    assert len(data["results"]["curves"]["relative_distance_mean"]) == ens.sweep_grid.size
