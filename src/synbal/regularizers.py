@@ -28,6 +28,7 @@ from typing import Union
 import numpy as np
 
 from synbal.errors import RegularizerError
+from synbal.lpq import LpqRegularizer, is_lpq_spec, parse_lpq
 
 __all__ = [
     "CustomRegularizer",
@@ -112,8 +113,8 @@ class CustomRegularizer:
         return self.name
 
 
-Regularizer = Union[PowerRegularizer, CustomRegularizer]
-RegularizerSpec = Union[str, PowerRegularizer, CustomRegularizer]
+Regularizer = Union[PowerRegularizer, CustomRegularizer, LpqRegularizer]
+RegularizerSpec = Union[str, PowerRegularizer, CustomRegularizer, LpqRegularizer]
 
 _TERM = re.compile(r"^\s*(?:(?P<coef>[0-9.eE+-]+)\s*\*\s*)?[lL](?P<p>[0-9.eE+-]+)\s*$")
 
@@ -123,10 +124,12 @@ def parse_regularizer(spec: RegularizerSpec) -> Regularizer:
 
     Raises :class:`~synbal.errors.RegularizerError` naming the bad term.
     """
-    if isinstance(spec, (PowerRegularizer, CustomRegularizer)):
+    if isinstance(spec, (PowerRegularizer, CustomRegularizer, LpqRegularizer)):
         return spec
     if not isinstance(spec, str):
         raise RegularizerError(f"regularizer must be a string such as 'l2', got {spec!r}")
+    if is_lpq_spec(spec):  # "l2,1", "l1,inf": the ℓ_{p,q} norm (synbal.lpq)
+        return parse_lpq(spec)
     terms: dict[float, float] = {}
     for raw in re.split(r"(?<![eE])\+", spec.replace(" ", "")):
         m = _TERM.match(raw)

@@ -39,9 +39,10 @@ def solve(problem: BalanceProblem, reg: Regularizer, method: str, options: Solve
 
 
 def _register_builtin() -> None:
-    from synbal.algorithms import exact, schedules
+    from synbal.algorithms import exact, multiplicative, schedules
 
     register_method("exact", exact.solve_exact)
+    register_method("multiplicative", multiplicative.solve_multiplicative)
     for name in schedules.SCHEDULES:
         register_method(name, schedules.make_solver(name))
 
