@@ -227,8 +227,10 @@ class BalanceProblem:
             row = b.matrix @ x
             col = b.matrix.T @ y
             IN, OUT = out.setdefault(p, (np.zeros(self.n + 1), np.zeros(self.n + 1)))
-            np.add.at(IN, b.dst, y * row)
-            np.add.at(OUT, b.src, x * col)
+            # indices >= 0 never repeat inside a block; repeats of the fixed slot (-1, the
+            # last entry) are discarded, so plain fancy-index accumulation is exact here.
+            IN[b.dst] += y * row
+            OUT[b.src] += x * col
         return {p: (IN[:-1], OUT[:-1]) for p, (IN, OUT) in out.items()}
 
     def in_out(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -308,10 +310,10 @@ class BalanceProblem:
             # edge values V_rk = y_r A_rk x_k; H v = Σ p² V_rk (v_r − c_k v_k)(e_r − c_k e_k)
             row_all = b.matrix @ x
             row_cv = b.matrix @ (x * cv)
-            np.add.at(res, b.dst, p * p * y * (vd * row_all - row_cv))
+            res[b.dst] += p * p * y * (vd * row_all - row_cv)
             col_yv = b.matrix.T @ (y * vd)
             col_all = b.matrix.T @ y
-            np.add.at(res, b.src, -p * p * cs * x * (col_yv - cv * col_all))
+            res[b.src] += -p * p * cs * x * (col_yv - cv * col_all)
         return res[:-1]
 
     def hessian_diagonal(self, u: np.ndarray) -> np.ndarray:
@@ -389,6 +391,11 @@ class BalanceProblem:
         as *floating* and left alone.
         """
         cached = self._cache.get("grounding")
+        if cached is None and self.layers is not None:
+            # A layered net is acyclic: following incoming weights back from any live unit
+            # reaches a fixed or dead unit, so every live unit is grounded.
+            cached = (np.zeros(self.n, dtype=bool), np.zeros(self.n, dtype=bool))
+            self._cache["grounding"] = cached
         if cached is None:
             from scipy.sparse.csgraph import connected_components
 

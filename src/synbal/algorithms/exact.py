@@ -226,10 +226,10 @@ def _measure(problem: BalanceProblem, u: np.ndarray) -> tuple[float, float, list
         rin = y * (b.matrix @ x)
         rout = x * (b.matrix.T @ y)
         totals.append(float(rin.sum()))
-        np.add.at(grad, b.dst, p * rin)
-        np.add.at(scale, b.dst, p * rin)
-        np.add.at(grad, b.src, -p * ce[b.src] * rout)
-        np.add.at(scale, b.src, p * ce[b.src] * rout)
+        grad[b.dst] += p * rin  # indices >= 0 are unique per block; the fixed slot is dropped
+        scale[b.dst] += p * rin
+        grad[b.src] -= p * ce[b.src] * rout
+        scale[b.src] += p * ce[b.src] * rout
     return float(sum(totals)), _max_rel(grad[:n], scale[:n], problem.free_mask()), totals
 
 
