@@ -106,7 +106,9 @@ class CustomRegularizer:
         """Check numerically that ``t ↦ g(e^t)`` is convex on ``[lo, hi]`` (the uniqueness condition)."""
         t = np.linspace(lo, hi, n)
         x = np.exp(t)
-        h = np.asarray(self.dg(x), dtype=np.float64) * x  # d/dt g(e^t)
+        with np.errstate(over="ignore", invalid="ignore"):
+            h = np.asarray(self.dg(x), dtype=np.float64) * x  # d/dt g(e^t)
+        h = h[np.isfinite(h)]
         return bool(np.all(np.diff(h) >= -1e-12 * np.maximum(1.0, np.abs(h[1:]))))
 
     def __str__(self) -> str:
