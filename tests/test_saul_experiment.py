@@ -1,0 +1,58 @@
+"""`synbal reproduce saul` (quick variant) and its building blocks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synbal.experiments import EXPERIMENTS, ExperimentContext, run_experiment
+from synbal.experiments.saul import SaulSettings, he_mlp_problems, run_settings
+from synbal.lpq import LpqRegularizer
+
+
+def test_he_problems_share_weights_across_powers() -> None:
+    probs = he_mlp_problems([30, 40, 20, 5], [1.0, 2.0], np.random.default_rng(1))
+    a1, a2 = probs[1.0].blocks[1].matrix, probs[2.0].blocks[1].matrix
+    np.testing.assert_allclose(a1**2, a2)
+    assert probs[2.0].layers is not None and [layer.size for layer in probs[2.0].layers] == [40, 20]
+    # He init: E|w|^2 = 2/fan_in, so every unit's incoming L2 cost is about 2
+    rows = probs[2.0].blocks[1].matrix.sum(axis=1)
+    assert rows.mean() == pytest.approx(2.0, rel=0.15)
+
+
+def test_small_run_is_monotone_and_agrees_with_exact() -> None:
+    settings = SaulSettings(nets=((20, 30, 15, 4), (20, 12, 10, 8, 4)), seeds=2, tol=1e-9, max_updates=3000,
+                            pq=((2.0, 2.0), (2.0, 1.0), (1.0, math.inf)))
+    results = run_settings(settings)
+    for net in settings.nets:
+        res = results[settings.label(net)]
+        for p, q in settings.pq:
+            label = str(LpqRegularizer(p, q))
+            assert all(res["converged"][label])
+            assert res["max_increase"][label] <= 1e-12
+            assert all(r < 1 for r in res["final_ratio"][label])
+            assert len(res["curves"][label]) == settings.seeds
+        rows = res["schedules"]["l2"]
+        np.testing.assert_allclose(rows["multiplicative_ratio"], rows["exact_ratio"], rtol=1e-9)
+        np.testing.assert_allclose(rows["layer_ratio"], rows["exact_ratio"], rtol=1e-9)
+        np.testing.assert_allclose(rows["stochastic_ratio"], rows["exact_ratio"], rtol=1e-9)
+        assert all(rows["layer_converged"]) and all(rows["stochastic_converged"])
+
+
+def test_quick_reproduction_writes_outputs(tmp_path: Path) -> None:
+    assert "saul" in EXPERIMENTS
+    ctx = ExperimentContext(out_dir=tmp_path, quick=True, progress=False)
+    out = run_experiment("saul", ctx)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["saul.json", "saul.md", "saul_norms.png", "saul_schedules.png"]
+    payload = json.loads((tmp_path / "saul.json").read_text())
+    assert payload["experiment"] == "saul" and payload["quick"] is True
+    assert set(payload["results"]) == {"200-250-125-10", "200-200-100-50-25-10", "200-100-75-75-50-50-25-10"}
+    summary = (tmp_path / "saul.md").read_text()
+    assert "Monotone decrease at every update: **yes**" in summary
+    assert "reach the same minimum: **yes**" in summary
+    assert out["summary"].strip() == summary.strip()
