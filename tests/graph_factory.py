@@ -2,8 +2,8 @@
 
 ``random_graph`` draws general networks — non-layered DAGs or recurrent graphs (cycles,
 self-loops), mixed activations, BiPU units, biases; ``random_layered_graph`` dense MLPs;
-``graph_seeds`` a hypothesis strategy of seeds; ``function_gap`` compares two networks'
-functions on the same inputs.
+``graph_seeds`` a hypothesis strategy of seeds; ``function_gap`` (re-exported from
+:mod:`synbal.graph`) compares two networks' functions on the same inputs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from synbal.graph import Graph, Unit
+from synbal.graph import Graph, Unit, function_gap
 
 __all__ = [
     "BILU_SPECS",
@@ -139,16 +139,6 @@ def random_layered_graph(
 def random_inputs(rng: np.random.Generator, graph: Graph, batch: int = 8) -> np.ndarray:
     """Standard-normal inputs of shape ``(batch, n_inputs)``."""
     return rng.standard_normal((batch, len(graph.inputs)))
-
-
-def function_gap(a: Graph, b: Graph, inputs: np.ndarray, steps: int | None = None) -> float:
-    """``max |f_a − f_b| / max(max |f_a|, 1e-300)``: the relative difference of two networks' outputs.
-
-    Recurrent graphs need ``steps`` (see :meth:`Graph.simulate`).
-    """
-    fa = a.simulate(inputs, steps=steps)
-    fb = b.simulate(inputs, steps=steps)
-    return float(np.max(np.abs(fa - fb), initial=0.0) / max(float(np.max(np.abs(fa), initial=0.0)), 1e-300))
 
 
 def graph_seeds() -> st.SearchStrategy[int]:

@@ -53,12 +53,13 @@ import scipy.sparse as sp
 
 from synbal.activations import Activation, parse_activation
 from synbal.adapters import register_adapter
-from synbal.errors import GraphFormatError, InvalidWeightError, SynbalError
+from synbal.errors import GraphFormatError, InvalidWeightError, SynbalError, VerificationError
 from synbal.io import atomic_write_text
+from synbal.lpq import LpqRegularizer
 from synbal.problem import BalanceProblem, CostBlock, CustomCosts
 from synbal.regularizers import CustomRegularizer, PowerRegularizer, Regularizer
 
-__all__ = ["FORMAT", "Graph", "GraphAdapter", "Unit"]
+__all__ = ["FORMAT", "Graph", "GraphAdapter", "Unit", "function_gap", "verify_same_function"]
 
 FORMAT = "synbal.graph/1"
 ROLES = ("input", "hidden", "output")
@@ -300,9 +301,10 @@ class Graph:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Graph:
         """Read a graph from a JSON file; errors name the file (and line/column for bad JSON)."""
-        text = Path(path).read_text(encoding="utf-8")
         try:
-            obj = json.loads(text)
+            obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise GraphFormatError(f"{os.fspath(path)}: not a UTF-8 text file ({exc.reason})") from None
         except json.JSONDecodeError as exc:
             raise GraphFormatError(
                 f"{os.fspath(path)}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
@@ -529,6 +531,52 @@ def _depths(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
     return depth if done == n else None
 
 
+def function_gap(a: Graph, b: Graph, inputs: np.ndarray, steps: int | None = None) -> float:
+    """``max |f_a − f_b| / max |f_a|`` over a batch of inputs: how far two networks' functions differ.
+
+    ``steps`` as in :meth:`Graph.simulate` (needed for recurrent graphs). Non-finite outputs
+    give ``nan``.
+
+    >>> g = Graph.from_layers([np.array([[2.0]]), np.array([[0.5]])])
+    >>> h = GraphAdapter(g).apply(np.array([3.0]))
+    >>> function_gap(g, h, np.array([[1.0], [-2.0], [0.3]])) < 1e-15
+    True
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        fa = a.simulate(inputs, steps=steps)
+        fb = b.simulate(inputs, steps=steps)
+        if not (np.all(np.isfinite(fa)) and np.all(np.isfinite(fb))):
+            return float("nan")
+        scale = max(float(np.max(np.abs(fa), initial=0.0)), 1e-300)
+        return float(np.max(np.abs(fa - fb), initial=0.0)) / scale
+
+
+def verify_same_function(
+    original: Graph,
+    balanced: Graph,
+    *,
+    samples: int = 16,
+    steps: int = 6,
+    rtol: float = 1e-8,
+    seed: int = 0,
+) -> float | None:
+    """Check on random standard-normal inputs that ``balanced`` computes ``original``'s function.
+
+    Recurrent graphs are compared after ``steps`` synchronous steps. Returns the relative gap
+    (see :func:`function_gap`), ``None`` when the outputs overflow (nothing can be checked),
+    and raises :class:`~synbal.errors.VerificationError` when the gap exceeds ``rtol``.
+    """
+    inputs = np.random.default_rng(seed).standard_normal((samples, len(original.inputs)))
+    gap = function_gap(original, balanced, inputs, steps if original.is_recurrent else None)
+    if math.isnan(gap):
+        return None
+    if gap > rtol:
+        raise VerificationError(
+            f"the balanced network's outputs differ from the original's by {gap:.3e} (relative) > {rtol:g}"
+        )
+    return gap
+
+
 # ---------------------------------------------------------------------------------------- adapter
 class GraphAdapter:
     """Extract a :class:`~synbal.problem.BalanceProblem` from a :class:`Graph`, and apply scales back.
@@ -608,10 +656,10 @@ class GraphAdapter:
                 dg=reg.dg,
             )
             return BalanceProblem(self.degree, [], names=self.names, layers=layers, custom=custom)
-        if not isinstance(reg, PowerRegularizer):
+        if not isinstance(reg, (PowerRegularizer, LpqRegularizer)):
             raise SynbalError(f"unsupported regularizer {reg!r}")
         blocks: list[CostBlock] = []
-        for term in reg.terms:
+        for term in reg.terms:  # an l_{p,q} regularizer aggregates as its single power p
             blocks += self._power_blocks(term.coef, term.power)
         return BalanceProblem(self.degree, blocks, names=self.names, layers=layers)
 

@@ -1,0 +1,59 @@
+"""Subcommands of the ``synbal`` command line (see :mod:`synbal.cli`).
+
+Each module here has ``register(subparsers)``, which adds its parser and sets
+``func=run``, and ``run(args) -> int`` (the exit status). This package also holds what the
+``balance`` and ``inspect`` commands share: telling explicit-network files from PyTorch model
+inputs, and the options those model inputs take.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+from synbal.errors import SynbalError
+
+__all__ = ["add_model_options", "input_path", "is_model_input", "model_support"]
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, verify: bool) -> None:
+    """Options for PyTorch model inputs (handled by :mod:`synbal.torch.cli_support`)."""
+    group = parser.add_argument_group("PyTorch models (a .pt2 torch.export file, or a factory and weights)")
+    group.add_argument("--factory", metavar="PKG.MODULE:FUNCTION",
+                       help="a function that builds the model (its weights come from --weights)")
+    group.add_argument("--weights", metavar="W.safetensors", help="weights for --factory (safetensors)")
+    group.add_argument("--example-shape", metavar="SHAPE",
+                       help="shape of an example input used to trace the model, e.g. 1,3,32,32")
+    if verify:
+        group.add_argument("--no-verify", action="store_true",
+                           help="skip checking that the balanced network computes the same function")
+
+
+def is_model_input(args: argparse.Namespace) -> bool:
+    """True for PyTorch model inputs: ``--factory`` given, or an input file that is not ``.json``.
+
+    >>> is_model_input(argparse.Namespace(input="net.json", factory=None))
+    False
+    >>> is_model_input(argparse.Namespace(input="model.pt2", factory=None))
+    True
+    """
+    if getattr(args, "factory", None):
+        return True
+    return args.input is not None and Path(args.input).suffix.lower() != ".json"
+
+
+def input_path(args: argparse.Namespace) -> Path:
+    """The input network file, which must be given for explicit networks."""
+    if args.input is None:
+        raise SynbalError("no input: give a network file (NET.json or MODEL.pt2) or --factory and --weights")
+    return Path(args.input)
+
+
+def model_support() -> ModuleType:
+    """:mod:`synbal.torch.cli_support`, or a clear error when it cannot be imported."""
+    try:
+        return importlib.import_module("synbal.torch.cli_support")
+    except ImportError as exc:
+        raise SynbalError(f"PyTorch model inputs are not available ({exc}); use a .json network") from None

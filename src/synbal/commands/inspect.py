@@ -1,0 +1,48 @@
+"""``synbal inspect``: the per-unit balance of a network.
+
+``synbal inspect IN.json [--reg SPEC] [--json]`` prints each scalable unit's IN and OUT cost,
+degree, relative deficit and status (free, dead, …), per-layer sums for layered nets, and the
+totals (regularizer, overall deficit, max relative deficit, Frobenius norm); ``--json`` prints
+the same as JSON. PyTorch model inputs go to
+:func:`synbal.torch.cli_support.inspect_model_file`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from synbal.api import deficit
+from synbal.commands import add_model_options, input_path, is_model_input, model_support
+from synbal.graph import Graph
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``inspect`` subcommand."""
+    p = subparsers.add_parser(
+        "inspect",
+        help="print the per-unit balance table and totals",
+        description="Measure how balanced a network is: per-unit IN/OUT costs and relative deficits "
+        "|IN - c*OUT| / (IN + c*OUT), and totals.",
+    )
+    p.add_argument("input", nargs="?", help="network file: NET.json (synbal.graph/1) or MODEL.pt2")
+    p.add_argument("--reg", default="l2", help="regularizer: l2, l1, l0.5, 1*l2+0.01*l1, ... (default l2)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--max-rows", type=int, default=None, help="show at most this many units in the table")
+    add_model_options(p, verify=False)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the balance report of the input; the exit status."""
+    if is_model_input(args):
+        return int(model_support().inspect_model_file(args))
+    report = deficit(Graph.load(input_path(args)), args.reg)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(report.format_table(args.max_rows))
+    return 0

@@ -1,0 +1,62 @@
+"""``synbal reproduce``: rerun one of the papers' simulations.
+
+``synbal reproduce NAME [--data PATH] [--out DIR] [--quick] [--seeds N] [--no-progress]``
+runs :func:`synbal.experiments.run_experiment`, which writes ``NAME.json`` (every number and
+setting), ``NAME.md`` (a summary) and ``NAME_*.png`` plots into ``DIR``;
+``synbal reproduce --list`` lists the experiments and the claim each one checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from synbal.errors import SynbalError
+from synbal.experiments import EXPERIMENTS, ExperimentContext, run_experiment
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``reproduce`` subcommand."""
+    p = subparsers.add_parser(
+        "reproduce",
+        help="rerun a figure or claim of the papers (writes JSON, markdown and plots)",
+        description="Reproduce one of the papers' simulations; see --list.",
+    )
+    p.add_argument("name", nargs="?", help="experiment name (see --list)")
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--data", type=Path, help="path to the real data set (default: embedded data)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="output directory (default: results)")
+    p.add_argument("--quick", action="store_true", help="the few-minute variant")
+    p.add_argument("--seeds", type=int, help="number of seeds (default: the experiment's)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """List or run an experiment; the exit status."""
+    if args.list:
+        if not EXPERIMENTS:
+            print("no experiments are registered")
+        for name, (_, claim) in sorted(EXPERIMENTS.items()):
+            print(f"{name:<20} {claim}")
+        return 0
+    if not args.name:
+        raise SynbalError("name an experiment to run (see 'synbal reproduce --list')")
+    if args.name not in EXPERIMENTS:
+        known = ", ".join(sorted(EXPERIMENTS)) or "none"
+        raise SynbalError(f"unknown experiment {args.name!r}; available: {known}")
+    if args.seeds is not None and args.seeds < 1:
+        raise SynbalError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.data is not None and not args.data.exists():
+        raise SynbalError(f"--data: {str(args.data)!r} does not exist")
+    if args.out.exists() and not args.out.is_dir():
+        raise SynbalError(f"--out: {str(args.out)!r} exists and is not a directory")
+    ctx = ExperimentContext(out_dir=args.out, quick=args.quick, seeds=args.seeds, data=args.data,
+                            progress=not args.no_progress)
+    run_experiment(args.name, ctx)
+    written = sorted(p.name for p in args.out.glob(f"{args.name}*") if p.is_file())
+    print(f"{args.name}: wrote {', '.join(written) or 'nothing'} to {args.out}")
+    return 0
