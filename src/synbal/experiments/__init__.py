@@ -17,7 +17,7 @@ from synbal.experiments.report import ExperimentContext
 __all__ = ["EXPERIMENTS", "ExperimentContext", "run_experiment"]
 
 EXPERIMENTS: dict[str, tuple[str, str]] = {}
-EXPERIMENTS["saul"] = ("synbal.experiments.saul", "parallel multiplicative updates minimise l_{p,q} norms monotonically")
+EXPERIMENTS["saul"] = ("synbal.experiments.saul", "parallel multiplicative updates minimise l_{p,q} monotonically")
 
 
 def run_experiment(name: str, ctx: ExperimentContext) -> dict[str, Any]:
