@@ -50,8 +50,8 @@ _builtin_loaded = False
 def _load_builtin_adapters() -> None:
     global _builtin_loaded
     _builtin_loaded = True
-    import synbal.dense  # noqa: F401  (registers DenseNet)
-    import synbal.graph  # noqa: F401  (registers Graph)
+    import synbal.dense
+    import synbal.graph
 
     try:
         import synbal.torch  # noqa: F401  (registers nn.Module)

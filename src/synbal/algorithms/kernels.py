@@ -261,7 +261,7 @@ def _many_stochastic(U: np.ndarray, free: np.ndarray, seed: np.int64, tol: float
     n = U.shape[1]
     P = powers.size
     for r in numba.prange(runs):
-        np.random.seed(seed + r)
+        np.random.seed(seed + r)  # noqa: NPY002 (numba supports only the legacy API)
         u = U[r]
         X = np.ones((P, n + 1))
         Y = np.ones((P, n + 1))
@@ -276,7 +276,7 @@ def _many_stochastic(U: np.ndarray, free: np.ndarray, seed: np.int64, tol: float
         done = -1
         for sweep in range(1, max_sweeps + 1):
             for _ in range(free.size):
-                i = free[np.random.randint(0, free.size)]
+                i = free[np.random.randint(0, free.size)]  # noqa: NPY002
                 _step(i, u, degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx,
                       out_val, X, Y, theta)
             if record_every > 0 and sweep % record_every == 0:
