@@ -15,7 +15,14 @@ from types import ModuleType
 
 from synbal.errors import SynbalError
 
-__all__ = ["add_model_options", "input_path", "is_model_input", "model_support"]
+__all__ = ["add_model_options", "add_network_arguments", "input_path", "is_model_input", "model_support"]
+
+
+def add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    """The input network file and the ``--reg`` regularizer (``balance`` and ``inspect``)."""
+    parser.add_argument("input", nargs="?", help="network file: NET.json (synbal.graph/1) or MODEL.pt2")
+    parser.add_argument("--reg", default="l2",
+                        help="regularizer: l2, l1, l0.5, 1*l2+0.01*l1, l2,1 (l_{p,q}), ... (default l2)")
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, verify: bool) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from synbal.algorithms import METHODS
 from synbal.api import BalanceResult, balance
-from synbal.commands import add_model_options, input_path, is_model_input, model_support
+from synbal.commands import add_model_options, add_network_arguments, input_path, is_model_input, model_support
 from synbal.graph import Graph, verify_same_function
 from synbal.io import atomic_write_json, ensure_not_input
 
@@ -31,9 +31,8 @@ def register(subparsers: Any) -> None:
         description="Rescale every scalable hidden unit so that the network is balanced for the "
         "regularizer (its unique minimum over rescalings); the network's function is unchanged.",
     )
-    p.add_argument("input", nargs="?", help="network file: NET.json (synbal.graph/1) or MODEL.pt2")
+    add_network_arguments(p)
     p.add_argument("-o", "--output", required=True, help="where to write the balanced network")
-    p.add_argument("--reg", default="l2", help="regularizer: l2, l1, l0.5, 1*l2+0.01*l1, ... (default l2)")
     p.add_argument("--method", default="exact",
                    help=f"one of {', '.join(sorted(METHODS))} (default exact)")
     p.add_argument("--tol", type=float, default=1e-10, help="target max relative deficit (default 1e-10)")

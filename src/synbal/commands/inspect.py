@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from synbal.api import deficit
-from synbal.commands import add_model_options, input_path, is_model_input, model_support
+from synbal.commands import add_model_options, add_network_arguments, input_path, is_model_input, model_support
 from synbal.graph import Graph
 
 __all__ = ["register", "run"]
@@ -28,8 +28,7 @@ def register(subparsers: Any) -> None:
         description="Measure how balanced a network is: per-unit IN/OUT costs and relative deficits "
         "|IN - c*OUT| / (IN + c*OUT), and totals.",
     )
-    p.add_argument("input", nargs="?", help="network file: NET.json (synbal.graph/1) or MODEL.pt2")
-    p.add_argument("--reg", default="l2", help="regularizer: l2, l1, l0.5, 1*l2+0.01*l1, ... (default l2)")
+    add_network_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--max-rows", type=int, default=None, help="show at most this many units in the table")
     add_model_options(p, verify=False)
