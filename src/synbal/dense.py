@@ -144,7 +144,7 @@ class DenseNetAdapter:
                 blocks.append(CostBlock(term.power, self.index[k + 1], self.index[k],
                                         _power_sum(W, term.power, term.coef), fixed_ids=fixed_ids))
                 if b is not None:
-                    blocks.append(CostBlock(term.power, self.index[k + 1], [-1],
+                    blocks.append(CostBlock(term.power, self.index[k + 1], np.array([-1]),
                                             _power_sum(b[:, None], term.power, term.coef), bias=True,
                                             fixed_ids=fixed_ids))
         return BalanceProblem(np.full(self.n, c), blocks, names=self.names, layers=layers)

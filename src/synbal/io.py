@@ -33,7 +33,7 @@ def ensure_not_input(output: str | os.PathLike[str], *inputs: str | os.PathLike[
             raise SynbalError(f"output {str(output)!r} is the input file; choose another path")
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

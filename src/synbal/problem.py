@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,7 +43,8 @@ from synbal.errors import GraphFormatError
 
 __all__ = ["BalanceProblem", "CostBlock", "CustomCosts", "Matrix"]
 
-Matrix = np.ndarray | sp.csr_matrix | sp.csr_array
+#: A dense ``np.ndarray`` or a scipy CSR matrix/array (scipy ships no type information).
+Matrix: TypeAlias = Any
 
 FIXED = -1
 

@@ -237,7 +237,7 @@ def _coarse_problem(problem: BalanceProblem, totals: list[float]) -> BalanceProb
     layer_of = _layer_index(problem)
     layers = problem.layers or []
     blocks = [
-        CostBlock(b.power, [layer_of[b.dst[0]]], [layer_of[b.src[0]]], [[total]])
+        CostBlock(b.power, np.array([layer_of[b.dst[0]]]), np.array([layer_of[b.src[0]]]), np.array([[total]]))
         for b, total in zip(problem.blocks, totals, strict=True)
     ]
     degree = np.array([problem.degree[layer[0]] for layer in layers])

@@ -152,9 +152,9 @@ def _run(name: str, problem: BalanceProblem, reg: Regularizer, options: SolveOpt
         sets = _sets_for(name, problem, options)
     if name == "tied" and options.closed_form:
         u = tied_layer_closed_form(problem)
-        measure = _set_relative_deficit(problem, u, sets)
-        entry = HistoryEntry(1, problem.value(u), measure)
-        return SolveResult(u, measure <= options.tol, [entry], steps=len(sets))
+        tied_deficit = _set_relative_deficit(problem, u, sets)
+        entry = HistoryEntry(1, problem.value(u), tied_deficit)
+        return SolveResult(u, tied_deficit <= options.tol, [entry], steps=len(sets))
     unit_graph = None
     if name in ("stochastic", "cyclic") and not custom:
         from synbal.algorithms.kernels import UnitGraph
@@ -162,12 +162,12 @@ def _run(name: str, problem: BalanceProblem, reg: Regularizer, options: SolveOpt
         unit_graph = UnitGraph.build(problem)
     evaluator = SetEvaluator(problem)
 
-    def measure(v: np.ndarray) -> float:
+    def deficit_of(v: np.ndarray) -> float:
         if name == "tied":
             return _set_relative_deficit(problem, v, sets)
         return problem.max_relative_deficit(v)
 
-    history = [HistoryEntry(0, problem.value(u), measure(u))]
+    history = [HistoryEntry(0, problem.value(u), deficit_of(u))]
     converged = history[0].max_relative_deficit <= options.tol or free_idx.size == 0
     steps = 0
     bar = tqdm(total=options.max_sweeps, desc=f"{name} balancing", disable=not options.progress,
@@ -192,7 +192,7 @@ def _run(name: str, problem: BalanceProblem, reg: Regularizer, options: SolveOpt
                     costs = evaluator.costs(u, s)
                     u[s] += optimal_log_steps(costs, problem.degree[s], options.theta)
                 steps += 1
-        history.append(HistoryEntry(sweep, problem.value(u), measure(u)))
+        history.append(HistoryEntry(sweep, problem.value(u), deficit_of(u)))
         converged = history[-1].max_relative_deficit <= options.tol
         if options.callback is not None:
             options.callback(sweep, u)
