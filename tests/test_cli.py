@@ -184,6 +184,18 @@ def test_console_process_exit_code_and_stderr(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
+def test_shipped_examples_by_name(tmp_path, capsys):
+    out = tmp_path / "out.json"
+    assert main(["balance", "example:recurrent_mixed", "-o", str(out)]) == 0
+    assert Graph.load(out).to_dict()["units"] == Graph.load(example_path("recurrent_mixed")).to_dict()["units"]
+    assert main(["inspect", "example:layered"]) == 0
+    assert "h2_3" in capsys.readouterr().out
+    assert main(["inspect", "example:nope"]) == 2
+    assert "unknown example 'nope'" in _one_error_line(capsys)
+    assert main(["balance", "example:layered", "-o", str(example_path("layered"))]) == 2
+    assert "input file" in _one_error_line(capsys)
+
+
 # ----------------------------------------------------------------------------- inspect
 def test_inspect_prints_the_table_and_totals(net, capsys):
     assert main(["inspect", str(net)]) == 0

@@ -237,6 +237,27 @@ def test_layers_found_for_layered_nets_only():
     assert GraphAdapter(recurrent).problem(parse_regularizer("l2")).layers is None
 
 
+def test_degenerate_networks_balance_cleanly():
+    only_fixed = Graph([Unit("x", "input"), Unit("t", "hidden", "sigmoid"), Unit("y", "output")],
+                       [("x", "t", 2.0), ("t", "y", 3.0), ("x", "y", 1.0)])
+    res = synbal.balance(only_fixed)
+    assert res.scales == {} and res.converged and res.net == only_fixed
+    no_edges = Graph([Unit("x", "input"), Unit("h", "hidden", "relu"), Unit("y", "output")], [])
+    assert synbal.balance(no_edges).scales == {"h": 1.0}
+    assert synbal.deficit(no_edges).dead == ["h"]
+    # a closed cycle a <-> b touching no visible unit: scaling both alike moves nothing, so a is
+    # pinned and b balanced against it (2 and 3 become sqrt(6) each); the unconnected c is dead
+    cycle = Graph([Unit("x", "input"), Unit("a", "hidden", "relu"), Unit("b", "hidden", "relu"),
+                   Unit("c", "hidden", {"type": "bipu", "c": 2.0}), Unit("y", "output")],
+                  [("a", "b", 2.0), ("b", "a", 3.0), ("x", "y", 1.0)])
+    res = synbal.balance(cycle)
+    assert res.scales["a"] == 1.0 and res.scales["c"] == 1.0
+    ab, ba = (w for s, _, w in res.net.edges if s in "ab")
+    assert ab == pytest.approx(math.sqrt(6.0), rel=1e-12) and ba == pytest.approx(math.sqrt(6.0), rel=1e-12)
+    statuses = {u.name: u.status for u in synbal.deficit(cycle).units}
+    assert statuses == {"a": "pinned", "b": "free", "c": "dead"}
+
+
 def test_tied_closed_form_runs_on_a_layered_graph():
     g = random_layered_graph(np.random.default_rng(3), [3, 5, 4, 6, 2], bias=False)
     res = synbal.balance(g, "l2", "tied", closed_form=True, tol=1e-12)

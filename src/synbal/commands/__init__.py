@@ -15,12 +15,24 @@ from types import ModuleType
 
 from synbal.errors import SynbalError
 
-__all__ = ["add_model_options", "add_network_arguments", "input_path", "is_model_input", "model_support"]
+__all__ = [
+    "EXAMPLE_PREFIX",
+    "add_model_options",
+    "add_network_arguments",
+    "input_path",
+    "is_model_input",
+    "model_support",
+]
+
+#: ``synbal balance example:NAME`` reads the network ``NAME`` shipped in :mod:`synbal.examples`.
+EXAMPLE_PREFIX = "example:"
 
 
 def add_network_arguments(parser: argparse.ArgumentParser) -> None:
     """The input network file and the ``--reg`` regularizer (``balance`` and ``inspect``)."""
-    parser.add_argument("input", nargs="?", help="network file: NET.json (synbal.graph/1) or MODEL.pt2")
+    parser.add_argument("input", nargs="?",
+                        help="network file: NET.json (synbal.graph/1), MODEL.pt2, or example:NAME for a "
+                        "shipped example (issue_example, recurrent_mixed, layered)")
     parser.add_argument("--reg", default="l2",
                         help="regularizer: l2, l1, l0.5, 1*l2+0.01*l1, l2,1 (l_{p,q}), ... (default l2)")
 
@@ -45,16 +57,28 @@ def is_model_input(args: argparse.Namespace) -> bool:
     False
     >>> is_model_input(argparse.Namespace(input="model.pt2", factory=None))
     True
+    >>> is_model_input(argparse.Namespace(input="example:layered", factory=None))
+    False
     """
     if getattr(args, "factory", None):
         return True
-    return args.input is not None and Path(args.input).suffix.lower() != ".json"
+    if args.input is None or args.input.startswith(EXAMPLE_PREFIX):
+        return False
+    return Path(args.input).suffix.lower() != ".json"
 
 
 def input_path(args: argparse.Namespace) -> Path:
-    """The input network file, which must be given for explicit networks."""
+    """The input network file; ``example:NAME`` names a network shipped in :mod:`synbal.examples`.
+
+    >>> input_path(argparse.Namespace(input="example:layered")).name
+    'layered.json'
+    """
     if args.input is None:
         raise SynbalError("no input: give a network file (NET.json or MODEL.pt2) or --factory and --weights")
+    if args.input.startswith(EXAMPLE_PREFIX):
+        from synbal.examples import example_path
+
+        return example_path(args.input[len(EXAMPLE_PREFIX) :])
     return Path(args.input)
 
 

@@ -5,8 +5,10 @@
 input is never overwritten; outputs are written atomically), checks on random inputs that
 it computes the same function (``--no-verify`` skips this), and with ``--report`` writes a
 JSON report (regularizer before/after, max relative deficit, convergence, sweeps, seconds,
-per-sweep history). PyTorch model inputs (``MODEL.pt2`` or ``--factory``/``--weights``) are
-handled by :func:`synbal.torch.cli_support.balance_model_file`.
+per-sweep history). ``IN`` may be ``example:NAME`` for a network shipped in
+:mod:`synbal.examples` (``synbal balance example:recurrent_mixed -o balanced.json``).
+PyTorch model inputs (``MODEL.pt2`` or ``--factory``/``--weights``) are handled by
+:func:`synbal.torch.cli_support.balance_model_file`.
 """
 
 from __future__ import annotations
@@ -47,13 +49,14 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Balance the input, write the outputs, print a summary; the exit status."""
-    protected = [x for x in (args.input, getattr(args, "weights", None)) if x]
+    model = is_model_input(args)
+    source = None if model else input_path(args)
+    protected = [str(x) for x in (source or args.input, args.weights) if x]
     ensure_not_input(args.output, *protected)
     if args.report:
         ensure_not_input(args.report, *protected, args.output)
-    if is_model_input(args):
+    if source is None:
         return int(model_support().balance_model_file(args))
-    source = input_path(args)
     graph = Graph.load(source)
     result = balance(
         graph,
