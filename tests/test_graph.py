@@ -297,6 +297,31 @@ def test_apply_copies_unless_inplace():
         GraphAdapter(g).apply(np.zeros(2))
 
 
+@PROPERTY
+@given(seed=graph_seeds())
+def test_scalings_compose_and_invert(seed):
+    rng = np.random.default_rng(seed)
+    g = random_graph(rng, recurrent=bool(seed % 2), bipu=True, mixed=True)
+    adapter = GraphAdapter(g)
+    u1, u2 = rng.normal(size=(2, len(adapter.names)))
+    twice = GraphAdapter(adapter.apply(u1)).apply(u2)
+    once = adapter.apply(u1 + u2)
+    np.testing.assert_allclose([w for *_, w in twice.edges], [w for *_, w in once.edges], rtol=1e-13)
+    np.testing.assert_allclose(list(twice.biases.values()), list(once.biases.values()), rtol=1e-13)
+    back = GraphAdapter(adapter.apply(u1)).apply(-u1)
+    np.testing.assert_allclose([w for *_, w in back.edges], [w for *_, w in g.edges], rtol=1e-13)
+
+
+@PROPERTY
+@given(seed=graph_seeds())
+def test_balancing_is_idempotent(seed):
+    g = random_graph(np.random.default_rng(seed), recurrent=bool(seed % 2), bipu=True, mixed=True)
+    first = synbal.balance(g, "l2", tol=1e-12)
+    second = synbal.balance(first.net, "l2", tol=1e-12)
+    np.testing.assert_allclose(list(second.scales.values()), 1.0, rtol=1e-9)
+    np.testing.assert_allclose([w for *_, w in second.net.edges], [w for *_, w in first.net.edges], rtol=1e-9)
+
+
 # ----------------------------------------------------------------------------- invariance
 def _invariance(g: Graph, seed: int, method: str = "exact", reg: str = "l2") -> None:
     rng = np.random.default_rng(seed)

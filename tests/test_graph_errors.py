@@ -80,6 +80,8 @@ BAD_DOCUMENTS = [
     ("hidden-without-activation", _set(("units", 1), {"name": "h0", "role": "hidden"}), GraphFormatError,
      "'h0'"),
     ("output-with-relu", _set(("units", 3, "activation"), "relu"), GraphFormatError, "'y0'"),
+    ("input-with-bilu", _set(("units", 0, "activation"), {"type": "bilu", "a": 0.5, "b": 1.0}),
+     GraphFormatError, "'x0'"),
     ("coefficient-unknown-edge", _set(("cost_coefficients",), [["x0", "h1", 1.0]]), GraphFormatError,
      "x0 -> h1"),
     ("coefficient-negative", _set(("cost_coefficients",), [["x0", "h0", -1.0]]), GraphFormatError,

@@ -70,6 +70,13 @@ Edge = tuple[str, str, float]
 
 
 # ---------------------------------------------------------------------------------------- units
+def _is_identity(act: Activation) -> bool:
+    """``f(x) = x`` (``linear``, ``identity``, a BiLU with ``a = b = 1``)."""
+    probe = np.array([-2.5, -1.0, 0.0, 0.75, 3.0])
+    return act.degree == 1.0 and bool(np.array_equal(act(probe), probe))
+
+
+
 @dataclass(frozen=True)
 class Unit:
     """One unit: its name, role (``input``, ``hidden``, ``output``) and activation.
@@ -78,6 +85,7 @@ class Unit:
     ``{"type": "bipu", "c": 2.0}``, or an :class:`~synbal.activations.Activation`); input and
     output units are identity units and may only say ``"linear"``/``"identity"``. ``extra``
     holds unknown JSON fields, written back unchanged.
+    (An identity activation written on an input or output unit, e.g. ``"linear"``, is kept.)
 
     >>> Unit("h", "hidden", "leaky_relu").scalable, Unit("t", "hidden", "tanh").scalable
     (True, False)
@@ -103,7 +111,7 @@ class Unit:
         if not isinstance(act, Activation):
             act = parse_activation(act, where=f"unit {self.name!r}")
             object.__setattr__(self, "activation", act)
-        if self.role != "hidden" and act.to_json() not in ("linear", "identity"):
+        if self.role != "hidden" and not _is_identity(act):
             raise GraphFormatError(
                 f"unit {self.name!r}: {self.role} units are identity units; activation {act.to_json()!r} "
                 "is not allowed (add a hidden unit instead)"
