@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         report.update(input=str(source), output=str(args.output), verified=_verified(args, gap),
                       function_gap=gap, scales=result.scales)
         atomic_write_json(args.report, report)
-    print(summary(result, str(source), str(args.output), _verified(args, gap), gap))
+    print(summary(result, args.input, str(args.output), _verified(args, gap), gap))
     return 0
 
 
@@ -105,5 +105,5 @@ def summary(result: BalanceResult, source: str, target: str, verified: str, gap:
     if dead:
         lines.append(f"  dead units left alone (no incoming or no outgoing cost): {', '.join(dead)}")
     if result.excluded:
-        lines.append(f"  {len(result.excluded)} non-scalable hidden units left unchanged")
+        lines.append(f"  non-scalable hidden units left unchanged: {', '.join(result.excluded)}")
     return "\n".join(lines)
