@@ -1,0 +1,111 @@
+"""The PyTorch adapter: ``synbal.balance(model, ...)`` and ``synbal.deficit(model, ...)`` for ``nn.Module``.
+
+>>> import torch, synbal
+>>> from torch import nn
+>>> torch.manual_seed(0) and None
+>>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+>>> x = torch.randn(5, 4, dtype=torch.float64)
+>>> res = synbal.balance(model, "l2", example_inputs=(x,))
+>>> res.converged, res.regularizer_after <= res.regularizer_before
+(True, True)
+>>> bool(torch.allclose(res.net(x), model(x)))
+True
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from synbal.errors import ModelError
+from synbal.problem import BalanceProblem
+from synbal.regularizers import Regularizer
+from synbal.torch.apply import factor_arrays, run_model, scale_parameters, verify_outputs
+from synbal.torch.discovery import Discovery, discover
+from synbal.torch.extract import build_problem
+from synbal.torch.fold import fold_batchnorm
+
+__all__ = ["TorchAdapter"]
+
+
+def _as_inputs(example_inputs: Any) -> tuple[Any, ...]:
+    if example_inputs is None:
+        raise ModelError(
+            "balancing a PyTorch model needs example inputs: pass example_inputs=(x,) "
+            "with tensors of the shapes the model is called with"
+        )
+    return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+
+
+class TorchAdapter:
+    """Extract/apply for ``nn.Module`` (see :class:`synbal.adapters.Adapter`).
+
+    Parameters
+    ----------
+    model:
+        The model (not modified unless ``apply(..., inplace=True)``). BatchNorm layers must be
+        in eval mode.
+    example_inputs:
+        A tensor or tuple of tensors the model is called with (used to trace shapes and verify).
+    verify:
+        After applying, run the model before/after and raise
+        :class:`~synbal.errors.VerificationError` if the outputs differ beyond a dtype-aware tolerance.
+    barriers:
+        Treat unsupported operations as barriers (units touching them are not scaled) instead of
+        raising :class:`~synbal.errors.UnsupportedOperationError`.
+    fold_batchnorm:
+        Fold eval-mode BatchNorm layers into the preceding Linear/Conv first (the balanced model
+        then has ``nn.Identity`` in their place, and the conv channels become scalable units).
+    """
+
+    def __init__(self, model: nn.Module, *, example_inputs: Any = None, verify: bool = True,
+                 barriers: bool = False, fold_batchnorm: bool = False) -> None:
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.inputs = _as_inputs(example_inputs)
+        self.verify = verify
+        self.fold = fold_batchnorm
+        self._work = model
+        if fold_batchnorm:
+            self._work = copy.deepcopy(model)
+            fold_batchnorm(self._work, self.inputs)
+        self.discovery: Discovery = discover(self._work, self.inputs, barriers=barriers)
+
+    def problem(self, reg: Regularizer) -> BalanceProblem:
+        return build_problem(self.discovery, reg)
+
+    def apply(self, u: np.ndarray, *, inplace: bool) -> nn.Module:
+        before = run_model(self.model, self.inputs) if self.verify else None
+        if inplace:
+            target = self.model
+            if self.fold:
+                fold_batchnorm(target, self.inputs)
+        else:
+            target = copy.deepcopy(self._work)
+        scale_parameters(target, self.discovery, u)
+        if before is not None:
+            verify_outputs(before, run_model(target, self.inputs),
+                           f"{type(self.model).__name__}" + (" (modified in place)" if inplace else ""))
+        return target
+
+    def excluded(self) -> dict[str, str]:
+        return dict(self.discovery.excluded)
+
+    def parameter_factors(self, u: np.ndarray) -> dict[str, torch.Tensor]:
+        """The elementwise float64 multiplier :meth:`apply` uses for every named parameter (1 if untouched).
+
+        Training code uses it to rescale optimizer state (momentum ``× f``, Adam's second moment ``× f²``).
+        """
+        factors = factor_arrays(self.discovery, u)
+        out: dict[str, torch.Tensor] = {}
+        for name, p in self._work.named_parameters():
+            f = factors.get(name)
+            shape = tuple(p.shape)
+            out[name] = (torch.from_numpy(np.ascontiguousarray(np.broadcast_to(f, shape))) if f is not None
+                         else torch.ones(shape, dtype=torch.float64))
+        return out

@@ -1,0 +1,473 @@
+"""Discovery: trace an ``nn.Module`` and find every rescaling symmetry in it.
+
+**Tracing choice.** synbal traces with :mod:`torch.fx` (``symbolic_trace`` with a tracer that
+keeps ``torch.nn`` layers and :class:`synbal.nn.LocallyConnected2d` as leaves) and runs the traced
+graph once on the example inputs (an :class:`torch.fx.Interpreter`) to learn every tensor's
+shape. Models that already are ``fx.GraphModule`` s — in particular ``torch.export`` programs'
+``.module()`` — are walked as they are, so ATen-level graphs (``aten.conv2d``,
+``aten.batch_norm``, …) are understood too. fx was chosen over ``torch.export`` for ordinary
+modules because it keeps module paths and parameter names exactly, needs no compilation, and
+is fast (a ResNet-18 traces in milliseconds).
+
+**Limits.** Python control flow that depends on tensor values cannot be traced by fx (export the
+model with ``torch.export`` and balance the ``.pt2``); modules called with ``PackedSequence`` are
+not supported; every operation synbal does not know raises
+:class:`~synbal.errors.UnsupportedOperationError` naming the node, the op and the module path
+— or, with ``barriers=True``, fixes every unit that reaches it. Pooling over positions that have
+different scales (after a locally connected layer) ties those positions for the whole channel,
+which is a valid but coarser symmetry than per-window ties.
+
+**Result.** Slots (see :mod:`synbal.torch.slots`) are merged along ties into *groups*: each
+group has one scale ``λ``; a parameter entry whose row slot is in group ``g`` and column slot
+in group ``h`` is multiplied by ``λ_g / λ_h``. Groups fixed by the model (inputs, outputs,
+non-homogeneous consumers, BatchNorm normalisation, barriers) are *excluded*, each with its
+reason.
+
+>>> import torch
+>>> from torch import nn
+>>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+>>> d = discover(model, (torch.zeros(1, 3),))
+>>> len(d.groups), d.names[:2], d.excluded
+(4, ['0[0]', '0[1]'], {'2[0]..2[1] (2 units)': 'model output'})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from synbal.errors import InvalidWeightError, ModelError, UnsupportedOperationError
+from synbal.nn import LocallyConnected2d
+from synbal.torch import rules
+from synbal.torch.slots import SlotTable
+from synbal.torch.values import Ids, ParamRef, zeros_like_shape
+
+__all__ = ["Discovery", "ParamUse", "Walker", "discover", "eval_mode", "trace"]
+
+
+@dataclass
+class ParamUse:
+    """How one parameter scales: entry ``[idx]`` is multiplied by ``λ[row[idx]] / λ[col[idx]]``.
+
+    ``row`` and ``col`` hold slots and broadcast to the parameter's shape (same number of
+    dimensions). ``bias`` marks a bias (its column is the constant unit).
+    """
+
+    name: str
+    row: np.ndarray
+    col: np.ndarray
+    bias: bool = False
+    nodes: list[str] = field(default_factory=list)
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that keeps synbal's own layers as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, LocallyConnected2d):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """An fx graph of ``model`` (the model itself when it already is a ``GraphModule``)."""
+    if isinstance(model, fx.GraphModule):
+        return model
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, …) on untraceable code
+        raise ModelError(
+            f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
+            "data-dependent Python control flow is not traceable — export the model with "
+            "torch.export and balance the exported program instead"
+        ) from exc
+    return fx.GraphModule(model, graph, class_name=type(model).__name__)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block and restore every submodule's mode after."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, was_training in modes:
+            m.training = was_training
+
+
+def _canonical_names(model: nn.Module) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Map every parameter alias to the first name of its tensor; the tensors by canonical name."""
+    canon: dict[str, str] = {}
+    by_id: dict[int, str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        first = by_id.setdefault(id(p), name)
+        canon[name] = first
+        tensors.setdefault(first, p)
+    return canon, tensors
+
+
+def _has_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_has_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_tensor(v) for v in value.values())
+    return False
+
+
+def _op_name(node: fx.Node, gm: fx.GraphModule | None = None) -> str:
+    if node.op == "call_module" and gm is not None:
+        return f"nn.{type(gm.get_submodule(str(node.target))).__name__}"
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        return f"aten.{target.__name__}"
+    mod = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", str(target))
+    if mod in ("_operator", "operator"):
+        return f"operator.{name}"
+    if mod.startswith("torch"):
+        return f"{mod.replace('torch.nn.functional', 'F')}.{name}"
+    return name
+
+
+class Walker:
+    """Walks an fx graph in order, applying :mod:`synbal.torch.rules` to every node."""
+
+    def __init__(self, gm: fx.GraphModule, root: nn.Module, *, barriers: bool) -> None:
+        self.gm = gm
+        self.barriers = barriers
+        self.table = SlotTable()
+        self.uses: dict[str, ParamUse] = {}
+        self.env: dict[fx.Node, Any] = {}
+        self.data_used: dict[str, str] = {}
+        self.canon, self.params = _canonical_names(root)
+        self.shared: dict[str, list[str]] = {}
+
+    # ------------------------------------------------------------------ for rules
+    def param_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.params[self.canon[name]].shape)
+
+    def prefix(self, param_name: str) -> str:
+        name = self.canon.get(param_name, param_name)
+        return name.rsplit(".", 1)[0] if "." in name else name
+
+    def use(self, name: str, row: np.ndarray, col: np.ndarray, node: fx.Node, *, bias: bool = False) -> None:
+        """Record that parameter ``name`` scales by ``λ[row] / λ[col]`` (ties a shared parameter's uses)."""
+        if name not in self.canon:
+            raise ModelError(f"node {node.name!r}: {name!r} is not a parameter of the model")
+        canonical = self.canon[name]
+        shape = self.param_shape(name)
+        row = np.asarray(row, dtype=np.int64)
+        col = np.asarray(col, dtype=np.int64)
+        for arr in (row, col):
+            if arr.ndim != len(shape) or any(a not in (1, s) for a, s in zip(arr.shape, shape, strict=True)):
+                raise ModelError(f"internal: slots of shape {arr.shape} do not fit parameter {name} {shape}")
+        previous = self.uses.get(canonical)
+        if previous is None:
+            self.uses[canonical] = ParamUse(canonical, row, col, bias, [node.name])
+            return
+        # a shared parameter: both places must scale it the same way, so their units are tied
+        self.table.tie(previous.row, row)
+        self.table.tie(previous.col, col)
+        previous.nodes.append(node.name)
+        self.shared[canonical] = previous.nodes
+
+    def keep_axes(self, x: Ids, axes: list[int], node: fx.Node) -> np.ndarray:
+        """Tie ``x``'s slots along every axis not in ``axes``; return them with those axes of size 1."""
+        keep = {a % x.ndim for a in axes} if x.ndim else set()
+        arr = x.ids
+        for ax in range(x.ndim):
+            if ax in keep or arr.shape[ax] == 1:
+                continue
+            first = np.take(arr, [0], axis=ax)
+            self.table.tie(arr, first)
+            arr = first
+        return arr
+
+    def value(self, node: fx.Node, pos: int, kw: str | None = None, default: Any = None) -> Any:
+        """What discovery knows about argument ``pos`` (or keyword ``kw``) of ``node``."""
+        if pos >= 0 and len(node.args) > pos:
+            arg = node.args[pos]
+        elif kw is not None and kw in node.kwargs:
+            arg = node.kwargs[kw]
+        else:
+            return default
+        return fx.node.map_aggregate(arg, lambda a: self.env.get(a) if isinstance(a, fx.Node) else a)
+
+    def literal(self, node: fx.Node, pos: int, kw: str | None = None, default: Any = None) -> Any:
+        return self.value(node, pos, kw, default)
+
+    def as_ids(self, value: Any, node: fx.Node) -> Ids | None:
+        """The slots of a tensor value; a parameter read as data must keep its values (scale 1)."""
+        if isinstance(value, Ids):
+            return value
+        if isinstance(value, ParamRef):
+            if value.is_parameter:
+                self.data_used.setdefault(value.name, node.name)
+            return zeros_like_shape(value.shape)
+        return None
+
+    def input_ids(self, node: fx.Node, pos: int, kw: str | None = None) -> Ids | None:
+        return self.as_ids(self.value(node, pos, kw), node)
+
+    def fixed_like(self, result: Any) -> Any:
+        """Scale-1 values mirroring ``result``'s structure."""
+        if isinstance(result, torch.Tensor):
+            return zeros_like_shape(tuple(int(s) for s in result.shape))
+        if isinstance(result, (tuple, list)):
+            return tuple(self.fixed_like(r) for r in result)
+        return None
+
+    def no_tensor(self, node: fx.Node, result: Any) -> Any:
+        return self.fixed_like(result)
+
+    def fix_inputs(self, node: fx.Node, reason: str) -> None:
+        def visit(a: fx.Node) -> fx.Node:
+            v = self.env.get(a)
+            fx.node.map_aggregate(v, lambda x: self._fix_value(x, reason, node))
+            return a
+
+        fx.node.map_arg((node.args, node.kwargs), visit)
+
+    def _fix_value(self, v: Any, reason: str, node: fx.Node) -> Any:
+        if isinstance(v, Ids):
+            self.table.fix(v.ids, reason)
+        elif isinstance(v, ParamRef) and v.is_parameter:
+            self.data_used.setdefault(v.name, node.name)
+        return v
+
+    def op_name(self, node: fx.Node) -> str:
+        return _op_name(node, self.gm)
+
+    def module_path(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            return str(node.target)
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            path = list(stack.values())[-1][0]
+            return str(path) or "<root>"
+        return "<root>"
+
+    def unsupported(self, node: fx.Node, result: Any, detail: str) -> Any:
+        op = self.op_name(node)
+        where = self.module_path(node)
+        if self.barriers:
+            self.fix_inputs(node, f"barrier: unsupported {op} at node {node.name!r} ({detail})")
+            return self.fixed_like(result)
+        raise UnsupportedOperationError(
+            f"node {node.name!r}: operation {op} in module {where!r} is not supported ({detail}); "
+            "synbal does not know how positive rescaling passes through it. Pass barriers=True to "
+            "treat such nodes as barriers (units touching them are not scaled)"
+        )
+
+    # ------------------------------------------------------------------ the walk
+    def visit(self, node: fx.Node, result: Any) -> Any:
+        if node.op == "placeholder":
+            return self.fixed_like(result)
+        if node.op == "get_attr":
+            target = str(node.target)
+            if isinstance(result, torch.Tensor) and target in self.canon:
+                return ParamRef(self.canon[target], tuple(int(s) for s in result.shape), True)
+            if isinstance(result, torch.Tensor):
+                return ParamRef(target, tuple(int(s) for s in result.shape), False)
+            return None
+        if node.op == "output":
+            self.fix_inputs(node, "model output")
+            return None
+        if node.op == "call_module":
+            mod = self.gm.get_submodule(str(node.target))
+            mrule = rules.module_rule(mod)
+            if mrule is not None:
+                return mrule(self, node, mod, result)
+            if not _has_tensor(result) and not any(True for _ in mod.parameters()):
+                return None
+            return self.unsupported(node, result, f"unknown module type {type(mod).__name__}")
+        name = str(node.target) if node.op == "call_method" else None
+        if not _has_tensor(result) and name not in ("item", "tolist") and node.target is not torch.Tensor.item:
+            return None
+        inputs_known = False
+
+        def seen(a: fx.Node) -> fx.Node:
+            nonlocal inputs_known
+            inputs_known |= isinstance(self.env.get(a), (Ids, ParamRef, tuple, list))
+            return a
+
+        fx.node.map_arg((node.args, node.kwargs), seen)
+        if not inputs_known:  # built from constants only (torch.zeros, arange, …)
+            return self.fixed_like(result)
+        rule = rules.METHOD_RULES.get(str(node.target)) if name is not None else rules.FUNCTION_RULES.get(node.target)
+        if rule is None:
+            return self.unsupported(node, result, "no rescaling rule for this operation")
+        return rule(self, node, result)
+
+
+class _Runner(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, walker: Walker) -> None:
+        super().__init__(gm)
+        self.walker = walker
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n) if n.op != "output" else None
+        self.walker.env[n] = self.walker.visit(n, result)
+        if n.op == "output":
+            return super().run_node(n)
+        return result
+
+
+@dataclass
+class Discovery:
+    """The scalable groups of a model and how each parameter scales with them.
+
+    ``groups[k]`` lists the slots of group ``k`` (its tied neurons), ``names[k]`` its name (the
+    first slot's label). ``group_of_slot[s]`` is the group of slot ``s`` (``-1`` fixed).
+    ``uses`` maps each canonical parameter name to its :class:`ParamUse`; ``unused`` lists
+    parameters no rule scaled (counted in ``R`` as fixed costs, never changed). ``excluded``
+    maps unit ranges to the reason they are not scaled. ``layers`` are independent sets of groups
+    in graph order (``None`` when some producer's groups are joined by a weight, e.g. RNNs).
+    """
+
+    table: SlotTable
+    uses: dict[str, ParamUse]
+    group_of_slot: np.ndarray
+    groups: list[np.ndarray]
+    names: list[str]
+    excluded: dict[str, str]
+    layers: list[np.ndarray] | None
+    unused: list[str]
+    shared: dict[str, list[str]]
+    params: dict[str, torch.Tensor]
+
+    @property
+    def n(self) -> int:
+        return len(self.groups)
+
+
+def _check_finite(params: dict[str, torch.Tensor]) -> None:
+    for name, p in params.items():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            bad = int((~torch.isfinite(p)).sum())
+            raise InvalidWeightError(f"parameter {name!r} has {bad} NaN or infinite entries")
+
+
+def _check_batchnorm(model: nn.Module) -> None:
+    for path, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None):
+            why = "is in training mode" if m.training else "has no running statistics"
+            raise ModelError(
+                f"BatchNorm {path!r} {why}: it normalises with batch statistics, so rescaling is not "
+                "a symmetry of the model; call model.eval() before balancing"
+            )
+
+
+def discover(model: nn.Module, example_inputs: tuple[Any, ...], *, barriers: bool = False) -> Discovery:
+    """Trace ``model``, run it once on ``example_inputs``, and return its scalable groups."""
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    _check_batchnorm(model)
+    gm = trace(model)
+    walker = Walker(gm, model, barriers=barriers)
+    _check_finite(walker.params)
+    with torch.no_grad(), eval_mode(model), eval_mode(gm):
+        try:
+            _Runner(gm, walker).run(*example_inputs)
+        except (ModelError, InvalidWeightError):
+            raise
+        except Exception as exc:
+            raise ModelError(
+                f"running {type(model).__name__} on the example inputs failed "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+    return _finish(walker)
+
+
+def _finish(w: Walker) -> Discovery:
+    table = w.table
+    for name, node in w.data_used.items():
+        use = w.uses.get(name)
+        if use is not None:  # read as data elsewhere: its values must not change
+            table.tie(use.row, use.col)
+            del node
+    res = table.resolve()
+    comp = res.component
+    ncomp = res.n_components
+    has_out = np.zeros(ncomp, dtype=bool)
+    for use in w.uses.values():
+        r, c = np.broadcast_arrays(comp[use.row], comp[use.col])
+        has_out[c[r != c]] = True
+    reasons = dict(res.reasons)
+    keep = ~res.fixed & has_out
+    first_slot = np.full(ncomp, table.n_slots, dtype=np.int64)
+    np.minimum.at(first_slot, comp, np.arange(table.n_slots))
+    for c in np.flatnonzero(~res.fixed & ~has_out).tolist():
+        members = np.flatnonzero(comp == c)
+        soft = next((table.soft_reasons[int(s)] for s in members if int(s) in table.soft_reasons), None)
+        reasons[c] = soft or "no outgoing weights: its scale changes no later parameter"
+    group_of_comp = np.full(ncomp, -1, dtype=np.int64)
+    group_of_comp[keep] = np.arange(int(keep.sum()))
+    group_of_slot = group_of_comp[comp]
+    group_of_slot[0] = -1
+    order = np.argsort(group_of_slot, kind="stable")
+    counts = np.bincount(group_of_slot[group_of_slot >= 0], minlength=int(keep.sum()))
+    start = int((group_of_slot < 0).sum())
+    groups = []
+    for k in range(int(keep.sum())):
+        groups.append(np.sort(order[start : start + counts[k]]))
+        start += counts[k]
+    names = [table.label(int(g[0])) for g in groups]
+    excluded = _excluded(table, comp, group_of_slot, reasons)
+    layers = _layers(table, groups, group_of_slot, w.uses)
+    unused = [n for n, p in w.params.items() if n not in w.uses and p.is_floating_point()]
+    return Discovery(table, w.uses, group_of_slot, groups, names, excluded, layers, unused,
+                     dict(w.shared), w.params)
+
+
+def _excluded(table: SlotTable, comp: np.ndarray, group_of_slot: np.ndarray,
+              reasons: dict[int, str]) -> dict[str, str]:
+    """Fixed producer outputs, as runs of consecutive units with the same reason."""
+    out: dict[str, str] = {}
+    for _prefix, start, shape in table.ranges():
+        size = int(np.prod(shape))
+        slots = np.arange(start, start + size)
+        fixed = group_of_slot[slots] < 0
+        if not fixed.any():
+            continue
+        why = [reasons.get(int(comp[s]), "fixed") if f else None for s, f in zip(slots, fixed, strict=True)]
+        k = 0
+        while k < size:
+            if why[k] is None:
+                k += 1
+                continue
+            j = k
+            while j + 1 < size and why[j + 1] == why[k]:
+                j += 1
+            key = table.label(int(slots[k])) if j == k else (
+                f"{table.label(int(slots[k]))}..{table.label(int(slots[j]))} ({j - k + 1} units)")
+            out[key] = str(why[k])
+            k = j + 1
+    return out
+
+
+def _layers(table: SlotTable, groups: list[np.ndarray], group_of_slot: np.ndarray,
+            uses: dict[str, ParamUse]) -> list[np.ndarray] | None:
+    """Groups bucketed by the producer of their first slot, when every bucket is an independent set."""
+    if not groups:
+        return None
+    starts = np.array([start for _, start, _ in table.ranges()], dtype=np.int64)
+    bucket = np.searchsorted(starts, np.array([g[0] for g in groups]), side="right") - 1
+    for use in uses.values():
+        r, c = np.broadcast_arrays(group_of_slot[use.row], group_of_slot[use.col])
+        m = (r >= 0) & (c >= 0) & (r != c)
+        if np.any(bucket[r[m]] == bucket[c[m]]):
+            return None
+    return [np.flatnonzero(bucket == b) for b in np.unique(bucket)]
