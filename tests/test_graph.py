@@ -356,6 +356,16 @@ def test_schedules_keep_the_function(method, reg):
     _invariance(g, 11, method, reg)
 
 
+@pytest.mark.parametrize("reg", ["l0.5", "l1", "l2", "l3"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exact_reaches_1e12_on_weights_spanning_1e8(reg, seed):
+    g = random_graph(np.random.default_rng(seed), n_hidden=12, recurrent=seed != 0, bipu=True, mixed=True,
+                     weight_range=(1e-8, 1e8))
+    res = synbal.balance(g, reg, tol=1e-12)
+    assert res.converged and res.max_relative_deficit <= 1e-12
+    assert synbal.deficit(res.net, reg).max_relative_deficit <= 1e-11  # measured again on the written weights
+
+
 def test_bipu_units_end_with_in_equal_c_out():
     g = random_graph(np.random.default_rng(2), n_hidden=10, recurrent=True, bipu=True)
     res = synbal.balance(g, "l2", tol=1e-12)
