@@ -137,6 +137,7 @@ def test_every_bad_network_exits_2_with_one_line(tmp_path, capsys, mutate, text)
         (["balance", "{missing_model}", "-o", "{out}"], ""),
         (["inspect", "{missing}"], "No such file"),
         (["inspect", "{net}", "--reg", "p2"], "cannot parse"),
+        (["inspect", "{net}", "--max-rows", "-1"], "--max-rows"),
         (["frobnicate"], "invalid choice"),
         (["reproduce", "no-such-experiment"], "unknown experiment"),
         (["reproduce"], "name an experiment"),

@@ -15,6 +15,7 @@ from typing import Any
 
 from synbal.api import deficit
 from synbal.commands import add_model_options, add_network_arguments, input_path, is_model_input, model_support
+from synbal.errors import SynbalError
 from synbal.graph import Graph
 
 __all__ = ["register", "run"]
@@ -37,6 +38,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the balance report of the input; the exit status."""
+    if args.max_rows is not None and args.max_rows < 0:
+        raise SynbalError(f"--max-rows must be >= 0, got {args.max_rows}")
     if is_model_input(args):
         return int(model_support().inspect_model_file(args))
     report = deficit(Graph.load(input_path(args)), args.reg)
