@@ -67,7 +67,7 @@ def test_single_step_delta_r_closed_form_and_partial_steps(reg):
     assert step.delta_regularizer == pytest.approx((np.sqrt(unit.IN) - np.sqrt(unit.OUT)) ** 2, rel=1e-9)
     after = synbal.deficit(step.net, reg)
     u2 = next(u for u in after.units if u.name == unit.name)
-    assert u2.IN == pytest.approx(u2.OUT, rel=1e-10)
+    assert pytest.approx(u2.OUT, rel=1e-10) == u2.IN
     half = balance_units(g, [unit.name], reg, theta=0.5)
     assert half.scales[unit.name] == pytest.approx(step.scales[unit.name] ** 0.5, rel=1e-12)
     assert 0 < half.delta_regularizer < step.delta_regularizer
