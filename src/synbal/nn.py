@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 __all__ = ["LocallyConnected2d"]
@@ -78,11 +78,10 @@ class LocallyConnected2d(nn.Module):
             )
         self.out_size = (oh, ow)
         patch = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(oh * ow, self.out_channels, patch, **factory))
+        self.weight = nn.Parameter(torch.empty(oh * ow, self.out_channels, patch, device=device, dtype=dtype))
         self.bias: nn.Parameter | None
         if bias:
-            self.bias = nn.Parameter(torch.empty(self.out_channels, oh, ow, **factory))
+            self.bias = nn.Parameter(torch.empty(self.out_channels, oh, ow, device=device, dtype=dtype))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()

@@ -27,7 +27,7 @@ from synbal.regularizers import Regularizer
 from synbal.torch.apply import factor_arrays, run_model, scale_parameters, verify_outputs
 from synbal.torch.discovery import Discovery, discover
 from synbal.torch.extract import build_problem
-from synbal.torch.fold import fold_batchnorm
+from synbal.torch.fold import fold_batchnorm as fold_batchnorm_inplace
 
 __all__ = ["TorchAdapter"]
 
@@ -73,7 +73,7 @@ class TorchAdapter:
         self._work = model
         if fold_batchnorm:
             self._work = copy.deepcopy(model)
-            fold_batchnorm(self._work, self.inputs)
+            fold_batchnorm_inplace(self._work, self.inputs)
         self.discovery: Discovery = discover(self._work, self.inputs, barriers=barriers)
 
     def problem(self, reg: Regularizer) -> BalanceProblem:
@@ -84,7 +84,7 @@ class TorchAdapter:
         if inplace:
             target = self.model
             if self.fold:
-                fold_batchnorm(target, self.inputs)
+                fold_batchnorm_inplace(target, self.inputs)
         else:
             target = copy.deepcopy(self._work)
         scale_parameters(target, self.discovery, u)
@@ -106,6 +106,6 @@ class TorchAdapter:
         for name, p in self._work.named_parameters():
             f = factors.get(name)
             shape = tuple(p.shape)
-            out[name] = (torch.from_numpy(np.ascontiguousarray(np.broadcast_to(f, shape))) if f is not None
+            out[name] = (torch.from_numpy(np.broadcast_to(f, shape).copy()) if f is not None
                          else torch.ones(shape, dtype=torch.float64))
         return out

@@ -403,16 +403,14 @@ def _finish(w: Walker) -> Discovery:
     ncomp = res.n_components
     has_out = np.zeros(ncomp, dtype=bool)
     for use in w.uses.values():
-        r, c = np.broadcast_arrays(comp[use.row], comp[use.col])
-        has_out[c[r != c]] = True
+        rc, cc = np.broadcast_arrays(comp[use.row], comp[use.col])
+        has_out[cc[rc != cc]] = True
     reasons = dict(res.reasons)
     keep = ~res.fixed & has_out
-    first_slot = np.full(ncomp, table.n_slots, dtype=np.int64)
-    np.minimum.at(first_slot, comp, np.arange(table.n_slots))
-    for c in np.flatnonzero(~res.fixed & ~has_out).tolist():
-        members = np.flatnonzero(comp == c)
+    for k in np.flatnonzero(~res.fixed & ~has_out).tolist():
+        members = np.flatnonzero(comp == k)
         soft = next((table.soft_reasons[int(s)] for s in members if int(s) in table.soft_reasons), None)
-        reasons[c] = soft or "no outgoing weights: its scale changes no later parameter"
+        reasons[k] = soft or "no outgoing weights: its scale changes no later parameter"
     group_of_comp = np.full(ncomp, -1, dtype=np.int64)
     group_of_comp[keep] = np.arange(int(keep.sum()))
     group_of_slot = group_of_comp[comp]

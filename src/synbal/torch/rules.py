@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812
 from torch import fx, nn
 
 from synbal.errors import ModelError
@@ -140,6 +140,8 @@ def locally_connected(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -> 
     """:class:`synbal.nn.LocallyConnected2d`: one slot per output (channel, position)."""
     assert isinstance(mod, LocallyConnected2d)
     x = w.input_ids(node, 0)
+    if x is None:
+        raise ModelError(f"node {node.name!r}: LocallyConnected2d input is not a tensor")
     path = str(node.target)
     c, (h, wd) = mod.in_channels, mod.in_size
     # per-input-neuron slots (C, H, W), ties along the batch axis only
@@ -172,6 +174,8 @@ def rnn(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -> Any:
     if mod.nonlinearity != "relu":
         return blocking(w, node, result, f"nn.RNN({mod.nonlinearity!r})")
     x = w.input_ids(node, 0)
+    if x is None:
+        raise ModelError(f"node {node.name!r}: nn.RNN input is not a tensor (PackedSequence is not supported)")
     h0 = w.input_ids(node, 1, "hx")
     directions = 2 if mod.bidirectional else 1
     hidden = mod.hidden_size

@@ -77,6 +77,7 @@ class SlotTable:
         self._tie_b: list[np.ndarray] = []
         self._fixes: list[tuple[np.ndarray, str]] = []
         self.soft_reasons: dict[int, str] = {}
+        self._prefix_uses: dict[str, int] = {}
 
     @property
     def n_slots(self) -> int:
@@ -85,6 +86,10 @@ class SlotTable:
     def new(self, prefix: str, shape: tuple[int, ...]) -> np.ndarray:
         """Allocate ``prod(shape)`` fresh slots named ``prefix[i, j, …]``; returns them with ``shape``."""
         size = int(np.prod(shape, dtype=np.int64))
+        uses = self._prefix_uses.get(prefix, 0) + 1
+        self._prefix_uses[prefix] = uses
+        if uses > 1:  # a layer called again (shared weights): its new neurons get a distinct name
+            prefix = f"{prefix}#{uses}"
         start = self._next
         self._ranges.append(_Range(start, tuple(int(s) for s in shape), prefix))
         self._starts.append(start)
