@@ -95,7 +95,11 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode for the block and restore every submodule's mode after."""
     modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
+        try:
+            model.eval()
+        except NotImplementedError:  # torch.export modules refuse eval(); their graph is fixed anyway
+            for m, _ in modes:
+                m.training = False
         yield model
     finally:
         for m, was_training in modes:

@@ -1,0 +1,152 @@
+"""Model files for the CLI: ``torch.export`` programs (``.pt2``) and factory + safetensors weights.
+
+Nothing is unpickled: ``.pt2`` files are read with :func:`torch.export.load` (its own
+serialisation format), weights with :mod:`safetensors`. Outputs are written atomically
+(:mod:`synbal.io`) and never over their input.
+
+A balanced ``.pt2`` keeps the input program unchanged (graph, dynamic shapes, example inputs) and
+only replaces the values of its parameters, which is equivalent to re-exporting the balanced
+module but cannot lose export metadata.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from synbal.errors import ModelError, SynbalError
+from synbal.io import atomic_write
+
+__all__ = ["LoadedModel", "load_exported", "load_factory", "parse_shape", "save_exported", "save_safetensors"]
+
+
+@dataclass
+class LoadedModel:
+    """A model read from files, with its example inputs and the program it came from (``.pt2``)."""
+
+    model: nn.Module
+    example_inputs: tuple[Any, ...]
+    program: Any = None  # torch.export.ExportedProgram for .pt2 inputs
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """``"1,3,32,32"`` → ``(1, 3, 32, 32)``.
+
+    >>> parse_shape("1, 3,32,32")
+    (1, 3, 32, 32)
+    >>> parse_shape("1,x")
+    Traceback (most recent call last):
+    ...
+    synbal.errors.SynbalError: --example-shape must be positive integers separated by commas, e.g. 1,3,32,32; got '1,x'
+    """
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(s) for s in text.replace(" ", "").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(s <= 0 for s in shape):
+        raise SynbalError(f"--example-shape must be positive integers separated by commas, e.g. 1,3,32,32; "
+                          f"got {text!r}")
+    return shape
+
+
+def _example(model: nn.Module, shape: tuple[int, ...] | None, seed: int | None, what: str) -> tuple[Any, ...]:
+    if shape is None:
+        raise ModelError(f"{what}: give --example-shape (e.g. 1,3,32,32) so the model can be traced and verified")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    gen = torch.Generator().manual_seed(0 if seed is None else seed)
+    return (torch.randn(*shape, generator=gen).to(dtype),)
+
+
+def load_exported(path: str | Path, shape: tuple[int, ...] | None = None, seed: int | None = None) -> LoadedModel:
+    """Read a ``torch.export`` program; its module runs on the stored example inputs (else ``shape``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"model file {str(p)!r} does not exist")
+    try:
+        program = torch.export.load(str(p))
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        raise ModelError(f"{str(p)!r} is not a readable torch.export program ({type(exc).__name__}: {exc})") from exc
+    module = program.module()
+    stored = getattr(program, "example_inputs", None)
+    if shape is None and stored is not None:
+        args, kwargs = stored
+        if kwargs:
+            raise ModelError(f"{str(p)!r}: example inputs with keyword arguments are not supported; "
+                             "give --example-shape")
+        inputs = tuple(args)
+    else:
+        inputs = _example(module, shape, seed, str(p))
+    return LoadedModel(module, inputs, program)
+
+
+def _import_factory(spec: str) -> Callable[[], Any]:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise SynbalError(f"--factory must look like pkg.module:function, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SynbalError(f"--factory {spec!r}: cannot import {module_name!r} ({exc})") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise SynbalError(f"--factory {spec!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise SynbalError(f"--factory {spec!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def load_factory(spec: str, weights: str | Path | None, shape: tuple[int, ...] | None,
+                 seed: int | None = None) -> LoadedModel:
+    """Build ``pkg.module:function()``, load ``weights`` (safetensors) into it, put it in eval mode."""
+    model = _import_factory(spec)()
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"--factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    if weights is None:
+        raise SynbalError("--factory needs --weights W.safetensors")
+    w = Path(weights)
+    if w.suffix.lower() != ".safetensors":
+        raise SynbalError(f"--weights must be a .safetensors file (nothing is unpickled), got {str(w)!r}")
+    if not w.is_file():
+        raise ModelError(f"weights file {str(w)!r} does not exist")
+    from safetensors.torch import load_model
+
+    try:
+        load_model(model, str(w), strict=True)
+    except Exception as exc:  # safetensors raises RuntimeError/SafetensorError on mismatches
+        raise ModelError(f"cannot load {str(w)!r} into the model of {spec!r}: {exc}") from exc
+    model.eval()
+    return LoadedModel(model, _example(model, shape, seed, spec))
+
+
+def save_safetensors(model: nn.Module, path: str | Path) -> None:
+    """Write ``model``'s state (shared tensors stored once) to ``path`` atomically."""
+    from safetensors.torch import save_model
+
+    atomic_write(path, lambda tmp: save_model(model, str(tmp)))
+
+
+def save_exported(loaded: LoadedModel, balanced: nn.Module, path: str | Path) -> None:
+    """Write ``loaded.program`` with the parameter values of ``balanced`` to ``path`` atomically."""
+    program = loaded.program
+    if program is None:
+        raise ModelError("internal: not an exported program")
+    new = dict(balanced.named_parameters(remove_duplicate=False))
+    missing = [name for name in program.state_dict if name not in new and name in dict(
+        loaded.model.named_parameters(remove_duplicate=False))]
+    if missing:
+        raise ModelError(f"balanced module lacks parameters {missing[:5]} of the exported program")
+    with torch.no_grad():
+        for name, value in program.state_dict.items():
+            if name in new and isinstance(value, torch.Tensor):
+                value.copy_(new[name].detach().to(value.dtype))
+    atomic_write(path, lambda tmp: torch.export.save(program, str(tmp)))
