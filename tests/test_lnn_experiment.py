@@ -147,3 +147,49 @@ def test_quick_reproduction_end_to_end(tmp_path: Path) -> None:
         assert np.max(e["gate_formula_error"]) < 1e-9
         assert np.min(e["relative"]) > 1e-2
     assert "Conservation law" in (tmp_path / "lnn.md").read_text()
+
+
+# ------------------------------------------------------------------ lnn-relu (MNIST)
+
+
+def test_relu_mlp_shape_and_init() -> None:
+    from synbal.dynamics import layer_weights
+    from synbal.experiments import lnn_relu
+
+    net = lnn_relu.relu_mlp(seed=0)
+    Ws = layer_weights(net)
+    assert [W.shape for W in Ws] == [(100, 784)] + [(100, 100)] * 5 + [(10, 100)]
+    assert all(m.bias is None for m in net if isinstance(m, torch.nn.Linear))
+    assert np.abs(Ws[0]).max() <= np.sqrt(6.0 / 884)
+    np.testing.assert_array_equal(layer_weights(lnn_relu.relu_mlp(seed=0))[3], Ws[3])
+
+
+def test_spread_of_slopes() -> None:
+    from synbal.experiments import lnn_relu
+
+    t = np.arange(5.0)
+    vals = np.stack([2.0 * t, 2.0 * t + 1.0, 4.0 * t], axis=1)
+    assert lnn_relu.spread_of_slopes(vals, t, [0, 1]) == pytest.approx(0.0, abs=1e-12)
+    assert lnn_relu.spread_of_slopes(vals, t, [0, 2]) == pytest.approx(2.0 / 3.0)
+    with pytest.raises(SynbalError):
+        lnn_relu.spread_of_slopes(np.zeros((5, 2)), t, [0, 1])
+
+
+def test_lnn_relu_quick_reproduction(tmp_path: Path) -> None:
+    from synbal.experiments import lnn_relu
+
+    assert EXPERIMENTS["lnn-relu"][0] == "synbal.experiments.lnn_relu"
+    threads = torch.get_num_threads()
+    res = lnn_relu.run(ExperimentContext(out_dir=tmp_path, quick=True, seeds=1, progress=False))
+    assert torch.get_num_threads() == threads  # restored
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"lnn-relu.json", "lnn-relu.md", "lnn-relu_fig2_layer_norms.png",
+            "lnn-relu_squared_norm_growth.png", "lnn-relu_gram_rates_and_deficits.png"} <= names
+    assert res["test_accuracy"]["mean"] > 0.7
+    assert res["norms_mean"].shape == (21, 7)
+    # finite-step laws of bias-free ReLU nets hold to rounding
+    assert res["sq_norm_identity_residual"]["mean"] < 1e-8
+    assert np.all(res["deficit_identity_residual"]["mean"] < 1e-8)
+    # ReLU breaks the matrix law: the Gram rates do not match
+    assert np.all(res["asymmetry_end"]["mean"] > 0.05)
+    assert "Conjecture 4" in (tmp_path / "lnn-relu.md").read_text()

@@ -19,6 +19,7 @@ __all__ = ["EXPERIMENTS", "ExperimentContext", "run_experiment"]
 EXPERIMENTS: dict[str, tuple[str, str]] = {}
 EXPERIMENTS["saul"] = ("synbal.experiments.saul", "parallel multiplicative updates minimise l_{p,q} monotonically")
 EXPERIMENTS["lnn"] = ("synbal.experiments.lnn", "linear nets conserve W_l W_lᵀ − W_{l+1}ᵀ W_{l+1}; ReLU breaks it")
+EXPERIMENTS["lnn-relu"] = ("synbal.experiments.lnn_relu", "7-layer ReLU MLP on MNIST: layer norms, Conjecture 4")
 
 
 def run_experiment(name: str, ctx: ExperimentContext) -> dict[str, Any]:
