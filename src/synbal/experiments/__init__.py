@@ -20,7 +20,8 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {}
 EXPERIMENTS["saul"] = ("synbal.experiments.saul", "parallel multiplicative updates minimise l_{p,q} monotonically")
 EXPERIMENTS["lnn"] = ("synbal.experiments.lnn", "linear nets conserve W_l W_lᵀ − W_{l+1}ᵀ W_{l+1}; ReLU breaks it")
 EXPERIMENTS["lnn-relu"] = ("synbal.experiments.lnn_relu", "7-layer ReLU MLP on MNIST: layer norms, Conjecture 4")
-
+EXPERIMENTS["fig9"] = ("synbal.experiments.fig9", "1,000 random orders of stochastic balancing: one balanced state")
+EXPERIMENTS["fig9-lc"] = ("synbal.experiments.fig9_lc", "the same on the locally connected CIFAR-10 net")
 
 def run_experiment(name: str, ctx: ExperimentContext) -> dict[str, Any]:
     """Run the experiment ``name`` and return its results dictionary."""

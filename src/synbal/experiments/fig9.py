@@ -35,15 +35,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from synbal.algorithms import SolveOptions, solve
+from synbal.data.dataset import ImageDataset
 from synbal.errors import SynbalError
+from synbal.experiments.report import ExperimentContext
 from synbal.problem import BalanceProblem
 from synbal.regularizers import parse_regularizer
 
@@ -52,8 +54,12 @@ __all__ = [
     "Fig9Settings",
     "WeightSpace",
     "analyse_problem",
+    "cifar10_standin",
+    "endpoint_spread",
+    "reproduce",
     "run",
     "run_lc",
+    "settings_for",
     "stochastic_ensemble",
 ]
 
@@ -413,3 +419,165 @@ def summary_markdown(name: str, title: str, results: dict[str, Any], settings: F
         f"**Verdict:** the result {verdict} the claim (criterion: every run converged and ends "
         f"within {SAME_STATE_THRESHOLD:g} relative distance of W_balanced, and ‖W‖_F decreased).",
     ])
+
+
+# ---------------------------------------------------------------------------- the experiments
+@dataclass(frozen=True)
+class _Network:
+    """What differs between ``fig9`` (MNIST autoencoder) and ``fig9-lc`` (locally connected net)."""
+
+    name: str
+    title: str
+    description: str
+    loss: Literal["sse", "cross_entropy"]
+    batch_size: int
+    lr: float
+
+
+_AE = _Network("fig9", "MNIST autoencoder",
+               "MNIST autoencoder 784-200-100-50-100-200-784, ReLU in every layer (paper, section 10)",
+               "sse", 200, 3e-3)
+_LC = _Network("fig9-lc", "locally connected net",
+               "locally connected net 3072-5000-2592-1296-300-100-10 (three unshared-weight "
+               "layers, kernels 8/8/10, then fully connected; leaky ReLU hidden units, softmax "
+               "output; paper, section 10)", "cross_entropy", 5, 0.01)
+
+#: (full, quick) settings; ``--seeds N`` sets the number of stochastic runs.
+_SETTINGS = {
+    "fig9": (Fig9Settings(runs=1000, train_epochs=5, train_size=None, batch_size=200, lr=3e-3),
+             Fig9Settings(runs=20, train_epochs=2, train_size=2000, batch_size=200, lr=3e-3,
+                          grid_points=60)),
+    "fig9-lc": (Fig9Settings(runs=1000, train_epochs=1, train_size=5000, batch_size=5, lr=0.01),
+                Fig9Settings(runs=20, train_epochs=1, train_size=500, batch_size=5, lr=0.01,
+                             grid_points=60)),
+}
+
+
+def settings_for(ctx: ExperimentContext, name: str) -> Fig9Settings:
+    """The settings of experiment ``name`` for this context (quick or full, ``--seeds``)."""
+    full, quick = _SETTINGS[name]
+    chosen = quick if ctx.quick else full
+    return replace(chosen, runs=ctx.n_seeds(full.runs, quick.runs))
+
+
+def cifar10_standin() -> ImageDataset:
+    """The stand-in for CIFAR-10 when no files are given: embedded MNIST digits as colour images.
+
+    Each 28×28 digit is zero-padded to 32×32 and copied into three channels, so the images have
+    CIFAR-10's shape (32×32×3) and ten classes; it is *not* CIFAR-10 (grey digits on black),
+    and every output says so.
+
+    >>> ds = cifar10_standin()
+    >>> ds.image_shape, ds.num_classes
+    ((32, 32, 3), 10)
+    """
+    from synbal.data import load_mnist
+
+    mnist = load_mnist()
+
+    def colour(images: np.ndarray) -> np.ndarray:
+        padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
+        return np.ascontiguousarray(np.repeat(padded[..., None], 3, axis=3))
+
+    return ImageDataset(
+        name="cifar10-standin",
+        train_images=colour(mnist.train_images),
+        train_labels=mnist.train_labels,
+        test_images=colour(mnist.test_images),
+        test_labels=mnist.test_labels,
+        source="STAND-IN for CIFAR-10 (no --data given): embedded MNIST digits zero-padded to "
+        "32x32 and copied into 3 channels — not CIFAR-10",
+    )
+
+
+def _dataset(net: _Network, ctx: ExperimentContext) -> ImageDataset:
+    from synbal.data import load_cifar10, load_mnist
+
+    if net is _AE:
+        return load_mnist(ctx.data)
+    return load_cifar10(ctx.data) if ctx.data is not None else cifar10_standin()
+
+
+def _trained_problem(net: _Network, ctx: ExperimentContext, settings: Fig9Settings
+                     ) -> tuple[BalanceProblem, dict[str, Any]]:
+    """Build the network, train it briefly, and extract its L2 balance problem."""
+    import torch
+
+    from synbal.adapters import adapter_for
+    from synbal.experiments.models import lc_cifar_net, mnist_autoencoder
+    from synbal.training import TrainConfig, train
+
+    dataset = _dataset(net, ctx)
+    if settings.train_size is not None and settings.train_size < dataset.n_train:
+        dataset = dataset.subset(settings.train_size, seed=settings.seed)
+    flat = net is _AE
+    x, y = dataset.tensors("train", flatten=flat)
+    x_test, y_test = dataset.tensors("test", flatten=flat)
+    model = mnist_autoencoder(seed=settings.seed) if net is _AE else lc_cifar_net(seed=settings.seed)
+    targets, test_targets = (x, x_test) if net is _AE else (y, y_test)
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
+    start = time.perf_counter()
+    history = train(model, optimizer, (x, targets),
+                    TrainConfig(epochs=settings.train_epochs, batch_size=settings.batch_size,
+                                loss=net.loss, monitor=False, seed=settings.seed,
+                                progress=ctx.progress),
+                    eval_data=(x_test, test_targets))
+    if history.settings.get("diverged"):
+        raise SynbalError(f"{net.name}: the brief training diverged; lower the learning rate")
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    with torch.no_grad():
+        problem = adapter_for(model, example_inputs=x[:2]).problem(parse_regularizer("l2"))
+    test_loss = history.column("test_loss")
+    weights = (
+        f"PyTorch default initialisation (seed {settings.seed}), then {settings.train_epochs} "
+        f"epoch(s) of SGD (lr {settings.lr:g}, momentum {settings.momentum:g}, batch "
+        f"{settings.batch_size}, {net.loss} loss, no regularizer) on {dataset.n_train} training "
+        f"images; test loss {test_loss[0]:.4g} → {test_loss[-1]:.4g}"
+    )
+    setup = {
+        "description": net.description,
+        "data_source": dataset.source,
+        "weights": weights,
+        "training_seconds": train_seconds,
+        "extraction_seconds": time.perf_counter() - start,
+        "test_loss": test_loss,
+        "test_accuracy": history.column("test_accuracy") if net is _LC else None,
+    }
+    return problem, setup
+
+
+def reproduce(ctx: ExperimentContext, name: str, settings: Fig9Settings | None = None) -> dict[str, Any]:
+    """Run ``fig9`` or ``fig9-lc`` with ``settings`` (default: :func:`settings_for`) and write
+    ``NAME.json``, ``NAME.md`` and ``NAME_balancing.png`` into ``ctx.out_dir``."""
+    from synbal.experiments.report import write_outputs
+
+    nets = {"fig9": _AE, "fig9-lc": _LC}
+    if name not in nets:
+        raise SynbalError(f"unknown fig9 variant {name!r}; choose fig9 or fig9-lc")
+    net = nets[name]
+    settings = settings or settings_for(ctx, name)
+    if settings.runs < 1:
+        raise SynbalError(f"{name}: the number of runs (--seeds) must be at least 1, got {settings.runs}")
+    start = time.perf_counter()
+    problem, setup = _trained_problem(net, ctx, settings)
+    results, ens = analyse_problem(problem, settings, progress=ctx.progress)
+    results["setup"] = setup
+    results["seconds"] = time.perf_counter() - start
+    summary = summary_markdown(name, net.title, results, settings, setup)
+    title = net.title if ctx.data is not None or net is _AE else f"{net.title} (stand-in data)"
+    write_outputs(ctx, name, results=results,
+                  settings={**asdict(settings), "data": ctx.data, "quick": ctx.quick,
+                            "same_state_threshold": SAME_STATE_THRESHOLD},
+                  summary_md=summary, figures={"balancing": plot_ensemble(ens, title)})
+    return results
+
+
+def run(ctx: ExperimentContext) -> dict[str, Any]:
+    """``synbal reproduce fig9``: the MNIST autoencoder."""
+    return reproduce(ctx, "fig9")
+
+
+def run_lc(ctx: ExperimentContext) -> dict[str, Any]:
+    """``synbal reproduce fig9-lc``: the locally connected net (CIFAR-10 or the stand-in)."""
+    return reproduce(ctx, "fig9-lc")
