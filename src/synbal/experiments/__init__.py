@@ -23,6 +23,7 @@ EXPERIMENTS["lnn-relu"] = ("synbal.experiments.lnn_relu", "7-layer ReLU MLP on M
 EXPERIMENTS["fig9"] = ("synbal.experiments.fig9", "1,000 random orders of stochastic balancing: one balanced state")
 EXPERIMENTS["fig9-lc"] = ("synbal.experiments.fig9_lc", "the same on the locally connected CIFAR-10 net")
 
+
 def run_experiment(name: str, ctx: ExperimentContext) -> dict[str, Any]:
     """Run the experiment ``name`` and return its results dictionary."""
     if name not in EXPERIMENTS:
