@@ -246,3 +246,49 @@ def test_history_and_budget() -> None:
             bias=b.bias, fixed_ids=b.fixed_ids) for b in problem.blocks], layers=problem.layers)
     idem = run(again, LpqRegularizer(2, 1), tol=1e-8)
     assert idem.sweeps == 0 and idem.converged and np.all(idem.u == 0)
+
+
+# --------------------------------------------------------------------------- through the engine
+def graph_lpq_norm(graph, reg: LpqRegularizer) -> float:  # type: ignore[no-untyped-def]
+    """‖W‖_{p,q} of a synbal.Graph straight from its edge list (independent of every adapter)."""
+    per_unit: dict[str, float] = {}
+    for _, dst, w in graph.edges:
+        per_unit[dst] = per_unit.get(dst, 0.0) + abs(w) ** reg.p
+    if reg.include_bias:
+        for name, b in graph.biases.items():
+            per_unit[name] = per_unit.get(name, 0.0) + abs(b) ** reg.p
+    return reg.norm_from_unit_costs(np.array(list(per_unit.values())))
+
+
+@pytest.mark.parametrize("spec", ["l2,1", "l1,2", "l1,inf", "l2,4+bias"])
+@pytest.mark.parametrize("kind", ["dag", "bipu-mixed", "recurrent"])
+def test_balance_graph_function_unchanged(spec: str, kind: str) -> None:
+    import synbal
+    from graph_factory import random_graph, random_inputs
+
+    rng = np.random.default_rng(abs(hash((spec, kind))) % 2**32)
+    graph = random_graph(rng, n_inputs=3, n_hidden=9, n_outputs=2, recurrent=kind == "recurrent",
+                         bipu=kind == "bipu-mixed", mixed=kind == "bipu-mixed")
+    x = random_inputs(rng, graph)
+    steps = 12 if kind == "recurrent" else None
+    res = synbal.balance(graph, spec, method="multiplicative", tol=1e-10, max_sweeps=50_000)
+    assert res.converged
+    np.testing.assert_allclose(res.net.simulate(x, steps), graph.simulate(x, steps), rtol=1e-9, atol=1e-12)
+    reg = parse_regularizer(spec)
+    assert isinstance(reg, LpqRegularizer)
+    before, after = graph_lpq_norm(graph, reg), graph_lpq_norm(res.net, reg)
+    assert after <= before * (1 + 1e-12)
+    assert res.history[0].regularizer == pytest.approx(before, rel=1e-10)
+    assert res.history[-1].regularizer == pytest.approx(after, rel=1e-10)
+
+
+def test_balance_graph_p_equals_q_matches_exact() -> None:
+    import synbal
+    from graph_factory import random_graph
+
+    graph = random_graph(np.random.default_rng(11), n_hidden=10, bipu=True)
+    mult = synbal.balance(graph, "l2,2+bias", method="multiplicative", tol=1e-11, max_sweeps=50_000)
+    exact = synbal.balance(graph, "l2", method="exact", tol=1e-12)
+    assert mult.converged and exact.converged
+    for name, scale in exact.scales.items():
+        assert mult.scales[name] == pytest.approx(scale, rel=1e-7)

@@ -48,11 +48,25 @@ def test_quick_reproduction_writes_outputs(tmp_path: Path) -> None:
     ctx = ExperimentContext(out_dir=tmp_path, quick=True, progress=False)
     out = run_experiment("saul", ctx)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["saul.json", "saul.md", "saul_norms.png", "saul_schedules.png"]
+    assert names == ["saul.json", "saul.md", "saul_flows.png", "saul_norms.png", "saul_schedules.png"]
     payload = json.loads((tmp_path / "saul.json").read_text())
     assert payload["experiment"] == "saul" and payload["quick"] is True
-    assert set(payload["results"]) == {"200-250-125-10", "200-200-100-50-25-10", "200-100-75-75-50-50-25-10"}
+    balancing = payload["results"]["balancing"]
+    assert set(balancing) == {"200-250-125-10", "200-200-100-50-25-10", "200-100-75-75-50-50-25-10"}
     summary = (tmp_path / "saul.md").read_text()
     assert "Monotone decrease at every update: **yes**" in summary
     assert "reach the same minimum: **yes**" in summary
     assert out["summary"].strip() == summary.strip()
+    flows = payload["results"]["flows"]["runs"]
+    assert set(flows) == {"l2", "l1", "l2,1"}
+    for reg, runs in flows.items():
+        # the flow is balanced at every measurement; plain GD from the same balanced start is not (except L2)
+        assert runs["flow"]["max_stationarity_after_start"] < 1e-8, reg
+        assert runs["gd"]["stationarity"][0] > 0.1  # He init is far from balanced
+        assert len(runs["flow"]["step"]) == len(runs["flow"]["E"]) > 5
+    assert flows["l1"]["gd_balanced_start"]["max_stationarity_after_start"] > 1e-2
+    assert flows["l2,1"]["gd_balanced_start"]["max_stationarity_after_start"] > 1e-2
+    # L2: the flow is gradient descent up to step-size effects
+    l2 = flows["l2"]
+    assert l2["gd_balanced_start"]["max_stationarity_after_start"] < 1e-2
+    assert l2["flow"]["final_objective"] == pytest.approx(l2["gd_balanced_start"]["final_objective"], rel=1e-2)

@@ -19,7 +19,14 @@ layer, output units identified by ``fixed_ids`` — so no PyTorch is involved):
    the same tolerance on the same nets (sweeps — every unit updated once, on average — and
    single-unit or single-layer updates), next to the multiplicative updates.
 
-Quick mode (CI): the same depths with every hidden width divided by 10, one seed.
+3. the weight-balancing *flow* (:mod:`synbal.flows`) on a small MNIST net 784-100-100-10:
+   for ``L2`` (control), ``L1`` and ``ℓ_{2,1}``, train by SGD on ``E + βR`` from one He init
+   (a) plainly, (b) plainly but from the balanced init, (c) with the flow (each step followed
+   by the orbit motion back to minimal ``R``); record the balance residual (max relative
+   stationarity), ``E``, ``βR`` and test accuracy along the way.
+
+Quick mode (CI): the same depths with every hidden width divided by 10, one seed; the MNIST
+part on 1,000 training images for 2 epochs.
 
 >>> import numpy as np
 >>> prob = he_mlp_problems([20, 30, 10], p_values=[2.0], rng=np.random.default_rng(0))[2.0]
@@ -35,15 +42,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from synbal.algorithms import SolveOptions, solve
 from synbal.experiments.report import ExperimentContext, new_figure, write_outputs
+from synbal.flows import WeightBalancingFlow
 from synbal.lpq import LpqRegularizer
 from synbal.problem import BalanceProblem, CostBlock
 from synbal.regularizers import parse_regularizer
 
-__all__ = ["SaulSettings", "he_mlp_problems", "run", "run_settings"]
+__all__ = ["FlowSettings", "SaulSettings", "he_mlp_problems", "run", "run_flows", "run_settings"]
 
 NETS: tuple[tuple[int, ...], ...] = (
     (200, 2500, 1250, 10),
@@ -187,12 +196,209 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
         seeds=ctx.n_seeds(full=3, quick=1),
         max_updates=2000 if ctx.quick else 5000,
     )
+    flow_settings = FlowSettings(train_size=1000, epochs=2) if ctx.quick else FlowSettings()
     results = run_settings(settings, progress=ctx.progress)
-    figures = {"norms": _plot_norms(settings, results), "schedules": _plot_schedules(settings, results)}
-    summary = _summary(settings, results)
-    write_outputs(ctx, "saul", results=results, settings=asdict(settings), summary_md=summary,
+    flows = run_flows(flow_settings, data_path=ctx.data, progress=ctx.progress)
+    figures = {
+        "norms": _plot_norms(settings, results),
+        "schedules": _plot_schedules(settings, results),
+        "flows": _plot_flows(flows),
+    }
+    summary = _summary(settings, results) + "\n\n" + _flow_summary(flow_settings, flows)
+    all_settings = {"balancing": asdict(settings), "flows": asdict(flow_settings)}
+    all_results = {"balancing": results, "flows": flows}
+    write_outputs(ctx, "saul", results=all_results, settings=all_settings, summary_md=summary,
                   figures=figures)
-    return {"settings": asdict(settings), "results": results, "summary": summary}
+    return {"settings": all_settings, "results": all_results, "summary": summary}
+
+
+# ------------------------------------------------------------------------------ flows on MNIST
+@dataclass(frozen=True)
+class FlowSettings:
+    """The MNIST flow comparison: net, data, SGD and the regularizers with their strengths β."""
+
+    widths: tuple[int, ...] = (784, 100, 100, 10)
+    regularizers: tuple[tuple[str, float], ...] = (("l2", 1e-3), ("l1", 2e-4), ("l2,1", 2e-3))
+    train_size: int | None = None  # None: every training image loaded
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 0.05
+    seed: int = 0
+    records: int = 40  # measurement points along training
+    balanced_threshold: float = 1e-3  # "balanced" = max relative stationarity below this
+    flow_tol: float = 1e-10
+
+
+def _mnist_tensors(settings: FlowSettings, data_path: Any) -> tuple[dict[str, torch.Tensor], str]:
+    from synbal.data import load_mnist
+
+    ds = load_mnist(data_path)
+    n = ds.n_train if settings.train_size is None else min(settings.train_size, ds.n_train)
+    def prep(images: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(images.reshape(images.shape[0], -1).astype(np.float64) / 255.0)
+    return {
+        "x": prep(ds.train_images[:n]), "y": torch.from_numpy(ds.train_labels[:n]),
+        "x_test": prep(ds.test_images), "y_test": torch.from_numpy(ds.test_labels),
+    }, ds.source
+
+
+def _mlp(widths: tuple[int, ...], seed: int) -> torch.nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[torch.nn.Module] = []
+    for k in range(1, len(widths)):
+        lin = torch.nn.Linear(widths[k - 1], widths[k]).double()
+        torch.nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")
+        torch.nn.init.zeros_(lin.bias)
+        layers += [lin, torch.nn.ReLU()] if k < len(widths) - 1 else [lin]
+    return torch.nn.Sequential(*layers)
+
+
+def _train_one(model: torch.nn.Sequential, reg: str, beta: float, mode: str, data: dict[str, torch.Tensor],
+               settings: FlowSettings) -> dict[str, Any]:
+    """SGD on E + βR; ``mode`` = ``gd`` | ``gd_balanced_start`` | ``flow``."""
+    opt = torch.optim.SGD(model.parameters(), lr=settings.lr)
+    flow = WeightBalancingFlow(model, opt, reg, strength=beta, tol=settings.flow_tol,
+                               balance_at_start=mode != "gd")
+    x, y = data["x"], data["y"]
+    steps_per_epoch = max(1, x.shape[0] // settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    marks = set(np.unique(np.linspace(0, total, settings.records + 1).astype(int)).tolist())
+    rng = torch.Generator().manual_seed(settings.seed)
+    log: dict[str, list[float]] = {"step": [], "stationarity": [], "E": [], "betaR": []}
+
+    def record(step: int) -> None:
+        with torch.no_grad():
+            log["step"].append(step)
+            log["stationarity"].append(flow.stationarity())
+            log["E"].append(float(torch.nn.functional.cross_entropy(model(x), y)))
+            log["betaR"].append(float(flow.penalty()))
+
+    record(0)
+    step = 0
+    for _ in range(settings.epochs):
+        order = torch.randperm(x.shape[0], generator=rng)
+        for b in range(steps_per_epoch):
+            idx = order[b * settings.batch_size : (b + 1) * settings.batch_size]
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx]) + flow.penalty()
+            loss.backward()
+            if mode == "flow":
+                flow.step()
+            else:
+                opt.step()
+            step += 1
+            if step in marks:
+                record(step)
+    with torch.no_grad():
+        acc = float((model(data["x_test"]).argmax(dim=1) == data["y_test"]).double().mean())
+    reached = [s for s, v in zip(log["step"], log["stationarity"], strict=True) if v <= settings.balanced_threshold]
+    stays = next((s for k, s in enumerate(log["step"])
+                  if all(v <= settings.balanced_threshold for v in log["stationarity"][k:])), None)
+    return {
+        **log,
+        "final_E": log["E"][-1],
+        "final_betaR": log["betaR"][-1],
+        "final_objective": log["E"][-1] + log["betaR"][-1],
+        "test_accuracy": acc,
+        "first_balanced_step": reached[0] if reached else None,
+        "balanced_from_step": stays,
+        "max_stationarity_after_start": max(log["stationarity"][1:]) if len(log["step"]) > 1 else 0.0,
+    }
+
+
+def run_flows(settings: FlowSettings, data_path: Any = None, progress: bool = False) -> dict[str, Any]:
+    """Train the MNIST net three ways per regularizer (see the module docstring)."""
+    data, source = _mnist_tensors(settings, data_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small net: a thread pool only adds contention
+    n_train = int(data["x"].shape[0])
+    out: dict[str, Any] = {"data_source": source, "train_size": n_train, "runs": {},
+                           "steps": max(1, n_train // settings.batch_size) * settings.epochs}
+    modes = ("gd", "gd_balanced_start", "flow")
+    bar = tqdm(total=len(settings.regularizers) * len(modes), desc="saul flows", disable=not progress,
+               leave=False)
+    try:
+        for reg, beta in settings.regularizers:
+            out["runs"][reg] = {"beta": beta}
+            for mode in modes:
+                start = time.perf_counter()
+                res = _train_one(_mlp(settings.widths, settings.seed), reg, beta, mode, data, settings)
+                res["seconds"] = time.perf_counter() - start
+                out["runs"][reg][mode] = res
+                bar.update(1)
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
+    return out
+
+
+def _plot_flows(flows: dict[str, Any]) -> Any:
+    regs = list(flows["runs"])
+    fig, axes = new_figure(ncols=2, nrows=len(regs), size=(4.8, 3.2))
+    axes = np.atleast_2d(axes).reshape(len(regs), 2)
+    for row, reg in enumerate(regs):
+        runs = flows["runs"][reg]
+        for mode in ("gd", "gd_balanced_start", "flow"):
+            r = runs[mode]
+            axes[row, 0].semilogy(r["step"], np.maximum(r["stationarity"], 1e-17), label=mode)
+            axes[row, 1].plot(r["step"], np.add(r["E"], r["betaR"]), label=mode)
+        axes[row, 0].set_ylabel(f"max relative stationarity ({reg})")
+        axes[row, 1].set_ylabel(f"E + βR  (β = {runs['beta']:g})")
+        for ax in axes[row]:
+            ax.set_xlabel("SGD steps")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    return fig
+
+
+def _flow_summary(settings: FlowSettings, flows: dict[str, Any]) -> str:
+    lines = [
+        "## Weight-balancing flows on MNIST",
+        "",
+        f"Net {'-'.join(map(str, settings.widths))} (ReLU, He init, zero biases, float64), SGD lr "
+        f"{settings.lr:g}, batch {settings.batch_size}, {settings.epochs} epochs on "
+        f"{flows['train_size']} training images ({flows['data_source']}). Balanced = max relative "
+        f"stationarity ≤ {settings.balanced_threshold:g}.",
+        "",
+        "| reg | β | run | final E | final βR | final E+βR | test acc | stationarity at end | "
+        "max stationarity after step 0 | balanced from step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for reg, runs in flows["runs"].items():
+        for mode in ("gd", "gd_balanced_start", "flow"):
+            r = runs[mode]
+            lines.append(
+                f"| {reg} | {runs['beta']:g} | {mode} | {r['final_E']:.4f} | {r['final_betaR']:.4f} | "
+                f"{r['final_objective']:.4f} | {r['test_accuracy']:.4f} | {r['stationarity'][-1]:.1e} | "
+                f"{r['max_stationarity_after_start']:.1e} | "
+                f"{r['balanced_from_step'] if r['balanced_from_step'] is not None else 'never'} |"
+            )
+    lines += ["", "### Verdict", ""]
+    for reg, runs in flows["runs"].items():
+        gd, gd_bal, flow = runs["gd"], runs["gd_balanced_start"], runs["flow"]
+        flow_ok = flow["max_stationarity_after_start"] <= settings.balanced_threshold
+        lines.append(
+            f"- {reg}: flow balanced throughout: **{'yes' if flow_ok else 'NO'}** (worst "
+            f"{flow['max_stationarity_after_start']:.1e}); plain GD from the He init "
+            + (f"balanced from step {gd['balanced_from_step']}"
+               if gd["balanced_from_step"] is not None else "never balanced within the run")
+            + f" (end {gd['stationarity'][-1]:.1e}), from the balanced init it drifts to "
+            f"{gd_bal['max_stationarity_after_start']:.1e}. Final E+βR: flow − GD(He init) = "
+            f"{flow['final_objective'] - gd['final_objective']:+.4f}, flow − GD(balanced init) = "
+            f"{flow['final_objective'] - gd_bal['final_objective']:+.4f}."
+        )
+    beta_l2 = dict(settings.regularizers).get("l2")
+    if beta_l2:
+        steps = math.log(1.0 / settings.balanced_threshold) / (4 * beta_l2 * settings.lr)
+        lines.append(
+            f"- Why GD is late: under gradient flow on E + βL2 every L2 deficit decays as "
+            f"exp(−4β·lr·steps), so reaching relative deficit {settings.balanced_threshold:g} from "
+            f"an O(1) one takes about {steps:,.0f} SGD steps here (β = {beta_l2:g}); the run has "
+            f"{flows['steps']}. Most of the gap to GD from the He init is the init's imbalance "
+            "(balancing once already closes it); the gap to GD from the balanced init is what the "
+            "flow itself changes."
+        )
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ plots + summary
