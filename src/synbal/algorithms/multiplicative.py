@@ -137,7 +137,7 @@ class _Rows:
 
     block: CostBlock
     rows: np.ndarray  # index into S (scalable units first, then fixed units)
-    pattern: np.ndarray | sp.csr_array  # A > 0 (for the max-norm's m_i)
+    pattern: np.ndarray | tuple[np.ndarray, np.ndarray]  # A > 0: dense mask or (rows, cols)
 
 
 class UnitNorms:
@@ -186,8 +186,14 @@ class UnitNorms:
                     key = anonymous  # negative ids are treated as anonymous too
                     anonymous -= 1
                 rows[r] = self.n + fixed_index.setdefault(key, len(fixed_index))
-            pattern = b.matrix > 0
-            self._rows.append(_Rows(b, rows, sp.csr_array(pattern) if b.is_sparse else np.asarray(pattern)))
+            pattern: np.ndarray | tuple[np.ndarray, np.ndarray]
+            if b.is_sparse:
+                coo = sp.coo_array(b.matrix)
+                keep = coo.data > 0
+                pattern = (coo.row[keep], coo.col[keep])
+            else:
+                pattern = np.asarray(b.matrix > 0)
+            self._rows.append(_Rows(b, rows, pattern))
         self.size = self.n + len(fixed_index)
 
     def _xy(self, b: CostBlock, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +214,7 @@ class UnitNorms:
         out = np.zeros(self.n + 1)
         for r in self._rows:
             x, y = self._xy(r.block, u)
-            col = r.block.matrix.T @ (weight[r.rows] * y)  # type: ignore[attr-defined]
+            col = r.block.matrix.T @ (weight[r.rows] * y)
             np.add.at(out, r.block.src, x * col)
         return out[:-1]
 
@@ -220,9 +226,9 @@ class UnitNorms:
             if isinstance(r.pattern, np.ndarray):
                 col = (r.pattern * srow[:, None]).max(axis=0) if srow.size else np.zeros(r.pattern.shape[1])
             else:
-                coo = r.pattern.tocoo()
-                col = np.zeros(r.pattern.shape[1])
-                np.maximum.at(col, coo.col, srow[coo.row])
+                pr, pc = r.pattern
+                col = np.zeros(r.block.src.size)
+                np.maximum.at(col, pc, srow[pr])
             np.maximum.at(out, r.block.src, col)
         return out[:-1]
 
