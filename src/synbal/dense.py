@@ -2,8 +2,9 @@
 
 :class:`DenseNet` holds ``W_1..W_L`` (``W_l`` of shape ``(n_l, n_{l-1})``), optional biases and
 one homogeneous activation for the hidden layers. It is the fastest route for very large layered
-nets (benchmarks, experiments on extracted weights): extraction aggregates ``|W|^p`` per layer
-in float64, in row chunks, and apply writes ``diag(Λ_l) W_l diag(Λ_{l-1}^{-c})`` back in the
+nets (benchmarks, experiments on extracted weights): extraction keeps ``|W|^p`` matrix-free
+(:class:`~synbal.powermatrix.PowerMatrix`: products read the weights directly and accumulate in
+float64), and apply writes ``diag(Λ_l) W_l diag(Λ_{l-1}^{-c})`` back in the
 weights' own dtype.
 
 >>> import numpy as np, synbal
@@ -24,12 +25,11 @@ import numpy as np
 from synbal.activations import Activation, parse_activation
 from synbal.adapters import register_adapter
 from synbal.errors import GraphFormatError, InvalidWeightError, RegularizerError
-from synbal.problem import BalanceProblem, CostBlock, CustomCosts
+from synbal.powermatrix import PowerMatrix, scale_rows_cols
+from synbal.problem import BalanceProblem, CostBlock, CustomCosts, Matrix
 from synbal.regularizers import CustomRegularizer, PowerRegularizer, Regularizer
 
 __all__ = ["DenseNet"]
-
-_CHUNK = 1 << 22  # elements per chunk when aggregating costs (bounds temporary memory)
 
 
 @dataclass
@@ -88,20 +88,11 @@ class DenseNet:
         return copy.deepcopy(self)
 
 
-def _power_sum(W: np.ndarray, p: float, coef: float) -> np.ndarray:
-    """``coef·|W|^p`` in float64, computed in row chunks."""
-    out = np.empty(W.shape, dtype=np.float64)
-    rows = max(1, _CHUNK // max(1, W.shape[1]))
-    for start in range(0, W.shape[0], rows):
-        block = np.abs(W[start : start + rows], dtype=np.float64)
-        if p == 2.0:
-            np.multiply(block, block, out=block)
-        elif p != 1.0:
-            np.power(block, p, out=block)
-        if coef != 1.0:
-            block *= coef
-        out[start : start + rows] = block
-    return out
+def _power_sum(W: np.ndarray, p: float, coef: float) -> Matrix:
+    """``coef·|W|^p``: matrix-free for float32/float64 weights, else materialised in float64."""
+    if W.dtype in (np.float32, np.float64):
+        return PowerMatrix(W, p, coef)
+    return np.abs(W.astype(np.float64)) ** p * coef
 
 
 class DenseNetAdapter:
@@ -170,7 +161,7 @@ class DenseNetAdapter:
         for k in range(len(net.weights)):
             row = np.exp(ue[self.index[k + 1]])
             col = np.exp(-c * ue[self.index[k]])
-            _scale_inplace(net.weights[k], row, col)
+            scale_rows_cols(net.weights[k], row, col)
             b = net.biases[k]
             if b is not None:
                 b[...] = (b.astype(np.float64) * row).astype(b.dtype)
@@ -178,15 +169,6 @@ class DenseNetAdapter:
 
     def excluded(self) -> dict[str, str]:
         return {}
-
-
-def _scale_inplace(W: np.ndarray, row: np.ndarray, col: np.ndarray) -> None:
-    rows = max(1, _CHUNK // max(1, W.shape[1]))
-    for start in range(0, W.shape[0], rows):
-        block = W[start : start + rows].astype(np.float64)
-        block *= row[start : start + rows, None]
-        block *= col[None, :]
-        W[start : start + rows] = block
 
 
 def dense_from_matrices(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray | None] | None = None,

@@ -76,9 +76,11 @@ class CostBlock:
     def __post_init__(self) -> None:
         self.dst = np.asarray(self.dst, dtype=np.int64)
         self.src = np.asarray(self.src, dtype=np.int64)
+        from synbal.powermatrix import PowerMatrix
+
         if sp.issparse(self.matrix):
             self.matrix = sp.csr_array(self.matrix, dtype=np.float64)
-        else:
+        elif not isinstance(self.matrix, PowerMatrix):
             self.matrix = np.asarray(self.matrix, dtype=np.float64)
         if self.matrix.shape != (self.dst.size, self.src.size):
             raise GraphFormatError(
@@ -96,6 +98,12 @@ class CostBlock:
 
     def total(self) -> float:
         return float(self.matrix.sum())
+
+    def explicit(self) -> Matrix:
+        """The costs as a numpy array or scipy sparse matrix (materialising matrix-free blocks)."""
+        if sp.issparse(self.matrix) or isinstance(self.matrix, np.ndarray):
+            return self.matrix
+        return np.asarray(self.matrix)
 
 
 @dataclass
@@ -220,14 +228,15 @@ class BalanceProblem:
     # ------------------------------------------------------------------ costs
     def in_out_by_power(self, u: np.ndarray) -> dict[float, tuple[np.ndarray, np.ndarray]]:
         """Per power ``p``: ``(IN, OUT)`` costs of every unit at log-scales ``u`` (self-loops in both)."""
+        from synbal.powermatrix import as_products
+
         ue, ce = self._ext(u)
         out: dict[float, tuple[np.ndarray, np.ndarray]] = {}
         for b in self.blocks:
             p = b.power
             x = np.exp(-p * ce[b.src] * ue[b.src])
             y = np.exp(p * ue[b.dst])
-            row = b.matrix @ x
-            col = b.matrix.T @ y
+            row, col = as_products(b.matrix, x, y)
             IN, OUT = out.setdefault(p, (np.zeros(self.n + 1), np.zeros(self.n + 1)))
             # indices >= 0 never repeat inside a block; repeats of the fixed slot (-1, the
             # last entry) are discarded, so plain fancy-index accumulation is exact here.
@@ -336,7 +345,7 @@ class BalanceProblem:
         rows: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
         cols: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
         for b in self.blocks:
-            coo = sp.coo_array(b.matrix)
+            coo = sp.coo_array(b.explicit())
             keep = coo.data > 0
             rows.append(b.dst[coo.row[keep]])
             cols.append(b.src[coo.col[keep]])
@@ -456,7 +465,9 @@ class BalanceProblem:
         return [np.flatnonzero((colour == k) & free) for k in range(int(colour.max()) + 1 if self.n else 0)
                 if ((colour == k) & free).any()]
 
-    def subset_costs(self, u: np.ndarray, members: Sequence[int] | np.ndarray) -> dict[float, tuple[float, float, float]]:
+    def subset_costs(
+        self, u: np.ndarray, members: Sequence[int] | np.ndarray
+    ) -> dict[float, tuple[float, float, float]]:
         """Per power, ``(IN, OUT, INSIDE)`` of a tied set: costs entering, leaving, and inside it."""
         members = np.asarray(members, dtype=np.int64)
         inside = np.zeros(self.n + 1, dtype=bool)
@@ -472,7 +483,8 @@ class BalanceProblem:
             acc = out.setdefault(p, [0.0, 0.0, 0.0])
             if not (rin.any() or cin.any()):
                 continue
-            acc[0] += float(y[rin] @ (b.matrix[rin][:, ~cin] @ x[~cin])) if (~cin).any() and rin.any() else 0.0
-            acc[1] += float(y[~rin] @ (b.matrix[~rin][:, cin] @ x[cin])) if (~rin).any() and cin.any() else 0.0
-            acc[2] += float(y[rin] @ (b.matrix[rin][:, cin] @ x[cin])) if rin.any() and cin.any() else 0.0
+            M = b.explicit()
+            acc[0] += float(y[rin] @ (M[rin][:, ~cin] @ x[~cin])) if (~cin).any() and rin.any() else 0.0
+            acc[1] += float(y[~rin] @ (M[~rin][:, cin] @ x[cin])) if (~rin).any() and cin.any() else 0.0
+            acc[2] += float(y[rin] @ (M[rin][:, cin] @ x[cin])) if rin.any() and cin.any() else 0.0
         return {p: (a[0], a[1], a[2]) for p, a in out.items()}

@@ -59,7 +59,7 @@ def hessian(problem: BalanceProblem, u: np.ndarray) -> sp.csr_array:
         p = b.power
         x = np.exp(-p * ce[b.src] * ue[b.src])
         y = np.exp(p * ue[b.dst])
-        coo = sp.coo_array(b.matrix)
+        coo = sp.coo_array(b.explicit())
         r = b.dst[coo.row]
         c = b.src[coo.col]
         keep = (r >= 0) & (c >= 0) & (r != c) & (coo.data > 0)
@@ -207,73 +207,101 @@ def _coarse_ok(problem: BalanceProblem) -> bool:
         covered[layer] = True
     if not covered.all():
         return False
-    return all(np.unique(layer_of[b.dst]).size == 1 and np.unique(layer_of[b.src]).size == 1
-               for b in problem.blocks)
-
-
-def _measure(problem: BalanceProblem, u: np.ndarray) -> tuple[float, float, list[float]]:
-    """``(R, max relative deficit, per-block totals)`` at ``u`` from one product per block side."""
-    ue = np.append(u, 0.0)
-    ce = np.append(problem.degree, 1.0)
-    n = problem.n
-    grad = np.zeros(n + 1)
-    scale = np.zeros(n + 1)
-    totals = []
     for b in problem.blocks:
-        p = b.power
-        x = np.exp(-p * ce[b.src] * ue[b.src])
-        y = np.exp(p * ue[b.dst])
-        rin = y * (b.matrix @ x)
-        rout = x * (b.matrix.T @ y)
-        totals.append(float(rin.sum()))
-        grad[b.dst] += p * rin  # indices >= 0 are unique per block; the fixed slot is dropped
-        scale[b.dst] += p * rin
-        grad[b.src] -= p * ce[b.src] * rout
-        scale[b.src] += p * ce[b.src] * rout
-    return float(sum(totals)), _max_rel(grad[:n], scale[:n], problem.free_mask()), totals
+        dl = np.unique(layer_of[b.dst])
+        sl = np.unique(layer_of[b.src])
+        if dl.size != 1 or sl.size != 1:
+            return False
+        if dl[0] >= 0 and sl[0] >= 0 and (dl[0] - sl[0]) % 2 == 0:
+            return False  # the two parity classes must be independent sets
+    return True
 
 
-def _coarse_problem(problem: BalanceProblem, totals: list[float]) -> BalanceProblem:
-    layer_of = _layer_index(problem)
+def _coarse_problem(problem: BalanceProblem, totals: np.ndarray, block_layers: np.ndarray) -> BalanceProblem:
     layers = problem.layers or []
     blocks = [
-        CostBlock(b.power, np.array([layer_of[b.dst[0]]]), np.array([layer_of[b.src[0]]]), np.array([[total]]))
-        for b, total in zip(problem.blocks, totals, strict=True)
+        CostBlock(b.power, block_layers[k, :1], block_layers[k, 1:], np.array([[totals[k]]]))
+        for k, b in enumerate(problem.blocks)
     ]
     degree = np.array([problem.degree[layer[0]] for layer in layers])
     return BalanceProblem(degree, blocks, names=[f"layer{k}" for k in range(len(layers))])
 
 
 def _two_level(problem: BalanceProblem, options: SolveOptions, limit: int | None = None) -> SolveResult:
-    from synbal.algorithms.schedules import SetEvaluator
+    """Alternating (odd/even layer) balancing with an exact tied coarse correction.
 
-    u = np.zeros(problem.n)
+    Each iteration reads every weight once, computing ``A x`` and ``Aᵀ y`` together: that
+    gives every unit's IN/OUT (so the convergence test and ``R`` are free), the exact
+    balancing step of one parity class of layers (units of a class are independent), and the
+    block totals after the step in closed form — from which the coarse problem (one shift per
+    layer, a convex problem in D variables) is solved by Newton and applied, again updating the
+    totals in closed form. The slow mode of plain sweeps (whole layers drifting, which needs
+    ~D² sweeps) is thus removed at every iteration.
+    """
+    from synbal.powermatrix import as_products
+
+    layers = problem.layers or []
+    layer_of = _layer_index(problem)
+    block_layers = np.array([[layer_of[b.dst[0]], layer_of[b.src[0]]] for b in problem.blocks], dtype=np.int64)
+    parity = np.full(problem.n, -1, dtype=np.int64)
+    for k, layer in enumerate(layers):
+        parity[layer] = k % 2
+    degree_ext = np.append(problem.degree, 1.0)
     free = problem.free_mask()
-    layers = [layer[free[layer]] for layer in problem.layers or []]
-    evaluator = SetEvaluator(problem)
+    powers = problem.powers
     coarse_opts = SolveOptions(tol=1e-15, max_sweeps=100)
-    value, rel, totals = _measure(problem, u)
-    history = [HistoryEntry(0, value, rel)]
+    u = np.zeros(problem.n)
+    history: list[HistoryEntry] = []
     bar = tqdm(desc="exact balancing", disable=not options.progress, leave=False)
-    sweep = 0
-    max_sweeps = options.max_sweeps if limit is None else min(limit, options.max_sweeps)
-    while rel > options.tol and sweep < max_sweeps:
-        sweep += 1
-        shift = _newton(_coarse_problem(problem, totals), coarse_opts).u
-        for k, layer in enumerate(problem.layers or []):
-            u[layer] += shift[k]
-        for layer in layers:
-            if layer.size:
-                costs = evaluator.costs(u, layer)
-                u[layer] += optimal_log_steps(costs, problem.degree[layer])
-        value, rel, totals = _measure(problem, u)
-        history.append(HistoryEntry(sweep, value, rel))
+    max_iter = options.max_sweeps if limit is None else min(limit, options.max_sweeps)
+    it = 0
+    rel = np.inf
+    while True:
+        ue = np.append(u, 0.0)
+        IN = {p: np.zeros(problem.n + 1) for p in powers}
+        OUT = {p: np.zeros(problem.n + 1) for p in powers}
+        rins: list[np.ndarray] = []
+        routs: list[np.ndarray] = []
+        for b in problem.blocks:
+            p = b.power
+            x = np.exp(-p * degree_ext[b.src] * ue[b.src])
+            y = np.exp(p * ue[b.dst])
+            r, s = as_products(b.matrix, x, y)
+            rins.append(y * r)
+            routs.append(x * s)
+            IN[p][b.dst] += rins[-1]
+            OUT[p][b.src] += routs[-1]
+        grad = sum((p * (IN[p][:-1] - problem.degree * OUT[p][:-1]) for p in powers), np.zeros(problem.n))
+        scale = sum((p * (IN[p][:-1] + problem.degree * OUT[p][:-1]) for p in powers), np.zeros(problem.n))
+        rel = _max_rel(grad, scale, free)
+        totals = np.array([float(ri.sum()) for ri in rins])
+        history.append(HistoryEntry(it, float(totals.sum()), rel))
         bar.update(1)
         bar.set_postfix(deficit=f"{rel:.2e}")
+        if rel <= options.tol or it >= max_iter:
+            break
+        it += 1
+        # exact step of one parity class
+        members = np.flatnonzero((parity == it % 2) & free)
+        c = problem.degree[members]
+        costs = {p: (IN[p][members], OUT[p][members], np.zeros(members.size)) for p in powers}
+        t = np.zeros(problem.n + 1)
+        t[members] = optimal_log_steps(costs, c)
+        u += t[:-1]
+        for k, b in enumerate(problem.blocks):
+            p = b.power
+            if t[b.dst].any():
+                totals[k] = float(rins[k] @ np.exp(p * t[b.dst]))
+            elif t[b.src].any():
+                totals[k] = float(routs[k] @ np.exp(-p * degree_ext[b.src] * t[b.src]))
+        # coarse correction: one shift per layer, solved exactly
+        shift = np.append(_newton(_coarse_problem(problem, totals, block_layers), coarse_opts).u, 0.0)
+        for k, layer in enumerate(layers):
+            u[layer] += shift[k]
         if options.callback is not None:
-            options.callback(sweep, u)
+            options.callback(it, u)
     bar.close()
-    return SolveResult(u, rel <= options.tol, history, steps=sweep)
+    return SolveResult(u, rel <= options.tol, history, steps=it)
 
 
 # ---------------------------------------------------------------------- custom g

@@ -55,7 +55,7 @@ class UnitGraph:
             for b in problem.blocks:
                 if b.power != p:
                     continue
-                coo = sp.coo_array(b.matrix)
+                coo = sp.coo_array(b.explicit())
                 r = np.where(b.dst[coo.row] < 0, n, b.dst[coo.row])
                 c = np.where(b.src[coo.col] < 0, n, b.src[coo.col])
                 acc = acc + sp.csr_array((coo.data, (r, c)), shape=(n + 1, n + 1))
