@@ -77,10 +77,10 @@ class UnitGraph:
             powers=powers,
             degree_ext=np.append(problem.degree, 1.0),
             in_ptr=pattern.indptr.astype(np.int64),
-            in_idx=pattern.indices.astype(np.int64),
+            in_idx=pattern.indices.astype(np.int32),
             in_val=np.ascontiguousarray(in_val),
             out_ptr=csc.indptr.astype(np.int64),
-            out_idx=csc.indices.astype(np.int64),
+            out_idx=csc.indices.astype(np.int32),
             out_val=np.ascontiguousarray(in_val[perm]),
         )
 
@@ -207,9 +207,36 @@ def _unit_costs(i: int, degree_ext: np.ndarray, powers: np.ndarray, in_ptr: np.n
 def _step(i: int, u: np.ndarray, degree_ext: np.ndarray, powers: np.ndarray, in_ptr: np.ndarray,
           in_idx: np.ndarray, in_val: np.ndarray, out_ptr: np.ndarray, out_idx: np.ndarray,
           out_val: np.ndarray, X: np.ndarray, Y: np.ndarray, theta: float) -> None:
+    c = degree_ext[i]
+    if powers.size == 1:
+        # single power: closed form unless a BiPU has a self-loop (no allocations on this path)
+        p = powers[0]
+        acc = 0.0
+        loop = 0.0
+        for e in range(in_ptr[i], in_ptr[i + 1]):
+            j = in_idx[e]
+            if j == i:
+                loop += in_val[e, 0] * X[0, j]
+            else:
+                acc += in_val[e, 0] * X[0, j]
+        out = 0.0
+        for e in range(out_ptr[i], out_ptr[i + 1]):
+            r = out_idx[e]
+            if r != i:
+                out += out_val[e, 0] * Y[0, r]
+        a1 = acc * Y[0, i]
+        b1 = out * X[0, i]
+        if a1 <= 0.0 or b1 <= 0.0:
+            return
+        if loop == 0.0 or c == 1.0:
+            t = theta * np.log(c * b1 / a1) / (p * (1.0 + c))
+            u[i] += t
+            X[0, i] = np.exp(-p * c * u[i])
+            Y[0, i] = np.exp(p * u[i])
+            return
     a, b, s = _unit_costs(i, degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx,
                           out_val, X, Y)
-    t = theta * _solve1d(a, b, s, degree_ext[i], powers)
+    t = theta * _solve1d(a, b, s, c, powers)
     if t != 0.0:
         u[i] += t
         for k in range(powers.size):
