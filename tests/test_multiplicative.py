@@ -12,7 +12,7 @@ from scipy.optimize import minimize
 
 from problem_factory import layered_problem, random_problem
 from synbal.algorithms import SolveOptions, solve
-from synbal.algorithms.multiplicative import UnitNorms, as_lpq, solve_multiplicative
+from synbal.algorithms.multiplicative import UnitNorms, as_lpq, lpq_max_stationarity, lpq_norm, solve_multiplicative
 from synbal.errors import RegularizerError
 from synbal.lpq import LpqRegularizer
 from synbal.problem import BalanceProblem, CostBlock
@@ -280,6 +280,8 @@ def test_balance_graph_function_unchanged(spec: str, kind: str) -> None:
     assert after <= before * (1 + 1e-12)
     assert res.history[0].regularizer == pytest.approx(before, rel=1e-10)
     assert res.history[-1].regularizer == pytest.approx(after, rel=1e-10)
+    assert lpq_norm(res.problem, reg, res.log_scales) == pytest.approx(after, rel=1e-10)
+    assert lpq_max_stationarity(res.problem, reg, res.log_scales) <= 1e-10 < lpq_max_stationarity(res.problem, reg)
 
 
 def test_balance_graph_p_equals_q_matches_exact() -> None:

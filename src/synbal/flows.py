@@ -53,7 +53,7 @@ from torch import nn
 
 from synbal.adapters import adapter_for
 from synbal.algorithms import SolveOptions, SolveResult, solve
-from synbal.algorithms.multiplicative import UnitNorms, as_lpq, multiplicative_step
+from synbal.algorithms.multiplicative import lpq_max_stationarity
 from synbal.errors import ModelError, RegularizerError
 from synbal.lpq import LpqRegularizer
 from synbal.problem import BalanceProblem
@@ -135,9 +135,7 @@ def balance_stationarity(problem: BalanceProblem, reg: Regularizer, u: np.ndarra
     """
     v = np.zeros(problem.n) if u is None else u
     if isinstance(reg, LpqRegularizer):
-        norms = UnitNorms(problem, reg.p, reg.include_bias)
-        _, stat, _ = multiplicative_step(norms, as_lpq(reg), v, norms.problem.free_mask())
-        return float(stat.max()) if stat.size else 0.0
+        return lpq_max_stationarity(problem, reg, v)
     return problem.max_relative_deficit(v)
 
 

@@ -114,7 +114,7 @@ from synbal.lpq import LpqRegularizer
 from synbal.problem import BalanceProblem, CostBlock
 from synbal.regularizers import CustomRegularizer, PowerRegularizer
 
-__all__ = ["UnitNorms", "as_lpq", "multiplicative_step", "solve_multiplicative"]
+__all__ = ["UnitNorms", "as_lpq", "lpq_max_stationarity", "lpq_norm", "multiplicative_step", "solve_multiplicative"]
 
 
 def as_lpq(reg: object) -> LpqRegularizer:
@@ -137,7 +137,19 @@ class _Rows:
 
     block: CostBlock
     rows: np.ndarray  # index into S (scalable units first, then fixed units)
-    pattern: np.ndarray | tuple[np.ndarray, np.ndarray]  # A > 0: dense mask or (rows, cols)
+    _pattern: np.ndarray | tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def pattern(self) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Where ``A > 0`` (for the max-norm's ``m_i``): a dense mask or ``(rows, cols)``; cached."""
+        if self._pattern is None:
+            if self.block.is_sparse:
+                coo = sp.coo_array(self.block.matrix)
+                keep = coo.data > 0
+                self._pattern = (coo.row[keep], coo.col[keep])
+            else:  # dense or matrix-free: materialised once
+                self._pattern = np.asarray(self.block.explicit()) > 0
+        return self._pattern
 
 
 class UnitNorms:
@@ -186,14 +198,7 @@ class UnitNorms:
                     key = anonymous  # negative ids are treated as anonymous too
                     anonymous -= 1
                 rows[r] = self.n + fixed_index.setdefault(key, len(fixed_index))
-            pattern: np.ndarray | tuple[np.ndarray, np.ndarray]
-            if b.is_sparse:
-                coo = sp.coo_array(b.matrix)
-                keep = coo.data > 0
-                pattern = (coo.row[keep], coo.col[keep])
-            else:
-                pattern = np.asarray(b.matrix > 0)
-            self._rows.append(_Rows(b, rows, pattern))
+            self._rows.append(_Rows(b, rows))
         self.size = self.n + len(fixed_index)
 
     def _xy(self, b: CostBlock, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -223,10 +228,11 @@ class UnitNorms:
         out = np.zeros(self.n + 1)
         for r in self._rows:
             srow = s[r.rows]
-            if isinstance(r.pattern, np.ndarray):
-                col = (r.pattern * srow[:, None]).max(axis=0) if srow.size else np.zeros(r.pattern.shape[1])
+            pattern = r.pattern
+            if isinstance(pattern, np.ndarray):
+                col = (pattern * srow[:, None]).max(axis=0) if srow.size else np.zeros(pattern.shape[1])
             else:
-                pr, pc = r.pattern
+                pr, pc = pattern
                 col = np.zeros(r.block.src.size)
                 np.maximum.at(col, pc, srow[pr])
             np.maximum.at(out, r.block.src, col)
@@ -269,6 +275,22 @@ def _step(
     delta = np.where(ok, log_gap / step_scale, 0.0)
     stationarity = np.where(ok, np.abs(np.tanh(np.where(ok, log_gap, 0.0) / 2.0)), 0.0)
     return delta, stationarity, s
+
+
+def lpq_norm(problem: BalanceProblem, reg: object, u: np.ndarray | None = None) -> float:
+    """``‖W‖_{p,q}`` of the problem's weights at log-scales ``u`` (default 0)."""
+    lpq = as_lpq(reg)
+    v = np.zeros(problem.n) if u is None else np.asarray(u, dtype=np.float64)
+    return lpq.norm_from_unit_costs(UnitNorms(problem, lpq.p, lpq.include_bias).costs(v))
+
+
+def lpq_max_stationarity(problem: BalanceProblem, reg: object, u: np.ndarray | None = None) -> float:
+    """Largest relative stationarity of the free units at ``u`` (0 at the ℓ_{p,q} minimum)."""
+    lpq = as_lpq(reg)
+    v = np.zeros(problem.n) if u is None else np.asarray(u, dtype=np.float64)
+    norms = UnitNorms(problem, lpq.p, lpq.include_bias)
+    _, stat, _ = multiplicative_step(norms, lpq, v, norms.problem.free_mask())
+    return float(stat.max()) if stat.size else 0.0
 
 
 def solve_multiplicative(problem: BalanceProblem, reg: object, options: SolveOptions) -> SolveResult:
