@@ -153,3 +153,59 @@ def test_outputs_plot_and_summary(problem: BalanceProblem, tmp_path) -> None:  #
     assert sorted(p.name for p in paths) == ["fig9.json", "fig9.md", "fig9_balancing.png"]
     data = json.loads((tmp_path / "fig9.json").read_text())
     assert len(data["results"]["curves"]["relative_distance_mean"]) == ens.sweep_grid.size
+
+
+def test_settings_follow_quick_and_seeds(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from synbal.experiments.report import ExperimentContext
+
+    assert fig9.settings_for(ExperimentContext(out_dir=tmp_path), "fig9").runs == 1000
+    assert fig9.settings_for(ExperimentContext(out_dir=tmp_path, quick=True), "fig9").runs == 20
+    assert fig9.settings_for(ExperimentContext(out_dir=tmp_path, quick=True, seeds=7), "fig9-lc").runs == 7
+
+
+def test_cifar_standin_has_cifar_shape_and_says_so() -> None:
+    ds = fig9.cifar10_standin()
+    assert ds.image_shape == (32, 32, 3) and ds.num_classes == 10
+    assert "STAND-IN" in ds.source
+    x, _ = ds.tensors("test", flatten=False)
+    assert tuple(x.shape[1:]) == (3, 32, 32)
+    # the digit sits in the middle, identical in all three channels
+    assert float(x[:, :, :2].abs().max()) == 0.0
+    assert bool((x[:, 0] == x[:, 2]).all())
+
+
+def test_reproduce_fig9_small(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from synbal.experiments import EXPERIMENTS, run_experiment
+    from synbal.experiments.report import ExperimentContext
+
+    assert EXPERIMENTS["fig9"][0] == "synbal.experiments.fig9"
+    ctx = ExperimentContext(out_dir=tmp_path, quick=True, progress=False)
+    settings = Fig9Settings(runs=3, train_epochs=1, train_size=300, eval_size=200, grid_points=20)
+    results = fig9.reproduce(ctx, "fig9", settings)
+    assert results["supports_claim"] is True
+    assert results["problem"]["units"] == 650
+    assert results["runs"]["converged"] == 3
+    assert results["final"]["max_relative_distance_to_balanced"] < 1e-8
+    assert results["final"]["frobenius_norm_decrease_percent"] > 1.0
+    assert "300 training images" in results["setup"]["weights"]
+    md = (tmp_path / "fig9.md").read_text()
+    assert "embedded MNIST" in md and "supports the claim" in md
+    data = json.loads((tmp_path / "fig9.json").read_text())
+    assert data["settings"]["runs"] == 3
+    assert (tmp_path / "fig9_balancing.png").exists()
+    with pytest.raises(SynbalError, match="fig9 variant"):
+        fig9.reproduce(ctx, "fig10", settings)
+    with pytest.raises(SynbalError, match="at least 1"):
+        run_experiment("fig9", ExperimentContext(out_dir=tmp_path, quick=True, seeds=0, progress=False))
+
+
+@pytest.mark.slow
+def test_reproduce_fig9_lc_standin(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from synbal.experiments import run_experiment
+    from synbal.experiments.report import ExperimentContext
+
+    ctx = ExperimentContext(out_dir=tmp_path, quick=True, seeds=2, progress=False)
+    results = run_experiment("fig9-lc", ctx)
+    assert results["problem"]["units"] == 9288
+    assert results["supports_claim"] is True
+    assert "STAND-IN" in (tmp_path / "fig9-lc.md").read_text()

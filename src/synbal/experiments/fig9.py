@@ -77,7 +77,8 @@ class Fig9Settings:
     ``runs`` stochastic runs with seeds ``seed, seed+1, …``; each stops when its max relative
     deficit is at most ``tol``; trajectories are sampled on about ``grid_points`` sweeps.
     Training: ``train_epochs`` epochs of SGD (``lr``, ``momentum``, ``batch_size``) on
-    ``train_size`` examples (``None``: all of the loaded training set).
+    ``train_size`` examples (``None``: all of the loaded training set); the test loss is
+    reported on the first ``eval_size`` test examples (``None``: all).
     """
 
     runs: int
@@ -89,6 +90,7 @@ class Fig9Settings:
     batch_size: int = 200
     lr: float = 0.05
     momentum: float = 0.9
+    eval_size: int | None = None
 
 
 # ---------------------------------------------------------------------------- weight geometry
@@ -256,11 +258,13 @@ def stochastic_ensemble(
             bar.update(count)
     finally:
         bar.close()
+    # keep one grid point past the slowest run (later points only repeat the end states)
+    keep = min(n_rec, int(np.abs(sweeps_used).max()) // record_every + 2)
     return Ensemble(
-        sweep_grid=np.arange(n_rec) * record_every,
+        sweep_grid=np.arange(keep) * record_every,
         steps_per_sweep=free,
-        distance=distance,
-        norm=norm,
+        distance=distance[:, :keep],
+        norm=norm[:, :keep],
         endpoints=endpoints,
         sweeps_used=sweeps_used,
         max_sweeps=max_sweeps,
@@ -361,20 +365,21 @@ def plot_ensemble(ens: Ensemble, title: str) -> Any:
     from synbal.experiments.report import new_figure, plot_mean_std
 
     fig, (ax_dist, ax_norm) = new_figure(ncols=2)
-    steps = ens.step_grid
+    sweeps = ens.sweep_grid
+    xlabel = f"sweeps ({ens.steps_per_sweep} single-unit steps, random units)"
     floor = np.finfo(np.float64).eps
-    plot_mean_std(ax_dist, steps, np.maximum(ens.distance, floor),
+    plot_mean_std(ax_dist, sweeps, np.maximum(ens.distance, floor),
                   label=f"mean ± 1 std over {ens.distance.shape[0]} runs", logy=True)
-    ax_dist.set_xlabel("balancing steps (one random unit each)")
+    ax_dist.set_xlabel(xlabel)
     ax_dist.set_ylabel("‖W(t) − W_balanced‖_F / ‖W_balanced‖_F")
-    ax_dist.set_title(f"{title}: distance to the balanced state")
+    ax_dist.set_title(f"{title}: distance to W_balanced", fontsize=10)
     ax_dist.legend(loc="upper right", fontsize=8)
-    plot_mean_std(ax_norm, steps, ens.norm, label="stochastic balancing")
+    plot_mean_std(ax_norm, sweeps, ens.norm, label=f"mean ± 1 std over {ens.norm.shape[0]} runs")
     ax_norm.axhline(ens.norm[:, -1].mean(), color="grey", linestyle=":", linewidth=1,
                     label="‖W_balanced‖_F")
-    ax_norm.set_xlabel("balancing steps (one random unit each)")
+    ax_norm.set_xlabel(xlabel)
     ax_norm.set_ylabel("‖W‖_F (weights and biases)")
-    ax_norm.set_title(f"{title}: norm of the weights")
+    ax_norm.set_title(f"{title}: norm of the weights", fontsize=10)
     ax_norm.legend(loc="upper right", fontsize=8)
     return fig
 
@@ -447,9 +452,10 @@ _SETTINGS = {
     "fig9": (Fig9Settings(runs=1000, train_epochs=5, train_size=None, batch_size=200, lr=3e-3),
              Fig9Settings(runs=20, train_epochs=2, train_size=2000, batch_size=200, lr=3e-3,
                           grid_points=60)),
-    "fig9-lc": (Fig9Settings(runs=1000, train_epochs=1, train_size=5000, batch_size=5, lr=0.01),
-                Fig9Settings(runs=20, train_epochs=1, train_size=500, batch_size=5, lr=0.01,
-                             grid_points=60)),
+    "fig9-lc": (Fig9Settings(runs=1000, train_epochs=1, train_size=5000, batch_size=5, lr=0.01,
+                             eval_size=1000),
+                Fig9Settings(runs=10, train_epochs=1, train_size=300, batch_size=5, lr=0.01,
+                             eval_size=300, grid_points=60)),
 }
 
 
@@ -513,6 +519,7 @@ def _trained_problem(net: _Network, ctx: ExperimentContext, settings: Fig9Settin
     flat = net is _AE
     x, y = dataset.tensors("train", flatten=flat)
     x_test, y_test = dataset.tensors("test", flatten=flat)
+    x_test, y_test = x_test[: settings.eval_size], y_test[: settings.eval_size]
     model = mnist_autoencoder(seed=settings.seed) if net is _AE else lc_cifar_net(seed=settings.seed)
     targets, test_targets = (x, x_test) if net is _AE else (y, y_test)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
@@ -533,7 +540,7 @@ def _trained_problem(net: _Network, ctx: ExperimentContext, settings: Fig9Settin
         f"PyTorch default initialisation (seed {settings.seed}), then {settings.train_epochs} "
         f"epoch(s) of SGD (lr {settings.lr:g}, momentum {settings.momentum:g}, batch "
         f"{settings.batch_size}, {net.loss} loss, no regularizer) on {dataset.n_train} training "
-        f"images; test loss {test_loss[0]:.4g} → {test_loss[-1]:.4g}"
+        f"images; loss on {x_test.shape[0]} test images {test_loss[0]:.4g} → {test_loss[-1]:.4g}"
     )
     setup = {
         "description": net.description,
