@@ -243,3 +243,17 @@ def test_help_lists_the_commands(capsys):
     for command in ("balance", "inspect", "reproduce"):
         assert command in out
     assert main([]) == 2
+
+
+def test_tied_sets_and_closed_form_options(tmp_path, capsys):
+    out = tmp_path / "tied.json"
+    report = tmp_path / "tied_report.json"
+    assert main(["balance", "example:layered", "-o", str(out), "--method", "tied",
+                 "--sets", "h1_0,h1_1;h2_0", "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["converged"] and data["max_relative_deficit"] <= 1e-10
+    assert data["scales"]["h1_0"] == pytest.approx(data["scales"]["h1_1"], rel=1e-12)
+    capsys.readouterr()
+    assert main(["balance", "example:layered", "-o", str(out), "--method", "tied", "--closed-form"]) == 2
+    assert "closed form" in capsys.readouterr().err
+    assert main(["balance", "example:layered", "-o", str(out), "--sets", ";"]) == 2

@@ -148,7 +148,10 @@ def balance(
         regularizer=str(regularizer),
         regularizer_before=before,
         regularizer_after=problem.value(result.u),
-        max_relative_deficit=problem.max_relative_deficit(result.u),
+        # the solver's own measure at its final state (per set for method "tied")
+        max_relative_deficit=(
+            result.history[-1].max_relative_deficit if result.history else problem.max_relative_deficit(result.u)
+        ),
         seconds=seconds,
         problem=problem,
         excluded=adapter.excluded(),

@@ -19,6 +19,7 @@ from typing import Any
 from synbal.algorithms import METHODS
 from synbal.api import BalanceResult, balance
 from synbal.commands import add_model_options, add_network_arguments, input_path, is_model_input, model_support
+from synbal.errors import SynbalError
 from synbal.graph import Graph, verify_same_function
 from synbal.io import atomic_write_json, ensure_not_input
 
@@ -41,6 +42,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-sweeps", type=int, default=10_000, help="sweep budget (default 10000)")
     p.add_argument("--seed", type=int, default=None, help="seed of random schedules")
     p.add_argument("--theta", type=float, default=1.0, help="partial-step exponent in (0, 1] (default 1)")
+    p.add_argument("--sets", metavar="A,B;C,D",
+                   help="unit groups of method tied, e.g. 'h0,h1;h2,h3' (default: the layers)")
+    p.add_argument("--closed-form", action="store_true",
+                   help="method tied on a bias-free layered BiLU net: the Appendix-B closed form")
     p.add_argument("--report", metavar="R.json", help="write a JSON report here")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     add_model_options(p, verify=True)
@@ -67,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         theta=args.theta,
         progress=args.progress,
+        sets=_parse_sets(args.sets),
+        closed_form=args.closed_form,
     )
     gap = None if args.no_verify else verify_same_function(graph, result.net)
     result.net.save(args.output)
@@ -77,6 +84,16 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(args.report, report)
     print(summary(result, args.input, str(args.output), _verified(args, gap), gap))
     return 0
+
+
+def _parse_sets(spec: str | None) -> list[list[str]] | None:
+    """``"a,b;c"`` → ``[["a", "b"], ["c"]]``."""
+    if spec is None:
+        return None
+    groups = [[name.strip() for name in group.split(",") if name.strip()] for group in spec.split(";")]
+    if not all(groups):
+        raise SynbalError(f"--sets {spec!r}: every group needs at least one unit name")
+    return groups
 
 
 def _verified(args: argparse.Namespace, gap: float | None) -> str:
