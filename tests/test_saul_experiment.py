@@ -70,3 +70,14 @@ def test_quick_reproduction_writes_outputs(tmp_path: Path) -> None:
     l2 = flows["l2"]
     assert l2["gd_balanced_start"]["max_stationarity_after_start"] < 1e-2
     assert l2["flow"]["final_objective"] == pytest.approx(l2["gd_balanced_start"]["final_objective"], rel=1e-2)
+
+
+@pytest.mark.slow
+def test_full_reproduction(tmp_path: Path) -> None:
+    """The full run (three deep nets, three seeds, 10 MNIST epochs): several minutes."""
+    out = run_experiment("saul", ExperimentContext(out_dir=tmp_path, quick=False, progress=False))
+    summary = out["summary"]
+    assert "Monotone decrease at every update: **yes**" in summary
+    assert "reach the same minimum: **yes**" in summary
+    for reg, runs in out["results"]["flows"]["runs"].items():
+        assert runs["flow"]["max_stationarity_after_start"] < 1e-8, reg
