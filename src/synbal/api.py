@@ -142,7 +142,7 @@ def balance(
         net=balanced,
         scales={names[i]: float(np.exp(result.u[i])) for i in range(problem.n)},
         log_scales=result.u,
-        converged=result.converged,
+        converged=bool(result.converged),
         history=result.history,
         method=method,
         regularizer=str(regularizer),

@@ -25,9 +25,9 @@ class HistoryEntry:
 
     def as_dict(self) -> dict[str, float]:
         return {
-            "sweep": self.sweep,
-            "regularizer": self.regularizer,
-            "max_relative_deficit": self.max_relative_deficit,
+            "sweep": int(self.sweep),
+            "regularizer": float(self.regularizer),
+            "max_relative_deficit": float(self.max_relative_deficit),
         }
 
 
