@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from synbal.nn import LocallyConnected2d
@@ -214,6 +215,40 @@ def conv3d() -> nn.Module:
     return Conv3dNet()
 
 
+class FunctionalNet(nn.Module):
+    """Functional ops between layers: avg_pool2d, mean, a Linear along the last axis, permute, reshape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.fc_t = nn.Linear(4, 4)
+        self.fc = nn.Linear(3 * 4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.avg_pool2d(F.relu(self.conv(x)), (1, 1)).mean(dim=2)  # (N, 3, 4): one slot per channel
+        h = F.relu(self.fc_t(h))  # mixes along the last axis: the 3 conv channels must share one scale
+        return self.fc(h.permute(0, 2, 1).reshape(h.size(0), -1))
+
+
+def functional() -> nn.Module:
+    return FunctionalNet()
+
+
+class BiRNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(3, 4, nonlinearity="relu", batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.fc(out[:, -1])
+
+
+def birnn() -> nn.Module:
+    return BiRNN()
+
+
 def build(entry: ZooModel) -> tuple[nn.Module, torch.Tensor]:
     """A fresh float64 eval-mode model (seeded) and its example input."""
     torch.manual_seed(0)
@@ -251,6 +286,10 @@ ZOO: list[ZooModel] = [
              {"out[0]..out[1] (2 units)": "model output"}),
     ZooModel("transposed", transposed, (2, 2, 6), 11, {"3[1]": ["3[1]"], "5[3]": ["5[3]"]},
              {"7[0]..7[1] (2 units)": "model output"}),
+    ZooModel("functional", functional, (2, 2, 4, 4), 5, {"conv[0]": ["conv[0]", "conv[1]", "conv[2]"],
+             "fc_t[3]": ["fc_t[3]"]}, {"fc[0]..fc[1] (2 units)": "model output"}),
+    ZooModel("birnn", birnn, (2, 5, 3), 8, {"rnn.l0_reverse[2]": ["rnn.l0_reverse[2]"]},
+             {"fc[0]..fc[1] (2 units)": "model output"}),
     ZooModel("conv3d", conv3d, (1, 2, 3, 3, 3), 3, {"c1[2]": ["c1[2]"]},
              {"c2[0]..c2[1] (2 units)": "model output"}),
 ]

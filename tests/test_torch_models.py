@@ -231,3 +231,13 @@ def test_inspect_prints_groups_and_reasons() -> None:
     assert "group 2[0]: 1 neuron, degree 1" in text
     assert "in : 2.weight[0, :]  2.bias[0]" in text and "out: 4.weight[:, 0]" in text
     assert "0[0]..0[5] (6 units): feeds nn.GELU" in text
+
+
+def test_embedding_units() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4), nn.ReLU(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double()
+    idx = torch.tensor([[1, 2, 3], [4, 5, 9]])
+    d = discover(model, (idx,))
+    assert d.names == [f"0[{i}]" for i in range(4)] + [f"2[{i}]" for i in range(3)]
+    res = synbal.balance(model, "l2", example_inputs=(idx,))
+    assert res.converged and torch.allclose(_outputs(res.net, idx), _outputs(model, idx), rtol=1e-10)

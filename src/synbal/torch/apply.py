@@ -40,7 +40,10 @@ def scale_parameters(model: nn.Module, d: Discovery, u: np.ndarray) -> None:
         for name, factor in factor_arrays(d, u).items():
             p = named[name]
             f = torch.from_numpy(factor).to(p.device)
-            p.copy_((p.to(torch.float64) * f).to(p.dtype))
+            if p.dtype == torch.float64:
+                p.mul_(f)
+            else:  # compute in float64, round once into the parameter's dtype
+                p.copy_(p.to(torch.float64).mul_(f))
 
 
 def tolerance(dtype: torch.dtype) -> float:

@@ -42,13 +42,13 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from synbal.errors import InvalidWeightError, ModelError, UnsupportedOperationError
+from synbal.errors import InvalidWeightError, ModelError, SynbalError, UnsupportedOperationError
 from synbal.nn import LocallyConnected2d
 from synbal.torch import rules
 from synbal.torch.slots import SlotTable
 from synbal.torch.values import Ids, ParamRef, zeros_like_shape
 
-__all__ = ["Discovery", "ParamUse", "Walker", "discover", "eval_mode", "trace"]
+__all__ = ["Discovery", "ParamUse", "Walker", "check_finite", "discover", "eval_mode", "trace"]
 
 
 @dataclass
@@ -357,11 +357,11 @@ class Discovery:
         return len(self.groups)
 
 
-def _check_finite(params: dict[str, torch.Tensor]) -> None:
-    for name, p in params.items():
-        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
-            bad = int((~torch.isfinite(p)).sum())
-            raise InvalidWeightError(f"parameter {name!r} has {bad} NaN or infinite entries")
+def check_finite(name: str, p: torch.Tensor) -> None:
+    """Raise :class:`~synbal.errors.InvalidWeightError` if parameter ``p`` has NaN or Inf entries."""
+    if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+        bad = int((~torch.isfinite(p)).sum())
+        raise InvalidWeightError(f"parameter {name!r} has {bad} NaN or infinite entries")
 
 
 def _check_batchnorm(model: nn.Module) -> None:
@@ -380,19 +380,34 @@ def discover(model: nn.Module, example_inputs: tuple[Any, ...], *, barriers: boo
         example_inputs = (example_inputs,)
     _check_batchnorm(model)
     gm = trace(model)
-    walker = Walker(gm, model, barriers=barriers)
-    _check_finite(walker.params)
     with torch.no_grad(), eval_mode(model), eval_mode(gm):
         try:
-            _Runner(gm, walker).run(*example_inputs)
-        except (ModelError, InvalidWeightError):
+            walker = _walk_fake(gm, model, example_inputs, barriers)
+        except SynbalError:
             raise
-        except Exception as exc:
-            raise ModelError(
-                f"running {type(model).__name__} on the example inputs failed "
-                f"({type(exc).__name__}: {exc})"
-            ) from exc
+        except Exception:  # an op fake tensors cannot run: walk again on the real inputs
+            walker = Walker(gm, model, barriers=barriers)
+            try:
+                _Runner(gm, walker).run(*example_inputs)
+            except SynbalError:
+                raise
+            except Exception as exc:
+                raise ModelError(
+                    f"running {type(model).__name__} on the example inputs failed "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
     return _finish(walker)
+
+
+def _walk_fake(gm: fx.GraphModule, model: nn.Module, example_inputs: tuple[Any, ...], barriers: bool) -> Walker:
+    """Walk the graph on fake tensors: only shapes are computed (no FLOPs, no memory)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    walker = Walker(gm, model, barriers=barriers)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
+        _Runner(gm, walker).run(*fake)
+    return walker
 
 
 def _finish(w: Walker) -> Discovery:

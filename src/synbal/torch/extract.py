@@ -18,25 +18,30 @@ import torch
 from synbal.errors import RegularizerError
 from synbal.problem import BalanceProblem, CostBlock, CustomCosts
 from synbal.regularizers import CustomRegularizer, PowerRegularizer, Regularizer
-from synbal.torch.discovery import Discovery, ParamUse
+from synbal.torch.discovery import Discovery, ParamUse, check_finite
 
 __all__ = ["build_problem"]
 
 _DENSE_LIMIT = 1 << 21  # larger blocks are stored sparse
 
 
-def _reduced_power(p: torch.Tensor, axes: tuple[int, ...], power: float, coef: float) -> np.ndarray:
-    """``coef·Σ|p|^power`` over ``axes`` (keeping dims), in float64."""
-    a = p.detach().to(torch.float64).abs()
+def _reduced_power(name: str, p: torch.Tensor, axes: tuple[int, ...], power: float, coef: float) -> np.ndarray:
+    """``coef·Σ|p|^power`` over ``axes`` (keeping dims), in float64; NaN/Inf weights are refused."""
+    a = p.detach().to(torch.float64, copy=True)
     if power == 2.0:
-        a = a * a
-    elif power != 1.0:
-        a = a.pow(power)
+        a.mul_(a)
+    elif power == 1.0:
+        a.abs_()
+    else:
+        a.abs_().pow_(power)
     if axes:
         a = a.sum(dim=axes, keepdim=True)
     if coef != 1.0:
         a = a * coef
-    return a.cpu().numpy()
+    out = a.cpu().numpy()
+    if not np.all(np.isfinite(out)):  # a NaN/Inf weight propagates into its sum
+        check_finite(name, p)
+    return out
 
 
 def _labels(d: Discovery, use: ParamUse, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +75,7 @@ def _use_blocks(d: Discovery, use: ParamUse, reg: PowerRegularizer) -> list[Cost
     axes = tuple(a for a in range(p.dim()) if use.row.shape[a] == 1 and use.col.shape[a] == 1)
     blocks = []
     for term in reg.terms:
-        values = _reduced_power(p, axes, term.power, term.coef)
+        values = _reduced_power(use.name, p, axes, term.power, term.coef)
         row_key, col = _labels(d, use, values.shape)
         blocks.append(_block(term.power, values, row_key, col, d.n, use.bias))
     return blocks
@@ -85,7 +90,7 @@ def _unused_blocks(d: Discovery, reg: PowerRegularizer, first_id: int) -> list[C
         rows = int(p.shape[0]) if p.dim() else 1
         axes = tuple(range(1, p.dim()))
         for term in reg.terms:
-            values = _reduced_power(p, axes, term.power, term.coef).reshape(rows, 1)
+            values = _reduced_power(name, p, axes, term.power, term.coef).reshape(rows, 1)
             blocks.append(CostBlock(term.power, np.full(rows, -1), np.array([-1]), values,
                                     fixed_ids=np.arange(next_id, next_id + rows)))
         next_id += rows
@@ -99,9 +104,11 @@ def _custom(d: Discovery, reg: CustomRegularizer) -> CustomCosts:
         shape = tuple(p.shape)
         dst.append(np.broadcast_to(d.group_of_slot[use.row], shape).ravel())
         src.append(np.broadcast_to(d.group_of_slot[use.col], shape).ravel())
+        check_finite(use.name, p)
         mag.append(p.detach().to(torch.float64).abs().cpu().numpy().ravel())
     for name in d.unused:
         p = d.params[name]
+        check_finite(name, p)
         dst.append(np.full(p.numel(), -1))
         src.append(np.full(p.numel(), -1))
         mag.append(p.detach().to(torch.float64).abs().cpu().numpy().ravel())

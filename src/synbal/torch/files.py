@@ -102,7 +102,7 @@ def _import_factory(spec: str) -> Callable[[], Any]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise SynbalError(f"--factory {spec!r} is not callable")
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 def load_factory(spec: str, weights: str | Path | None, shape: tuple[int, ...] | None,

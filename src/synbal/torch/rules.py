@@ -147,12 +147,8 @@ def locally_connected(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -> 
     # per-input-neuron slots (C, H, W), ties along the batch axis only
     kept = w.keep_axes(x, [x.ndim - 3, x.ndim - 2, x.ndim - 1], node)
     in_ids = np.broadcast_to(kept.reshape(kept.shape[-3:]), (c, h, wd))
-    # which input neuron each weight column reads: unfold an index image (padding reads slot 0)
-    index = torch.from_numpy(in_ids.astype(np.float64) + 1.0)[None]
-    cols = F.unfold(index, mod.kernel_size, padding=mod.padding, stride=mod.stride)[0]  # (K, L)
-    col_ids = np.rint(cols.numpy()).astype(np.int64) - 1
-    col_ids[col_ids < 0] = 0
     oh, ow = mod.out_size
+    col_ids = _unfold_ids(in_ids, mod.kernel_size, mod.stride, mod.padding, (oh, ow))  # (K, L)
     rows = w.table.new(path, (mod.out_channels, oh, ow))
     row = rows.reshape(mod.out_channels, oh * ow).T[:, :, None]  # (L, O, 1)
     w.use(f"{path}.weight", row, col_ids.T[:, None, :], node)
@@ -160,6 +156,21 @@ def locally_connected(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -> 
         w.use(f"{path}.bias", rows, np.zeros((1, 1, 1), dtype=np.int64), node, bias=True)
     shape = _shape(result)
     return Ids(rows.reshape(1, mod.out_channels, oh, ow), shape)
+
+
+def _unfold_ids(ids: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                out_size: tuple[int, int]) -> np.ndarray:
+    """The slot each column of ``F.unfold`` reads, shape ``(C·kh·kw, OH·OW)`` (padding reads slot 0)."""
+    c, h, wd = ids.shape
+    kh, kw = kernel
+    oh, ow = out_size
+    padded = np.zeros((c, h + 2 * padding[0], wd + 2 * padding[1]), dtype=np.int64)
+    padded[:, padding[0] : padding[0] + h, padding[1] : padding[1] + wd] = ids
+    rows = (np.arange(oh) * stride[0])[None, :, None] + np.arange(kh)[:, None, None]  # (kh, oh, 1)
+    cols = (np.arange(ow) * stride[1])[None, None, :] + np.arange(kw)[:, None, None]  # (kw, 1, ow)
+    # patch[c, i, j, y, x] = padded[c, rows[i, y], cols[j, x]]
+    patch = padded[:, rows[:, None, :, :], cols[None, :, :, :]]  # (C, kh, kw, oh, ow)
+    return patch.reshape(c * kh * kw, oh * ow)
 
 
 def rnn(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -> Any:
