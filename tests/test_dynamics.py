@@ -81,11 +81,12 @@ def _torch_adapter_registered() -> bool:
 @pytest.mark.skipif(not _torch_adapter_registered(), reason="torch adapter (synbal.torch) not landed yet")
 def test_diag_c_equals_deficit_of_torch_model() -> None:
     net = _mlp([6, 5, 4, 3], torch.nn.ReLU, seed=1)
-    rep = synbal.deficit(net, "l2", example_inputs=torch.randn(2, 6, dtype=torch.float64))
-    got = sorted(u.IN - u.OUT for u in rep.units)
-    want = sorted(np.concatenate(neuron_deficits(net)).tolist())
-    assert len(got) == len(want) == 9
-    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    rep = _unit_deficits(synbal.deficit(net, "l2", example_inputs=torch.randn(2, 6, dtype=torch.float64)))
+    names = [name for name, m in net.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert len(rep) == 9
+    for layer, diag in enumerate(neuron_deficits(net)):
+        for k, value in enumerate(diag):  # the torch adapter names hidden unit k of module "0" as "0[k]"
+            assert rep[f"{names[layer]}[{k}]"] == pytest.approx(value, rel=1e-10, abs=1e-12)
 
 
 def test_c_matches_definition() -> None:
