@@ -68,17 +68,6 @@ def test_diag_c_equals_deficit_of_graph(widths: list[int], seed: int) -> None:
             assert rep[f"h{layer}_{k}"] == pytest.approx(value, rel=1e-10, abs=1e-12)
 
 
-def _torch_adapter_registered() -> bool:
-    from synbal.adapters import adapter_for
-
-    try:
-        adapter_for(torch.nn.Sequential(torch.nn.Linear(1, 1)), example_inputs=torch.zeros(1, 1))
-    except SynbalError as exc:
-        return "cannot balance" not in str(exc)
-    return True
-
-
-@pytest.mark.skipif(not _torch_adapter_registered(), reason="torch adapter (synbal.torch) not landed yet")
 def test_diag_c_equals_deficit_of_torch_model() -> None:
     net = _mlp([6, 5, 4, 3], torch.nn.ReLU, seed=1)
     rep = _unit_deficits(synbal.deficit(net, "l2", example_inputs=torch.randn(2, 6, dtype=torch.float64)))
