@@ -241,3 +241,35 @@ def test_embedding_units() -> None:
     assert d.names == [f"0[{i}]" for i in range(4)] + [f"2[{i}]" for i in range(3)]
     res = synbal.balance(model, "l2", example_inputs=(idx,))
     assert res.converged and torch.allclose(_outputs(res.net, idx), _outputs(model, idx), rtol=1e-10)
+
+
+def test_fold_batchnorm_inplace() -> None:
+    model, x = build(next(z for z in ZOO if z.name == "resnet_block"))
+    before = _outputs(model, x)
+    res = synbal.balance(model, "l2", example_inputs=(x,), fold_batchnorm=True, inplace=True)
+    assert res.net is model and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert torch.allclose(_outputs(model, x), before, rtol=1e-9, atol=1e-12)
+
+
+class _Arith(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.b = nn.Linear(3, 2)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x)) / 2.0 * 3.0  # numbers pass scales through
+        g = 2.0 / (torch.relu(self.b(x)) + 1.0)  # a constant added, then a reciprocal: not scalable
+        return self.out(torch.cat([h, g], dim=1))
+
+
+def test_arithmetic_with_numbers() -> None:
+    torch.manual_seed(0)
+    model = _Arith().double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    d = discover(model, (x,))
+    assert d.names == [f"a[{i}]" for i in range(4)]
+    assert "constant is added" in d.excluded["b[0]..b[1] (2 units)"]
+    res = synbal.balance(model, "l2", example_inputs=(x,))
+    assert torch.allclose(_outputs(res.net, x), _outputs(model, x), rtol=1e-10)

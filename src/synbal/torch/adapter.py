@@ -15,6 +15,7 @@ True
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,12 @@ def _as_inputs(example_inputs: Any) -> tuple[Any, ...]:
             "with tensors of the shapes the model is called with"
         )
     return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    with warnings.catch_warnings():  # torch.export modules warn about their own pytree specs when copied
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(model)
 
 
 class TorchAdapter:
@@ -72,7 +79,7 @@ class TorchAdapter:
         self.fold = fold_batchnorm
         self._work = model
         if fold_batchnorm:
-            self._work = copy.deepcopy(model)
+            self._work = _copy(model)
             fold_batchnorm_inplace(self._work, self.inputs)
         self.discovery: Discovery = discover(self._work, self.inputs, barriers=barriers)
 
@@ -86,7 +93,7 @@ class TorchAdapter:
             if self.fold:
                 fold_batchnorm_inplace(target, self.inputs)
         else:
-            target = copy.deepcopy(self._work)
+            target = _copy(self._work)
         scale_parameters(target, self.discovery, u)
         if before is not None:
             verify_outputs(before, run_model(target, self.inputs),

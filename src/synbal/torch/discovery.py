@@ -225,6 +225,14 @@ class Walker:
     def input_ids(self, node: fx.Node, pos: int, kw: str | None = None) -> Ids | None:
         return self.as_ids(self.value(node, pos, kw), node)
 
+    def tensor_input(self, node: fx.Node, pos: int, kw: str | None = None) -> Ids:
+        """Like :meth:`input_ids`, for arguments that must be tensors."""
+        x = self.input_ids(node, pos, kw)
+        if x is None:
+            raise ModelError(f"node {node.name!r} ({self.op_name(node)}): argument {pos} is not a tensor "
+                             "(PackedSequence and other containers are not supported)")
+        return x
+
     def fixed_like(self, result: Any) -> Any:
         """Scale-1 values mirroring ``result``'s structure."""
         if isinstance(result, torch.Tensor):

@@ -12,6 +12,9 @@ module but cannot lose export metadata.
 from __future__ import annotations
 
 import importlib
+import io
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,7 @@ import torch
 from torch import nn
 
 from synbal.errors import ModelError, SynbalError
-from synbal.io import atomic_write
+from synbal.io import atomic_write, atomic_write_bytes
 
 __all__ = ["LoadedModel", "load_exported", "load_factory", "parse_shape", "save_exported", "save_safetensors"]
 
@@ -91,6 +94,8 @@ def _import_factory(spec: str) -> Callable[[], Any]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise SynbalError(f"--factory must look like pkg.module:function, got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:  # like `python -m`: modules beside the user
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -107,7 +112,11 @@ def _import_factory(spec: str) -> Callable[[], Any]:
 
 def load_factory(spec: str, weights: str | Path | None, shape: tuple[int, ...] | None,
                  seed: int | None = None) -> LoadedModel:
-    """Build ``pkg.module:function()``, load ``weights`` (safetensors) into it, put it in eval mode."""
+    """Build ``pkg.module:function()``, load ``weights`` (safetensors) into it, put it in eval mode.
+
+    The current directory is importable (as with ``python -m``), so a factory in ``./mymodels.py``
+    is ``mymodels:build``.
+    """
     model = _import_factory(spec)()
     if not isinstance(model, nn.Module):
         raise ModelError(f"--factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
@@ -149,4 +158,6 @@ def save_exported(loaded: LoadedModel, balanced: nn.Module, path: str | Path) ->
         for name, value in program.state_dict.items():
             if name in new and isinstance(value, torch.Tensor):
                 value.copy_(new[name].detach().to(value.dtype))
-    atomic_write(path, lambda tmp: torch.export.save(program, str(tmp)))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -55,8 +55,14 @@ def _out_ids(per_channel: np.ndarray, result_shape: tuple[int, ...], channel_axi
     return Ids(compress(per_channel.reshape(shape)), result_shape)
 
 
-def _as_tensor_ids(w: Walker, value: Any, node: fx.Node) -> Ids | None:
-    return w.as_ids(value, node)
+def _first(result: Any) -> Any:
+    """The main output of an op that may also return extras (indices, saved statistics)."""
+    return result[0] if isinstance(result, tuple) else result
+
+
+def _like_result(ids: Ids, result: Any) -> Any:
+    """``ids`` for the main output; extras (indices, statistics) carry no slots."""
+    return (ids, *[None] * (len(result) - 1)) if isinstance(result, tuple) else ids
 
 
 # ---------------------------------------------------------------------------- producers
@@ -139,9 +145,7 @@ def batch_norm_core(w: Walker, node: fx.Node, x: Ids, weight: str | None, bias: 
 def locally_connected(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -> Ids:
     """:class:`synbal.nn.LocallyConnected2d`: one slot per output (channel, position)."""
     assert isinstance(mod, LocallyConnected2d)
-    x = w.input_ids(node, 0)
-    if x is None:
-        raise ModelError(f"node {node.name!r}: LocallyConnected2d input is not a tensor")
+    x = w.tensor_input(node, 0)
     path = str(node.target)
     c, (h, wd) = mod.in_channels, mod.in_size
     # per-input-neuron slots (C, H, W), ties along the batch axis only
@@ -184,9 +188,7 @@ def rnn(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -> Any:
     path = str(node.target)
     if mod.nonlinearity != "relu":
         return blocking(w, node, result, f"nn.RNN({mod.nonlinearity!r})")
-    x = w.input_ids(node, 0)
-    if x is None:
-        raise ModelError(f"node {node.name!r}: nn.RNN input is not a tensor (PackedSequence is not supported)")
+    x = w.tensor_input(node, 0)
     h0 = w.input_ids(node, 1, "hx")
     directions = 2 if mod.bidirectional else 1
     hidden = mod.hidden_size
@@ -239,29 +241,23 @@ def channelwise(spatial_dims: int | None) -> Rule:
     """Pooling/upsampling/zero-padding: mixes positions within a channel (ties them), keeps channels."""
 
     def rule(w: Walker, node: fx.Node, result: Any) -> Any:
-        x = w.input_ids(node, 0)
-        assert x is not None
+        x = w.tensor_input(node, 0)
         nsp = spatial_dims if spatial_dims is not None else max(x.ndim - 2, 1)
         kept = w.keep_axes(x, list(range(x.ndim - nsp)), node)
-        out = result[0] if isinstance(result, tuple) else result
-        shape = _shape(out)
+        shape = _shape(_first(result))
         ids = Ids(kept.reshape(kept.shape[: x.ndim - nsp] + (1,) * (len(shape) - x.ndim + nsp)), shape)
-        if isinstance(result, tuple):  # (values, indices)
-            return (ids, *[None] * (len(result) - 1))
-        return ids
+        return _like_result(ids, result)
 
     return rule
 
 
 def reshape(w: Walker, node: fx.Node, result: Any) -> Any:
-    x = w.input_ids(node, 0)
-    assert x is not None
+    x = w.tensor_input(node, 0)
     return reshape_ids(x, _shape(result))
 
 
 def permute(w: Walker, node: fx.Node, result: Any) -> Any:
-    x = w.input_ids(node, 0)
-    assert x is not None
+    x = w.tensor_input(node, 0)
     if node.op == "call_method":
         dims: Any = node.args[1:]
         if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
@@ -273,8 +269,7 @@ def permute(w: Walker, node: fx.Node, result: Any) -> Any:
 
 
 def transpose(w: Walker, node: fx.Node, result: Any) -> Any:
-    x = w.input_ids(node, 0)
-    assert x is not None
+    x = w.tensor_input(node, 0)
     if x.ndim < 2:
         return Ids(x.ids, _shape(result))
     d0 = int(w.literal(node, 1, "dim0", 0)) % x.ndim
@@ -283,16 +278,14 @@ def transpose(w: Walker, node: fx.Node, result: Any) -> Any:
 
 
 def expand(w: Walker, node: fx.Node, result: Any) -> Any:
-    x = w.input_ids(node, 0)
-    assert x is not None
+    x = w.tensor_input(node, 0)
     shape = _shape(result)
     return Ids(x.ids.reshape((1,) * (len(shape) - x.ndim) + x.ids.shape), shape)
 
 
 def reduce_dims(w: Walker, node: fx.Node, result: Any) -> Any:
     """``mean``/``sum``/``amax`` over dims: the reduced positions are tied."""
-    x = w.input_ids(node, 0)
-    assert x is not None
+    x = w.tensor_input(node, 0)
     dims = w.literal(node, 1, "dim", None)
     keepdim = bool(w.literal(node, 2, "keepdim", False))
     if dims is None or (isinstance(dims, (tuple, list)) and len(dims) == 0):
@@ -313,10 +306,13 @@ def add(w: Walker, node: fx.Node, result: Any) -> Any:
     b = w.value(node, 1, "other")
     ia, ib = w.as_ids(a, node), w.as_ids(b, node)
     shape = _shape(result)
+    if ia is None and ib is None:
+        return zeros_like_shape(shape)
     if ia is None or ib is None:
         tensor = ia if ia is not None else ib
         scalar = b if ia is not None else a
-        assert tensor is not None
+        if tensor is None:
+            return zeros_like_shape(shape)
         if scalar not in (0, 0.0, None):
             w.table.fix(tensor.ids, f"a constant is added at node {node.name!r}")
         return Ids(tensor.ids, shape)
@@ -334,15 +330,16 @@ def mul(divide: bool) -> Rule:
         shape = _shape(result)
         if ia is None and ib is None:
             return zeros_like_shape(shape)
-        if ib is None or ib.all_fixed():
-            assert ia is not None
+        if ia is not None and (ib is None or ib.all_fixed()):
             return Ids(ia.ids, shape)
-        if ia is None or (ia.all_fixed() and not divide):
+        if not divide and ib is not None and (ia is None or ia.all_fixed()):
             return Ids(ib.ids, shape)
+        # both sides scaled, or a scaled denominator: not a per-entry rescaling
         op = "divided" if divide else "multiplied"
-        reason = f"{op} elementwise by another scaled tensor at node {node.name!r}"
-        w.table.fix(ia.ids, reason)
-        w.table.fix(ib.ids, reason)
+        reason = f"{op} elementwise by a scaled tensor at node {node.name!r}"
+        for v in (ia, ib):
+            if v is not None:
+                w.table.fix(v.ids, reason)
         return zeros_like_shape(shape)
 
     return rule
@@ -379,8 +376,7 @@ def stack(w: Walker, node: fx.Node, result: Any) -> Any:
 
 def split(w: Walker, node: fx.Node, result: Any) -> Any:
     """``split``/``chunk``/``unbind``: slices of the slots along the dimension."""
-    x = w.input_ids(node, 0)
-    assert x is not None
+    x = w.tensor_input(node, 0)
     name = getattr(node.target, "__name__", str(node.target))
     default_dim = 0
     dim_pos = 1 if "unbind" in name else 2
@@ -476,25 +472,20 @@ def batch_norm_fn(layout: str) -> Rule:
     }[layout]
 
     def rule(w: Walker, node: fx.Node, result: Any) -> Any:
-        x = w.input_ids(node, 0)
-        assert x is not None
+        x = w.tensor_input(node, 0)
         weight = _param(w, node, pos["weight"], "weight")
         bias = _param(w, node, pos["bias"], "bias")
         training = bool(w.literal(node, pos["training"], "training", False)) if pos["training"] >= 0 else False
         has_stats = w.value(node, pos["mean"], "running_mean") is not None
         path = w.prefix(weight) if weight else w.module_path(node)
-        out = result[0] if isinstance(result, tuple) else result
-        ids = batch_norm_core(w, node, x, weight, bias, training, has_stats, path, out)
-        if isinstance(result, tuple):
-            return (ids, *[None] * (len(result) - 1))
-        return ids
+        ids = batch_norm_core(w, node, x, weight, bias, training, has_stats, path, _first(result))
+        return _like_result(ids, result)
 
     return rule
 
 
 def prelu_fn(w: Walker, node: fx.Node, result: Any) -> Any:
-    x = w.input_ids(node, 0)
-    assert x is not None
+    x = w.tensor_input(node, 0)
     return Ids(x.ids, _shape(result))
 
 
@@ -619,24 +610,24 @@ METHOD_RULES.update({
 
 # ---------------------------------------------------------------------------- modules
 def _module_linear(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -> Any:
-    x = w.input_ids(node, 0)
-    assert x is not None and isinstance(mod, nn.Linear)
+    x = w.tensor_input(node, 0)
+    assert isinstance(mod, nn.Linear)  # guaranteed by module_rule
     path = str(node.target)
     return linear_core(w, node, x, f"{path}.weight", f"{path}.bias" if mod.bias is not None else None,
                        path, result)
 
 
 def _module_conv(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -> Any:
-    x = w.input_ids(node, 0)
-    assert x is not None and isinstance(mod, nn.modules.conv._ConvNd)
+    x = w.tensor_input(node, 0)
+    assert isinstance(mod, nn.modules.conv._ConvNd)  # guaranteed by module_rule
     path = str(node.target)
     return conv_core(w, node, x, f"{path}.weight", f"{path}.bias" if mod.bias is not None else None,
                      mod.groups, mod.transposed, path, result)
 
 
 def _module_batch_norm(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -> Any:
-    x = w.input_ids(node, 0)
-    assert x is not None and isinstance(mod, nn.modules.batchnorm._BatchNorm)
+    x = w.tensor_input(node, 0)
+    assert isinstance(mod, nn.modules.batchnorm._BatchNorm)  # guaranteed by module_rule
     path = str(node.target)
     return batch_norm_core(w, node, x, f"{path}.weight" if mod.weight is not None else None,
                            f"{path}.bias" if mod.bias is not None else None,
