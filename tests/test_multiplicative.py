@@ -294,3 +294,19 @@ def test_balance_graph_p_equals_q_matches_exact() -> None:
     assert mult.converged and exact.converged
     for name, scale in exact.scales.items():
         assert mult.scales[name] == pytest.approx(scale, rel=1e-7)
+
+
+def test_public_api_reports_the_lpq_norm_and_refuses_additive_methods():
+    import synbal
+    from synbal.errors import RegularizerError
+
+    rng = np.random.default_rng(3)
+    mats = [rng.normal(size=(4, 3)), rng.normal(size=(5, 4)), rng.normal(size=(2, 5))]
+    for net in (synbal.Graph.from_layers(mats), synbal.DenseNet([m.copy() for m in mats])):
+        res = synbal.balance(net, "l2,1", method="multiplicative", tol=1e-10)
+        assert res.converged and res.regularizer_after < res.regularizer_before
+        report = synbal.deficit(res.net, "l2,1")
+        assert report.max_relative_deficit <= 1e-9
+        assert report.regularizer_value == pytest.approx(res.regularizer_after, rel=1e-12)
+        with pytest.raises(RegularizerError, match="multiplicative"):
+            synbal.balance(net, "l2,1", method="exact")

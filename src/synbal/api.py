@@ -7,6 +7,7 @@ finds log-scales on it, and the adapter writes the scales back (to a copy unless
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +17,10 @@ from synbal.adapters import adapter_for
 from synbal.algorithms import METHODS, solve
 from synbal.algorithms.base import HistoryEntry, SolveOptions
 from synbal.errors import SynbalError
+from synbal.lpq import LpqRegularizer
 from synbal.metrics import DeficitReport, deficit_report
 from synbal.problem import BalanceProblem
-from synbal.regularizers import RegularizerSpec, parse_regularizer
+from synbal.regularizers import Regularizer, RegularizerSpec, parse_regularizer
 
 __all__ = ["BalanceResult", "balance", "deficit"]
 
@@ -133,7 +135,8 @@ def balance(
         progress=progress,
     )
     zero = np.zeros(problem.n)
-    before = problem.value(zero)
+    objective = _objective(problem, regularizer)
+    before = objective(zero)
     result = solve(problem, regularizer, method, options)
     balanced = adapter.apply(result.u, inplace=inplace)
     seconds = time.perf_counter() - start
@@ -147,7 +150,7 @@ def balance(
         method=method,
         regularizer=str(regularizer),
         regularizer_before=before,
-        regularizer_after=problem.value(result.u),
+        regularizer_after=objective(result.u),
         # the solver's own measure at its final state (per set for method "tied")
         max_relative_deficit=(
             result.history[-1].max_relative_deficit if result.history else problem.max_relative_deficit(result.u)
@@ -156,6 +159,15 @@ def balance(
         problem=problem,
         excluded=adapter.excluded(),
     )
+
+
+def _objective(problem: BalanceProblem, reg: Regularizer) -> Callable[[np.ndarray], float]:
+    """``R(u)``: the problem's additive cost, or the ℓ_{p,q} norm for an ℓ_{p,q} regularizer."""
+    if isinstance(reg, LpqRegularizer) and not reg.reduces_to_lp:
+        from synbal.algorithms.multiplicative import lpq_norm
+
+        return lambda u: lpq_norm(problem, reg, u)
+    return problem.value
 
 
 def _resolve_sets(problem: BalanceProblem, sets: list[list[str]] | None) -> list[np.ndarray] | None:
@@ -187,6 +199,13 @@ def deficit(net: Any, reg: RegularizerSpec = "l2", **adapter_options: Any) -> De
     regularizer = parse_regularizer(reg)
     adapter = adapter_for(net, **adapter_options)
     problem = adapter.problem(regularizer)
+    if isinstance(regularizer, LpqRegularizer) and not regularizer.reduces_to_lp:
+        from synbal.algorithms.multiplicative import lpq_max_stationarity, lpq_norm
+
+        report = deficit_report(problem, regularizer=str(regularizer), excluded=adapter.excluded())
+        report.regularizer_value = lpq_norm(problem, regularizer)
+        report.max_relative_deficit = lpq_max_stationarity(problem, regularizer)
+        return report
     l2 = problem if str(regularizer) == "l2" else adapter.problem(parse_regularizer("l2"))
     return deficit_report(
         problem,

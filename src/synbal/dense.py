@@ -25,6 +25,7 @@ import numpy as np
 from synbal.activations import Activation, parse_activation
 from synbal.adapters import register_adapter
 from synbal.errors import GraphFormatError, InvalidWeightError, RegularizerError
+from synbal.lpq import LpqRegularizer
 from synbal.powermatrix import PowerMatrix, scale_rows_cols
 from synbal.problem import BalanceProblem, CostBlock, CustomCosts, Matrix
 from synbal.regularizers import CustomRegularizer, PowerRegularizer, Regularizer
@@ -125,7 +126,7 @@ class DenseNetAdapter:
         if isinstance(reg, CustomRegularizer):
             return BalanceProblem(np.full(self.n, c), [], names=self.names, layers=layers,
                                   custom=self._custom(reg))
-        if not isinstance(reg, PowerRegularizer):
+        if not isinstance(reg, (PowerRegularizer, LpqRegularizer)):
             raise RegularizerError(f"DenseNet cannot use regularizer {reg}")
         blocks = []
         last = len(self.net.weights) - 1

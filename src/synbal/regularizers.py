@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
@@ -117,8 +116,8 @@ class CustomRegularizer:
         return self.name
 
 
-Regularizer = Union[PowerRegularizer, CustomRegularizer, LpqRegularizer]
-RegularizerSpec = Union[str, PowerRegularizer, CustomRegularizer, LpqRegularizer]
+Regularizer = PowerRegularizer | CustomRegularizer | LpqRegularizer
+RegularizerSpec = str | PowerRegularizer | CustomRegularizer | LpqRegularizer
 
 _TERM = re.compile(r"^\s*(?:(?P<coef>[0-9.eE+-]+)\s*\*\s*)?[lL](?P<p>[0-9.eE+-]+)\s*$")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from synbal.algorithms.base import HistoryEntry, SolveOptions, SolveResult
-from synbal.errors import SynbalError
+from synbal.errors import RegularizerError, SynbalError
 from synbal.problem import BalanceProblem
 from synbal.regularizers import Regularizer
 
@@ -33,6 +33,13 @@ def solve(problem: BalanceProblem, reg: Regularizer, method: str, options: Solve
         ) from None
     if not 0.0 < options.theta <= 1.0:
         raise SynbalError(f"theta must be in (0, 1], got {options.theta}")
+    from synbal.lpq import LpqRegularizer
+
+    if isinstance(reg, LpqRegularizer) and method != "multiplicative" and not reg.reduces_to_lp:
+        raise RegularizerError(
+            f"regularizer {reg} is not additive: only method 'multiplicative' minimises it "
+            "(other methods balance additive costs; use 'lP' for p = q)"
+        )
     if options.tol <= 0 or options.max_sweeps < 1:
         raise SynbalError(f"tol must be > 0 and max_sweeps >= 1 (got {options.tol}, {options.max_sweeps})")
     return solver(problem, reg, options)
