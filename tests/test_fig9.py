@@ -108,6 +108,7 @@ def test_ensemble_converges_to_the_exact_state(problem: BalanceProblem) -> None:
     assert results["supports_claim"] is True
     # the runs really follow different random orders
     assert np.ptp(ens.distance[:, 1]) > 0
+    assert results["final"]["max_distance_spread_percent"] > 0
 
 
 def test_ensemble_does_not_depend_on_batching(problem: BalanceProblem,
@@ -209,3 +210,19 @@ def test_reproduce_fig9_lc_standin(tmp_path) -> None:  # type: ignore[no-untyped
     assert results["problem"]["units"] == 9288
     assert results["supports_claim"] is True
     assert "STAND-IN" in (tmp_path / "fig9-lc.md").read_text()
+
+
+def test_weight_space_reads_matrix_free_blocks() -> None:
+    from synbal.powermatrix import PowerMatrix
+
+    rng = np.random.default_rng(4)
+    W1 = rng.normal(size=(3, 4)).astype(np.float32)
+    W2 = rng.normal(size=(2, 3))
+    free = BalanceProblem(np.ones(3), [CostBlock(2.0, [0, 1, 2], [-1] * 4, PowerMatrix(W1, 2.0)),
+                                       CostBlock(2.0, [-1, -1], [0, 1, 2], PowerMatrix(W2, 2.0))])
+    dense = BalanceProblem(np.ones(3), [CostBlock(2.0, [0, 1, 2], [-1] * 4, W1.astype(np.float64) ** 2),
+                                        CostBlock(2.0, [-1, -1], [0, 1, 2], W2**2)])
+    U = rng.normal(size=(4, 3))
+    a = WeightSpace(free, U[0]).measure(U)
+    b = WeightSpace(dense, U[0]).measure(U)
+    np.testing.assert_allclose(a, b, rtol=1e-12)
