@@ -99,6 +99,12 @@ class CostBlock:
     def total(self) -> float:
         return float(self.matrix.sum())
 
+    def factors(self, ue: np.ndarray, ce: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` with ``x_k = exp(−p c_k u_k)`` over sources and ``y_r = exp(p u_r)`` over
+        destinations, given ``u`` and ``c`` extended by the fixed slot (``u = 0``, ``c = 1``)."""
+        p = self.power
+        return np.exp(-p * ce[self.src] * ue[self.src]), np.exp(p * ue[self.dst])
+
     def explicit(self) -> Matrix:
         """The costs as a numpy array or scipy sparse matrix (materialising matrix-free blocks)."""
         if sp.issparse(self.matrix) or isinstance(self.matrix, np.ndarray):
@@ -234,8 +240,7 @@ class BalanceProblem:
         out: dict[float, tuple[np.ndarray, np.ndarray]] = {}
         for b in self.blocks:
             p = b.power
-            x = np.exp(-p * ce[b.src] * ue[b.src])
-            y = np.exp(p * ue[b.dst])
+            x, y = b.factors(ue, ce)
             row, col = as_products(b.matrix, x, y)
             IN, OUT = out.setdefault(p, (np.zeros(self.n + 1), np.zeros(self.n + 1)))
             # indices >= 0 never repeat inside a block; repeats of the fixed slot (-1, the
@@ -264,9 +269,7 @@ class BalanceProblem:
         ue, ce = self._ext(u)
         total = 0.0
         for b in self.blocks:
-            p = b.power
-            x = np.exp(-p * ce[b.src] * ue[b.src])
-            y = np.exp(p * ue[b.dst])
+            x, y = b.factors(ue, ce)
             total += float(y @ (b.matrix @ x))
         return total
 
@@ -476,8 +479,7 @@ class BalanceProblem:
         out: dict[float, list[float]] = {}
         for b in self.blocks:
             p = b.power
-            x = np.exp(-p * ce[b.src] * ue[b.src])
-            y = np.exp(p * ue[b.dst])
+            x, y = b.factors(ue, ce)
             rin = inside[b.dst]
             cin = inside[b.src]
             acc = out.setdefault(p, [0.0, 0.0, 0.0])

@@ -57,8 +57,7 @@ def hessian(problem: BalanceProblem, u: np.ndarray) -> sp.csr_array:
     vals: list[np.ndarray] = []
     for b in problem.blocks:
         p = b.power
-        x = np.exp(-p * ce[b.src] * ue[b.src])
-        y = np.exp(p * ue[b.dst])
+        x, y = b.factors(ue, ce)
         coo = sp.coo_array(b.explicit())
         r = b.dst[coo.row]
         c = b.src[coo.col]
@@ -264,8 +263,7 @@ def _two_level(problem: BalanceProblem, options: SolveOptions, limit: int | None
         routs: list[np.ndarray] = []
         for b in problem.blocks:
             p = b.power
-            x = np.exp(-p * degree_ext[b.src] * ue[b.src])
-            y = np.exp(p * ue[b.dst])
+            x, y = b.factors(ue, degree_ext)
             r, s = as_products(b.matrix, x, y)
             rins.append(y * r)
             routs.append(x * s)

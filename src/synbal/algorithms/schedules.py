@@ -79,8 +79,7 @@ class SetEvaluator:
         for k, rows, cols in self._plan(members):
             b = prob.blocks[k]
             p = b.power
-            x = np.exp(-p * ce[b.src] * ue[b.src])
-            y = np.exp(p * ue[b.dst])
+            x, y = b.factors(ue, ce)
             IN, OUT, _ = out[p]
             if rows.size:
                 A = b.matrix if rows.size == b.dst.size else b.matrix[rows]
