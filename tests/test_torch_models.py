@@ -273,3 +273,34 @@ def test_arithmetic_with_numbers() -> None:
     assert "constant is added" in d.excluded["b[0]..b[1] (2 units)"]
     res = synbal.balance(model, "l2", example_inputs=(x,))
     assert torch.allclose(_outputs(res.net, x), _outputs(model, x), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["resnet_block", "rnn", "transposed"])
+def test_every_method_on_models(name: str) -> None:
+    """Every engine method runs on the extracted unit graph and reaches the exact state."""
+    model, x = build(next(z for z in ZOO if z.name == name))
+    adapter = TorchAdapter(model, example_inputs=(x,))
+    reference = synbal.balance(model, "l2", "exact", example_inputs=(x,))
+    for method in sorted(synbal.algorithms.METHODS):
+        if method == "tied":
+            continue
+        if method == "alternating" and adapter.discovery.layers is None:
+            with pytest.raises(synbal.SynbalError, match="bipartite"):
+                synbal.balance(model, "l2", method, example_inputs=(x,))
+            continue
+        res = synbal.balance(model, "l2", method, example_inputs=(x,), seed=0)
+        assert res.converged, method
+        np.testing.assert_allclose(res.log_scales, reference.log_scales, atol=1e-6, err_msg=method)
+
+
+def test_discovery_falls_back_to_real_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If an op cannot run on fake tensors, discovery walks the graph on the real inputs instead."""
+    import synbal.torch.discovery as discovery
+
+    def no_fake(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("fake tensors unsupported here")
+
+    entry = next(z for z in ZOO if z.name == "locally_connected")
+    model, x = build(entry)
+    monkeypatch.setattr(discovery, "_walk_fake", no_fake)
+    assert len(discover(model, (x,)).groups) == entry.n_groups
