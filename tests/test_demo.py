@@ -55,7 +55,8 @@ def test_demo_prints_a_readable_summary(demo_run: tuple[demo_module.DemoResult, 
     _, lines, _ = demo_run
     text = "\n".join(lines)
     for piece in ("[1/4] training", "[2/4] balance report", "[3/4] balancing exactly",
-                  "[4/4] checking", "R (l2):", "max relative deficit", "overall deficit", "wrote"):
+                  "[4/4] checking", "R (l2):", "max relative deficit", "overall deficit", "wrote",
+                  "result: same outputs (to rounding)", "every hidden unit balanced"):
         assert piece in text
 
 
