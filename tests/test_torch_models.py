@@ -304,3 +304,51 @@ def test_discovery_falls_back_to_real_tensors(monkeypatch: pytest.MonkeyPatch) -
     model, x = build(entry)
     monkeypatch.setattr(discovery, "_walk_fake", no_fake)
     assert len(discover(model, (x,)).groups) == entry.n_groups
+
+
+class _Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, 6)
+        self.norm = nn.LayerNorm(6)
+        self.mid = nn.Linear(6, 6)
+        self.pre = nn.Linear(6, 6)
+        self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pre(torch.relu(self.mid(self.norm(self.inp(x)))))
+        a, _ = self.attn(h, h, h)
+        return torch.softmax(self.out(a), dim=-1)
+
+
+def test_layernorm_attention_and_softmax_block_units() -> None:
+    torch.manual_seed(0)
+    model = _Attention().double().eval()
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    d = discover(model, (x,))
+    assert d.names == [f"mid[{i}]" for i in range(6)]
+    assert "feeds nn.LayerNorm" in d.excluded["inp[0]..inp[5] (6 units)"]
+    assert "feeds nn.MultiheadAttention" in d.excluded["pre[0]..pre[5] (6 units)"]
+    assert "softmax" in d.excluded["out[0]..out[2] (3 units)"]
+    assert {"norm.weight", "attn.in_proj_weight"} <= set(d.unused)  # counted in R, never scaled
+    res = synbal.balance(model, "l2", example_inputs=(x,))
+    assert res.converged and torch.allclose(_outputs(res.net, x), _outputs(model, x), rtol=1e-10)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [((3, 2), (2, 1), (1, 0)), ((2, 2), (1, 2), (1, 1))])
+def test_locally_connected_column_slots_match_unfold(kernel: tuple[int, int], stride: tuple[int, int],
+                                                     padding: tuple[int, int]) -> None:
+    from synbal.nn import LocallyConnected2d
+    from synbal.torch.rules import _unfold_ids
+
+    layer = LocallyConnected2d(2, 3, (5, 6), kernel, stride, padding)
+    ids = np.arange(1, 2 * 5 * 6 + 1).reshape(2, 5, 6)
+    expected = torch.nn.functional.unfold(torch.from_numpy(ids).double()[None], kernel, padding=padding,
+                                          stride=stride)[0].numpy().astype(np.int64)
+    np.testing.assert_array_equal(_unfold_ids(ids, kernel, stride, padding, layer.out_size), expected)
+    model = nn.Sequential(layer, nn.ReLU(), nn.Flatten(), nn.Linear(3 * layer.out_size[0] * layer.out_size[1], 2))
+    model = model.double()
+    x = torch.randn(2, 2, 5, 6, dtype=torch.float64)
+    res = synbal.balance(model, "l2", example_inputs=(x,))
+    assert res.converged and torch.allclose(_outputs(res.net, x), _outputs(model, x), rtol=1e-10)
