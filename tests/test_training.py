@@ -135,6 +135,7 @@ def test_measure_reports_paper_deficit() -> None:
     assert m["overall_deficit"] == pytest.approx(9.0)  # (4 − 1)²
     assert m["regularizer"] == pytest.approx(3.0) and m["frobenius_norm"] == pytest.approx(math.sqrt(5))
     assert m["max_relative_deficit"] == pytest.approx(1 / 3)
+    assert m["reg_overall_deficit"] == pytest.approx(1.0)  # L1: (2 − 1)²
 
 
 def test_non_mlp_needs_example_inputs() -> None:

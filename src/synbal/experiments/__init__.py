@@ -22,6 +22,8 @@ EXPERIMENTS["lnn"] = ("synbal.experiments.lnn", "linear nets conserve W_l W_lᵀ
 EXPERIMENTS["lnn-relu"] = ("synbal.experiments.lnn_relu", "7-layer ReLU MLP on MNIST: layer norms, Conjecture 4")
 EXPERIMENTS["fig9"] = ("synbal.experiments.fig9", "1,000 random orders of stochastic balancing: one balanced state")
 EXPERIMENTS["fig9-lc"] = ("synbal.experiments.fig9_lc", "the same on the locally connected CIFAR-10 net")
+EXPERIMENTS["fig7"] = ("synbal.experiments.fig7", "MNIST autoencoder: only SGD on E + R (L2, L1) converges to balance")
+EXPERIMENTS["fig8"] = ("synbal.experiments.fig8", "balanced start: a finite learning rate loses balance without R")
 
 
 def run_experiment(name: str, ctx: ExperimentContext) -> dict[str, Any]:

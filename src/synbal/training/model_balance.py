@@ -83,13 +83,14 @@ class ModelBalance:
         return self.model, {"example_inputs": self.example_inputs}
 
     def measure(self, reg: RegularizerSpec = "l2") -> dict[str, float]:
-        """The paper's overall L2 deficit, and ``reg``'s max relative deficit and value, ‖W‖_F."""
+        """The paper's overall L2 deficit; ``reg``'s overall deficit, max relative deficit and value; ‖W‖_F."""
         source, options = self._source()
         with torch.no_grad():
             l2 = deficit(source, "l2", **options)
             rep = l2 if str(parse_regularizer(reg)) == "l2" else deficit(source, reg, **options)
         return {
             "overall_deficit": l2.overall_deficit,
+            "reg_overall_deficit": rep.overall_deficit,
             "max_relative_deficit": rep.max_relative_deficit,
             "regularizer": rep.regularizer_value,
             "frobenius_norm": float(l2.frobenius_norm or 0.0),

@@ -1,0 +1,186 @@
+"""Balance dynamics during training — the machinery shared by fig7, fig8 and their ``-lc`` variants.
+
+A *task* is a network family, data and a training recipe; an *arm* is one way of training it
+(learning rate, regularizer ``β·R``, optional balancing before training). :func:`run_arms`
+trains every arm for every seed with :func:`synbal.training.train` and collects, per epoch,
+the paper's overall L2 balance deficit, the deficit and max relative deficit for the arm's own
+regularizer, the training loss and ‖W‖_F. :func:`plot_arms` draws them in the paper's style
+(mean ± 1 std across seeds).
+
+Theory used for the reference curves: under gradient *flow* on ``E + β·L2`` every unit's
+deficit ``IN − OUT`` obeys ``d/dt (IN − OUT) = −4β (IN − OUT)`` (the ``E`` part conserves it),
+so the overall deficit decays as ``exp(−8 β t)`` with ``t = lr × steps``.
+
+>>> arm = Arm("E+L2", reg="l2", beta=0.01, lr=0.02)
+>>> round(flow_decay(arm, steps=np.array([0, 100])).tolist()[1], 6)  # exp(−8·0.01·0.02·100)
+0.852144
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from synbal.training import BalanceSchedule, TrainConfig, train
+
+__all__ = ["METRICS", "Arm", "Task", "flow_decay", "plot_arms", "run_arms", "summarise_arm"]
+
+METRICS = (
+    "overall_deficit",
+    "reg_overall_deficit",
+    "max_relative_deficit",
+    "regularizer",
+    "train_loss",
+    "frobenius_norm",
+)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training recipe: SGD learning rate, regularizer ``β·R`` (``None``: E alone), and
+    the method used to balance the initial weights (``None``: train from the raw init)."""
+
+    label: str
+    reg: str | None = None
+    beta: float = 0.0
+    lr: float = 0.02
+    start_balance: str | None = None
+
+    @property
+    def monitor_reg(self) -> str:
+        return self.reg or "l2"
+
+
+@dataclass
+class Task:
+    """The network (``model_factory(seed)``), training data and recipe shared by all arms."""
+
+    name: str
+    model_factory: Callable[[int], nn.Module]
+    train_data: tuple[torch.Tensor, torch.Tensor]
+    loss: str
+    batch_size: int
+    epochs: int
+    data_source: str
+    example_inputs: torch.Tensor | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.train_data[0].shape[0] / self.batch_size)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "task": self.name,
+            "loss": self.loss,
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "train_examples": int(self.train_data[0].shape[0]),
+            "steps_per_epoch": self.steps_per_epoch,
+            "data": self.data_source,
+            "optimizer": "SGD (no momentum)",
+        }
+
+
+def flow_decay(arm: Arm, steps: np.ndarray) -> np.ndarray:
+    """Gradient-flow prediction of ``deficit(t)/deficit(0)`` for an ``E + β·L2`` arm."""
+    if arm.reg != "l2":
+        return np.full(np.shape(steps), np.nan)
+    return np.exp(-8.0 * arm.beta * arm.lr * np.asarray(steps, dtype=np.float64))
+
+
+def run_arms(task: Task, arms: Sequence[Arm], seeds: int, *, progress: bool = True) -> dict[str, Any]:
+    """Train every arm for ``seeds`` seeds; per arm, each metric as an array ``(seeds, epochs + 1)``.
+
+    Seed ``s`` gives every arm the same initial weights and minibatch order. A diverged run
+    (NaN loss) keeps ``nan`` after the epoch it diverged in and is counted in ``diverged``.
+    """
+    out: dict[str, Any] = {}
+    bar = tqdm(total=len(arms) * seeds, desc=task.name, unit="run", disable=not progress)
+    for arm in arms:
+        series = {m: np.full((seeds, task.epochs + 1), np.nan) for m in METRICS}
+        diverged = 0
+        balance_events: list[list[dict[str, Any]]] = []
+        for seed in range(seeds):
+            model = task.model_factory(seed)
+            optimizer = torch.optim.SGD(model.parameters(), lr=arm.lr)
+            schedule = (BalanceSchedule(reg="l2", at_start=arm.start_balance, seed=seed, tol=1e-8)
+                        if arm.start_balance else None)
+            config = TrainConfig(epochs=task.epochs, batch_size=task.batch_size, loss=task.loss,  # type: ignore[arg-type]
+                                 reg=arm.reg, beta=arm.beta, monitor_reg=arm.monitor_reg, seed=seed,
+                                 progress=False)
+            history = train(model, optimizer, task.train_data, config, balance=schedule,
+                            example_inputs=task.example_inputs)
+            for record in history.epochs():
+                for m in METRICS:
+                    series[m][seed, record["epoch"]] = record.get(m, np.nan)
+            diverged += bool(history.settings.get("diverged"))
+            balance_events.append(history.balance_events)
+            bar.update(1)
+        out[arm.label] = {"arm": asdict(arm), "diverged_runs": diverged, "balance_events": balance_events,
+                          **series}
+    bar.close()
+    return out
+
+
+def summarise_arm(series: dict[str, Any]) -> dict[str, float]:
+    """Initial/final means of the key metrics and the deficit ratios (final / initial)."""
+    def mean_at(metric: str, index: int) -> float:
+        col = np.asarray(series[metric])[:, index]
+        col = col[np.isfinite(col)]
+        return float(col.mean()) if col.size else math.nan
+
+    summary = {}
+    for metric in ("overall_deficit", "reg_overall_deficit", "max_relative_deficit", "train_loss",
+                   "frobenius_norm"):
+        summary[f"{metric}_initial"] = mean_at(metric, 0)
+        summary[f"{metric}_final"] = mean_at(metric, -1)
+    half = np.asarray(series["reg_overall_deficit"]).shape[1] // 2
+    summary["reg_overall_deficit_mid"] = mean_at("reg_overall_deficit", half)
+    for metric in ("overall_deficit", "reg_overall_deficit"):
+        init = summary[f"{metric}_initial"]
+        summary[f"{metric}_ratio"] = summary[f"{metric}_final"] / init if init > 0 else math.nan
+    return summary
+
+
+_PANELS = {
+    "overall_deficit": ("overall balance deficit (L2)", True),
+    "reg_overall_deficit": ("overall deficit, arm's own R", True),
+    "train_loss": ("training loss", False),
+    "frobenius_norm": ("‖W‖_F", False),
+    "max_relative_deficit": ("max relative deficit", True),
+}
+
+
+def plot_arms(task: Task, arms: Sequence[Arm], results: dict[str, Any], metrics: Sequence[str],
+              *, theory: bool = True, title: str = "") -> Any:
+    """One panel per metric, one mean ± 1 std curve per arm; dashed: the L2 flow prediction."""
+    from synbal.experiments.report import new_figure, plot_mean_std
+
+    fig, axes = new_figure(ncols=len(metrics), size=(4.6, 3.6))
+    axes = np.atleast_1d(axes)
+    epochs = np.arange(task.epochs + 1)
+    colours = ["C0", "C1", "C2", "C3", "C4", "C5"]
+    for ax, metric in zip(axes, metrics, strict=True):
+        label, logy = _PANELS[metric]
+        for colour, arm in zip(colours, arms, strict=False):
+            runs = np.asarray(results[arm.label][metric], dtype=np.float64)
+            if logy:
+                runs = np.maximum(runs, 1e-300)
+            plot_mean_std(ax, epochs, runs, label=arm.label, color=colour, logy=logy)
+            if theory and metric == "overall_deficit" and arm.reg == "l2":
+                start = np.nanmean(runs[:, 0])
+                ax.plot(epochs, start * flow_decay(arm, epochs * task.steps_per_epoch), "--", color=colour,
+                        linewidth=1, label=f"{arm.label}: flow theory")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
