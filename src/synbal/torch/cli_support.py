@@ -140,6 +140,7 @@ def inspect_model_file(args: argparse.Namespace) -> int:
     """Print a model file's scalable groups, excluded units, and per-group balance; returns 0."""
     loaded = load_model_file(args)
     info = inspect(loaded.model, loaded.example_inputs)
+    info.model_name = str(_opt(args, "factory") or Path(str(_opt(args, "input"))).name)
     report = deficit(loaded.model, _opt(args, "reg", "l2"), example_inputs=loaded.example_inputs, verify=False)
     if _opt(args, "json", False):
         print(json.dumps({
