@@ -16,6 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from synbal.errors import RegularizerError
+from synbal.lpq import LpqRegularizer
 from synbal.problem import BalanceProblem, CostBlock, CustomCosts
 from synbal.regularizers import CustomRegularizer, PowerRegularizer, Regularizer
 from synbal.torch.discovery import Discovery, ParamUse, check_finite
@@ -70,7 +71,7 @@ def _block(power: float, values: np.ndarray, row_key: np.ndarray, col: np.ndarra
     return CostBlock(power, dst, cols, matrix, bias=bias, fixed_ids=rows)
 
 
-def _use_blocks(d: Discovery, use: ParamUse, reg: PowerRegularizer) -> list[CostBlock]:
+def _use_blocks(d: Discovery, use: ParamUse, reg: PowerRegularizer | LpqRegularizer) -> list[CostBlock]:
     p = d.params[use.name]
     axes = tuple(a for a in range(p.dim()) if use.row.shape[a] == 1 and use.col.shape[a] == 1)
     blocks = []
@@ -81,7 +82,7 @@ def _use_blocks(d: Discovery, use: ParamUse, reg: PowerRegularizer) -> list[Cost
     return blocks
 
 
-def _unused_blocks(d: Discovery, reg: PowerRegularizer, first_id: int) -> list[CostBlock]:
+def _unused_blocks(d: Discovery, reg: PowerRegularizer | LpqRegularizer, first_id: int) -> list[CostBlock]:
     """Parameters that never scale: one fixed row per entry along their first axis."""
     blocks = []
     next_id = first_id
@@ -122,7 +123,7 @@ def build_problem(d: Discovery, reg: Regularizer) -> BalanceProblem:
     degree = np.ones(d.n)
     if isinstance(reg, CustomRegularizer):
         return BalanceProblem(degree, [], names=list(d.names), layers=d.layers, custom=_custom(d, reg))
-    if not isinstance(reg, PowerRegularizer):
+    if not isinstance(reg, (PowerRegularizer, LpqRegularizer)):
         raise RegularizerError(f"cannot use regularizer {reg!r} on a PyTorch model")
     blocks: list[CostBlock] = []
     for use in d.uses.values():
