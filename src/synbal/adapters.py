@@ -50,19 +50,21 @@ _builtin_loaded = False
 def _load_builtin_adapters() -> None:
     global _builtin_loaded
     _builtin_loaded = True
-    import synbal.dense
-    import synbal.graph
+    import synbal.dense  # noqa: F401  (registers DenseNet)
+    import synbal.graph  # noqa: F401  (registers Graph)
 
-    try:
-        import synbal.torch  # noqa: F401  (registers nn.Module)
-    except ImportError:  # pragma: no cover - torch is a declared dependency
-        pass
+
+def _looks_like_torch(source: object) -> bool:
+    """True for torch objects, decided without importing torch (it is slow to import)."""
+    return any(cls.__module__.split(".")[0] == "torch" for cls in type(source).__mro__)
 
 
 def adapter_for(source: object, **options: Any) -> Adapter:
     """The adapter for ``source`` (a :class:`~synbal.graph.Graph`, an ``nn.Module``, …)."""
     if not _builtin_loaded:
         _load_builtin_adapters()
+    if _looks_like_torch(source):
+        import synbal.torch  # noqa: F401  (registers nn.Module and exported programs)
     for matches, factory in _REGISTRY:
         if matches(source):
             return factory(source, **options)

@@ -4,7 +4,8 @@
 keeps ``torch.nn`` layers and :class:`synbal.nn.LocallyConnected2d` as leaves) and runs the traced
 graph once on the example inputs (an :class:`torch.fx.Interpreter`) to learn every tensor's
 shape — on fake tensors (``FakeTensorMode``: shapes only, no arithmetic), falling back to the
-real inputs for operations fake tensors cannot run. Models that already are ``fx.GraphModule`` s — in particular ``torch.export`` programs'
+real inputs for operations fake tensors cannot run. Models that already are ``fx.GraphModule`` s —
+in particular ``torch.export`` programs'
 ``.module()`` — are walked as they are, so ATen-level graphs (``aten.conv2d``,
 ``aten.batch_norm``, …) are understood too. fx was chosen over ``torch.export`` for ordinary
 modules because it keeps module paths and parameter names exactly, needs no compilation, and
