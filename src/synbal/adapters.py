@@ -50,7 +50,7 @@ _builtin_loaded = False
 def _load_builtin_adapters() -> None:
     global _builtin_loaded
     _builtin_loaded = True
-    import synbal.dense  # noqa: F401  (registers DenseNet)
+    import synbal.dense  # registers DenseNet
     import synbal.graph  # noqa: F401  (registers Graph)
 
 
