@@ -24,6 +24,9 @@ EXPERIMENTS["fig9"] = ("synbal.experiments.fig9", "1,000 random orders of stocha
 EXPERIMENTS["fig9-lc"] = ("synbal.experiments.fig9_lc", "the same on the locally connected CIFAR-10 net")
 EXPERIMENTS["fig7"] = ("synbal.experiments.fig7", "MNIST autoencoder: only SGD on E + R (L2, L1) converges to balance")
 EXPERIMENTS["fig8"] = ("synbal.experiments.fig8", "balanced start: a finite learning rate loses balance without R")
+EXPERIMENTS["fig7-lc"] = ("synbal.experiments.fig7_lc", "fig7 on the locally connected CIFAR-10 net (or a stand-in)")
+EXPERIMENTS["fig8-lc"] = ("synbal.experiments.fig8_lc", "fig8 on the locally connected CIFAR-10 net (or a stand-in)")
+EXPERIMENTS["speed"] = ("synbal.experiments.speed", "balancing at start / every epoch vs not: accuracy and speed")
 
 
 def run_experiment(name: str, ctx: ExperimentContext) -> dict[str, Any]:

@@ -19,7 +19,8 @@ so the overall deficit decays as ``exp(−8 β t)`` with ``t = lr × steps``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 
 from synbal.training import BalanceSchedule, TrainConfig, train
 
-__all__ = ["METRICS", "Arm", "Task", "flow_decay", "plot_arms", "run_arms", "summarise_arm"]
+__all__ = ["METRICS", "Arm", "Task", "flow_decay", "plot_arms", "run_arms", "summarise_arm", "torch_threads"]
 
 METRICS = (
     "overall_deficit",
@@ -86,6 +87,21 @@ class Task:
             "data": self.data_source,
             "optimizer": "SGD (no momentum)",
         }
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch threads, then restore the previous setting.
+
+    The reproductions default to 1: their networks are small, and on a shared machine extra
+    OpenMP threads made the locally connected net's steps 5× slower, not faster.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def flow_decay(arm: Arm, steps: np.ndarray) -> np.ndarray:

@@ -21,10 +21,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-import torch
-
 from synbal.data import ImageDataset, load_mnist
-from synbal.experiments.dynamics import Arm, Task, plot_arms, run_arms, summarise_arm
+from synbal.experiments.dynamics import Arm, Task, plot_arms, run_arms, summarise_arm, torch_threads
 from synbal.experiments.models import mnist_autoencoder
 from synbal.experiments.report import ExperimentContext, write_outputs
 
@@ -110,11 +108,11 @@ def summary_markdown(name: str, claim: str, task: Task, arms: list[Arm], seeds: 
 
 def run(ctx: ExperimentContext) -> dict[str, Any]:
     """Train the autoencoder with E, E+L2, E+L1 and write plots, JSON and the summary."""
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     task = autoencoder_task(ctx, NAME, epochs=20 if ctx.quick else 60)
     seeds = int(ctx.extra.get("seeds", ctx.n_seeds(full=5, quick=2)))
     arms = fig7_arms()
-    results = run_arms(task, arms, seeds, progress=ctx.progress)
+    with torch_threads(int(ctx.extra.get("threads", 1))):
+        results = run_arms(task, arms, seeds, progress=ctx.progress)
     summaries = {arm.label: summarise_arm(results[arm.label]) for arm in arms}
     word, text = verdict(summaries)
     fig = plot_arms(task, arms, results, ["overall_deficit", "train_loss", "frobenius_norm"],

@@ -21,9 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-import torch
-
-from synbal.experiments.dynamics import Arm, plot_arms, run_arms, summarise_arm
+from synbal.experiments.dynamics import Arm, plot_arms, run_arms, summarise_arm, torch_threads
 from synbal.experiments.fig7 import autoencoder_task, summary_markdown
 from synbal.experiments.report import ExperimentContext, write_outputs
 
@@ -58,12 +56,12 @@ def verdict(arms: list[Arm], summaries: dict[str, dict[str, float]]) -> tuple[st
 
 def run(ctx: ExperimentContext) -> dict[str, Any]:
     """Balance the autoencoder, train it three ways, write plots, JSON and the summary."""
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     task = autoencoder_task(ctx, NAME, epochs=10 if ctx.quick else 40)
     seeds = int(ctx.extra.get("seeds", ctx.n_seeds(full=5, quick=2)))
     arms = fig8_arms(float(ctx.extra.get("large_lr", LARGE_LR)), float(ctx.extra.get("small_lr", SMALL_LR)),
                      float(ctx.extra.get("beta", BETA)))
-    results = run_arms(task, arms, seeds, progress=ctx.progress)
+    with torch_threads(int(ctx.extra.get("threads", 1))):
+        results = run_arms(task, arms, seeds, progress=ctx.progress)
     summaries = {arm.label: summarise_arm(results[arm.label]) for arm in arms}
     word, text = verdict(arms, summaries)
     fig = plot_arms(task, arms, results, ["overall_deficit", "train_loss", "frobenius_norm"], theory=False,

@@ -1,0 +1,122 @@
+"""Figures 7 and 8 on the locally connected network (``fig7-lc``, ``fig8-lc``).
+
+The paper's second series (Figure 7 D–F, Figure 8 D–F): a net with three locally connected and
+three fully connected layers, 3072-5000-2592-1296-300-100-10 (:func:`~synbal.experiments.models.lc_cifar_net`),
+leaky ReLU hidden units, softmax output with cross-entropy, SGD with batch 5, on CIFAR-10.
+
+Data: CIFAR-10 from ``--data`` (the directory of the python-format batch files). Without it a
+**stand-in** is used and named in every output: the embedded MNIST digits, zero-padded from
+28×28 to 32×32 and copied into 3 identical channels (same input size 3072 and 10 classes; the
+claims are about balance dynamics, not about CIFAR accuracy). Batch 5 makes an epoch of all
+50,000 CIFAR images 10,000 steps, so the runs use a stratified training subset
+(full: 5,000 images, 10 epochs, 3 seeds; ``--quick``: 500 images, 4 epochs, 2 seeds).
+
+Arms and verdict rules are those of :mod:`synbal.experiments.fig7` and
+:mod:`synbal.experiments.fig8`: ``fig7-lc`` trains E, E + 5e-3·L2 and E + 5e-4·L1 at lr 0.01;
+``fig8-lc`` balances first (stochastic) and trains E at lr 0.02, E + 5e-3·L2 at lr 0.02 and E at
+lr 0.001.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from synbal.data import ImageDataset, load_cifar10, load_mnist
+from synbal.experiments import fig7, fig8
+from synbal.experiments.dynamics import Arm, Task, plot_arms, run_arms, summarise_arm, torch_threads
+from synbal.experiments.models import lc_cifar_net
+from synbal.experiments.report import ExperimentContext, write_outputs
+
+__all__ = ["cifar_or_standin", "lc_task", "mnist_as_cifar", "run_fig7_lc", "run_fig8_lc"]
+
+STANDIN = ("stand-in for CIFAR-10 (no --data given): embedded MNIST digits zero-padded to 32×32 "
+           "with 3 identical channels")
+
+
+def mnist_as_cifar(ds: ImageDataset) -> ImageDataset:
+    """MNIST-format images as 32×32×3: 2-pixel zero padding, grey copied to 3 channels.
+
+    >>> import numpy as np
+    >>> small = ImageDataset("m", np.ones((2, 28, 28), np.uint8), np.array([0, 1]),
+    ...                      np.ones((1, 28, 28), np.uint8), np.array([1]), source="s")
+    >>> out = mnist_as_cifar(small)
+    >>> out.image_shape, int(out.train_images[0, 0, 0, 0]), int(out.train_images[0, 2, 2, 1])
+    ((32, 32, 3), 0, 1)
+    """
+    def convert(images: np.ndarray) -> np.ndarray:
+        padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
+        return np.repeat(padded[..., None], 3, axis=3)
+
+    return ImageDataset(
+        name=f"{ds.name} as 32x32x3",
+        train_images=convert(ds.train_images),
+        train_labels=ds.train_labels,
+        test_images=convert(ds.test_images),
+        test_labels=ds.test_labels,
+        source=f"{STANDIN} ({ds.source})",
+    )
+
+
+def cifar_or_standin(ctx: ExperimentContext) -> ImageDataset:
+    """CIFAR-10 from ``ctx.data``, else the documented MNIST stand-in."""
+    return load_cifar10(ctx.data) if ctx.data is not None else mnist_as_cifar(load_mnist())
+
+
+def lc_task(ctx: ExperimentContext, name: str) -> Task:
+    """The locally connected net on a stratified training subset, batch 5, cross-entropy."""
+    ds = cifar_or_standin(ctx)
+    size = int(ctx.extra.get("train_size", 500 if ctx.quick else 5000))
+    ds = ds.subset(min(size, ds.n_train), seed=0)
+    x, y = ds.tensors("train", flatten=False)
+    return Task(
+        name=name,
+        model_factory=lambda seed: lc_cifar_net(seed=seed),
+        train_data=(x, y),
+        loss="cross_entropy",
+        batch_size=5,
+        epochs=int(ctx.extra.get("epochs", 4 if ctx.quick else 10)),
+        data_source=ds.source,
+        example_inputs=x[:2],
+    )
+
+
+def _run(ctx: ExperimentContext, name: str, claim: str, arms: list[Arm], metrics: list[str],
+         verdict: Any, start_note: str = "") -> dict[str, Any]:
+    task = lc_task(ctx, name)
+    seeds = int(ctx.extra.get("seeds", ctx.n_seeds(full=3, quick=2)))
+    with torch_threads(int(ctx.extra.get("threads", 1))):
+        results = run_arms(task, arms, seeds, progress=ctx.progress)
+    summaries = {arm.label: summarise_arm(results[arm.label]) for arm in arms}
+    word, text = verdict(summaries)
+    short = "CIFAR-10" if ctx.data is not None else "MNIST stand-in, not CIFAR-10"
+    fig = plot_arms(task, arms, results, metrics, theory=name == "fig7-lc",
+                    title=f"locally connected net 3072-5000-2592-1296-300-100-10 ({short})")
+    settings = {**task.settings(), "seeds": seeds, "arms": [asdict(a) for a in arms],
+                "architecture": "LC(3→8, k8) LC(8→8, k8) LC(8→16, k10) FC 1296-300-100-10, leaky ReLU 0.01"}
+    if start_note:
+        settings["start_balancing"] = start_note
+    extra = f"Data note: {task.data_source}."
+    md = fig7.summary_markdown(name, claim, task, arms, seeds, summaries, word, text, extra=extra)
+    write_outputs(ctx, name, results={"verdict": word, "explanation": text, "summaries": summaries,
+                                      "data": task.data_source, "series": results},
+                  settings=settings, summary_md=md, figures={"dynamics": fig})
+    return {"verdict": word, "summaries": summaries, "data": task.data_source}
+
+
+def run_fig7_lc(ctx: ExperimentContext) -> dict[str, Any]:
+    """Figure 7 D–F: E vs E + L2 vs E + L1 on the locally connected net."""
+    arms = [Arm("E", lr=0.01), Arm("E+L2", reg="l2", beta=5e-3, lr=0.01),
+            Arm("E+L1", reg="l1", beta=5e-4, lr=0.01)]
+    return _run(ctx, "fig7-lc", fig7.CLAIM, arms, ["overall_deficit", "train_loss", "frobenius_norm"],
+                fig7.verdict)
+
+
+def run_fig8_lc(ctx: ExperimentContext) -> dict[str, Any]:
+    """Figure 8 D–F: balanced start, large vs small learning rate, with and without L2."""
+    arms = fig8.fig8_arms(large=0.02, small=0.001, beta=5e-3)
+    return _run(ctx, "fig8-lc", fig8.CLAIM, arms, ["overall_deficit", "train_loss", "frobenius_norm"],
+                lambda s: fig8.verdict(arms, s),
+                start_note="stochastic, L2, until max relative deficit <= 1e-8")
