@@ -1,0 +1,185 @@
+"""Reproductions fig7, fig8, fig7-lc, fig8-lc, speed: models, verdict rules, and shrunken runs.
+
+The default tests run every experiment end to end on a tiny budget (``ctx.extra`` overrides)
+and check the outputs; the real ``--quick`` variants are marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synbal.data import load_mnist
+from synbal.experiments import EXPERIMENTS, ExperimentContext, run_experiment
+from synbal.experiments.dynamics import Arm, flow_decay, summarise_arm, torch_threads
+from synbal.experiments.fig7 import verdict as fig7_verdict
+from synbal.experiments.fig8 import fig8_arms
+from synbal.experiments.fig8 import verdict as fig8_verdict
+from synbal.experiments.lc import STANDIN, mnist_as_cifar
+from synbal.experiments.models import (
+    SPEED_ARCHITECTURES,
+    fc_classifier,
+    lc_cifar_net,
+    lc_hidden_sizes,
+    mnist_autoencoder,
+)
+from synbal.experiments.speed import epochs_to_reach
+from synbal.training import ModelBalance
+
+TINY = {
+    "fig7": {"epochs": 2, "train_size": 1000, "seeds": 2},
+    "fig8": {"epochs": 2, "train_size": 1000, "seeds": 2},
+    "fig7-lc": {"epochs": 1, "train_size": 40, "seeds": 1},
+    "fig8-lc": {"epochs": 1, "train_size": 40, "seeds": 1},
+    "speed": {"seeds": 2, "epochs": 1, "epochs_1pct": 2, "train_size": 500, "nets": ["784-256-10"]},
+}
+
+
+# ----------------------------------------------------------------------------- models
+
+def test_model_sizes_match_the_papers() -> None:
+    ae = mnist_autoencoder(seed=0)
+    widths = [m.in_features for m in ae if isinstance(m, torch.nn.Linear)] + [784]
+    assert widths == [784, 200, 100, 50, 100, 200, 784]
+    assert isinstance(ae[-1], torch.nn.ReLU)  # ReLU in all layers, the output too
+    lc = lc_cifar_net(seed=0)
+    assert lc_hidden_sizes(lc) == [5000, 2592, 1296, 300, 100]
+    assert lc(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert all(isinstance(m, torch.nn.LeakyReLU) for m in lc if not hasattr(m, "weight") and
+               not isinstance(m, torch.nn.Flatten))
+    for name, widths in SPEED_ARCHITECTURES.items():
+        net = fc_classifier(widths, seed=1)
+        assert "-".join(str(m.out_features) for m in net if isinstance(m, torch.nn.Linear)) == name[4:]
+    first = [p.detach().clone() for p in mnist_autoencoder(seed=3).parameters()]
+    again = [p.detach() for p in mnist_autoencoder(seed=3).parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_lc_net_is_balanced_through_the_torch_adapter() -> None:
+    with torch_threads(1):
+        net = lc_cifar_net(seed=0).double()
+        x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+        before = net(x).detach()
+        mb = ModelBalance(net, example_inputs=x)
+        assert not mb.fast
+        step = mb.balance("l2", "exact", tol=1e-9)
+        assert step.converged and step.regularizer_after < step.regularizer_before
+        torch.testing.assert_close(net(x).detach(), before, rtol=1e-9, atol=1e-12)
+
+
+def test_standin_pads_and_replicates() -> None:
+    ds = mnist_as_cifar(load_mnist().subset(20, seed=0))
+    assert ds.image_shape == (32, 32, 3) and STANDIN in ds.source
+    assert np.array_equal(ds.train_images[:, 2:30, 2:30, 0], load_mnist().subset(20, seed=0).train_images)
+    assert ds.train_images[:, :2].max() == 0 and np.array_equal(ds.train_images[..., 0], ds.train_images[..., 2])
+
+
+# ----------------------------------------------------------------------------- rules
+
+def test_flow_decay_and_summaries() -> None:
+    arm = Arm("E+L2", reg="l2", beta=0.01, lr=0.02)
+    assert flow_decay(arm, np.array([0.0]))[0] == 1.0
+    assert flow_decay(arm, np.array([50.0]))[0] == pytest.approx(math.exp(-0.08))
+    assert math.isnan(flow_decay(Arm("E"), np.array([3.0]))[0])
+    series = {m: np.array([[4.0, 2.0, 1.0], [4.0, 2.0, 1.0]]) for m in
+              ("overall_deficit", "reg_overall_deficit", "max_relative_deficit", "train_loss", "frobenius_norm")}
+    s = summarise_arm(series)
+    assert s["overall_deficit_ratio"] == 0.25 and s["reg_overall_deficit_mid"] == 2.0
+
+
+def _summary(ratio: float, falling: bool = True, initial: float = 100.0) -> dict[str, float]:
+    final = initial * ratio
+    return {"overall_deficit_ratio": ratio, "reg_overall_deficit_ratio": ratio, "reg_overall_deficit_final": final,
+            "reg_overall_deficit_mid": final * (2.0 if falling else 0.5), "overall_deficit_initial": initial,
+            "overall_deficit_final": final}
+
+
+def test_fig7_verdict_rule() -> None:
+    assert fig7_verdict({"E": _summary(1.0), "E+L2": _summary(0.01), "E+L1": _summary(0.05)})[0] == "supported"
+    assert fig7_verdict({"E": _summary(1.0), "E+L2": _summary(0.3), "E+L1": _summary(0.2)})[0].startswith("partly")
+    assert fig7_verdict({"E": _summary(0.01), "E+L2": _summary(0.01), "E+L1": _summary(0.01)})[0] == "not supported"
+    assert fig7_verdict({"E": _summary(1.0), "E+L2": _summary(0.01, falling=False),
+                         "E+L1": _summary(0.01)})[0].startswith("partly")
+
+
+def test_fig8_verdict_rule() -> None:
+    arms = fig8_arms()
+
+    def cells(large: float, reg: float, small: float) -> dict[str, dict[str, float]]:
+        return {a.label: {"overall_deficit_initial": 1e-14, "overall_deficit_final": v}
+                for a, v in zip(arms, (large, reg, small), strict=True)}
+
+    assert fig8_verdict(arms, cells(10.0, 0.01, 0.001))[0] == "supported"
+    assert fig8_verdict(arms, cells(10.0, 3.0, 0.001))[0].startswith("partly")
+    assert fig8_verdict(arms, cells(10.0, 3.0, 5.0))[0] == "not supported"
+
+
+def test_epochs_to_reach() -> None:
+    assert epochs_to_reach(np.array([0.1, 0.95, 0.5]), 0.9) == 1.0
+    assert math.isnan(epochs_to_reach(np.array([np.nan, 0.2]), 0.9))
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def _outputs(out: Path, name: str) -> dict[str, object]:
+    assert (out / f"{name}.md").is_file() and list(out.glob(f"{name}_*.png"))
+    payload = json.loads((out / f"{name}.json").read_text())
+    assert payload["experiment"] == name and "torch" in payload["environment"]
+    return payload
+
+
+@pytest.mark.parametrize("name", ["fig7", "fig8"])
+def test_autoencoder_experiments_tiny(name: str, tmp_path: Path) -> None:
+    ctx = ExperimentContext(out_dir=tmp_path, quick=True, progress=False, extra=dict(TINY[name]))
+    result = run_experiment(name, ctx)
+    payload = _outputs(tmp_path, name)
+    results = payload["results"]
+    assert isinstance(results, dict) and results["verdict"] == result["verdict"]
+    md = (tmp_path / f"{name}.md").read_text()
+    assert f"**Result: {result['verdict']}" in md and "embedded MNIST subset" in md
+    series = results["series"]
+    for arm in series.values():
+        deficits = np.array(arm["overall_deficit"], dtype=float)
+        assert deficits.shape == (2, 3) and np.isfinite(deficits).all()
+    if name == "fig8":  # every arm starts balanced
+        starts = [np.array(a["overall_deficit"], dtype=float)[:, 0] for a in series.values()]
+        assert max(float(s.max()) for s in starts) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["fig7-lc", "fig8-lc"])
+def test_lc_experiments_tiny_state_the_standin(name: str, tmp_path: Path) -> None:
+    ctx = ExperimentContext(out_dir=tmp_path, quick=True, progress=False, extra=dict(TINY[name]))
+    result = run_experiment(name, ctx)
+    payload = _outputs(tmp_path, name)
+    assert STANDIN in (tmp_path / f"{name}.md").read_text()
+    assert STANDIN in str(payload["settings"]) and STANDIN in result["data"]  # type: ignore[operator]
+
+
+def test_speed_tiny(tmp_path: Path) -> None:
+    ctx = ExperimentContext(out_dir=tmp_path, quick=True, progress=False, extra=dict(TINY["speed"]))
+    result = run_experiment("speed", ctx)
+    _outputs(tmp_path, "speed")
+    table = result["table"]
+    assert "MNIST, full training set" in table and "MNIST, 1% of the training set" in table
+    cell = table["MNIST, full training set"]["784-256-10"]["L1"]
+    assert set(cell) == {"no balancing", "balance at start", "layer sweep per epoch", "start + per epoch"}
+    assert 0.0 <= cell["no balancing"]["final_mean"] <= 1.0
+    assert table["MNIST, 1% of the training set"]["train_examples"] == 100
+    md = (tmp_path / "speed.md").read_text()
+    assert "AAAI" in md and "| 784-256-10 | L2 | start + per epoch |" in md
+
+
+def test_experiments_registered() -> None:
+    assert {"fig7", "fig8", "fig7-lc", "fig8-lc", "speed"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fig7", "fig8", "fig7-lc", "fig8-lc", "speed"])
+def test_real_quick_variant(name: str, tmp_path: Path) -> None:
+    run_experiment(name, ExperimentContext(out_dir=tmp_path, quick=True, progress=False))
+    _outputs(tmp_path, name)
