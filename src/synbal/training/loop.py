@@ -1,6 +1,7 @@
 """Regularized training with balancing hooks and balance monitors.
 
-:func:`train` runs minibatch training of any model with any torch optimizer and adds
+:func:`train` runs minibatch training of any model with any torch optimizer whose ``step()``
+needs no closure (SGD, Adam, AdamW, RMSprop, Adagrad, …; not LBFGS) and adds
 
 * the regularizer ``β·R`` (any power regularizer) to the loss, or as decoupled decay;
 * balancing before training (:attr:`BalanceSchedule.at_start`) and every ``k`` epochs or steps
