@@ -98,7 +98,7 @@ def _run(ctx: ExperimentContext, name: str, claim: str, arms: list[Arm], metrics
                 "architecture": "LC(3→8, k8) LC(8→8, k8) LC(8→16, k10) FC 1296-300-100-10, leaky ReLU 0.01"}
     if start_note:
         settings["start_balancing"] = start_note
-    extra = f"Data note: {task.data_source}."
+    extra = f"Data note: {task.data_source}.\n\n{fig7.relative_deficit_note(arms, summaries)}".rstrip()
     md = fig7.summary_markdown(name, claim, task, arms, seeds, summaries, word, text, extra=extra)
     write_outputs(ctx, name, results={"verdict": word, "explanation": text, "summaries": summaries,
                                       "data": task.data_source, "series": results},
