@@ -210,7 +210,6 @@ def run_demo(
                           "use a smaller learning rate")
     test_loss = history.column("test_loss")
     echo(f"      test reconstruction error (sum of squares per image): {test_loss[0]:.4g} → {test_loss[-1]:.4g}")
-    model.eval()
 
     # 2. balance report of the trained network
     example = x_test[:2]

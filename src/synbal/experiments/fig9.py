@@ -473,8 +473,8 @@ _SETTINGS = {
     "fig9": (Fig9Settings(runs=1000, train_epochs=5, train_size=None, batch_size=200, lr=3e-3),
              Fig9Settings(runs=20, train_epochs=2, train_size=2000, batch_size=200, lr=3e-3,
                           grid_points=60)),
-    "fig9-lc": (Fig9Settings(runs=1000, train_epochs=1, train_size=5000, batch_size=5, lr=0.01,
-                             eval_size=1000),
+    "fig9-lc": (Fig9Settings(runs=1000, train_epochs=1, train_size=2000, batch_size=5, lr=0.01,
+                             eval_size=500),
                 Fig9Settings(runs=10, train_epochs=1, train_size=300, batch_size=5, lr=0.01,
                              eval_size=300, grid_points=60)),
 }
