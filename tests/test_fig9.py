@@ -226,3 +226,20 @@ def test_weight_space_reads_matrix_free_blocks() -> None:
     a = WeightSpace(free, U[0]).measure(U)
     b = WeightSpace(dense, U[0]).measure(U)
     np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_lc_uses_cifar_files_when_given(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import synbal.data
+    from synbal.experiments.report import ExperimentContext
+
+    seen = []
+
+    def fake_cifar(path):  # type: ignore[no-untyped-def]
+        seen.append(path)
+        return fig9.cifar10_standin()
+
+    monkeypatch.setattr(synbal.data, "load_cifar10", fake_cifar)
+    fig9._dataset(fig9._LC, ExperimentContext(out_dir=tmp_path, data=tmp_path))
+    assert seen == [tmp_path]
+    assert "STAND-IN" in fig9._dataset(fig9._LC, ExperimentContext(out_dir=tmp_path)).source
+    assert "MNIST" in fig9._dataset(fig9._AE, ExperimentContext(out_dir=tmp_path)).source
