@@ -103,6 +103,9 @@ def test_fig7_verdict_rule() -> None:
     assert fig7_verdict({"E": _summary(1.0), "E+L2": _summary(0.01), "E+L1": _summary(0.05)})[0] == "supported"
     assert fig7_verdict({"E": _summary(1.0), "E+L2": _summary(0.3), "E+L1": _summary(0.2)})[0].startswith("partly")
     assert fig7_verdict({"E": _summary(0.01), "E+L2": _summary(0.01), "E+L1": _summary(0.01)})[0] == "not supported"
+    word = fig7_verdict({"E": _summary(1.0), "E+L2": _summary(0.9), "E+L1": _summary(0.8)})[0]
+    assert word.startswith("inconclusive")
+    assert fig7_verdict({"E": _summary(1.0), "E+L2": _summary(1.2), "E+L1": _summary(0.8)})[0] == "not supported"
     assert fig7_verdict({"E": _summary(1.0), "E+L2": _summary(0.01, falling=False),
                          "E+L1": _summary(0.01)})[0].startswith("partly")
 

@@ -13,7 +13,8 @@ Settings (full run): 5 seeds, 60 epochs, SGD lr 0.02 without momentum, β = 0.01
 
 Verdict rule: *supported* when every regularized arm's own overall deficit fell to ≤ 10 % of
 its start and was still falling over the second half, while the E-alone deficit stayed ≥ 50 %
-of its start; *partly supported* when the regularized deficits fell but not that far.
+of its start; *partly supported* when the regularized deficits fell below 50 % but not that far;
+*inconclusive* when they are falling but have not yet halved (too short a run).
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ def verdict(summaries: dict[str, dict[str, float]]) -> tuple[str, str]:
         return "supported", text
     if plain >= 0.5 and all(r < 0.5 for r in ratios.values()):
         return "partly supported (regularized deficits fall, but not yet to ≤ 10 % in this budget)", text
+    if plain >= 0.5 and all(r < 1.0 for r in ratios.values()) and all(falling.values()):
+        return ("inconclusive (the regularized deficits are falling but have not yet halved: "
+                "too little training in this budget to decide)"), text
     return "not supported", text
 
 
