@@ -83,3 +83,7 @@ def test_cli_demo_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "epochs" in capsys.readouterr().err
     assert main(["demo", "--data", str(tmp_path / "missing"), "--out", str(out), "--no-progress"]) == 2
     assert "synbal: error:" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert main(["demo", "--out", str(blocker / "sub"), "--no-progress"]) == 2
+    assert blocker.read_text() == "not a directory"

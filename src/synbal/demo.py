@@ -186,6 +186,7 @@ def run_demo(
 
     config = config or DemoConfig()
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)  # fail before training, not after
     t_start = time.perf_counter()
 
     dataset = load_mnist(data)
