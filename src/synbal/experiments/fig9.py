@@ -587,6 +587,7 @@ def reproduce(ctx: ExperimentContext, name: str, settings: Fig9Settings | None =
     settings = settings or settings_for(ctx, name)
     if settings.runs < 1:
         raise SynbalError(f"{name}: the number of runs (--seeds) must be at least 1, got {settings.runs}")
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)  # a bad --out fails before the long work
     start = time.perf_counter()
     problem, setup = _trained_problem(net, ctx, settings)
     results, ens = analyse_problem(problem, settings, progress=ctx.progress)
