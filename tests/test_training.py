@@ -285,3 +285,33 @@ def test_autoencoder_targets_and_config_errors() -> None:
         BalanceSchedule(every=1, unit="batch")  # type: ignore[arg-type]
     with pytest.raises(SynbalError, match="unknown loss"):
         train(model, opt, (x, x), TrainConfig(epochs=1, batch_size=8, loss="hinge", progress=False))  # type: ignore[arg-type]
+
+
+class _TwoLayer(nn.Module):
+    """Not an nn.Sequential: goes through the PyTorch adapter, not the MLP view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(6, 9)
+        self.b = nn.Linear(9, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_torch_adapter_route_transforms_momentum() -> None:
+    x, _ = _data()
+    model = _TwoLayer().double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(2):
+        _one_step(model, opt)
+    buffers = {n: opt.state[p]["momentum_buffer"].clone() for n, p in model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    mb = ModelBalance(model, example_inputs=x[:2])
+    assert not mb.fast
+    step = mb.balance("l2", "exact", optimizer=opt)
+    assert step.converged
+    for n, p in model.named_parameters():
+        s = p.detach() / before[n]  # the factor (no weight is exactly zero here)
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], buffers[n] / s, rtol=1e-8, atol=1e-14)
