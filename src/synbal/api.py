@@ -138,6 +138,12 @@ def balance(
     objective = _objective(problem, regularizer)
     before = objective(zero)
     result = solve(problem, regularizer, method, options)
+    # measured before applying: matrix-free problems read the source's weights, which an
+    # in-place apply changes
+    after = objective(result.u)
+    final_deficit = (
+        result.history[-1].max_relative_deficit if result.history else problem.max_relative_deficit(result.u)
+    )
     balanced = adapter.apply(result.u, inplace=inplace)
     seconds = time.perf_counter() - start
     names = problem.names or []
@@ -150,11 +156,9 @@ def balance(
         method=method,
         regularizer=str(regularizer),
         regularizer_before=before,
-        regularizer_after=objective(result.u),
+        regularizer_after=after,
         # the solver's own measure at its final state (per set for method "tied")
-        max_relative_deficit=(
-            result.history[-1].max_relative_deficit if result.history else problem.max_relative_deficit(result.u)
-        ),
+        max_relative_deficit=final_deficit,
         seconds=seconds,
         problem=problem,
         excluded=adapter.excluded(),
