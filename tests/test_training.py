@@ -315,3 +315,19 @@ def test_torch_adapter_route_transforms_momentum() -> None:
     for n, p in model.named_parameters():
         s = p.detach() / before[n]  # the factor (no weight is exactly zero here)
         torch.testing.assert_close(opt.state[p]["momentum_buffer"], buffers[n] / s, rtol=1e-8, atol=1e-14)
+
+
+def test_on_step_drives_a_gram_monitor() -> None:
+    from synbal.dynamics import GramMonitor
+
+    x, y = _data(64)
+    model = nn.Sequential(nn.Linear(6, 8, bias=False), nn.Linear(8, 5, bias=False), nn.Linear(5, 3, bias=False))
+    model = model.double()
+    monitor = GramMonitor(every=2)
+    monitor.update(model, 0)
+    cfg = TrainConfig(epochs=2, batch_size=16, progress=False, monitor=False)
+    train(model, torch.optim.SGD(model.parameters(), lr=1e-3), (x, y), cfg, on_step=monitor)
+    steps = [rec.step for rec in monitor.history]
+    assert steps == [0, 2, 4, 6, 8]
+    # a linear net conserves C_l up to O(lr^2) per step
+    assert max(float(rec.relative_drift.max()) for rec in monitor.history) < 1e-4

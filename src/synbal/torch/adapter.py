@@ -106,7 +106,8 @@ class TorchAdapter:
     def parameter_factors(self, u: np.ndarray) -> dict[str, torch.Tensor]:
         """The elementwise float64 multiplier :meth:`apply` uses for every named parameter (1 if untouched).
 
-        Training code uses it to rescale optimizer state (momentum ``× f``, Adam's second moment ``× f²``).
+        Training code uses it to rescale optimizer state: gradients transform as ``g/f``, so momentum
+        and Adam's first moment scale by ``1/f`` and Adam's second moment by ``1/f²``.
         """
         factors = factor_arrays(self.discovery, u)
         out: dict[str, torch.Tensor] = {}

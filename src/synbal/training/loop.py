@@ -184,12 +184,14 @@ def train(
     eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     balance: BalanceSchedule | None = None,
     example_inputs: Any = None,
+    on_step: Callable[[nn.Module, int], None] | None = None,
 ) -> TrainingHistory:
     """Train ``model`` in place on ``train_data = (inputs, targets)`` and return its history.
 
     Targets are class indices (then accuracy is logged) or tensors (e.g. the inputs, for an
     autoencoder with ``loss="sse"``). ``example_inputs`` is needed only when balancing or
-    monitoring a model that is not a plain MLP. Training stops early, with
+    monitoring a model that is not a plain MLP. ``on_step(model, step)`` is called after every
+    optimizer step (and decoupled decay), e.g. a :class:`synbal.dynamics.GramMonitor`. Training stops early, with
     ``history.settings["diverged"] = True``, if the loss becomes NaN or infinite.
     """
     from tqdm.auto import tqdm
@@ -250,6 +252,8 @@ def train(
                 lr = float(optimizer.param_groups[0].get("lr", 0.0))
                 apply_decoupled_decay(reg_params, train_reg, lr * config.beta)
             step += 1
+            if on_step is not None:
+                on_step(model, step)
             value = float(loss.detach())
             if not math.isfinite(value):
                 diverged = True
