@@ -232,16 +232,31 @@ class BalanceProblem:
         return cached
 
     # ------------------------------------------------------------------ costs
-    def in_out_by_power(self, u: np.ndarray) -> dict[float, tuple[np.ndarray, np.ndarray]]:
-        """Per power ``p``: ``(IN, OUT)`` costs of every unit at log-scales ``u`` (self-loops in both)."""
+    def block_products(self, u: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(A x, Aᵀ y)`` of every block at log-scales ``u`` (one read of each block).
+
+        The products at ``u = 0`` (the row and column sums) are kept, so the first iteration of
+        a solver and the dead-unit test share one read of the weights.
+        """
         from synbal.powermatrix import as_products
 
+        zero = not np.any(u)
+        cached = self._cache.get("products_at_zero")
+        if zero and isinstance(cached, list):
+            return cached
+        ue, ce = self._ext(u)
+        products = [as_products(b.matrix, *b.factors(ue, ce)) for b in self.blocks]
+        if zero:
+            self._cache["products_at_zero"] = products
+        return products
+
+    def in_out_by_power(self, u: np.ndarray) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+        """Per power ``p``: ``(IN, OUT)`` costs of every unit at log-scales ``u`` (self-loops in both)."""
         ue, ce = self._ext(u)
         out: dict[float, tuple[np.ndarray, np.ndarray]] = {}
-        for b in self.blocks:
+        for b, (row, col) in zip(self.blocks, self.block_products(u), strict=True):
             p = b.power
             x, y = b.factors(ue, ce)
-            row, col = as_products(b.matrix, x, y)
             IN, OUT = out.setdefault(p, (np.zeros(self.n + 1), np.zeros(self.n + 1)))
             # indices >= 0 never repeat inside a block; repeats of the fixed slot (-1, the
             # last entry) are discarded, so plain fancy-index accumulation is exact here.

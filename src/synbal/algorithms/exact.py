@@ -237,8 +237,6 @@ def _two_level(problem: BalanceProblem, options: SolveOptions, limit: int | None
     totals in closed form. The slow mode of plain sweeps (whole layers drifting, which needs
     ~D² sweeps) is thus removed at every iteration.
     """
-    from synbal.powermatrix import as_products
-
     layers = problem.layers or []
     layer_of = _layer_index(problem)
     block_layers = np.array([[layer_of[b.dst[0]], layer_of[b.src[0]]] for b in problem.blocks], dtype=np.int64)
@@ -261,10 +259,9 @@ def _two_level(problem: BalanceProblem, options: SolveOptions, limit: int | None
         OUT = {p: np.zeros(problem.n + 1) for p in powers}
         rins: list[np.ndarray] = []
         routs: list[np.ndarray] = []
-        for b in problem.blocks:
+        for b, (r, s) in zip(problem.blocks, problem.block_products(u), strict=True):
             p = b.power
             x, y = b.factors(ue, degree_ext)
-            r, s = as_products(b.matrix, x, y)
             rins.append(y * r)
             routs.append(x * s)
             IN[p][b.dst] += rins[-1]
