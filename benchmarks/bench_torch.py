@@ -24,7 +24,7 @@ from synbal.torch.discovery import discover
 from synbal.torch.extract import build_problem
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from model_zoo import BasicBlock
+from model_zoo import BasicBlock, autoencoder
 
 
 class ResNet18(nn.Module):
@@ -103,13 +103,7 @@ def main() -> None:
     print(f"  balance(exact) end to end, no verify {t_total:8.3f} s  ({res_all.sweeps} iterations, "
           f"max rel deficit {res_all.max_relative_deficit:.1e})")
 
-    widths = [784, 200, 100, 50, 100, 200, 784]
-    layers: list[nn.Module] = []
-    for k in range(len(widths) - 1):
-        layers.append(nn.Linear(widths[k], widths[k + 1]))
-        if k < len(widths) - 2:
-            layers.append(nn.ReLU())
-    ae = nn.Sequential(*layers).eval()
+    ae = autoencoder().eval()
     xa = (torch.randn(8, 784),)
     t_ae, r = best(lambda: synbal.balance(ae, "l2", "exact", example_inputs=xa), args.repeats)
     print(f"MNIST autoencoder 784-200-100-50-100-200-784: exact incl. discovery and verify {t_ae:.3f} s, "
