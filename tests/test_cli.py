@@ -141,6 +141,7 @@ def test_every_bad_network_exits_2_with_one_line(tmp_path, capsys, mutate, text)
         (["frobnicate"], "invalid choice"),
         (["reproduce", "no-such-experiment"], "unknown experiment"),
         (["reproduce"], "name an experiment"),
+        (["reproduce", "speed", "--set", "epochs"], "expected KEY=VALUE"),
     ],
 )
 def test_bad_command_lines_exit_2_with_one_line(net, tmp_path, capsys, args, text):

@@ -36,7 +36,8 @@ TINY = {
     "fig8": {"epochs": 2, "train_size": 1000, "seeds": 2},
     "fig7-lc": {"epochs": 1, "train_size": 40, "seeds": 1},
     "fig8-lc": {"epochs": 1, "train_size": 40, "seeds": 1},
-    "speed": {"seeds": 2, "epochs": 1, "epochs_1pct": 2, "train_size": 500, "nets": ["784-256-10"]},
+    "speed": {"seeds": 2, "epochs": 1, "epochs_1pct": 2, "train_size": 500, "nets": ["784-256-10"],
+              "datasets": ["MNIST"]},
 }
 
 
@@ -175,6 +176,28 @@ def test_speed_tiny(tmp_path: Path) -> None:
     assert table["MNIST, 1% of the training set"]["train_examples"] == 100
     md = (tmp_path / "speed.md").read_text()
     assert "AAAI" in md and "| 784-256-10 | L2 | start + per epoch |" in md
+
+
+def test_speed_resumes_from_its_run_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import synbal.experiments.speed as speed
+
+    extra = dict(TINY["speed"], seeds=1, epochs_1pct=4, eval_every_1pct=2)
+    first = run_experiment("speed", ExperimentContext(out_dir=tmp_path, quick=True, progress=False, extra=extra))
+    record = (tmp_path / "speed-runs.jsonl").read_text().splitlines()
+    assert len(record) == 2 * 3 * 4  # two variants x three R x four arms, one seed
+    curve = json.loads(record[-1])["value"]
+    assert len(curve) == 5 and curve[1] is None and curve[3] is None  # 1 % variant: tested every 2nd epoch
+    assert all(v is not None for v in curve[::2])
+
+    def no_training(*args: object, **kwargs: object) -> list[float]:
+        raise AssertionError("a recorded run was trained again")
+
+    monkeypatch.setattr(speed, "_train_arm", no_training)
+    again = run_experiment("speed", ExperimentContext(out_dir=tmp_path, quick=True, progress=False, extra=extra))
+    assert again["table"] == first["table"]
+    with pytest.raises(Exception, match="unknown dataset"):
+        run_experiment("speed", ExperimentContext(out_dir=tmp_path, quick=True, progress=False,
+                                                  extra=dict(extra, datasets=["SVHN"])))
 
 
 def test_experiments_registered() -> None:

@@ -263,6 +263,19 @@ def test_balance_hooks_and_decoupled_decay() -> None:
     assert len(hist.column("loss", kind="step")) == 4
 
 
+def test_eval_every_tests_every_kth_epoch_and_the_last() -> None:
+    x, y = _data(64)
+    model = _mlp([6, 10, 3])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    cfg = TrainConfig(epochs=5, batch_size=16, monitor=False, progress=False, eval_every=2)
+    hist = train(model, opt, (x, y), cfg, eval_data=_data(32, seed=1))
+    tested = [math.isfinite(v) for v in hist.column("test_accuracy")]
+    assert tested == [True, False, True, False, True, True]
+    assert all(math.isfinite(v) for v in hist.column("train_loss")[1:])
+    with pytest.raises(SynbalError, match="eval_every"):
+        TrainConfig(epochs=1, batch_size=1, eval_every=0)
+
+
 def test_divergence_is_recorded() -> None:
     x, y = _data(64)
     model = _mlp([6, 10, 3])

@@ -1,21 +1,39 @@
 """``synbal reproduce``: rerun one of the papers' simulations.
 
-``synbal reproduce NAME [--data PATH] [--out DIR] [--quick] [--seeds N] [--no-progress]``
-runs :func:`synbal.experiments.run_experiment`, which writes ``NAME.json`` (every number and
+``synbal reproduce NAME [--data PATH] [--out DIR] [--quick] [--seeds N] [--set KEY=VALUE ...]
+[--no-progress]`` runs :func:`synbal.experiments.run_experiment`, which writes ``NAME.json`` (every number and
 setting), ``NAME.md`` (a summary) and ``NAME_*.png`` plots into ``DIR``;
-``synbal reproduce --list`` lists the experiments and the claim each one checks.
+``synbal reproduce --list`` lists the experiments and the claim each one checks. ``--set``
+passes an experiment's own options (its module docstring lists them); VALUE is read as JSON
+when it parses, else taken as a string:
+
+>>> parse_setting('datasets=["MNIST"]'), parse_setting("epochs=5"), parse_setting("fashion=/data/f")
+(('datasets', ['MNIST']), ('epochs', 5), ('fashion', '/data/f'))
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 from synbal.errors import SynbalError
 from synbal.experiments import EXPERIMENTS, ExperimentContext, run_experiment
 
-__all__ = ["register", "run"]
+__all__ = ["parse_setting", "register", "run"]
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` → ``(KEY, VALUE)``, VALUE decoded as JSON when it is valid JSON."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SynbalError(f"--set: expected KEY=VALUE, got {text!r}")
+    try:
+        value: object = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
 
 
 def register(subparsers: Any) -> None:
@@ -31,6 +49,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", type=Path, default=Path("results"), help="output directory (default: results)")
     p.add_argument("--quick", action="store_true", help="the few-minute variant")
     p.add_argument("--seeds", type=int, help="number of seeds (default: the experiment's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an experiment's own option (repeatable; VALUE is JSON or a string)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -54,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
         raise SynbalError(f"--data: {str(args.data)!r} does not exist")
     if args.out.exists() and not args.out.is_dir():
         raise SynbalError(f"--out: {str(args.out)!r} exists and is not a directory")
+    extra = dict(parse_setting(item) for item in args.set)
     ctx = ExperimentContext(out_dir=args.out, quick=args.quick, seeds=args.seeds, data=args.data,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, extra=extra)
     run_experiment(args.name, ctx)
     written = sorted(p.name for p in args.out.glob(f"{args.name}*") if p.is_file())
     print(f"{args.name}: wrote {', '.join(written) or 'nothing'} to {args.out}")

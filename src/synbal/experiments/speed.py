@@ -14,8 +14,13 @@ and sees the same minibatches. Datasets: MNIST (``--data``, else the embedded 10
 Fashion-MNIST (its Debian package path; skipped with a note when absent), each on the whole
 training set and on a stratified 1 % of it.
 
-Full run: 5 seeds, 20 epochs (1 % variant: 100 epochs). ``--quick``: 2 seeds, 3 epochs on a
-5,000-image subset (1 % variant: 15 epochs).
+Full run: 5 seeds, 10 epochs (1 % variant: 100 epochs, test accuracy every 5 epochs).
+``--quick``: 2 seeds, 3 epochs on a 5,000-image subset (1 % variant: 15 epochs). The full run
+takes hours (about 2 h per dataset at one thread), so finished runs are recorded in
+``OUT/speed-runs.jsonl`` and a rerun into the same ``--out`` skips them. Options
+(``--set KEY=VALUE``): ``datasets`` (e.g. ``'["MNIST"]'`` to run one dataset per process; a
+last run with all of them assembles the table from the record), ``epochs``, ``epochs_1pct``,
+``eval_every_1pct``, ``train_size``, ``nets``, ``threads``, ``fashion`` (a Fashion-MNIST path).
 
 Outputs: a table of final test accuracy (mean ± std) and epochs to reach fixed test-accuracy
 thresholds, per arm; test-accuracy curves; and a comparison with the AAAI numbers.
@@ -32,7 +37,8 @@ import torch
 from tqdm.auto import tqdm
 
 from synbal.data import ImageDataset, load_fashion_mnist, load_mnist
-from synbal.errors import DataError
+from synbal.errors import DataError, SynbalError
+from synbal.experiments.cache import RunCache
 from synbal.experiments.dynamics import torch_threads
 from synbal.experiments.models import SPEED_ARCHITECTURES, fc_classifier
 from synbal.experiments.report import ExperimentContext, new_figure, plot_mean_std, write_outputs
@@ -75,19 +81,28 @@ def epochs_to_reach(curve: np.ndarray, threshold: float) -> float:
     return float(hits[0]) if hits.size else math.nan
 
 
+DATASETS = ("MNIST", "Fashion-MNIST")
+
+
 def _datasets(ctx: ExperimentContext) -> tuple[list[tuple[str, ImageDataset]], list[str]]:
+    wanted = list(ctx.extra.get("datasets", DATASETS))
+    unknown = sorted(set(wanted) - set(DATASETS))
+    if unknown:
+        raise SynbalError(f"speed: unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
     notes = []
-    sets = [("MNIST", load_mnist(ctx.data))]
-    try:
-        fashion_path = ctx.extra.get("fashion")
-        sets.append(("Fashion-MNIST", load_fashion_mnist(fashion_path)))
-    except DataError as exc:
-        notes.append(f"Fashion-MNIST skipped: {exc}")
+    sets = []
+    if "MNIST" in wanted:
+        sets.append(("MNIST", load_mnist(ctx.data)))
+    if "Fashion-MNIST" in wanted:
+        try:
+            sets.append(("Fashion-MNIST", load_fashion_mnist(ctx.extra.get("fashion"))))
+        except DataError as exc:
+            notes.append(f"Fashion-MNIST skipped: {exc}")
     return sets, notes
 
 
 def _train_arm(widths: list[int], seed: int, reg: str | None, arm: SpeedArm, data: ImageDataset,
-               epochs: int) -> list[float]:
+               epochs: int, eval_every: int = 1) -> list[float]:
     model = fc_classifier(widths, seed=seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     schedule = None
@@ -95,7 +110,8 @@ def _train_arm(widths: list[int], seed: int, reg: str | None, arm: SpeedArm, dat
         schedule = BalanceSchedule(reg=reg or "l2", at_start="exact" if arm.at_start else None,
                                    every=1 if arm.every_epoch else 0, method="layer", max_sweeps=1)
     config = TrainConfig(epochs=epochs, batch_size=BATCH, loss="cross_entropy", reg=reg,
-                         beta=BETA if reg else 0.0, monitor=False, seed=seed, progress=False)
+                         beta=BETA if reg else 0.0, monitor=False, seed=seed, progress=False,
+                         eval_every=eval_every)
     history = train(model, optimizer, data.tensors("train"), config, eval_data=data.tensors("test"),
                     balance=schedule)
     curve = history.column("test_accuracy")
@@ -122,7 +138,9 @@ def _plot(variant: str, epochs: int, curves: dict[str, dict[str, dict[str, np.nd
         for j, reg in enumerate(REGS):
             ax = axes[i, j]
             for k, arm in enumerate(ARMS):
-                plot_mean_std(ax, x, curves[net][reg][arm.label], label=arm.label, color=f"C{k}")
+                runs = curves[net][reg][arm.label]
+                shown = np.isfinite(runs).all(axis=0)  # epochs with a test evaluation
+                plot_mean_std(ax, x[shown], runs[:, shown], label=arm.label, color=f"C{k}")
             ax.set_title(f"{net}, R = {reg}", fontsize=8)
             ax.set_xlabel("epoch")
             ax.set_ylabel("test accuracy")
@@ -165,24 +183,28 @@ def _aaai_comparison(table: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 def run(ctx: ExperimentContext) -> dict[str, Any]:
     """Train every (dataset, variant, net, R, arm, seed) and write the table, curves and verdict."""
     seeds = int(ctx.extra.get("seeds", ctx.n_seeds(full=5, quick=2)))
-    epochs_full = int(ctx.extra.get("epochs", 3 if ctx.quick else 20))
+    epochs_full = int(ctx.extra.get("epochs", 3 if ctx.quick else 10))
     epochs_small = int(ctx.extra.get("epochs_1pct", 15 if ctx.quick else 100))
+    eval_every_small = int(ctx.extra.get("eval_every_1pct", 1 if ctx.quick else 5))
     train_size = ctx.extra.get("train_size", 5000 if ctx.quick else None)
     nets = {k: v for k, v in SPEED_ARCHITECTURES.items() if k in ctx.extra.get("nets", SPEED_ARCHITECTURES)}
     datasets, notes = _datasets(ctx)
     variants = []
     for name, ds in datasets:
         full = ds.subset(int(train_size), seed=0) if train_size and int(train_size) < ds.n_train else ds
-        variants.append((name, f"{name}, full training set", full, epochs_full))
-        variants.append((name, f"{name}, 1% of the training set", ds.subset(0.01, seed=0), epochs_small))
+        variants.append((name, f"{name}, full training set", full, epochs_full, 1))
+        variants.append((name, f"{name}, 1% of the training set", ds.subset(0.01, seed=0), epochs_small,
+                         eval_every_small))
     total = len(variants) * len(nets) * len(REGS) * len(ARMS) * seeds
+    cache = RunCache(ctx.out_dir / f"{NAME}-runs.jsonl")
     bar = tqdm(total=total, desc=NAME, unit="run", disable=not ctx.progress)
     table: dict[str, Any] = {}
     curves_all: dict[str, Any] = {}
     figures = {}
     with torch_threads(int(ctx.extra.get("threads", 1))):
-        for name, variant, data, epochs in variants:
-            table[variant] = {"data": data.source, "train_examples": data.n_train, "epochs": epochs}
+        for name, variant, data, epochs, eval_every in variants:
+            table[variant] = {"data": data.source, "train_examples": data.n_train, "epochs": epochs,
+                              "eval_every": eval_every}
             curves: dict[str, dict[str, dict[str, np.ndarray]]] = {}
             for net, widths in nets.items():
                 curves[net] = {}
@@ -191,8 +213,18 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
                     curves[net][reg_name] = {}
                     table[variant][net][reg_name] = {}
                     for arm in ARMS:
-                        runs = np.array([_train_arm(widths, s, reg, arm, data, epochs) for s in range(seeds)])
-                        bar.update(seeds)
+                        rows = []
+                        for seed in range(seeds):
+                            key = {"variant": variant, "data": data.source, "train_examples": data.n_train,
+                                   "net": net, "reg": reg_name, "arm": arm.label, "seed": seed, "epochs": epochs,
+                                   "eval_every": eval_every, "lr": LR, "batch": BATCH, "beta": BETA}
+                            curve = cache.get(key)
+                            if curve is None:
+                                curve = _train_arm(widths, seed, reg, arm, data, epochs, eval_every)
+                                cache.put(key, curve)
+                            rows.append([math.nan if v is None else v for v in curve])
+                            bar.update(1)
+                        runs = np.array(rows, dtype=np.float64)
                         curves[net][reg_name][arm.label] = runs
                         table[variant][net][reg_name][arm.label] = _cell_summary(runs, THRESHOLDS[name])
             curves_all[variant] = curves
@@ -203,6 +235,7 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     md = _markdown(table, seeds, notes, text)
     settings = {"lr": LR, "batch_size": BATCH, "beta": BETA, "optimizer": "SGD (no momentum)",
                 "loss": "cross_entropy", "seeds": seeds, "epochs": epochs_full, "epochs_1pct": epochs_small,
+                "eval_every_1pct": eval_every_small,
                 "train_size": train_size, "nets": nets, "regularizers": REGS,
                 "arms": [arm.__dict__ for arm in ARMS], "thresholds": THRESHOLDS,
                 "balancing": "start: method='exact' (tol 1e-10); per epoch: method='layer', max_sweeps=1; "
@@ -223,7 +256,8 @@ def _markdown(table: dict[str, Any], seeds: int, notes: list[str], comparison: s
         name = variant.split(",")[0]
         thresholds = THRESHOLDS[name]
         lines += ["", f"## {variant}", "", f"Data: {per_net['data']}; {per_net['train_examples']} training "
-                  f"examples; {per_net['epochs']} epochs.", "",
+                  f"examples; {per_net['epochs']} epochs; test accuracy every {per_net['eval_every']} "
+                  "epoch(s).", "",
                   "| net | R | arm | final acc. | " + " | ".join(f"epochs to {t:g}" for t in thresholds) + " |",
                   "|---|---|---|---|" + "---|" * len(thresholds)]
         for net, per_reg in per_net.items():

@@ -104,6 +104,8 @@ class TrainConfig:
     the regularizer whose max relative deficit and value are logged (the overall deficit is
     always the paper's L2 one). ``monitor``: measure balance every epoch (off: loss/accuracy
     only). ``log_every_steps``: also log the minibatch loss every k steps (0: never).
+    ``eval_every``: evaluate ``eval_data`` after every k-th epoch only (and always before
+    training and after the last epoch); the other epochs' records carry no test columns.
     """
 
     epochs: int
@@ -118,10 +120,13 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     eval_batch_size: int = 2048
+    eval_every: int = 1
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1:
             raise SynbalError(f"epochs must be >= 0 and batch_size >= 1 (got {self.epochs}, {self.batch_size})")
+        if self.eval_every < 1:
+            raise SynbalError(f"eval_every must be >= 1, got {self.eval_every}")
         if self.beta < 0 or not math.isfinite(self.beta):
             raise SynbalError(f"beta must be a finite number >= 0, got {self.beta}")
         if self.reg_mode not in ("loss", "decoupled"):
@@ -219,7 +224,7 @@ def train(
 
     def record(epoch: int, train_stats: dict[str, float]) -> None:
         rec: dict[str, Any] = {"kind": "epoch", "epoch": epoch, "step": step, **train_stats}
-        if eval_data is not None:
+        if eval_data is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
             rec.update({f"test_{k}": v for k, v in evaluate(model, eval_data, config.loss,
                                                             config.eval_batch_size).items()})
         if config.monitor and mb is not None:

@@ -1,0 +1,83 @@
+"""A resumable record of finished runs, so long reproductions survive interruption.
+
+Each finished run is one JSON line ``{"key": ..., "value": ...}`` appended (and flushed to disk)
+to ``OUT/NAME-runs.jsonl``. A rerun with the same output directory skips every run whose key
+is already there; several processes may share the file (each line is one ``write`` of an
+``O_APPEND`` file), e.g. one process per dataset. A line cut short by a crash is ignored.
+
+>>> import tempfile, pathlib
+>>> cache = RunCache(pathlib.Path(tempfile.mkdtemp()) / "demo-runs.jsonl")
+>>> key = {"net": "784-256-10", "seed": 0}
+>>> cache.get(key) is None
+True
+>>> cache.put(key, [0.1, 0.9])
+>>> RunCache(cache.path).get({"seed": 0, "net": "784-256-10"})
+[0.1, 0.9]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunCache"]
+
+
+def _canonical(key: dict[str, Any]) -> str:
+    return json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    return value
+
+
+class RunCache:
+    """Finished runs of one experiment, keyed by a JSON-able dict of everything that sets the result."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._done: dict[str, Any] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the runs other processes may have appended since."""
+        self._done.clear()
+        if not self.path.exists():
+            return
+        with self.path.open("r", encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash
+                if isinstance(entry, dict) and "key" in entry and "value" in entry:
+                    self._done[entry["key"]] = entry["value"]
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def get(self, key: dict[str, Any]) -> Any:
+        """The stored value of a finished run, or ``None``. Non-finite floats come back as ``None``."""
+        return self._done.get(_canonical(key))
+
+    def put(self, key: dict[str, Any], value: Any) -> None:
+        """Record a finished run (appended as one line and flushed to disk)."""
+        canonical = _canonical(key)
+        line = json.dumps({"key": canonical, "value": _finite_or_none(value)}, allow_nan=False) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._done[canonical] = value
