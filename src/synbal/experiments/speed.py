@@ -215,13 +215,13 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
                     for arm in ARMS:
                         rows = []
                         for seed in range(seeds):
-                            key = {"variant": variant, "data": data.source, "train_examples": data.n_train,
+                            run_key = {"variant": variant, "data": data.source, "train_examples": data.n_train,
                                    "net": net, "reg": reg_name, "arm": arm.label, "seed": seed, "epochs": epochs,
                                    "eval_every": eval_every, "lr": LR, "batch": BATCH, "beta": BETA}
-                            curve = cache.get(key)
+                            curve = cache.get(run_key)
                             if curve is None:
                                 curve = _train_arm(widths, seed, reg, arm, data, epochs, eval_every)
-                                cache.put(key, curve)
+                                cache.put(run_key, curve)
                             rows.append([math.nan if v is None else v for v in curve])
                             bar.update(1)
                         runs = np.array(rows, dtype=np.float64)
