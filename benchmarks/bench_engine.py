@@ -3,8 +3,9 @@
 Run:  python benchmarks/bench_engine.py [--skip-big] [--budget SECONDS] [--out results.json]
 
 For each layered net (float32 weights, He-initialised, biases) it reports the time to reach a
-max relative deficit of 1e-10 end to end (cost extraction + solve + apply) and that time divided
-by the time of one read of all weights ("passes", measured side by side in the same run), the
+max relative deficit of 1e-10 end to end (cost extraction + solve + apply; for ``exact`` the best
+of ``--repeats`` runs) and that time divided by the best-of-5 time of one read of all weights
+("passes", measured side by side in the same run), the
 per-step speed of the compiled stochastic kernel against a per-unit Python loop written the way
 the paper's code does it, 1,000 independent stochastic runs on the MNIST-autoencoder shape, and
 the peak memory traced during ``exact`` relative to the size of the weights.
@@ -48,24 +49,33 @@ def read_time(net: DenseNet) -> float:
     return best
 
 
-def end_to_end(net: DenseNet, method: str, budget: float) -> dict[str, float | int | bool | None]:
-    work = net.copy()
-    t0 = time.perf_counter()
-    adapter = DenseNetAdapter(work)
-    problem = adapter.problem(L2)
-    deadline = time.perf_counter() + budget
+def end_to_end(net: DenseNet, method: str, budget: float, repeats: int = 1) -> dict[str, float | int | bool | None]:
+    """Best of ``repeats`` end-to-end runs (adapter with its NaN check, costs, solve, apply).
 
-    def stop_when_late(sweep: int, u: np.ndarray) -> None:
-        if time.perf_counter() > deadline:
-            raise TimeoutError
+    ``exact`` runs without the budget callback (it finishes in a few iterations; a callback
+    would make it return to Python after every iteration).
+    """
+    best = np.inf
+    for _ in range(repeats):
+        work = net.copy()
+        t0 = time.perf_counter()
+        adapter = DenseNetAdapter(work)
+        problem = adapter.problem(L2)
+        deadline = time.perf_counter() + budget
 
-    opts = SolveOptions(tol=TOL, seed=0, max_sweeps=1_000_000, callback=stop_when_late)
-    try:
-        res = solve(problem, L2, method, opts)
-    except TimeoutError:
-        return {"seconds": None, "converged": False, "sweeps": -1}
-    adapter.apply(res.u, inplace=True)
-    seconds = time.perf_counter() - t0
+        def stop_when_late(sweep: int, u: np.ndarray, deadline: float = deadline) -> None:
+            if time.perf_counter() > deadline:
+                raise TimeoutError
+
+        opts = SolveOptions(tol=TOL, seed=0, max_sweeps=1_000_000,
+                            callback=None if method == "exact" else stop_when_late)
+        try:
+            res = solve(problem, L2, method, opts)
+        except TimeoutError:
+            return {"seconds": None, "converged": False, "sweeps": -1}
+        adapter.apply(res.u, inplace=True)
+        best = min(best, time.perf_counter() - t0)
+    seconds = best
     # measured on the balanced weights themselves (float64 copy: the float32 rounding of the
     # written weights alone leaves ~1e-8)
     check = DenseNetAdapter(DenseNet([w.astype(np.float64) for w in work.weights],
@@ -132,6 +142,8 @@ def main() -> None:
     ap.add_argument("--skip-big", action="store_true", help="skip the 126M-weight net")
     ap.add_argument("--budget", type=float, default=60.0, help="seconds allowed per slow method")
     ap.add_argument("--runs", type=int, default=1000, help="independent stochastic runs on the AE")
+    ap.add_argument("--repeats", type=int, default=10,
+                    help="end-to-end exact runs per net, the best one reported (default 10; 3 on the big net)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     shapes = {"mnist-ae": [784, 200, 100, 50, 100, 200, 784]}
@@ -145,9 +157,11 @@ def main() -> None:
         tread = read_time(net)
         row: dict[str, object] = {"net": name, "weights": int(sum(w.size for w in net.weights)),
                                   "read_seconds": tread}
-        methods = ["exact"] if name.startswith("1024") else ["exact", "layer", "stochastic"]
+        big = name.startswith("1024")
+        methods = ["exact"] if big else ["exact", "layer", "stochastic"]
+        repeats = min(args.repeats, 3) if big else args.repeats
         for method in methods:
-            r = end_to_end(net, method, args.budget)
+            r = end_to_end(net, method, args.budget, repeats=repeats if method == "exact" else 1)
             r["passes"] = r["seconds"] / tread if r["seconds"] is not None else None
             row[method] = r
         if not name.startswith("1024"):

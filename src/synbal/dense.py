@@ -27,7 +27,7 @@ from synbal.adapters import register_adapter
 from synbal.errors import GraphFormatError, InvalidWeightError, RegularizerError
 from synbal.lpq import LpqRegularizer
 from synbal.powermatrix import PowerMatrix, scale_rows_cols
-from synbal.problem import BalanceProblem, CostBlock, CustomCosts, Matrix
+from synbal.problem import BalanceProblem, CostBlock, CustomCosts, GeneratedNames, Matrix
 from synbal.regularizers import CustomRegularizer, PowerRegularizer, Regularizer
 
 __all__ = ["DenseNet"]
@@ -96,17 +96,24 @@ def _power_sum(W: np.ndarray, p: float, coef: float) -> Matrix:
     return np.abs(W.astype(np.float64)) ** p * coef
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    """No NaN or Inf in ``a``: one SIMD sum (any NaN/Inf makes it non-finite), the full test only
+    when the sum itself is not finite (call under ``np.errstate(over="ignore", invalid="ignore")``)."""
+    return bool(np.isfinite(a.sum()) or np.isfinite(a).all())
+
+
 class DenseNetAdapter:
     """Extract/apply for :class:`DenseNet` (see :class:`synbal.adapters.Adapter`)."""
 
     def __init__(self, net: DenseNet) -> None:
         self.net = net
-        for k, W in enumerate(net.weights):
-            if not np.all(np.isfinite(W)):
-                raise InvalidWeightError(f"DenseNet layer {k}: weight matrix has NaN or Inf entries")
-        for k, b in enumerate(net.biases):
-            if b is not None and not np.all(np.isfinite(b)):
-                raise InvalidWeightError(f"DenseNet layer {k}: bias has NaN or Inf entries")
+        with np.errstate(over="ignore", invalid="ignore"):
+            for k, W in enumerate(net.weights):
+                if not _all_finite(W):
+                    raise InvalidWeightError(f"DenseNet layer {k}: weight matrix has NaN or Inf entries")
+            for k, b in enumerate(net.biases):
+                if b is not None and not _all_finite(b):
+                    raise InvalidWeightError(f"DenseNet layer {k}: bias has NaN or Inf entries")
         widths = net.widths
         self.index: list[np.ndarray] = []
         off = 0
@@ -117,7 +124,13 @@ class DenseNetAdapter:
                 self.index.append(np.arange(off, off + w, dtype=np.int64))
                 off += w
         self.n = off
-        self.names = [f"layer{k}.{i}" for k in range(1, len(widths) - 1) for i in range(widths[k])]
+        starts = np.cumsum([0, *widths[1:-1]])
+
+        def name_of(i: int) -> str:
+            k = int(np.searchsorted(starts, i, side="right"))
+            return f"layer{k}.{i - int(starts[k - 1])}"
+
+        self.names = GeneratedNames(self.n, name_of)
 
     def problem(self, reg: Regularizer) -> BalanceProblem:
         c = float(self.net.act.degree or 1.0)

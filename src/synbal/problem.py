@@ -34,19 +34,70 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, overload
 
 import numpy as np
 import scipy.sparse as sp
 
 from synbal.errors import GraphFormatError
 
-__all__ = ["BalanceProblem", "CostBlock", "CustomCosts", "Matrix"]
+__all__ = ["BalanceProblem", "CostBlock", "CustomCosts", "GeneratedNames", "Matrix"]
 
 #: A dense ``np.ndarray`` or a scipy CSR matrix/array (scipy ships no type information).
 Matrix: TypeAlias = Any
 
 FIXED = -1
+
+
+class GeneratedNames(Sequence[str]):
+    """Unit names made on demand, so a large problem does not build a list of strings it may never read.
+
+    >>> names = GeneratedNames(3, lambda i: f"unit{i}")
+    >>> len(names), names[1], list(names), names == ["unit0", "unit1", "unit2"]
+    (3, 'unit1', ['unit0', 'unit1', 'unit2'], True)
+    """
+
+    def __init__(self, count: int, name_of: Callable[[int], str]) -> None:
+        self._count = int(count)
+        self._name_of = name_of
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self._name_of(i) for i in range(*index.indices(self._count))]
+        i = int(index)
+        if i < 0:
+            i += self._count
+        if not 0 <= i < self._count:
+            raise IndexError(f"unit index {index} out of range for {self._count} units")
+        return self._name_of(i)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, GeneratedNames)):
+            return len(other) == self._count and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self._count, self[0] if self._count else None))
+
+    def __repr__(self) -> str:
+        return repr(list(self)) if self._count <= 8 else f"GeneratedNames({self._count}: {self[0]!r}, ...)"
+
+
+def _repeats(idx: np.ndarray) -> bool:
+    """Whether a unit index (``>= 0``) occurs twice; cheap for the usual increasing index arrays."""
+    if idx.size < 2 or bool((idx[1:] > idx[:-1]).all()):
+        return False
+    real = idx[idx >= 0]
+    return np.unique(real).size != real.size
 
 
 @dataclass
@@ -88,8 +139,7 @@ class CostBlock:
                 f"{self.dst.size} destination and {self.src.size} source units"
             )
         for name, idx in (("dst", self.dst), ("src", self.src)):
-            real = idx[idx >= 0]
-            if np.unique(real).size != real.size:
+            if _repeats(idx):
                 raise GraphFormatError(f"cost block {name} indices repeat a unit")
 
     @property
@@ -178,7 +228,7 @@ class BalanceProblem:
 
     degree: np.ndarray
     blocks: list[CostBlock]
-    names: list[str] | None = None
+    names: Sequence[str] | None = None
     layers: list[np.ndarray] | None = None
     custom: CustomCosts | None = None
     _cache: dict[str, object] = field(default_factory=dict, repr=False)
@@ -186,7 +236,7 @@ class BalanceProblem:
     def __post_init__(self) -> None:
         self.degree = np.asarray(self.degree, dtype=np.float64).reshape(-1)
         if self.names is None:
-            self.names = [f"unit{i}" for i in range(self.n)]
+            self.names = GeneratedNames(self.n, "unit{}".format)
         if len(self.names) != self.n:
             raise GraphFormatError(f"{len(self.names)} names for {self.n} units")
         if self.layers is not None:

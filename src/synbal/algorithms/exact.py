@@ -8,7 +8,8 @@ balanced state is its unique minimiser (Theorem 9.1 of the synaptic-balance pape
   the Hessian is a weighted graph Laplacian grounded at the fixed units; it is assembled sparse,
   Jacobi-scaled and factorised directly; steps are damped by an Armijo line search on ``R``.
   Converges quadratically, to a max relative deficit near machine precision.
-* **Two-level sweeps** (large layered nets): Gauss–Seidel sweeps over the layers (each layer is
+* **Two-level sweeps** (layered nets; compiled end to end for chains such as MLPs, see
+  :mod:`synbal.algorithms.chain`): Gauss–Seidel sweeps over the layers (each layer is
   an independent set, balanced in closed form) remove the within-layer error fast, while the
   slow error mode — one shift per layer, which plain sweeps spread over ~D² sweeps — is removed
   after every sweep by solving the tied (one λ per layer) problem exactly with Newton on the
@@ -35,6 +36,7 @@ import scipy.sparse.linalg as spla
 from tqdm.auto import tqdm
 
 from synbal.algorithms.base import HistoryEntry, SolveOptions, SolveResult
+from synbal.algorithms.chain import solve_chain
 from synbal.algorithms.custom import custom_unit_steps
 from synbal.algorithms.local import optimal_log_steps
 from synbal.problem import BalanceProblem, CostBlock
@@ -87,9 +89,11 @@ def solve_exact(problem: BalanceProblem, reg: Regularizer, options: SolveOptions
     """Minimise ``R`` over the log-scales of the free units (see the module docstring)."""
     if problem.custom is not None:
         return _solve_custom(problem, options)
-    if problem.layers is not None and _coarse_ok(problem):
-        small = _pairs(problem) <= DIRECT_LIMIT
-        first = _two_level(problem, options, limit=TWO_LEVEL_SWEEPS if small else None)
+    small = _pairs(problem) <= DIRECT_LIMIT
+    limit = TWO_LEVEL_SWEEPS if small else None
+    chained = solve_chain(problem, options, limit=limit) if problem.layers is not None else None
+    if chained is not None or (problem.layers is not None and _coarse_ok(problem)):
+        first = chained or _two_level(problem, options, limit=limit)
         if first.converged or not small:
             return first
         polish = _newton(problem, options, u0=first.u)
