@@ -123,3 +123,55 @@ def test_dense_names_and_finite_check() -> None:
         assert _all_finite(huge)
         huge[1, 2] = np.nan
         assert not _all_finite(huge)
+
+
+# ----------------------------------------------------------------------------- single-unit steps
+def test_chain_steps_follow_the_general_kernel_step_for_step() -> None:
+    from synbal.algorithms.chain_steps import ChainSteps, step_kernel
+    from synbal.algorithms.kernels import UnitGraph
+
+    for activation in ("relu", {"type": "bipu", "c": 2.0, "C": 1.0, "D": 0.0}):
+        problem = DenseNetAdapter(_net([5, 7, 6, 8, 3], seed=6, dtype=np.float32, activation=activation)
+                                  ).problem(parse_regularizer("l1"))
+        kernel = step_kernel(problem)
+        assert isinstance(kernel, ChainSteps)
+        order = np.random.default_rng(0).integers(0, problem.n, size=400)
+        u_fast, u_ref = np.zeros(problem.n), np.zeros(problem.n)
+        kernel.run_steps(u_fast, order, 0.5)
+        UnitGraph.build(problem).run_steps(u_ref, order, 0.5)
+        np.testing.assert_allclose(u_fast, u_ref, atol=1e-13)
+        kernel.prefetch = True  # the prefetching loop computes the same steps
+        u_pf = np.zeros(problem.n)
+        kernel.run_steps(u_pf, order, 0.5)
+        np.testing.assert_array_equal(u_pf, u_fast)
+        assert kernel.max_relative_deficit(u_fast, np.arange(problem.n)) == pytest.approx(
+            problem.max_relative_deficit(u_fast), rel=1e-9)
+
+
+def test_chain_many_stochastic_runs_reach_the_exact_state() -> None:
+    from synbal.algorithms.chain_steps import step_kernel
+    from synbal.algorithms.kernels import UnitGraph
+
+    problem = DenseNetAdapter(_net([4, 6, 5, 6, 3], seed=7)).problem(parse_regularizer("l2"))
+    free = np.arange(problem.n)
+    U, sweeps, snaps = step_kernel(problem).many_stochastic(np.zeros(problem.n), free, 6, 3, 1e-11, 5000, 1.0,
+                                                            record_every=5)
+    assert (sweeps > 0).all() and snaps.shape == (6, 1001, problem.n)
+    exact = solve(problem, parse_regularizer("l2"), "exact", SolveOptions(tol=1e-13)).u
+    np.testing.assert_allclose(U, np.tile(exact, (6, 1)), atol=1e-8)
+    U2, sweeps2, _ = UnitGraph.build(problem).many_stochastic(np.zeros(problem.n), free, 6, 3, 1e-11, 5000, 1.0)
+    np.testing.assert_array_equal(sweeps2, sweeps)  # the same random streams
+    np.testing.assert_allclose(U2, U, atol=1e-12)
+
+
+def test_dead_units_are_left_alone_by_chain_steps() -> None:
+    from synbal.algorithms.chain_steps import step_kernel
+
+    net = _net([4, 5, 5, 3], seed=8, biases=False)
+    net.weights[1][:, 2] = 0.0
+    problem = DenseNetAdapter(net).problem(parse_regularizer("l2"))
+    u = np.zeros(problem.n)
+    step_kernel(problem).run_steps(u, np.arange(problem.n).repeat(3), 1.0)
+    assert u[2] == 0.0 and np.any(u != 0.0)
+    res = synbal.balance(net, "l2", method="stochastic", seed=1)
+    assert res.converged

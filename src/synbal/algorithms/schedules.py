@@ -156,9 +156,9 @@ def _run(name: str, problem: BalanceProblem, reg: Regularizer, options: SolveOpt
         return SolveResult(u, tied_deficit <= options.tol, [entry], steps=len(sets))
     unit_graph = None
     if name in ("stochastic", "cyclic") and not custom:
-        from synbal.algorithms.kernels import UnitGraph
+        from synbal.algorithms.chain_steps import step_kernel
 
-        unit_graph = UnitGraph.build(problem)
+        unit_graph = step_kernel(problem)
     evaluator = SetEvaluator(problem)
 
     def deficit_of(v: np.ndarray) -> float:

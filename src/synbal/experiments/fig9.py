@@ -190,9 +190,9 @@ class Ensemble:
 
 def _many_runs(problem: BalanceProblem) -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The compiled many-runs stochastic kernel for ``problem`` (one seeded stream per run)."""
-    from synbal.algorithms.kernels import UnitGraph
+    from synbal.algorithms.chain_steps import step_kernel
 
-    graph = UnitGraph.build(problem)
+    graph = step_kernel(problem)
     free = np.flatnonzero(problem.free_mask())
 
     def runs_fn(runs: int, seed: int, tol: float, max_sweeps: int, record_every: int
