@@ -94,8 +94,8 @@ class GeneratedNames(Sequence[str]):
 
 def _repeats(idx: np.ndarray) -> bool:
     """Whether a unit index (``>= 0``) occurs twice; cheap for the usual increasing index arrays."""
-    if idx.size < 2 or bool((idx[1:] > idx[:-1]).all()):
-        return False
+    if idx.size < 2 or (idx[-1] < 0 and idx.max() < 0) or bool((idx[1:] > idx[:-1]).all()):
+        return False  # all fixed, or increasing
     real = idx[idx >= 0]
     return np.unique(real).size != real.size
 

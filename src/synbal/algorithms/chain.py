@@ -38,10 +38,10 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from numba.typed import List as TypedList
 from tqdm.auto import tqdm
 
 from synbal.algorithms.base import HistoryEntry, SolveOptions, SolveResult
+from synbal.algorithms.lowlevel import matrix_at, matrix_table
 from synbal.powermatrix import PowerMatrix, _fused
 from synbal.problem import BalanceProblem
 
@@ -113,9 +113,19 @@ def chain_of(problem: BalanceProblem) -> Chain | None:
     const_out = np.zeros(n)
     r_const = 0.0
     interior: dict[int, PowerMatrix] = {}
+    seen: dict[int, tuple[np.ndarray, int | None]] = {}  # adapters share index arrays between blocks
+
+    def layer_of(idx: np.ndarray) -> int | None:
+        hit = seen.get(id(idx))
+        if hit is not None and hit[0] is idx:
+            return hit[1]
+        h = _layer_of_indices(idx, sizes, start_to_layer)
+        seen[id(idx)] = (idx, h)
+        return h
+
     for b in problem.blocks:
-        d = _layer_of_indices(b.dst, sizes, start_to_layer)
-        s = _layer_of_indices(b.src, sizes, start_to_layer)
+        d = layer_of(b.dst)
+        s = layer_of(b.src)
         if d is None or s is None:
             return None
         if d >= 0 and s >= 0:
@@ -126,7 +136,9 @@ def chain_of(problem: BalanceProblem) -> Chain | None:
                 return None
             interior[d] = matrix
             continue
-        if d >= 0:
+        if d >= 0 and isinstance(b.matrix, PowerMatrix) and b.matrix.shape[1] == 1:  # a bias column
+            const_in[lo[d]:hi[d]] += np.abs(b.matrix.W[:, 0], dtype=np.float64) ** b.matrix.p * b.matrix.coef
+        elif d >= 0:
             const_in[lo[d]:hi[d]] += b.matrix @ np.ones(b.src.size)  # row sums
         elif s >= 0:
             const_out[lo[s]:hi[s]] += b.matrix.T @ np.ones(b.dst.size)  # column sums
@@ -153,7 +165,7 @@ def _factors(p, c, u):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True)
-def _evaluate(mats, mat_power, mat_coef, mat_dst, lo, hi, c_unit, const_in, const_out, r_const, p,  # type: ignore[no-untyped-def]
+def _evaluate(addr, shapes, like, mat_power, mat_coef, mat_dst, lo, hi, c_unit, const_in, const_out, r_const, p,  # type: ignore[no-untyped-def]
               u, ey, ex, win, wout, T, IN, OUT):
     """``e^{p u}``, ``e^{−p c u}``, IN, OUT and interior block totals ``T`` at ``u`` (one read of the
     interior weights); returns ``(R, max relative deficit)``."""
@@ -162,8 +174,8 @@ def _evaluate(mats, mat_power, mat_coef, mat_dst, lo, hi, c_unit, const_in, cons
         ey[i], ex[i] = _factors(p, c_unit[i], u[i])
         win[i] = 0.0
         wout[i] = 0.0
-    for b in range(len(mats)):
-        W = mats[b]
+    for b in range(addr.size):
+        W = matrix_at(addr, shapes, like, b)
         d = mat_dst[b]
         s = d - 1
         rows, cols = W.shape
@@ -292,7 +304,7 @@ def _coarse_shifts(T, mat_dst, cin, cout, c_layer, p):  # type: ignore[no-untype
 
 
 @numba.njit(cache=True)
-def _iterate(mats, mat_power, mat_coef, mat_dst, lo, hi, c_layer, c_unit, const_in, const_out, r_const, p,  # type: ignore[no-untyped-def]
+def _iterate(addr, shapes, like, mat_power, mat_coef, mat_dst, lo, hi, c_layer, c_unit, const_in, const_out, r_const, p,  # type: ignore[no-untyped-def]
              u, ey, ex, win, wout, T, IN, OUT, rel, first, count, tol, hist_R, hist_rel):
     """Up to ``count`` two-level iterations from an evaluated state; returns how many ran.
 
@@ -343,8 +355,8 @@ def _iterate(mats, mat_power, mat_coef, mat_dst, lo, hi, c_layer, c_unit, const_
         for h in range(H):
             for i in range(lo[h], hi[h]):
                 u[i] += shift[h]
-        R, rel = _evaluate(mats, mat_power, mat_coef, mat_dst, lo, hi, c_unit, const_in, const_out, r_const, p,
-                           u, ey, ex, win, wout, T, IN, OUT)
+        R, rel = _evaluate(addr, shapes, like, mat_power, mat_coef, mat_dst, lo, hi, c_unit, const_in, const_out,
+                           r_const, p, u, ey, ex, win, wout, T, IN, OUT)
         hist_R[done] = R
         hist_rel[done] = rel
         done += 1
@@ -361,8 +373,7 @@ def solve_chain(problem: BalanceProblem, options: SolveOptions, limit: int | Non
     u = np.zeros(n)
     ey, ex, win, wout, IN, OUT = (np.empty(n) for _ in range(6))
     T = np.empty(len(chain.mats))
-    mats = TypedList(chain.mats) if chain.mats else TypedList.empty_list(numba.float64[:, ::1])
-    args = (mats, chain.mat_power, chain.mat_coef, chain.mat_dst, chain.layer_lo, chain.layer_hi)
+    args = (*matrix_table(chain.mats), chain.mat_power, chain.mat_coef, chain.mat_dst, chain.layer_lo, chain.layer_hi)
     R, rel = _evaluate(*args, chain.c_unit, chain.const_in, chain.const_out, chain.r_const, chain.power,
                        u, ey, ex, win, wout, T, IN, OUT)
     if not np.isfinite(R) or not ((IN > 0) & (OUT > 0)).all():

@@ -32,13 +32,9 @@ from typing import Any
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
-from numba.typed import List as TypedList
 
 from synbal.algorithms.chain import Chain, chain_of
+from synbal.algorithms.lowlevel import prefetch
 from synbal.powermatrix import _pw
 from synbal.problem import BalanceProblem
 
@@ -71,8 +67,9 @@ class ChainSteps:
     c_unit: np.ndarray
     const_in: np.ndarray
     const_out: np.ndarray
-    mats: Any  # typed list: into-layer matrices (rows = the layer's units), then transposed out-of-layer ones
-    in_mat: np.ndarray  # per layer: index into ``mats`` of its incoming interior matrix, -1 if none
+    rows: np.ndarray  # flat buffer: into-layer matrices (rows = the layer's units), then transposed out-of-layer ones
+    mat_geom: np.ndarray  # per matrix: (offset in ``rows``, row length)
+    in_mat: np.ndarray  # per layer: index of its incoming interior matrix, -1 if none
     out_mat: np.ndarray  # per layer: index of the transposed outgoing one, -1 if none
     mat_power: np.ndarray
     mat_coef: np.ndarray
@@ -83,38 +80,36 @@ class ChainSteps:
         H = chain.layer_lo.size
         in_mat = np.full(H, -1, dtype=np.int64)
         out_mat = np.full(H, -1, dtype=np.int64)
-        arrays: list[np.ndarray] = []
+        geom: list[tuple[int, int]] = []
         powers: list[float] = []
         coefs: list[float] = []
-        # every row copy in one buffer: one large allocation gets huge pages (numpy asks for
-        # them above 4 MB), so a step's two random rows do not each cost a TLB miss
+        # every row copy in one buffer (twice the interior weights, in their dtype): a flat array
+        # needs no typed list in the kernels, and one large allocation gets huge pages
         dtype = chain.mats[0].dtype if chain.mats else np.float64
         buffer = np.empty(2 * sum(m.size for m in chain.mats), dtype=dtype)
         offset = 0
         for transposed in (False, True):
             for b, d in enumerate(chain.mat_dst):
                 W = chain.mats[b].T if transposed else chain.mats[b]
-                view = buffer[offset:offset + W.size].reshape(W.shape)
-                view[...] = W
-                offset += W.size
+                buffer[offset:offset + W.size].reshape(W.shape)[...] = W
                 if transposed:
-                    out_mat[d - 1] = len(arrays)
+                    out_mat[d - 1] = len(geom)
                 else:
-                    in_mat[d] = len(arrays)
-                arrays.append(view)
+                    in_mat[d] = len(geom)
+                geom.append((offset, W.shape[1]))
+                offset += W.size
                 powers.append(float(chain.mat_power[b]))
                 coefs.append(float(chain.mat_coef[b]))
         unit_layer = np.empty(chain.c_unit.size, dtype=np.int64)
         for h in range(H):
             unit_layer[chain.layer_lo[h]:chain.layer_hi[h]] = h
-        mats = TypedList(arrays) if arrays else TypedList.empty_list(numba.float64[:, ::1])
-        big = sum(a.nbytes for a in arrays) > PREFETCH_BYTES
         return cls(chain.power, chain.layer_lo, chain.layer_hi, unit_layer, chain.c_unit, chain.const_in,
-                   chain.const_out, mats, in_mat, out_mat, np.array(powers), np.array(coefs), prefetch=big)
+                   chain.const_out, buffer, np.array(geom, dtype=np.int64).reshape(-1, 2), in_mat, out_mat,
+                   np.array(powers), np.array(coefs), prefetch=buffer.nbytes > PREFETCH_BYTES)
 
     def _args(self) -> tuple[Any, ...]:
         return (self.power, self.layer_lo, self.layer_hi, self.unit_layer, self.c_unit, self.const_in,
-                self.const_out, self.mats, self.in_mat, self.out_mat, self.mat_power, self.mat_coef)
+                self.const_out, self.rows, self.mat_geom, self.in_mat, self.out_mat, self.mat_power, self.mat_coef)
 
     def run_steps(self, u: np.ndarray, order: np.ndarray, theta: float) -> None:
         """Balance the units in ``order`` one after the other, updating ``u`` in place."""
@@ -147,6 +142,13 @@ def _factors_of(u, p, c_unit):  # type: ignore[no-untyped-def]
     return X, Y
 
 
+@numba.njit(cache=True, inline="always")
+def _row(rows, mat_geom, m, k):  # type: ignore[no-untyped-def]
+    """Row ``k`` of matrix ``m`` in the flat buffer."""
+    start = mat_geom[m, 0] + k * mat_geom[m, 1]
+    return rows[start:start + mat_geom[m, 1]]
+
+
 @numba.njit(fastmath=True, cache=True)
 def _dot(row, q, f):  # type: ignore[no-untyped-def]
     """``Σ_j |row_j|^q f_j`` in float64."""
@@ -157,7 +159,7 @@ def _dot(row, q, f):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True)
-def _costs(i, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, mats, in_mat, out_mat,  # type: ignore[no-untyped-def]
+def _costs(i, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, mat_geom, in_mat, out_mat,  # type: ignore[no-untyped-def]
            mat_power, mat_coef):
     """``(IN_i, OUT_i)`` at the factors ``X = e^{−p c u}``, ``Y = e^{p u}``."""
     h = unit_layer[i]
@@ -165,18 +167,18 @@ def _costs(i, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, mats, in
     a = const_in[i]
     m = in_mat[h]
     if m >= 0:
-        a += mat_coef[m] * _dot(mats[m][k], mat_power[m], X[lo[h - 1]:hi[h - 1]])
+        a += mat_coef[m] * _dot(_row(rows, mat_geom, m, k), mat_power[m], X[lo[h - 1]:hi[h - 1]])
     b = const_out[i]
     m = out_mat[h]
     if m >= 0:
-        b += mat_coef[m] * _dot(mats[m][k], mat_power[m], Y[lo[h + 1]:hi[h + 1]])
+        b += mat_coef[m] * _dot(_row(rows, mat_geom, m, k), mat_power[m], Y[lo[h + 1]:hi[h + 1]])
     return a * Y[i], b * X[i]
 
 
 @numba.njit(cache=True)
-def _chain_step(i, u, X, Y, theta, p, lo, hi, unit_layer, c_unit, const_in, const_out, mats, in_mat,  # type: ignore[no-untyped-def]
+def _chain_step(i, u, X, Y, theta, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, mat_geom, in_mat,  # type: ignore[no-untyped-def]
                 out_mat, mat_power, mat_coef):
-    a, b = _costs(i, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, mats, in_mat, out_mat,
+    a, b = _costs(i, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, mat_geom, in_mat, out_mat,
                   mat_power, mat_coef)
     if a <= 0.0 or b <= 0.0:
         return  # dead unit: left alone
@@ -186,59 +188,38 @@ def _chain_step(i, u, X, Y, theta, p, lo, hi, unit_layer, c_unit, const_in, cons
     Y[i] = np.exp(p * u[i])
 
 
-@intrinsic
-def _prefetch(typingctx, array, index):  # type: ignore[no-untyped-def]
-    """LLVM's non-blocking prefetch of ``array[index]``'s cache line (for reading, keep in cache)."""
-    if not isinstance(array, types.Array) or array.ndim != 1:
-        return None
-    sig = types.void(array, index)
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
-        i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-        builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 @numba.njit(cache=True)
-def _prefetch_rows(i, lo, unit_layer, mats, in_mat, out_mat):  # type: ignore[no-untyped-def]
+def _prefetch_rows(i, lo, unit_layer, rows, mat_geom, in_mat, out_mat):  # type: ignore[no-untyped-def]
     """Ask for unit ``i``'s two rows ahead of time (the schedule knows the next unit)."""
     h = unit_layer[i]
     k = i - lo[h]
     for m in (in_mat[h], out_mat[h]):
         if m >= 0:
-            row = mats[m][k]
+            row = _row(rows, mat_geom, m, k)
             for j in range(0, row.size, 16):
-                _prefetch(row, j)  # type: ignore[call-arg]  # numba supplies the typing context
+                prefetch(row, j)  # type: ignore[call-arg]  # numba supplies the typing context
 
 
 @numba.njit(cache=True)
-def _run_chain_steps(order, u, theta, prefetch, p, lo, hi, unit_layer, c_unit, const_in, const_out, mats,  # type: ignore[no-untyped-def]
+def _run_chain_steps(order, u, theta, prefetch, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, mat_geom,  # type: ignore[no-untyped-def]
                      in_mat, out_mat, mat_power, mat_coef):
     X, Y = _factors_of(u, p, c_unit)
     for q in range(min(PREFETCH_AHEAD, order.size) if prefetch else 0):
-        _prefetch_rows(order[q], lo, unit_layer, mats, in_mat, out_mat)
+        _prefetch_rows(order[q], lo, unit_layer, rows, mat_geom, in_mat, out_mat)
     for q in range(order.size):
         if prefetch and q + PREFETCH_AHEAD < order.size:
-            _prefetch_rows(order[q + PREFETCH_AHEAD], lo, unit_layer, mats, in_mat, out_mat)
-        _chain_step(order[q], u, X, Y, theta, p, lo, hi, unit_layer, c_unit, const_in, const_out, mats, in_mat,
-                    out_mat, mat_power, mat_coef)
+            _prefetch_rows(order[q + PREFETCH_AHEAD], lo, unit_layer, rows, mat_geom, in_mat, out_mat)
+        _chain_step(order[q], u, X, Y, theta, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, mat_geom,
+                    in_mat, out_mat, mat_power, mat_coef)
 
 
 @numba.njit(cache=True)
-def _chain_max_rel(free, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, mats, in_mat, out_mat,  # type: ignore[no-untyped-def]
+def _chain_max_rel(free, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, mat_geom, in_mat, out_mat,  # type: ignore[no-untyped-def]
                    mat_power, mat_coef):
     worst = 0.0
     for q in range(free.size):
         i = free[q]
-        a, b = _costs(i, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, mats, in_mat, out_mat,
+        a, b = _costs(i, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, mat_geom, in_mat, out_mat,
                       mat_power, mat_coef)
         c = c_unit[i]
         den = a + c * b
@@ -249,7 +230,7 @@ def _chain_max_rel(free, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_ou
 
 @numba.njit(parallel=True, cache=True)
 def _many_chain_stochastic(U, free, seed, tol, max_sweeps, theta, record_every, snaps, sweeps,  # type: ignore[no-untyped-def]
-                           p, lo, hi, unit_layer, c_unit, const_in, const_out, mats, in_mat, out_mat,
+                           p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, mat_geom, in_mat, out_mat,
                            mat_power, mat_coef):
     runs = U.shape[0]
     for r in numba.prange(runs):
@@ -264,12 +245,12 @@ def _many_chain_stochastic(U, free, seed, tol, max_sweeps, theta, record_every, 
         for sweep in range(1, max_sweeps + 1):
             for _ in range(free.size):
                 i = free[np.random.randint(0, free.size)]  # noqa: NPY002
-                _chain_step(i, u, X, Y, theta, p, lo, hi, unit_layer, c_unit, const_in, const_out, mats, in_mat,
-                            out_mat, mat_power, mat_coef)
+                _chain_step(i, u, X, Y, theta, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, mat_geom,
+                            in_mat, out_mat, mat_power, mat_coef)
             if record_every > 0 and sweep % record_every == 0:
                 snaps[r, rec, :] = u
                 rec += 1
-            if _chain_max_rel(free, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, mats, in_mat,
+            if _chain_max_rel(free, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, mat_geom, in_mat,
                               out_mat, mat_power, mat_coef) <= tol:
                 done = sweep
                 break

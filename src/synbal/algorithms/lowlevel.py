@@ -1,0 +1,86 @@
+"""Two LLVM-level helpers for the compiled kernels: arrays viewed from raw addresses, and prefetch.
+
+* :func:`matrix_at` views a C-contiguous matrix from its data address, shape and dtype, so a
+  kernel can take any number of weight matrices as plain integer arrays — without copying them
+  into one buffer and without a numba typed list (whose construction and per-item reference
+  counting cost more than a small net's whole solve). The caller keeps the matrices alive.
+* :func:`prefetch` asks for a cache line ahead of use (non-blocking; a hint the CPU may drop).
+
+>>> import numba, numpy as np
+>>> @numba.njit
+... def total(addresses, shapes, like):
+...     s = 0.0
+...     for k in range(addresses.size):
+...         s += matrix_at(addresses, shapes, like, k).sum()
+...     return s
+>>> mats = [np.ones((2, 3), dtype=np.float32), np.full((1, 4), 2.0, dtype=np.float32)]
+>>> addresses, shapes, like = matrix_table(mats)
+>>> float(total(addresses, shapes, like))
+14.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["matrix_at", "matrix_table", "prefetch"]
+
+
+def matrix_table(mats: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(addresses, shapes, like)`` for C-contiguous 2-D matrices of one dtype (keep them alive)."""
+    dtype = mats[0].dtype if len(mats) else np.dtype(np.float64)
+    for m in mats:
+        if m.ndim != 2 or m.dtype != dtype or not m.flags.c_contiguous:
+            raise ValueError("matrix_table needs C-contiguous 2-D matrices of one dtype")
+    addresses = np.array([m.ctypes.data for m in mats], dtype=np.int64)
+    shapes = np.array([m.shape for m in mats], dtype=np.int64).reshape(-1, 2)
+    return addresses, shapes, np.empty(0, dtype=dtype)
+
+
+@intrinsic
+def _pointer_like(typingctx: Any, address: Any, like: Any) -> Any:
+    """``address`` (int64) as a pointer to ``like``'s dtype."""
+    if not isinstance(like, types.Array):
+        return None
+    pointer = types.CPointer(like.dtype)
+    sig = pointer(address, like)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+    return sig, codegen
+
+
+@numba.njit(inline="always")
+def matrix_at(addresses, shapes, like, k):  # type: ignore[no-untyped-def]
+    """Matrix ``k`` of a :func:`matrix_table`, as a C-contiguous array view."""
+    return numba.carray(_pointer_like(addresses[k], like), (shapes[k, 0], shapes[k, 1]))  # type: ignore[call-arg]
+
+
+@intrinsic
+def prefetch(typingctx: Any, array: Any, index: Any) -> Any:
+    """LLVM's non-blocking prefetch of ``array[index]``'s cache line (for reading, keep in cache)."""
+    if not isinstance(array, types.Array) or array.ndim != 1:
+        return None
+    sig = types.void(array, index)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
