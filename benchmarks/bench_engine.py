@@ -144,8 +144,8 @@ def main() -> None:
     ap.add_argument("--skip-big", action="store_true", help="skip the 126M-weight net")
     ap.add_argument("--budget", type=float, default=60.0, help="seconds allowed per slow method")
     ap.add_argument("--runs", type=int, default=1000, help="independent stochastic runs on the AE")
-    ap.add_argument("--repeats", type=int, default=10,
-                    help="end-to-end exact runs per net, the best one reported (default 10; 3 on the big net)")
+    ap.add_argument("--repeats", type=int, default=30,
+                    help="end-to-end exact runs per net, the best one reported (default 30; 3 on the big net)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     shapes = {"mnist-ae": [784, 200, 100, 50, 100, 200, 784]}

@@ -382,7 +382,7 @@ def solve_chain(problem: BalanceProblem, options: SolveOptions, limit: int | Non
     max_iter = options.max_sweeps if limit is None else min(limit, options.max_sweeps)
     hist_R, hist_rel = np.empty(max_iter), np.empty(max_iter)
     stepwise = options.callback is not None or options.progress
-    bar = tqdm(desc="exact balancing", disable=not options.progress, leave=False)
+    bar = tqdm(desc="exact balancing", leave=False) if options.progress else None  # costs a few reads of a small net
     it = 0
     while it < max_iter and rel > options.tol:
         count = 1 if stepwise else max_iter - it
@@ -395,9 +395,11 @@ def solve_chain(problem: BalanceProblem, options: SolveOptions, limit: int | Non
             history.append(HistoryEntry(it + k + 1, float(hist_R[it + k]), float(hist_rel[it + k])))
         it += done
         rel = history[-1].max_relative_deficit
-        bar.update(done)
-        bar.set_postfix(deficit=f"{rel:.2e}")
+        if bar is not None:
+            bar.update(done)
+            bar.set_postfix(deficit=f"{rel:.2e}")
         if options.callback is not None:
             options.callback(it, u)
-    bar.close()
+    if bar is not None:
+        bar.close()
     return SolveResult(u, rel <= options.tol, history, steps=it)
