@@ -80,7 +80,7 @@ def prefetch(typingctx: Any, array: Any, index: Any) -> Any:
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-        builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 1), ir.Constant(i32, 1)])
         return context.get_dummy_value()
 
     return sig, codegen
