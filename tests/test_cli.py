@@ -142,6 +142,7 @@ def test_every_bad_network_exits_2_with_one_line(tmp_path, capsys, mutate, text)
         (["reproduce", "no-such-experiment"], "unknown experiment"),
         (["reproduce"], "name an experiment"),
         (["reproduce", "speed", "--set", "epochs"], "expected KEY=VALUE"),
+        (["reproduce", "fig8", "--set", "lr=0.1"], "fig8 has no option 'lr'"),
     ],
 )
 def test_bad_command_lines_exit_2_with_one_line(net, tmp_path, capsys, args, text):
@@ -258,3 +259,17 @@ def test_tied_sets_and_closed_form_options(tmp_path, capsys):
     assert main(["balance", "example:layered", "-o", str(out), "--method", "tied", "--closed-form"]) == 2
     assert "closed form" in capsys.readouterr().err
     assert main(["balance", "example:layered", "-o", str(out), "--sets", ";"]) == 2
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
+    hidden = [f"h{i}" for i in range(3000)]  # a table far larger than a pipe's buffer
+    graph = {"format": "synbal.graph/1",
+             "units": [{"name": "x", "role": "input"}, {"name": "y", "role": "output"}]
+             + [{"name": h, "role": "hidden", "activation": "relu"} for h in hidden],
+             "edges": [["x", h, 1.0 + i % 7] for i, h in enumerate(hidden)] + [[h, "y", 0.5] for h in hidden]}
+    path = tmp_path / "wide.json"
+    path.write_text(json.dumps(graph))
+    proc = subprocess.run(f"{sys.executable} -m synbal.cli inspect {path} | head -n 1", shell=True,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.stdout.count("\n") == 1
+    assert proc.stderr == ""

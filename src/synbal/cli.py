@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -76,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VerificationError as exc:
         print(f"synbal: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED_CHECK
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail too
+        return 0
     except (SynbalError, OSError) as exc:
         print(f"synbal: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT

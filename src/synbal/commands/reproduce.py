@@ -3,9 +3,9 @@
 ``synbal reproduce NAME [--data PATH] [--out DIR] [--quick] [--seeds N] [--set KEY=VALUE ...]
 [--no-progress]`` runs :func:`synbal.experiments.run_experiment`, which writes ``NAME.json`` (every number and
 setting), ``NAME.md`` (a summary) and ``NAME_*.png`` plots into ``DIR``;
-``synbal reproduce --list`` lists the experiments and the claim each one checks. ``--set``
-passes an experiment's own options (its module docstring lists them); VALUE is read as JSON
-when it parses, else taken as a string:
+``synbal reproduce --list`` lists the experiments, the claim each one checks and its options.
+``--set`` passes an experiment's own options (an unknown one is an error); VALUE is read as
+JSON when it parses, else taken as a string:
 
 >>> parse_setting('datasets=["MNIST"]'), parse_setting("epochs=5"), parse_setting("fashion=/data/f")
 (('datasets', ['MNIST']), ('epochs', 5), ('fashion', '/data/f'))
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from synbal.errors import SynbalError
-from synbal.experiments import EXPERIMENTS, ExperimentContext, run_experiment
+from synbal.experiments import EXPERIMENTS, ExperimentContext, experiment_options, run_experiment
 
 __all__ = ["parse_setting", "register", "run"]
 
@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
             print("no experiments are registered")
         for name, (_, claim) in sorted(EXPERIMENTS.items()):
             print(f"{name:<20} {claim}")
+            for option, meaning in sorted(experiment_options(name).items()):
+                print(f"{'':<22}--set {option}=...  {meaning}")
         return 0
     if not args.name:
         raise SynbalError("name an experiment to run (see 'synbal reproduce --list')")

@@ -2,8 +2,16 @@
 
 Each experiment is a module with ``run(ctx: ExperimentContext) -> dict`` that writes PNG plots,
 a JSON file with every number and setting, and a markdown summary into ``ctx.out_dir`` (see
-:mod:`synbal.experiments.report`). ``EXPERIMENTS`` maps names to ``(module, one-line claim)``;
-modules are imported only when run.
+:mod:`synbal.experiments.report`), and optionally ``OPTIONS``: the ``ctx.extra`` keys it reads
+(``--set KEY=VALUE``) with a description each. ``EXPERIMENTS`` maps names to
+``(module, one-line claim)``; modules are imported only when run.
+
+>>> import pathlib, tempfile
+>>> ctx = ExperimentContext(out_dir=pathlib.Path(tempfile.mkdtemp()), extra={"epoch": 3})
+>>> run_experiment("fig7", ctx)
+Traceback (most recent call last):
+...
+synbal.errors.SynbalError: fig7 has no option 'epoch'; its options: epochs, seeds, threads, train_size
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from typing import Any
 from synbal.errors import SynbalError
 from synbal.experiments.report import ExperimentContext
 
-__all__ = ["EXPERIMENTS", "ExperimentContext", "run_experiment"]
+__all__ = ["EXPERIMENTS", "ExperimentContext", "experiment_options", "run_experiment"]
 
 EXPERIMENTS: dict[str, tuple[str, str]] = {}
 EXPERIMENTS["saul"] = ("synbal.experiments.saul", "parallel multiplicative updates minimise l_{p,q} monotonically")
@@ -32,8 +40,19 @@ EXPERIMENTS["speed"] = ("synbal.experiments.speed", "balancing at start / every 
 def run_experiment(name: str, ctx: ExperimentContext) -> dict[str, Any]:
     """Run the experiment ``name`` and return its results dictionary."""
     if name not in EXPERIMENTS:
-        known = ", ".join(sorted(EXPERIMENTS)) or "none"
-        raise SynbalError(f"unknown experiment {name!r}; available: {known}")
+        available = ", ".join(sorted(EXPERIMENTS)) or "none"
+        raise SynbalError(f"unknown experiment {name!r}; available: {available}")
     module = importlib.import_module(EXPERIMENTS[name][0])
+    options = experiment_options(name)
+    unknown = sorted(set(ctx.extra) - set(options))
+    if unknown:
+        listed = ", ".join(sorted(options)) or "none"
+        raise SynbalError(f"{name} has no option {', '.join(map(repr, unknown))}; its options: {listed}")
     result: dict[str, Any] = module.run(ctx)
     return result
+
+
+def experiment_options(name: str) -> dict[str, str]:
+    """The ``--set`` options of experiment ``name`` (option → description)."""
+    module = importlib.import_module(EXPERIMENTS[name][0])
+    return dict(getattr(module, "OPTIONS", {}))

@@ -30,6 +30,9 @@ from synbal.experiments.report import ExperimentContext, write_outputs
 __all__ = ["autoencoder_task", "fig7_arms", "run", "verdict"]
 
 NAME = "fig7"
+#: ``--set`` options (``ctx.extra`` keys) and what they change.
+OPTIONS = {"epochs": "training epochs", "train_size": "use a subset of this many training images",
+           "seeds": "number of seeds", "threads": "torch threads (default 1)"}
 CLAIM = "SGD on E alone does not converge to a balanced state; SGD on E + R (L2, L1) does"
 
 

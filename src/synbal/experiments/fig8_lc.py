@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from synbal.experiments.lc import OPTIONS
 from synbal.experiments.lc import run_fig8_lc as run
 
-__all__ = ["run"]
+__all__ = ["OPTIONS", "run"]

@@ -30,7 +30,10 @@ from synbal.experiments.dynamics import Arm, Task, plot_arms, run_arms, summaris
 from synbal.experiments.models import lc_cifar_net
 from synbal.experiments.report import ExperimentContext, write_outputs
 
-__all__ = ["cifar_or_standin", "lc_task", "mnist_as_cifar", "run_fig7_lc", "run_fig8_lc"]
+__all__ = ["OPTIONS", "cifar_or_standin", "lc_task", "mnist_as_cifar", "run_fig7_lc", "run_fig8_lc"]
+
+OPTIONS = {"epochs": "training epochs", "train_size": "training images (default 5000; 500 with --quick)",
+           "seeds": "number of seeds", "threads": "torch threads (default 1)"}
 
 STANDIN = ("stand-in for CIFAR-10 (no --data given): embedded MNIST digits zero-padded to 32×32 "
            "with 3 identical channels")

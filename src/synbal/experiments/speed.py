@@ -47,6 +47,11 @@ from synbal.training import BalanceSchedule, TrainConfig, train
 __all__ = ["ARMS", "THRESHOLDS", "SpeedArm", "epochs_to_reach", "run"]
 
 NAME = "speed"
+OPTIONS = {"datasets": 'JSON list, e.g. ["MNIST"] (default both)', "epochs": "epochs on the full training set",
+           "epochs_1pct": "epochs on the 1% subset", "eval_every_1pct": "test every k epochs on the 1% subset",
+           "train_size": "use a subset of this many training images", "nets": "JSON list of net names",
+           "seeds": "number of seeds", "threads": "torch threads (default 1)",
+           "fashion": "directory of the Fashion-MNIST IDX files"}
 CLAIM = "balancing before training and/or every epoch improves learning speed and final accuracy"
 LR, BATCH, BETA = 1e-3, 256, 1e-3
 REGS: dict[str, str | None] = {"none": None, "L1": "l1", "L2": "l2"}
