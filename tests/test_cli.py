@@ -273,3 +273,20 @@ def test_output_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.stdout.count("\n") == 1
     assert proc.stderr == ""
+
+
+def test_written_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    from synbal.io import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.txt"
+        atomic_write_text(fresh, "a")
+        assert fresh.stat().st_mode & 0o777 == 0o644  # not a temporary file's 0o600
+        kept = tmp_path / "kept.txt"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        atomic_write_text(kept, "new")
+        assert kept.read_text() == "new" and kept.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(mask)
