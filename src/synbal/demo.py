@@ -281,14 +281,14 @@ def run_demo(
                     "unchanged": bool(ok64 and ok32)},
         "layers": layers,
     }
-    from synbal.experiments.report import _to_jsonable, environment
+    from synbal.experiments.report import environment, to_jsonable
 
     numbers["environment"] = environment()
     numbers["seconds"] = time.perf_counter() - t_start
     json_path = out / "demo.json"
     png_path = out / "demo_deficits.png"
     _plot(layers, png_path)
-    atomic_write_json(json_path, _to_jsonable(numbers))
+    atomic_write_json(json_path, to_jsonable(numbers))
     verdict = "same outputs (to rounding)" if ok64 and ok32 else "OUTPUTS CHANGED"
     balanced = "every hidden unit balanced" if after.max_relative_deficit <= 1e-6 else "NOT fully balanced"
     echo(f"\nresult: {verdict}, R −{drop:.1f}%, {balanced} "

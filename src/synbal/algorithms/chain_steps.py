@@ -33,7 +33,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from synbal.algorithms.chain import Chain, chain_of
+from synbal.algorithms.chain import Chain, _factors, chain_of
 from synbal.algorithms.lowlevel import prefetch
 from synbal.powermatrix import _pw
 from synbal.problem import BalanceProblem
@@ -60,13 +60,8 @@ def step_kernel(problem: BalanceProblem) -> Any:
 class ChainSteps:
     """Row-contiguous copies of a chain's interior weights and everything a step needs."""
 
-    power: float
-    layer_lo: np.ndarray
-    layer_hi: np.ndarray
+    chain: Chain
     unit_layer: np.ndarray  # hidden layer of each unit
-    c_unit: np.ndarray
-    const_in: np.ndarray
-    const_out: np.ndarray
     rows: np.ndarray  # flat buffer: into-layer matrices (rows = the layer's units), then transposed out-of-layer ones
     mat_geom: np.ndarray  # per matrix: (offset in ``rows``, row length)
     in_mat: np.ndarray  # per layer: index of its incoming interior matrix, -1 if none
@@ -103,13 +98,13 @@ class ChainSteps:
         unit_layer = np.empty(chain.c_unit.size, dtype=np.int64)
         for h in range(H):
             unit_layer[chain.layer_lo[h]:chain.layer_hi[h]] = h
-        return cls(chain.power, chain.layer_lo, chain.layer_hi, unit_layer, chain.c_unit, chain.const_in,
-                   chain.const_out, buffer, np.array(geom, dtype=np.int64).reshape(-1, 2), in_mat, out_mat,
+        return cls(chain, unit_layer, buffer, np.array(geom, dtype=np.int64).reshape(-1, 2), in_mat, out_mat,
                    np.array(powers), np.array(coefs), prefetch=buffer.nbytes > PREFETCH_BYTES)
 
     def _args(self) -> tuple[Any, ...]:
-        return (self.power, self.layer_lo, self.layer_hi, self.unit_layer, self.c_unit, self.const_in,
-                self.const_out, self.rows, self.mat_geom, self.in_mat, self.out_mat, self.mat_power, self.mat_coef)
+        c = self.chain
+        return (c.power, c.layer_lo, c.layer_hi, self.unit_layer, c.c_unit, c.const_in, c.const_out, self.rows,
+                self.mat_geom, self.in_mat, self.out_mat, self.mat_power, self.mat_coef)
 
     def run_steps(self, u: np.ndarray, order: np.ndarray, theta: float) -> None:
         """Balance the units in ``order`` one after the other, updating ``u`` in place."""
@@ -117,7 +112,7 @@ class ChainSteps:
 
     def max_relative_deficit(self, u: np.ndarray, free: np.ndarray) -> float:
         """``max |IN − c·OUT| / (IN + c·OUT)`` over the units in ``free``."""
-        X, Y = _factors_of(u, self.power, self.c_unit)
+        X, Y = _factors_of(u, self.chain.power, self.chain.c_unit)
         return float(_chain_max_rel(np.ascontiguousarray(free, dtype=np.int64), X, Y, *self._args()))
 
     def many_stochastic(self, u0: np.ndarray, free: np.ndarray, runs: int, seed: int, tol: float,
@@ -137,8 +132,11 @@ class ChainSteps:
 
 @numba.njit(cache=True)
 def _factors_of(u, p, c_unit):  # type: ignore[no-untyped-def]
-    X = np.exp(-p * c_unit * u)
-    Y = np.exp(p * u)
+    """``X = e^{−p c u}`` and ``Y = e^{p u}`` of every unit."""
+    X = np.empty(u.size)
+    Y = np.empty(u.size)
+    for i in range(u.size):
+        Y[i], X[i] = _factors(p, c_unit[i], u[i])
     return X, Y
 
 
@@ -184,8 +182,7 @@ def _chain_step(i, u, X, Y, theta, p, lo, hi, unit_layer, c_unit, const_in, cons
         return  # dead unit: left alone
     c = c_unit[i]
     u[i] += theta * np.log(c * b / a) / (p * (1.0 + c))
-    X[i] = np.exp(-p * c * u[i])
-    Y[i] = np.exp(p * u[i])
+    Y[i], X[i] = _factors(p, c, u[i])
 
 
 @numba.njit(cache=True)

@@ -18,26 +18,17 @@ True
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
+
+from synbal.experiments.report import to_jsonable
 
 __all__ = ["RunCache"]
 
 
 def _canonical(key: dict[str, Any]) -> str:
     return json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [_finite_or_none(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    return value
 
 
 class RunCache:
@@ -72,7 +63,7 @@ class RunCache:
     def put(self, key: dict[str, Any], value: Any) -> None:
         """Record a finished run (appended as one line and flushed to disk)."""
         canonical = _canonical(key)
-        line = json.dumps({"key": canonical, "value": _finite_or_none(value)}, allow_nan=False) + "\n"
+        line = json.dumps({"key": canonical, "value": to_jsonable(value)}, allow_nan=False) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

@@ -23,7 +23,7 @@ import numpy as np
 
 from synbal.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-__all__ = ["ExperimentContext", "environment", "new_figure", "plot_mean_std", "write_outputs"]
+__all__ = ["ExperimentContext", "environment", "new_figure", "plot_mean_std", "to_jsonable", "write_outputs"]
 
 
 @dataclass
@@ -91,13 +91,14 @@ def plot_mean_std(ax: Any, x: np.ndarray, runs: np.ndarray, *, label: str, color
     ax.fill_between(x, lo, mean + std, color=line.get_color(), alpha=0.25, linewidth=0)
 
 
-def _to_jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` with numpy values as Python ones, tuples as lists and non-finite floats as ``None``."""
     if isinstance(obj, dict):
-        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_to_jsonable(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _to_jsonable(obj.tolist())
+        return to_jsonable(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         value = float(obj)
         return value if np.isfinite(value) else None
@@ -131,7 +132,7 @@ def write_outputs(
         "results": results,
     }
     json_path = ctx.out_dir / f"{name}.json"
-    atomic_write_json(json_path, _to_jsonable(payload))
+    atomic_write_json(json_path, to_jsonable(payload))
     paths.append(json_path)
     md_path = ctx.out_dir / f"{name}.md"
     atomic_write_text(md_path, summary_md.rstrip() + "\n")
