@@ -161,3 +161,35 @@ def test_dead_and_floating_units_are_left_alone():
     assert res.converged and res.u[1] == 0.0 and res.u[2] == 0.0
     IN, OUT = prob.in_out(res.u)
     np.testing.assert_allclose(IN[[0, 2, 3]], OUT[[0, 2, 3]], rtol=1e-12)
+
+
+@pytest.mark.parametrize("bipu", [False, True])
+def test_unit_graph_prefetching_and_screened_check_change_nothing(bipu):
+    """The prefetching step loops and the sampled convergence test give the plain kernel's results."""
+    import dataclasses
+
+    from synbal.algorithms.kernels import UnitGraph, _max_rel
+
+    prob = random_problem(np.random.default_rng(9), n=40, n_fixed=4, powers=(2.0,), bipu=bipu,
+                          log10_range=1.0)
+    plain = UnitGraph.build(prob)
+    assert not plain.prefetch  # a small graph: no prefetching by default
+    ahead = dataclasses.replace(plain, prefetch=True)
+    free = np.flatnonzero(prob.free_mask())
+    order = np.random.default_rng(1).choice(free, size=500)
+    u1, u2 = np.zeros(prob.n), np.zeros(prob.n)
+    plain.run_steps(u1, order, 0.7)
+    ahead.run_steps(u2, order, 0.7)
+    np.testing.assert_array_equal(u1, u2)
+    # the single-power convergence test is the problem's own max relative deficit (self-loops included)
+    X, Y = plain.factors(u1)
+    got = _max_rel(free, plain.degree_ext, plain.powers, plain.in_ptr, plain.in_idx, plain.in_val,
+                   plain.out_ptr, plain.out_idx, plain.out_val, X, Y)
+    assert got == pytest.approx(prob.max_relative_deficit(u1), rel=1e-10)
+    runs = [g.many_stochastic(np.zeros(prob.n), free, 4, 5, 1e-11, 20_000, 1.0) for g in (plain, ahead)]
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert (runs[0][1] > 0).all()
+    # each run stopped at the first sweep whose full max relative deficit is within tolerance
+    for U in runs[0][0]:
+        assert prob.max_relative_deficit(U) <= 1e-11

@@ -243,3 +243,36 @@ def test_lc_uses_cifar_files_when_given(tmp_path, monkeypatch: pytest.MonkeyPatc
     assert seen == [tmp_path]
     assert "STAND-IN" in fig9._dataset(fig9._LC, ExperimentContext(out_dir=tmp_path)).source
     assert "MNIST" in fig9._dataset(fig9._AE, ExperimentContext(out_dir=tmp_path)).source
+
+
+def test_ensemble_resumes_from_its_run_record(problem: BalanceProblem, tmp_path,  # type: ignore[no-untyped-def]
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    space = WeightSpace(problem, np.zeros(problem.n))
+    whole = stochastic_ensemble(problem, space, runs=5, seed=3, grid_points=10)
+    monkeypatch.setattr(fig9, "_MEMORY_FLOATS", 1)  # one run per batch, one file per run
+    record = tmp_path / "runs"
+    stochastic_ensemble(problem, space, runs=3, seed=3, grid_points=10, record=record)
+    assert len(list(record.glob("runs-*.npz"))) == 3
+    (record / "runs-0000004-0000004.npz").write_bytes(b"cut short")  # seed 4: a crash mid-write
+    calls: list[int] = []
+    real = fig9._many_runs
+
+    def counting(prob: BalanceProblem):  # type: ignore[no-untyped-def]
+        fn = real(prob)
+
+        def wrapped(runs: int, *args):  # type: ignore[no-untyped-def]
+            calls.append(runs)
+            return fn(runs, *args)
+        return wrapped
+
+    monkeypatch.setattr(fig9, "_many_runs", counting)
+    resumed = stochastic_ensemble(problem, space, runs=5, seed=3, grid_points=10, record=record)
+    assert calls == [1, 1, 1, 1]  # the pilot, then only seeds 4 (the broken file), 6 and 7
+    np.testing.assert_array_equal(whole.endpoints, resumed.endpoints)
+    np.testing.assert_array_equal(whole.distance, resumed.distance)
+    np.testing.assert_array_equal(whole.sweeps_used, resumed.sweeps_used)
+    # another reference state is another experiment: nothing is reused
+    calls.clear()
+    other = WeightSpace(problem, np.full(problem.n, 0.1))
+    stochastic_ensemble(problem, other, runs=2, seed=3, grid_points=10, record=record)
+    assert calls == [1, 1, 1]

@@ -34,16 +34,11 @@ import numba
 import numpy as np
 
 from synbal.algorithms.chain import Chain, _factors, chain_of
-from synbal.algorithms.lowlevel import prefetch
+from synbal.algorithms.lowlevel import PREFETCH_AHEAD, PREFETCH_BYTES, SCREEN_STRIDE, prefetch
 from synbal.powermatrix import _pw
 from synbal.problem import BalanceProblem
 
 __all__ = ["ChainSteps", "step_kernel"]
-
-#: Above this many bytes of row copies, rows come from main memory: prefetch the next unit's.
-PREFETCH_BYTES = 8 << 20
-#: How many steps ahead the rows are requested.
-PREFETCH_AHEAD = 2
 
 
 def step_kernel(problem: BalanceProblem) -> Any:
@@ -247,8 +242,11 @@ def _many_chain_stochastic(U, free, seed, tol, max_sweeps, theta, record_every, 
             if record_every > 0 and sweep % record_every == 0:
                 snaps[r, rec, :] = u
                 rec += 1
-            if _chain_max_rel(free, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, mat_geom, in_mat,
-                              out_mat, mat_power, mat_coef) <= tol:
+            # a sample of the units first: if one of them is above tol, so is the maximum
+            if _chain_max_rel(free[::SCREEN_STRIDE], X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows,
+                              mat_geom, in_mat, out_mat, mat_power, mat_coef) <= tol and \
+                    _chain_max_rel(free, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, mat_geom,
+                                   in_mat, out_mat, mat_power, mat_coef) <= tol:
                 done = sweep
                 break
         while record_every > 0 and rec < snaps.shape[1]:

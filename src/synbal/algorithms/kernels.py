@@ -25,6 +25,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from synbal.algorithms.lowlevel import PREFETCH_AHEAD, PREFETCH_BYTES, SCREEN_STRIDE, prefetch
 from synbal.problem import BalanceProblem
 
 __all__ = ["UnitGraph"]
@@ -43,6 +44,7 @@ class UnitGraph:
     out_ptr: np.ndarray
     out_idx: np.ndarray
     out_val: np.ndarray
+    prefetch: bool = False  # request the next units' rows ahead (graphs larger than the caches)
 
     @classmethod
     def build(cls, problem: BalanceProblem) -> UnitGraph:
@@ -72,16 +74,19 @@ class UnitGraph:
         csc = numbered.tocsc()
         csc.sort_indices()
         perm = csc.data.astype(np.int64) - 1
+        in_idx = pattern.indices.astype(np.int32)
+        in_val = np.ascontiguousarray(in_val)
         return cls(
             n=n,
             powers=powers,
             degree_ext=np.append(problem.degree, 1.0),
             in_ptr=pattern.indptr.astype(np.int64),
-            in_idx=pattern.indices.astype(np.int32),
-            in_val=np.ascontiguousarray(in_val),
+            in_idx=in_idx,
+            in_val=in_val,
             out_ptr=csc.indptr.astype(np.int64),
             out_idx=csc.indices.astype(np.int32),
             out_val=np.ascontiguousarray(in_val[perm]),
+            prefetch=2 * (in_idx.nbytes + in_val.nbytes) > PREFETCH_BYTES,
         )
 
     def factors(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +100,8 @@ class UnitGraph:
         """Balance the units in ``order`` one after the other, updating ``u`` in place."""
         X, Y = self.factors(u)
         _run_steps(order.astype(np.int64), u, self.degree_ext, self.powers, self.in_ptr,
-                   self.in_idx, self.in_val, self.out_ptr, self.out_idx, self.out_val, X, Y, theta)
+                   self.in_idx, self.in_val, self.out_ptr, self.out_idx, self.out_val, X, Y, theta,
+                   self.prefetch)
 
     def many_stochastic(self, u0: np.ndarray, free: np.ndarray, runs: int, seed: int, tol: float,
                         max_sweeps: int, theta: float, record_every: int = 0
@@ -114,7 +120,8 @@ class UnitGraph:
         sweeps = np.zeros(runs, dtype=np.int64)
         _many_stochastic(U, free.astype(np.int64), np.int64(seed), tol, max_sweeps, theta,
                          record_every, snaps, sweeps, self.degree_ext, self.powers, self.in_ptr,
-                         self.in_idx, self.in_val, self.out_ptr, self.out_idx, self.out_val)
+                         self.in_idx, self.in_val, self.out_ptr, self.out_idx, self.out_val,
+                         self.prefetch)
         return U, sweeps, snaps
 
 
@@ -245,11 +252,33 @@ def _step(i: int, u: np.ndarray, degree_ext: np.ndarray, powers: np.ndarray, in_
 
 
 @numba.njit(cache=True)
+def _prefetch_unit(i: int, in_ptr: np.ndarray, in_idx: np.ndarray, in_val: np.ndarray,
+                   out_ptr: np.ndarray, out_idx: np.ndarray, out_val: np.ndarray) -> None:
+    """Ask for unit ``i``'s rows (indices and costs, both directions) ahead of its step."""
+    for e in range(in_ptr[i], in_ptr[i + 1], 16):
+        prefetch(in_idx, e)  # type: ignore[call-arg]  # numba supplies the typing context
+    for e in range(out_ptr[i], out_ptr[i + 1], 16):
+        prefetch(out_idx, e)  # type: ignore[call-arg]
+    flat_in = in_val.reshape(-1)
+    flat_out = out_val.reshape(-1)
+    width = in_val.shape[1]
+    for e in range(in_ptr[i] * width, in_ptr[i + 1] * width, 8):
+        prefetch(flat_in, e)  # type: ignore[call-arg]
+    for e in range(out_ptr[i] * width, out_ptr[i + 1] * width, 8):
+        prefetch(flat_out, e)  # type: ignore[call-arg]
+
+
+@numba.njit(cache=True)
 def _run_steps(order: np.ndarray, u: np.ndarray, degree_ext: np.ndarray, powers: np.ndarray,
                in_ptr: np.ndarray, in_idx: np.ndarray, in_val: np.ndarray, out_ptr: np.ndarray,
                out_idx: np.ndarray, out_val: np.ndarray, X: np.ndarray, Y: np.ndarray,
-               theta: float) -> None:
+               theta: float, ahead: bool) -> None:
+    for q in range(min(PREFETCH_AHEAD, order.size) if ahead else 0):
+        _prefetch_unit(order[q], in_ptr, in_idx, in_val, out_ptr, out_idx, out_val)
     for q in range(order.size):
+        if ahead and q + PREFETCH_AHEAD < order.size:
+            _prefetch_unit(order[q + PREFETCH_AHEAD], in_ptr, in_idx, in_val, out_ptr, out_idx,
+                           out_val)
         _step(order[q], u, degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx, out_val,
               X, Y, theta)
 
@@ -259,6 +288,22 @@ def _max_rel(free: np.ndarray, degree_ext: np.ndarray, powers: np.ndarray, in_pt
              in_idx: np.ndarray, in_val: np.ndarray, out_ptr: np.ndarray, out_idx: np.ndarray,
              out_val: np.ndarray, X: np.ndarray, Y: np.ndarray) -> float:
     worst = 0.0
+    if powers.size == 1:
+        # single power: IN and OUT without the per-unit arrays of the general path
+        for q in range(free.size):
+            i = free[q]
+            IN = 0.0
+            for e in range(in_ptr[i], in_ptr[i + 1]):
+                IN += in_val[e, 0] * X[0, in_idx[e]]
+            OUT = 0.0
+            for e in range(out_ptr[i], out_ptr[i + 1]):
+                OUT += out_val[e, 0] * Y[0, out_idx[e]]
+            IN *= Y[0, i]
+            OUT *= X[0, i]
+            c = degree_ext[i]
+            if IN + c * OUT > 0.0:
+                worst = max(worst, abs(IN - c * OUT) / (IN + c * OUT))
+        return worst
     for q in range(free.size):
         i = free[q]
         a, b, s = _unit_costs(i, degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx,
@@ -283,12 +328,19 @@ def _many_stochastic(U: np.ndarray, free: np.ndarray, seed: np.int64, tol: float
                      theta: float, record_every: int, snaps: np.ndarray, sweeps: np.ndarray,
                      degree_ext: np.ndarray, powers: np.ndarray, in_ptr: np.ndarray,
                      in_idx: np.ndarray, in_val: np.ndarray, out_ptr: np.ndarray,
-                     out_idx: np.ndarray, out_val: np.ndarray) -> None:
+                     out_idx: np.ndarray, out_val: np.ndarray, ahead: bool) -> None:
     runs = U.shape[0]
     n = U.shape[1]
     P = powers.size
+    lead = PREFETCH_AHEAD if ahead else 0
     for r in numba.prange(runs):
         np.random.seed(seed + r)  # noqa: NPY002 (numba supports only the legacy API)
+        # the next ``lead`` units are drawn early (same stream) so their rows can be prefetched
+        upcoming = np.empty(lead + 1, dtype=np.int64)
+        for q in range(lead):
+            upcoming[q] = free[np.random.randint(0, free.size)]  # noqa: NPY002
+            _prefetch_unit(upcoming[q], in_ptr, in_idx, in_val, out_ptr, out_idx, out_val)
+        head = 0
         u = U[r]
         X = np.ones((P, n + 1))
         Y = np.ones((P, n + 1))
@@ -303,14 +355,22 @@ def _many_stochastic(U: np.ndarray, free: np.ndarray, seed: np.int64, tol: float
         done = -1
         for sweep in range(1, max_sweeps + 1):
             for _ in range(free.size):
-                i = free[np.random.randint(0, free.size)]  # noqa: NPY002
+                drawn = free[np.random.randint(0, free.size)]  # noqa: NPY002
+                if lead > 0:
+                    _prefetch_unit(drawn, in_ptr, in_idx, in_val, out_ptr, out_idx, out_val)
+                upcoming[(head + lead) % (lead + 1)] = drawn
+                i = upcoming[head]
+                head = (head + 1) % (lead + 1)
                 _step(i, u, degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx,
                       out_val, X, Y, theta)
             if record_every > 0 and sweep % record_every == 0:
                 snaps[r, rec, :] = u
                 rec += 1
-            if _max_rel(free, degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx,
-                        out_val, X, Y) <= tol:
+            # a sample of the units first: if one of them is above tol, so is the maximum
+            if _max_rel(free[::SCREEN_STRIDE], degree_ext, powers, in_ptr, in_idx, in_val, out_ptr,
+                        out_idx, out_val, X, Y) <= tol and \
+                    _max_rel(free, degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx,
+                             out_val, X, Y) <= tol:
                 done = sweep
                 break
         while record_every > 0 and rec < snaps.shape[1]:

@@ -31,7 +31,16 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["matrix_at", "matrix_table", "prefetch"]
+__all__ = ["PREFETCH_AHEAD", "PREFETCH_BYTES", "SCREEN_STRIDE", "matrix_at", "matrix_table", "prefetch"]
+
+#: Above this many bytes of weights, rows come from main memory: the step kernels prefetch the
+#: rows of the units they will balance next.
+PREFETCH_BYTES = 8 << 20
+#: How many steps ahead those rows are requested.
+PREFETCH_AHEAD = 2
+#: The many-runs drivers test every ``SCREEN_STRIDE``-th unit's deficit before all of them
+#: (exact: the full test runs whenever the sample passes; it costs a full sweep of reads).
+SCREEN_STRIDE = 16
 
 
 def matrix_table(mats: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

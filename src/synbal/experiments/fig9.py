@@ -32,12 +32,15 @@ log-scales ``u`` — so no model tensor is touched during the 1,000 runs.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
@@ -56,6 +59,7 @@ __all__ = [
     "analyse_problem",
     "cifar10_standin",
     "endpoint_spread",
+    "problem_fingerprint",
     "reproduce",
     "run",
     "run_lc",
@@ -137,6 +141,8 @@ class WeightSpace:
             total += float(col_sums.sum())
             self._blocks.append((dst, src, ce[src], scaled, col_sums))
         self.reference_norm = float(math.sqrt(total))
+        #: identifies the reference state (distances are measured from it)
+        self.fingerprint = hashlib.sha256(u_ref.tobytes()).hexdigest()
 
     def measure(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(‖W(u) − W(u_ref)‖_F, ‖W(u)‖_F)`` for every row ``u`` of ``U`` (shape ``(m, n)``)."""
@@ -203,6 +209,72 @@ def _many_runs(problem: BalanceProblem) -> Callable[..., tuple[np.ndarray, np.nd
     return runs_fn
 
 
+def problem_fingerprint(problem: BalanceProblem) -> str:
+    """A SHA-256 of everything in ``problem`` that sets a balancing run (costs, units, degrees).
+
+    >>> import numpy as np
+    >>> from synbal.problem import BalanceProblem, CostBlock
+    >>> a = BalanceProblem(np.ones(1), [CostBlock(2.0, [0], [-1], [[4.0]])])
+    >>> b = BalanceProblem(np.ones(1), [CostBlock(2.0, [0], [-1], [[4.5]])])
+    >>> problem_fingerprint(a) == problem_fingerprint(a), problem_fingerprint(a) == problem_fingerprint(b)
+    (True, False)
+    """
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(problem.degree, dtype=np.float64).tobytes())
+    for b in problem.blocks:
+        digest.update(np.float64(b.power).tobytes())
+        digest.update(np.ascontiguousarray(b.dst, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(b.src, dtype=np.int64).tobytes())
+        matrix = b.explicit()
+        if sp.issparse(matrix):
+            m = sp.csr_array(matrix)
+            parts: tuple[np.ndarray, ...] = (m.data, m.indices, m.indptr)
+        else:
+            parts = (np.asarray(matrix, dtype=np.float64),)
+        for part in parts:
+            digest.update(np.ascontiguousarray(part).tobytes())
+    return digest.hexdigest()
+
+
+class _RunRecord:
+    """Finished runs of an ensemble on disk (one ``.npz`` per batch), so a long ensemble resumes.
+
+    Every file carries the fingerprint of the problem and of the run settings; files with
+    another fingerprint are ignored (and left alone), so a changed problem starts afresh.
+    """
+
+    def __init__(self, folder: Path, fingerprint: str) -> None:
+        self.folder = folder
+        self.fingerprint = fingerprint
+
+    def load(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+        """Run seed → (distance row, norm row, end point, sweeps used) of every recorded run."""
+        found: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
+        for path in sorted(self.folder.glob("runs-*.npz")):
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    if str(data["fingerprint"]) != self.fingerprint:
+                        continue
+                    for k, run_seed in enumerate(data["seeds"].tolist()):
+                        found[int(run_seed)] = (data["distance"][k], data["norm"][k], data["endpoints"][k],
+                                                int(data["sweeps_used"][k]))
+            except (OSError, ValueError, KeyError):
+                continue  # a file cut short by a crash: its runs are simply redone
+        return found
+
+    def save(self, seeds: np.ndarray, distance: np.ndarray, norm: np.ndarray, endpoints: np.ndarray,
+             sweeps_used: np.ndarray) -> None:
+        import io
+
+        from synbal.io import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        np.savez(buffer, fingerprint=np.array(self.fingerprint), seeds=seeds, distance=distance, norm=norm,
+                 endpoints=endpoints, sweeps_used=sweeps_used)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.folder / f"runs-{int(seeds[0]):07d}-{int(seeds[-1]):07d}.npz", buffer.getvalue())
+
+
 def stochastic_ensemble(
     problem: BalanceProblem,
     space: WeightSpace,
@@ -212,6 +284,7 @@ def stochastic_ensemble(
     tol: float = 1e-10,
     grid_points: int = 120,
     progress: bool = False,
+    record: Path | None = None,
 ) -> Ensemble:
     """Run stochastic balancing ``runs`` times from the problem's weights (``u = 0``).
 
@@ -219,6 +292,10 @@ def stochastic_ensemble(
     gets twice that plus 10 sweeps, and trajectories are recorded on about ``grid_points``
     evenly spaced sweeps. Runs are processed in batches so that memory stays bounded; run
     ``r`` always uses seed ``seed + r``, so results do not depend on the batching.
+
+    With ``record`` (a folder), every finished batch is saved there, and runs already saved for
+    the same problem and settings are loaded instead of run again: an interrupted ensemble
+    resumes where it stopped.
 
     >>> import numpy as np
     >>> from synbal.problem import BalanceProblem, CostBlock
@@ -241,20 +318,45 @@ def stochastic_ensemble(
     record_every = max(1, math.ceil(max_sweeps / grid_points))
     n_rec = max_sweeps // record_every + 1
     batch = max(1, min(runs, _MEMORY_FLOATS // max(1, n_rec * problem.n)))
+    threads = numba.get_num_threads()
+    if batch > threads:
+        batch -= batch % threads  # whole rounds of the parallel threads
     distance = np.empty((runs, n_rec))
     norm = np.empty((runs, n_rec))
     endpoints = np.empty((runs, problem.n))
     sweeps_used = np.empty(runs, dtype=np.int64)
-    bar = tqdm(total=runs, desc="stochastic runs", unit="run", disable=not progress, leave=False)
+    todo = list(range(runs))
+    store = None
+    if record is not None:
+        settings = f"{tol!r} {max_sweeps} {record_every} {n_rec} {space.fingerprint}"
+        store = _RunRecord(record, hashlib.sha256(f"{problem_fingerprint(problem)} {settings}".encode()).hexdigest())
+        saved = store.load()
+        todo = []
+        for r in range(runs):
+            if seed + r in saved:
+                distance[r], norm[r], endpoints[r], sweeps_used[r] = saved[seed + r]
+            else:
+                todo.append(r)
+    bar = tqdm(total=runs, initial=runs - len(todo), desc="stochastic runs", unit="run", disable=not progress,
+               leave=False)
     try:
-        for first in range(0, runs, batch):
-            count = min(batch, runs - first)
+        while todo:
+            # the next stretch of consecutive missing runs, at most one batch long
+            first = todo[0]
+            count = 1
+            while count < min(batch, len(todo)) and todo[count] == first + count:
+                count += 1
+            del todo[:count]
             U, used, snaps = runs_fn(count, seed + first, tol, max_sweeps, record_every)
             dist, nrm = space.measure(snaps.reshape(count * n_rec, problem.n))
-            distance[first : first + count] = dist.reshape(count, n_rec) / space.reference_norm
-            norm[first : first + count] = nrm.reshape(count, n_rec)
-            endpoints[first : first + count] = U
-            sweeps_used[first : first + count] = used
+            rows = slice(first, first + count)
+            distance[rows] = dist.reshape(count, n_rec) / space.reference_norm
+            norm[rows] = nrm.reshape(count, n_rec)
+            endpoints[rows] = U
+            sweeps_used[rows] = used
+            if store is not None:
+                store.save(np.arange(seed + first, seed + first + count), distance[rows], norm[rows],
+                           endpoints[rows], sweeps_used[rows])
             bar.update(count)
     finally:
         bar.close()
@@ -298,9 +400,10 @@ def _max_spread_percent(distance: np.ndarray) -> float:
     return float(100.0 * (distance.std(axis=0)[moving] / mean[moving]).max())
 
 
-def analyse_problem(problem: BalanceProblem, settings: Fig9Settings, *, progress: bool = False
-                    ) -> tuple[dict[str, Any], Ensemble]:
-    """Reference by the exact solver, the stochastic ensemble, and every summary number."""
+def analyse_problem(problem: BalanceProblem, settings: Fig9Settings, *, progress: bool = False,
+                    record: Path | None = None) -> tuple[dict[str, Any], Ensemble]:
+    """Reference by the exact solver, the stochastic ensemble, and every summary number
+    (``record``: the folder of :func:`stochastic_ensemble`'s resumable run record)."""
     reg = parse_regularizer("l2")
     start = time.perf_counter()
     exact = solve(problem, reg, "exact", SolveOptions(tol=min(settings.tol, 1e-12),
@@ -309,7 +412,7 @@ def analyse_problem(problem: BalanceProblem, settings: Fig9Settings, *, progress
     space = WeightSpace(problem, exact.u)
     ens = stochastic_ensemble(problem, space, runs=settings.runs, seed=settings.seed,
                               tol=settings.tol, grid_points=settings.grid_points,
-                              progress=progress)
+                              progress=progress, record=record)
     final_dist = ens.distance[:, -1]
     final_norm = ens.norm[:, -1]
     initial_norm = float(ens.norm[0, 0])
@@ -577,7 +680,12 @@ def _trained_problem(net: _Network, ctx: ExperimentContext, settings: Fig9Settin
 
 def reproduce(ctx: ExperimentContext, name: str, settings: Fig9Settings | None = None) -> dict[str, Any]:
     """Run ``fig9`` or ``fig9-lc`` with ``settings`` (default: :func:`settings_for`) and write
-    ``NAME.json``, ``NAME.md`` and ``NAME_balancing.png`` into ``ctx.out_dir``."""
+    ``NAME.json``, ``NAME.md`` and ``NAME_balancing.png`` into ``ctx.out_dir``.
+
+    Finished stochastic runs are kept in ``ctx.out_dir / "NAME-runs"`` (one ``.npz`` per batch,
+    end points included), so an interrupted reproduction started again with the same ``--out``
+    and settings resumes; that folder can be deleted once the outputs are written.
+    """
     from synbal.experiments.report import write_outputs
 
     nets = {"fig9": _AE, "fig9-lc": _LC}
@@ -590,7 +698,7 @@ def reproduce(ctx: ExperimentContext, name: str, settings: Fig9Settings | None =
     ctx.out_dir.mkdir(parents=True, exist_ok=True)  # a bad --out fails before the long work
     start = time.perf_counter()
     problem, setup = _trained_problem(net, ctx, settings)
-    results, ens = analyse_problem(problem, settings, progress=ctx.progress)
+    results, ens = analyse_problem(problem, settings, progress=ctx.progress, record=ctx.out_dir / f"{name}-runs")
     results["setup"] = setup
     results["seconds"] = time.perf_counter() - start
     summary = summary_markdown(name, net.title, results, settings, setup)
