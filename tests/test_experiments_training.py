@@ -164,6 +164,26 @@ def test_lc_experiments_tiny_state_the_standin(name: str, tmp_path: Path) -> Non
     assert STANDIN in str(payload["settings"]) and STANDIN in result["data"]  # type: ignore[operator]
 
 
+def test_lc_experiment_resumes_from_its_run_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import synbal.experiments.dynamics as dynamics
+
+    ctx = ExperimentContext(out_dir=tmp_path, quick=True, progress=False, extra=dict(TINY["fig8-lc"]))
+    first = run_experiment("fig8-lc", ctx)
+    assert len((tmp_path / "fig8-lc-runs.jsonl").read_text().splitlines()) == 3  # 3 arms x 1 seed
+
+    def no_training(*args: object) -> None:
+        raise AssertionError("a recorded run was trained again")
+
+    monkeypatch.setattr(dynamics, "_train_one", no_training)
+    again = run_experiment("fig8-lc", ctx)
+    assert again["summaries"] == first["summaries"]
+    # other settings are other runs: nothing recorded fits them
+    ctx_more = ExperimentContext(out_dir=tmp_path, quick=True, progress=False,
+                                 extra=dict(TINY["fig8-lc"], epochs=2))
+    with pytest.raises(AssertionError, match="trained again"):
+        run_experiment("fig8-lc", ctx_more)
+
+
 def test_speed_tiny(tmp_path: Path) -> None:
     ctx = ExperimentContext(out_dir=tmp_path, quick=True, progress=False, extra=dict(TINY["speed"]))
     result = run_experiment("speed", ctx)

@@ -352,3 +352,17 @@ def test_locally_connected_column_slots_match_unfold(kernel: tuple[int, int], st
     x = torch.randn(2, 2, 5, 6, dtype=torch.float64)
     res = synbal.balance(model, "l2", example_inputs=(x,))
     assert res.converged and torch.allclose(_outputs(res.net, x), _outputs(model, x), rtol=1e-10)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(3, 1, 0), ((3, 2), (2, 1), (1, 0))])
+def test_locally_connected_forward_and_gradients_match_the_definition(
+        kernel: int | tuple[int, int], stride: int | tuple[int, int], padding: int | tuple[int, int]) -> None:
+    """out[n, o, l] = Σ_k patch[n, k, l] · weight[l, o, k] (+ bias), with exact gradients."""
+    from synbal.nn import LocallyConnected2d
+
+    layer = LocallyConnected2d(2, 3, (7, 6), kernel, stride, padding).double()
+    x = torch.randn(4, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    cols = torch.nn.functional.unfold(x, layer.kernel_size, padding=layer.padding, stride=layer.stride)
+    expected = torch.einsum("nkl,lok->nol", cols, layer.weight).reshape(4, 3, *layer.out_size) + layer.bias
+    torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(layer, (x,))

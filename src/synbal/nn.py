@@ -16,6 +16,7 @@ torch.Size([2, 4, 6, 6])
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -26,6 +27,29 @@ __all__ = ["LocallyConnected2d"]
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class _PositionwiseProduct(torch.autograd.Function):
+    """``out[n, o, l] = Σ_k patches[l, n, k] · weight[l, o, k]``: one small product per position.
+
+    Written out so that every ``torch.bmm`` (forward and both gradients) gets contiguous operands:
+    with the strided gradient that autograd would otherwise pass, ``bmm`` falls back to copying
+    each position's matrices separately, which made a training step of the CIFAR-10 net ~2.7×
+    slower (batch 5).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, patches: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(patches, weight)
+        return torch.bmm(patches, weight.transpose(1, 2)).permute(1, 2, 0)  # (N, O, L)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        patches, weight = ctx.saved_tensors
+        by_position = grad.permute(2, 0, 1).contiguous()  # (L, N, O)
+        grad_patches = torch.bmm(by_position, weight) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.bmm(by_position.transpose(1, 2), patches) if ctx.needs_input_grad[1] else None
+        return grad_patches, grad_weight
 
 
 class LocallyConnected2d(nn.Module):
@@ -99,9 +123,13 @@ class LocallyConnected2d(nn.Module):
                 f"LocallyConnected2d expects input of shape (N, {self.in_channels}, "
                 f"{self.in_size[0]}, {self.in_size[1]}), got {tuple(x.shape)}"
             )
-        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # (N, K, L)
-        # one (N, K) x (K, O) product per position; torch.bmm is ~60x faster than einsum here
-        out = torch.bmm(cols.permute(2, 0, 1), self.weight.transpose(1, 2)).permute(1, 2, 0)
+        if self.padding != (0, 0):
+            x = F.pad(x, (self.padding[1], self.padding[1], self.padding[0], self.padding[0]))
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        windows = x.unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, OH, OW, kh, kw), a view
+        # the patches position-major, (L, N, K) with K in unfold order: one gathering copy
+        patches = windows.permute(2, 3, 0, 1, 4, 5).reshape(self.weight.shape[0], x.shape[0], -1)
+        out = _PositionwiseProduct.apply(patches, self.weight)
         out = out.reshape(x.shape[0], self.out_channels, *self.out_size)
         if self.bias is not None:
             out = out + self.bias

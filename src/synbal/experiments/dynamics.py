@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from synbal.experiments.cache import RunCache
 from synbal.training import BalanceSchedule, TrainConfig, train
 
 __all__ = ["METRICS", "Arm", "Task", "flow_decay", "plot_arms", "run_arms", "summarise_arm", "torch_threads"]
@@ -111,11 +112,33 @@ def flow_decay(arm: Arm, steps: np.ndarray) -> np.ndarray:
     return np.exp(-8.0 * arm.beta * arm.lr * np.asarray(steps, dtype=np.float64))
 
 
-def run_arms(task: Task, arms: Sequence[Arm], seeds: int, *, progress: bool = True) -> dict[str, Any]:
+def _train_one(task: Task, arm: Arm, seed: int) -> dict[str, Any]:
+    """One training run: per-epoch metrics (``None`` where absent), divergence, balancing events."""
+    model = task.model_factory(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=arm.lr)
+    schedule = (BalanceSchedule(reg="l2", at_start=arm.start_balance, seed=seed, tol=1e-8)
+                if arm.start_balance else None)
+    config = TrainConfig(epochs=task.epochs, batch_size=task.batch_size, loss=task.loss,  # type: ignore[arg-type]
+                         reg=arm.reg, beta=arm.beta, monitor_reg=arm.monitor_reg, seed=seed,
+                         progress=False)
+    history = train(model, optimizer, task.train_data, config, balance=schedule,
+                    example_inputs=task.example_inputs)
+    rows: dict[str, list[float | None]] = {m: [None] * (task.epochs + 1) for m in METRICS}
+    for record in history.epochs():
+        for m in METRICS:
+            rows[m][record["epoch"]] = record.get(m)
+    return {"series": rows, "diverged": bool(history.settings.get("diverged")),
+            "balance_events": history.balance_events}
+
+
+def run_arms(task: Task, arms: Sequence[Arm], seeds: int, *, progress: bool = True,
+             cache: RunCache | None = None) -> dict[str, Any]:
     """Train every arm for ``seeds`` seeds; per arm, each metric as an array ``(seeds, epochs + 1)``.
 
     Seed ``s`` gives every arm the same initial weights and minibatch order. A diverged run
     (NaN loss) keeps ``nan`` after the epoch it diverged in and is counted in ``diverged``.
+    With ``cache``, finished runs are recorded there and taken from there on a rerun (the key is
+    the task's settings, the arm and the seed), so an interrupted reproduction resumes.
     """
     out: dict[str, Any] = {}
     bar = tqdm(total=len(arms) * seeds, desc=task.name, unit="run", disable=not progress)
@@ -124,20 +147,16 @@ def run_arms(task: Task, arms: Sequence[Arm], seeds: int, *, progress: bool = Tr
         diverged = 0
         balance_events: list[list[dict[str, Any]]] = []
         for seed in range(seeds):
-            model = task.model_factory(seed)
-            optimizer = torch.optim.SGD(model.parameters(), lr=arm.lr)
-            schedule = (BalanceSchedule(reg="l2", at_start=arm.start_balance, seed=seed, tol=1e-8)
-                        if arm.start_balance else None)
-            config = TrainConfig(epochs=task.epochs, batch_size=task.batch_size, loss=task.loss,  # type: ignore[arg-type]
-                                 reg=arm.reg, beta=arm.beta, monitor_reg=arm.monitor_reg, seed=seed,
-                                 progress=False)
-            history = train(model, optimizer, task.train_data, config, balance=schedule,
-                            example_inputs=task.example_inputs)
-            for record in history.epochs():
-                for m in METRICS:
-                    series[m][seed, record["epoch"]] = record.get(m, np.nan)
-            diverged += bool(history.settings.get("diverged"))
-            balance_events.append(history.balance_events)
+            key = {"task": task.settings(), "arm": asdict(arm), "seed": seed}
+            run = cache.get(key) if cache is not None else None
+            if run is None:
+                run = _train_one(task, arm, seed)
+                if cache is not None:
+                    cache.put(key, run)
+            for m in METRICS:
+                series[m][seed] = np.array([np.nan if v is None else v for v in run["series"][m]], dtype=np.float64)
+            diverged += bool(run["diverged"])
+            balance_events.append(run["balance_events"])
             bar.update(1)
         out[arm.label] = {"arm": asdict(arm), "diverged_runs": diverged, "balance_events": balance_events,
                           **series}

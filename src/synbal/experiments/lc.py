@@ -26,6 +26,7 @@ import numpy as np
 
 from synbal.data import ImageDataset, load_cifar10, load_mnist
 from synbal.experiments import fig7, fig8
+from synbal.experiments.cache import RunCache
 from synbal.experiments.dynamics import Arm, Task, plot_arms, run_arms, summarise_arm, torch_threads
 from synbal.experiments.models import lc_cifar_net
 from synbal.experiments.report import ExperimentContext, write_outputs
@@ -91,7 +92,9 @@ def _run(ctx: ExperimentContext, name: str, claim: str, arms: list[Arm], metrics
     task = lc_task(ctx, name)
     seeds = int(ctx.extra.get("seeds", ctx.n_seeds(full=3, quick=2)))
     with torch_threads(int(ctx.extra.get("threads", 1))):
-        results = run_arms(task, arms, seeds, progress=ctx.progress)
+        # long runs (an hour and more): each finished run is recorded, and a rerun resumes
+        cache = RunCache(ctx.out_dir / f"{name}-runs.jsonl")
+        results = run_arms(task, arms, seeds, progress=ctx.progress, cache=cache)
     summaries = {arm.label: summarise_arm(results[arm.label]) for arm in arms}
     word, text = verdict(summaries)
     short = "CIFAR-10" if ctx.data is not None else "MNIST stand-in, not CIFAR-10"
