@@ -505,6 +505,32 @@ class BalanceProblem:
         assert isinstance(cached, tuple)
         return cached
 
+    def fingerprint(self) -> str:
+        """A SHA-256 of everything that sets a balancing run: degrees, powers, units, costs.
+
+        >>> a = BalanceProblem(np.ones(1), [CostBlock(2.0, [0], [-1], [[4.0]])])
+        >>> b = BalanceProblem(np.ones(1), [CostBlock(2.0, [0], [-1], [[4.5]])])
+        >>> a.fingerprint() == a.fingerprint(), a.fingerprint() == b.fingerprint()
+        (True, False)
+        """
+        import hashlib
+
+        digest = hashlib.sha256()
+        digest.update(np.ascontiguousarray(self.degree, dtype=np.float64).tobytes())
+        for b in self.blocks:
+            digest.update(np.float64(b.power).tobytes())
+            digest.update(np.ascontiguousarray(b.dst, dtype=np.int64).tobytes())
+            digest.update(np.ascontiguousarray(b.src, dtype=np.int64).tobytes())
+            matrix = b.explicit()
+            if sp.issparse(matrix):
+                m = sp.csr_array(matrix)
+                parts: tuple[np.ndarray, ...] = (m.data, m.indices, m.indptr)
+            else:
+                parts = (np.asarray(matrix, dtype=np.float64),)
+            for part in parts:
+                digest.update(np.ascontiguousarray(part).tobytes())
+        return digest.hexdigest()
+
     def free_mask(self) -> np.ndarray:
         """Units the algorithms may move: live, grounded (or in a pinned component), not pinned."""
         floating, pinned = self.grounding()

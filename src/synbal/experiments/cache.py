@@ -1,4 +1,7 @@
-"""A resumable record of finished runs, so long reproductions survive interruption.
+"""Resumable records of finished runs, so long reproductions survive interruption.
+
+:class:`RunCache` keeps small results as JSON lines; :class:`BatchRecord` keeps batches of
+array results (one ``.npz`` file per batch of runs), such as ``fig9``'s end points.
 
 Each finished run is one JSON line ``{"key": ..., "value": ...}`` appended (and flushed to disk)
 to ``OUT/NAME-runs.jsonl``. A rerun with the same output directory skips every run whose key
@@ -17,14 +20,18 @@ True
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from synbal.experiments.report import to_jsonable
+import numpy as np
 
-__all__ = ["RunCache"]
+from synbal.experiments.report import to_jsonable
+from synbal.io import atomic_write_bytes
+
+__all__ = ["BatchRecord", "RunCache"]
 
 
 def _canonical(key: dict[str, Any]) -> str:
@@ -72,3 +79,50 @@ class RunCache:
         finally:
             os.close(fd)
         self._done[canonical] = value
+
+
+class BatchRecord:
+    """Array results of finished runs on disk, one ``.npz`` file per batch of consecutive seeds.
+
+    Every file carries ``fingerprint`` (of the problem and of the settings that set a run);
+    files with another fingerprint are ignored and left alone, so a changed problem starts
+    afresh. Files are written atomically; one that cannot be read is skipped (its runs are
+    simply done again).
+
+    >>> import tempfile, pathlib
+    >>> record = BatchRecord(pathlib.Path(tempfile.mkdtemp()), "settings-a")
+    >>> record.save(np.array([5, 6]), value=np.array([[1.0], [2.0]]))
+    >>> found = record.load()
+    >>> sorted(found), found[6]["value"].tolist()
+    ([5, 6], [2.0])
+    >>> BatchRecord(record.folder, "settings-b").load()
+    {}
+    """
+
+    def __init__(self, folder: Path, fingerprint: str) -> None:
+        self.folder = Path(folder)
+        self.fingerprint = fingerprint
+
+    def load(self) -> dict[int, dict[str, np.ndarray]]:
+        """Seed → that run's row of every saved array, for every recorded run."""
+        found: dict[int, dict[str, np.ndarray]] = {}
+        for path in sorted(self.folder.glob("runs-*.npz")):
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    if str(data["fingerprint"]) != self.fingerprint:
+                        continue
+                    names = [k for k in data.files if k not in ("fingerprint", "seeds")]
+                    arrays = {k: data[k] for k in names}
+                    for row, seed in enumerate(data["seeds"].tolist()):
+                        found[int(seed)] = {k: arrays[k][row] for k in names}
+            except (OSError, ValueError, KeyError):
+                continue  # a file cut short by a crash
+        return found
+
+    def save(self, seeds: np.ndarray, **arrays: np.ndarray) -> None:
+        """Record the runs ``seeds`` (consecutive); row ``k`` of each array belongs to ``seeds[k]``."""
+        buffer = io.BytesIO()
+        contents: dict[str, Any] = {"fingerprint": np.array(self.fingerprint), "seeds": seeds, **arrays}
+        np.savez(buffer, **contents)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.folder / f"runs-{int(seeds[0]):07d}-{int(seeds[-1]):07d}.npz", buffer.getvalue())

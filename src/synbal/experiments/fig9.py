@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from synbal.algorithms import SolveOptions, solve
 from synbal.data.dataset import ImageDataset
 from synbal.errors import SynbalError
+from synbal.experiments.cache import BatchRecord
 from synbal.experiments.report import ExperimentContext
 from synbal.problem import BalanceProblem
 from synbal.regularizers import parse_regularizer
@@ -59,7 +60,6 @@ __all__ = [
     "analyse_problem",
     "cifar10_standin",
     "endpoint_spread",
-    "problem_fingerprint",
     "reproduce",
     "run",
     "run_lc",
@@ -209,72 +209,6 @@ def _many_runs(problem: BalanceProblem) -> Callable[..., tuple[np.ndarray, np.nd
     return runs_fn
 
 
-def problem_fingerprint(problem: BalanceProblem) -> str:
-    """A SHA-256 of everything in ``problem`` that sets a balancing run (costs, units, degrees).
-
-    >>> import numpy as np
-    >>> from synbal.problem import BalanceProblem, CostBlock
-    >>> a = BalanceProblem(np.ones(1), [CostBlock(2.0, [0], [-1], [[4.0]])])
-    >>> b = BalanceProblem(np.ones(1), [CostBlock(2.0, [0], [-1], [[4.5]])])
-    >>> problem_fingerprint(a) == problem_fingerprint(a), problem_fingerprint(a) == problem_fingerprint(b)
-    (True, False)
-    """
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(problem.degree, dtype=np.float64).tobytes())
-    for b in problem.blocks:
-        digest.update(np.float64(b.power).tobytes())
-        digest.update(np.ascontiguousarray(b.dst, dtype=np.int64).tobytes())
-        digest.update(np.ascontiguousarray(b.src, dtype=np.int64).tobytes())
-        matrix = b.explicit()
-        if sp.issparse(matrix):
-            m = sp.csr_array(matrix)
-            parts: tuple[np.ndarray, ...] = (m.data, m.indices, m.indptr)
-        else:
-            parts = (np.asarray(matrix, dtype=np.float64),)
-        for part in parts:
-            digest.update(np.ascontiguousarray(part).tobytes())
-    return digest.hexdigest()
-
-
-class _RunRecord:
-    """Finished runs of an ensemble on disk (one ``.npz`` per batch), so a long ensemble resumes.
-
-    Every file carries the fingerprint of the problem and of the run settings; files with
-    another fingerprint are ignored (and left alone), so a changed problem starts afresh.
-    """
-
-    def __init__(self, folder: Path, fingerprint: str) -> None:
-        self.folder = folder
-        self.fingerprint = fingerprint
-
-    def load(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-        """Run seed → (distance row, norm row, end point, sweeps used) of every recorded run."""
-        found: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
-        for path in sorted(self.folder.glob("runs-*.npz")):
-            try:
-                with np.load(path, allow_pickle=False) as data:
-                    if str(data["fingerprint"]) != self.fingerprint:
-                        continue
-                    for k, run_seed in enumerate(data["seeds"].tolist()):
-                        found[int(run_seed)] = (data["distance"][k], data["norm"][k], data["endpoints"][k],
-                                                int(data["sweeps_used"][k]))
-            except (OSError, ValueError, KeyError):
-                continue  # a file cut short by a crash: its runs are simply redone
-        return found
-
-    def save(self, seeds: np.ndarray, distance: np.ndarray, norm: np.ndarray, endpoints: np.ndarray,
-             sweeps_used: np.ndarray) -> None:
-        import io
-
-        from synbal.io import atomic_write_bytes
-
-        buffer = io.BytesIO()
-        np.savez(buffer, fingerprint=np.array(self.fingerprint), seeds=seeds, distance=distance, norm=norm,
-                 endpoints=endpoints, sweeps_used=sweeps_used)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.folder / f"runs-{int(seeds[0]):07d}-{int(seeds[-1]):07d}.npz", buffer.getvalue())
-
-
 def stochastic_ensemble(
     problem: BalanceProblem,
     space: WeightSpace,
@@ -329,12 +263,14 @@ def stochastic_ensemble(
     store = None
     if record is not None:
         settings = f"{tol!r} {max_sweeps} {record_every} {n_rec} {space.fingerprint}"
-        store = _RunRecord(record, hashlib.sha256(f"{problem_fingerprint(problem)} {settings}".encode()).hexdigest())
+        store = BatchRecord(record, hashlib.sha256(f"{problem.fingerprint()} {settings}".encode()).hexdigest())
         saved = store.load()
         todo = []
         for r in range(runs):
             if seed + r in saved:
-                distance[r], norm[r], endpoints[r], sweeps_used[r] = saved[seed + r]
+                run = saved[seed + r]
+                distance[r], norm[r], endpoints[r] = run["distance"], run["norm"], run["endpoints"]
+                sweeps_used[r] = int(run["sweeps_used"])
             else:
                 todo.append(r)
     bar = tqdm(total=runs, initial=runs - len(todo), desc="stochastic runs", unit="run", disable=not progress,
@@ -355,8 +291,8 @@ def stochastic_ensemble(
             endpoints[rows] = U
             sweeps_used[rows] = used
             if store is not None:
-                store.save(np.arange(seed + first, seed + first + count), distance[rows], norm[rows],
-                           endpoints[rows], sweeps_used[rows])
+                store.save(np.arange(seed + first, seed + first + count), distance=distance[rows], norm=norm[rows],
+                           endpoints=endpoints[rows], sweeps_used=sweeps_used[rows])
             bar.update(count)
     finally:
         bar.close()
