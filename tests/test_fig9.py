@@ -268,6 +268,7 @@ def test_ensemble_resumes_from_its_run_record(problem: BalanceProblem, tmp_path,
     monkeypatch.setattr(fig9, "_many_runs", counting)
     resumed = stochastic_ensemble(problem, space, runs=5, seed=3, grid_points=10, record=record)
     assert calls == [1, 1, 1, 1]  # the pilot, then only seeds 4 (the broken file), 6 and 7
+    assert resumed.resumed == 2 and whole.resumed == 0
     np.testing.assert_array_equal(whole.endpoints, resumed.endpoints)
     np.testing.assert_array_equal(whole.distance, resumed.distance)
     np.testing.assert_array_equal(whole.sweeps_used, resumed.sweeps_used)

@@ -173,6 +173,8 @@ class Ensemble:
     ``distance`` and ``norm`` have one row per run and one column per grid point (relative
     distance to the reference and ``‖W‖_F``); ``endpoints`` are the final log-scales;
     ``sweeps_used`` is negative for a run that did not reach ``tol`` within ``max_sweeps``.
+    ``seconds`` is this call's time; ``resumed`` runs of it were read from the run record
+    (done by an earlier, interrupted call) and are not in it.
     """
 
     sweep_grid: np.ndarray
@@ -183,6 +185,7 @@ class Ensemble:
     sweeps_used: np.ndarray
     max_sweeps: int
     seconds: float
+    resumed: int = 0
 
     @property
     def step_grid(self) -> np.ndarray:
@@ -273,7 +276,8 @@ def stochastic_ensemble(
                 sweeps_used[r] = int(run["sweeps_used"])
             else:
                 todo.append(r)
-    bar = tqdm(total=runs, initial=runs - len(todo), desc="stochastic runs", unit="run", disable=not progress,
+    resumed = runs - len(todo)
+    bar = tqdm(total=runs, initial=resumed, desc="stochastic runs", unit="run", disable=not progress,
                leave=False)
     try:
         while todo:
@@ -307,6 +311,7 @@ def stochastic_ensemble(
         sweeps_used=sweeps_used,
         max_sweeps=max_sweeps,
         seconds=time.perf_counter() - start_time,
+        resumed=resumed,
     )
 
 
@@ -382,6 +387,7 @@ def analyse_problem(problem: BalanceProblem, settings: Fig9Settings, *, progress
             "sweep_budget": ens.max_sweeps,
             "steps_per_sweep": ens.steps_per_sweep,
             "seconds": ens.seconds,
+            "resumed_from_record": ens.resumed,
         },
         "final": {
             "max_relative_distance_to_balanced": float(final_dist.max()),
