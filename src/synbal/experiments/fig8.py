@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from synbal.experiments import fig7
 from synbal.experiments.dynamics import Arm, plot_arms, run_arms, summarise_arm, torch_threads
 from synbal.experiments.fig7 import autoencoder_task, summary_markdown
 from synbal.experiments.report import ExperimentContext, write_outputs
@@ -28,9 +29,7 @@ from synbal.experiments.report import ExperimentContext, write_outputs
 __all__ = ["fig8_arms", "run", "verdict"]
 
 NAME = "fig8"
-OPTIONS = {"epochs": "training epochs", "train_size": "use a subset of this many training images",
-           "seeds": "number of seeds", "threads": "torch threads (default 1)",
-           "large_lr": "the large learning rate", "small_lr": "the small learning rate",
+OPTIONS = {**fig7.OPTIONS, "large_lr": "the large learning rate", "small_lr": "the small learning rate",
            "beta": "weight of the regularizer"}
 CLAIM = "even from a balanced start, SGD with a non-infinitesimal learning rate loses balance without R"
 LARGE_LR, SMALL_LR, BETA = 0.05, 0.002, 0.01

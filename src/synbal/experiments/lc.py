@@ -33,8 +33,7 @@ from synbal.experiments.report import ExperimentContext, write_outputs
 
 __all__ = ["OPTIONS", "cifar_or_standin", "lc_task", "mnist_as_cifar", "run_fig7_lc", "run_fig8_lc"]
 
-OPTIONS = {"epochs": "training epochs", "train_size": "training images (default 5000; 500 with --quick)",
-           "seeds": "number of seeds", "threads": "torch threads (default 1)"}
+OPTIONS = {**fig7.OPTIONS, "train_size": "training images (default 5000; 500 with --quick)"}
 
 STANDIN = ("stand-in for CIFAR-10 (no --data given): embedded MNIST digits zero-padded to 32×32 "
            "with 3 identical channels")
