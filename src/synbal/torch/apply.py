@@ -13,11 +13,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.graph import increment_version
 
 from synbal.errors import VerificationError
+from synbal.powermatrix import scale_rows_cols
 from synbal.torch.discovery import Discovery, eval_mode
+from synbal.torch.values import compress
 
-__all__ = ["factor_arrays", "run_model", "scale_parameters", "tolerance", "verify_outputs"]
+__all__ = ["factor_arrays", "run_model", "scale_parameter", "scale_parameters", "tolerance", "verify_outputs"]
+
+_CHUNK = 1 << 18  # entries per float64 temporary when a parameter cannot be scaled in one pass
 
 
 def _slot_log_scales(d: Discovery, u: np.ndarray) -> np.ndarray:
@@ -33,17 +38,95 @@ def factor_arrays(d: Discovery, u: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.exp(su[use.row] - su[use.col]) for name, use in d.uses.items()}
 
 
-def scale_parameters(model: nn.Module, d: Discovery, u: np.ndarray) -> None:
-    """Multiply ``model``'s parameters (looked up by name) by their factors, in place."""
-    named = dict(model.named_parameters(remove_duplicate=False))
+def _split(rf: np.ndarray, cf: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(f1, f2)`` with ``rf·cf = f1[i]·f2[j]`` over the 2-D view ``(prod(shape[:k]), prod(shape[k:]))``
+    of a parameter, for the axis ``k`` with the fewest factor entries (``None`` when no ``k`` works)."""
+    best: tuple[int, int, list[bool]] | None = None
+    for k in range(len(shape) + 1):
+        sides = []
+        for f in (rf, cf):
+            if all(s == 1 for s in f.shape[k:]):
+                sides.append(True)  # varies on the left axes only (or nowhere)
+            elif all(s == 1 for s in f.shape[:k]):
+                sides.append(False)
+            else:
+                break
+        else:
+            cost = int(np.prod(shape[:k], dtype=np.int64)) * any(sides) + int(np.prod(shape[k:], dtype=np.int64))
+            if best is None or cost < best[1]:
+                best = (k, cost, sides)
+    if best is None:
+        return None
+    k, _, sides = best
+    left, right = np.ones((1,) * k), np.ones((1,) * (len(shape) - k))
+    for f, on_left in zip((rf, cf), sides, strict=True):
+        if on_left:
+            left = left * f.reshape(f.shape[:k])
+        else:
+            right = right * f.reshape(f.shape[k:])
+    return (np.array(np.broadcast_to(left, shape[:k]).reshape(-1), dtype=np.float64),
+            np.array(np.broadcast_to(right, shape[k:]).reshape(-1), dtype=np.float64))
+
+
+def _scale_2d(p: torch.Tensor, f1: np.ndarray, f2: np.ndarray) -> None:
+    """``p2d[i, j] *= f1[i]·f2[j]`` in one pass, computed in float64 and rounded once into ``p``'s dtype."""
+    w = p.detach()
+    if w.device.type == "cpu" and w.is_contiguous() and w.dtype in (torch.float32, torch.float64):
+        scale_rows_cols(w.numpy().reshape(f1.size, f2.size), f1, f2)
+        increment_version(w)
+        return
+    w2 = w.view(f1.size, f2.size) if w.is_contiguous() else None
+    a, b = torch.from_numpy(f1).to(w.device), torch.from_numpy(f2).to(w.device)
+    step = max(1, _CHUNK // max(1, f2.size))
+    for i in range(0, f1.size, step):
+        factor = a[i:i + step, None] * b[None, :]
+        if w2 is not None:
+            chunk = w2[i:i + step]
+            chunk.copy_(chunk.to(torch.float64).mul_(factor))
+        else:  # a non-contiguous parameter: one float64 pass over all of it
+            w.copy_((w.to(torch.float64).reshape(f1.size, f2.size) * a[:, None] * b[None, :]).reshape(w.shape))
+            return
+
+
+def scale_parameter(p: torch.Tensor, rf: np.ndarray, cf: np.ndarray) -> None:
+    """``p *= rf·cf`` in place (``rf``, ``cf`` float64, broadcastable to ``p``), in one pass where
+    the factors split into a row and a column factor of a 2-D view of ``p`` (Linear, conv, bias,
+    embedding), else one chunk of the first axis at a time.
+
+    >>> w = torch.ones(2, 3)
+    >>> scale_parameter(w, np.array([[2.0], [3.0]]), np.array([[1.0, 0.5, 0.25]]))
+    >>> w.tolist()
+    [[2.0, 1.0, 0.5], [3.0, 1.5, 0.75]]
+    """
+    if p.dim() == 0:
+        with torch.no_grad():
+            p.copy_(p.to(torch.float64) * float(rf.reshape(-1)[0] * cf.reshape(-1)[0]))
+        return
+    split = _split(rf, cf, tuple(int(n) for n in p.shape))
+    if split is not None:
+        with torch.no_grad():
+            _scale_2d(p, *split)
+        return
+    step = max(1, _CHUNK // max(1, p[0].numel()))
     with torch.no_grad():
-        for name, factor in factor_arrays(d, u).items():
-            p = named[name]
-            f = torch.from_numpy(factor).to(p.device)
-            if p.dtype == torch.float64:
-                p.mul_(f)
-            else:  # compute in float64, round once into the parameter's dtype
-                p.copy_(p.to(torch.float64).mul_(f))
+        for i in range(0, int(p.shape[0]), step):
+            r = rf[i:i + step] if rf.shape[0] > 1 else rf
+            c = cf[i:i + step] if cf.shape[0] > 1 else cf
+            chunk = p[i:i + step]
+            factor = torch.from_numpy(np.ascontiguousarray(r * c)).to(p.device)
+            chunk.copy_(chunk.to(torch.float64).mul_(factor))
+
+
+def scale_parameters(model: nn.Module, d: Discovery, u: np.ndarray) -> None:
+    """Multiply ``model``'s parameters (looked up by name) by ``exp(u_row − u_col)``, in place.
+
+    Each parameter is written once: the row factor ``exp(u_row)`` and the column factor
+    ``exp(−u_col)`` are small arrays, so no full-size factor or float64 copy is made.
+    """
+    su = _slot_log_scales(d, u)
+    named = dict(model.named_parameters(remove_duplicate=False))
+    for name, use in d.uses.items():
+        scale_parameter(named[name], np.exp(su[compress(use.row)]), np.exp(-su[compress(use.col)]))
 
 
 def tolerance(dtype: torch.dtype) -> float:

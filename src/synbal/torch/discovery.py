@@ -47,7 +47,7 @@ from torch import fx, nn
 from synbal.errors import InvalidWeightError, ModelError, SynbalError, UnsupportedOperationError
 from synbal.nn import LocallyConnected2d
 from synbal.torch import rules
-from synbal.torch.slots import SlotTable
+from synbal.torch.slots import SlotTable, label_pairs
 from synbal.torch.values import Ids, ParamRef, zeros_like_shape
 
 __all__ = ["Discovery", "ParamUse", "Walker", "check_finite", "discover", "eval_mode", "trace"]
@@ -432,8 +432,11 @@ def _finish(w: Walker) -> Discovery:
     ncomp = res.n_components
     has_out = np.zeros(ncomp, dtype=bool)
     for use in w.uses.values():
-        rc, cc = np.broadcast_arrays(comp[use.row], comp[use.col])
-        has_out[cc[rc != cc]] = True
+        rc, cc, product = label_pairs(comp[use.row], comp[use.col])
+        if product and rc.size:  # every row meets every column
+            has_out[cc if rc.size > 1 else cc[cc != rc[0]]] = True
+        elif not product:
+            has_out[cc[rc != cc]] = True
     reasons = dict(res.reasons)
     keep = ~res.fixed & has_out
     for k in np.flatnonzero(~res.fixed & ~has_out).tolist():
@@ -493,7 +496,14 @@ def _layers(table: SlotTable, groups: list[np.ndarray], group_of_slot: np.ndarra
     starts = np.array([start for _, start, _ in table.ranges()], dtype=np.int64)
     bucket = np.searchsorted(starts, np.array([g[0] for g in groups]), side="right") - 1
     for use in uses.values():
-        r, c = np.broadcast_arrays(group_of_slot[use.row], group_of_slot[use.col])
+        r, c, product = label_pairs(group_of_slot[use.row], group_of_slot[use.col])
+        if product:
+            r, c = r[r >= 0], c[c >= 0]
+            for b in np.intersect1d(bucket[r], bucket[c]).tolist():  # r × c joins two groups of bucket b
+                rb, cb = r[bucket[r] == b], c[bucket[c] == b]
+                if rb.size > 1 or cb.size > 1 or rb[0] != cb[0]:
+                    return None
+            continue
         m = (r >= 0) & (c >= 0) & (r != c)
         if np.any(bucket[r[m]] == bucket[c[m]]):
             return None
