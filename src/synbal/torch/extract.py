@@ -29,13 +29,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from synbal.errors import RegularizerError
 from synbal.lpq import LpqRegularizer
-from synbal.powermatrix import PowerMatrix
+from synbal.powermatrix import PowerMatrix, _pw
 from synbal.problem import BalanceProblem, CostBlock, CustomCosts
 from synbal.regularizers import CustomRegularizer, PowerRegularizer, Regularizer
 from synbal.torch.discovery import Discovery, ParamUse, check_finite
@@ -143,19 +144,47 @@ def _aggregate_cols(a: torch.Tensor, inverse: np.ndarray, k: int, runs: int | No
     return torch.zeros(a.shape[0], k, dtype=a.dtype, device=a.device).index_add_(1, index, a)
 
 
-def _product_matrix(name: str, p: torch.Tensor, pr: _Product, power: float) -> tuple[np.ndarray, np.ndarray,
-                                                                                   np.ndarray]:
-    """``(rows, cols, A)``: the sorted distinct keys and the float64 cost matrix between them."""
-    rows, r_inv = np.unique(pr.row_key, return_inverse=True)
-    cols, c_inv = np.unique(pr.col_key, return_inverse=True)
+@numba.njit(fastmath=True, cache=True)
+def _summed(W: np.ndarray, p: float, row_of: np.ndarray, col_of: np.ndarray, out: np.ndarray) -> None:
+    """``out[row_of[i], col_of[j]] += Σ_t |W[i, j, t]|^p`` in float64, reading ``W`` once in place."""
+    n_r, n_c, taps = W.shape
+    for i in range(n_r):
+        r = row_of[i]
+        for j in range(n_c):
+            acc = 0.0
+            for t in range(taps):
+                acc += _pw(np.float64(W[i, j, t]), p)
+            out[r, col_of[j]] += acc
+
+
+def _product_view(p: torch.Tensor, pr: _Product) -> torch.Tensor:
+    """``p`` with the row axis first, the column axis second and everything else flattened last."""
     order = [a for a in (pr.ar, pr.ac) if a is not None]
-    rest = [a for a in range(p.dim()) if a not in order]
-    view = p.detach().permute(*order, *rest)
+    view = p.detach().permute(*order, *[a for a in range(p.dim()) if a not in order])
     if pr.ar is None:
         view = view.unsqueeze(0)
     if pr.ac is None:
         view = view.unsqueeze(1)
+    return view
+
+
+def _product_matrix(name: str, p: torch.Tensor, pr: _Product, power: float) -> tuple[np.ndarray, np.ndarray,
+                                                                                   np.ndarray]:
+    """``(rows, cols, A)``: the sorted distinct keys and the float64 cost matrix between them.
+
+    CPU float32/float64 parameters whose axes are already in (row, column, taps) order are read
+    in place by a compiled kernel; others are reduced by tensor operations a chunk at a time.
+    """
+    rows, r_inv = np.unique(pr.row_key, return_inverse=True)
+    cols, c_inv = np.unique(pr.col_key, return_inverse=True)
+    view = _product_view(p, pr)
     n_r, n_c = int(view.shape[0]), int(view.shape[1])
+    if view.device.type == "cpu" and view.is_contiguous() and view.dtype in (torch.float32, torch.float64):
+        matrix = np.zeros((rows.size, cols.size))
+        _summed(view.numpy().reshape(n_r, n_c, -1), power, r_inv, c_inv, matrix)
+        if not np.isfinite(matrix).all():  # a NaN/Inf weight propagates into its sum
+            check_finite(name, p)
+        return rows, cols, matrix
     runs = _runs(c_inv, cols.size)
     c_index = None if runs is not None or cols.size == 1 or _identity(c_inv) else torch.from_numpy(c_inv).to(view.device)
     r_identity = _identity(r_inv)
