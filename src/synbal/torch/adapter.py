@@ -58,6 +58,8 @@ class TorchAdapter:
         in eval mode.
     example_inputs:
         A tensor or tuple of tensors the model is called with (used to trace shapes and verify).
+        Optional for plain MLPs (:func:`synbal.training.views.mlp_discovery`), which need no
+        tracing; they are verified only when inputs are given.
     verify:
         After applying, run the model before/after and raise
         :class:`~synbal.errors.VerificationError` if the outputs differ beyond a dtype-aware tolerance.
@@ -73,30 +75,38 @@ class TorchAdapter:
                  barriers: bool = False, fold_batchnorm: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        from synbal.training.views import mlp_discovery  # the fast path for plain MLPs (no tracing)
+
         self.model = model
-        self.inputs = _as_inputs(example_inputs)
         self.verify = verify
         self.fold = fold_batchnorm
         self._work = model
+        plain = None if fold_batchnorm else mlp_discovery(model)
+        if plain is not None:
+            self.inputs: tuple[Any, ...] | None = None if example_inputs is None else _as_inputs(example_inputs)
+            self.discovery: Discovery = plain
+            return
+        self.inputs = _as_inputs(example_inputs)
         if fold_batchnorm:
             self._work = _copy(model)
             fold_batchnorm_inplace(self._work, self.inputs)
-        self.discovery: Discovery = discover(self._work, self.inputs, barriers=barriers)
+        self.discovery = discover(self._work, self.inputs, barriers=barriers)
 
     def problem(self, reg: Regularizer) -> BalanceProblem:
         return build_problem(self.discovery, reg)
 
     def apply(self, u: np.ndarray, *, inplace: bool) -> nn.Module:
-        before = run_model(self.model, self.inputs) if self.verify else None
+        inputs = self.inputs
+        before = run_model(self.model, inputs) if self.verify and inputs is not None else None
         if inplace:
             target = self.model
-            if self.fold:
-                fold_batchnorm_inplace(target, self.inputs)
+            if self.fold and inputs is not None:
+                fold_batchnorm_inplace(target, inputs)
         else:
             target = _copy(self._work)
         scale_parameters(target, self.discovery, u)
-        if before is not None:
-            verify_outputs(before, run_model(target, self.inputs),
+        if before is not None and inputs is not None:
+            verify_outputs(before, run_model(target, inputs),
                            f"{type(self.model).__name__}" + (" (modified in place)" if inplace else ""))
         return target
 

@@ -50,7 +50,7 @@ from synbal.torch import rules
 from synbal.torch.slots import SlotTable, label_pairs
 from synbal.torch.values import Ids, ParamRef, zeros_like_shape
 
-__all__ = ["Discovery", "ParamUse", "Walker", "check_finite", "discover", "eval_mode", "trace"]
+__all__ = ["Discovery", "ParamUse", "Walker", "build_discovery", "check_finite", "discover", "eval_mode", "trace"]
 
 
 @dataclass
@@ -421,17 +421,23 @@ def _walk_fake(gm: fx.GraphModule, model: nn.Module, example_inputs: tuple[Any, 
 
 
 def _finish(w: Walker) -> Discovery:
-    table = w.table
-    for name, node in w.data_used.items():
-        use = w.uses.get(name)
+    return build_discovery(w.table, w.uses, w.params, data_used=w.data_used, shared=w.shared)
+
+
+def build_discovery(table: SlotTable, uses: dict[str, ParamUse], params: dict[str, torch.Tensor], *,
+                    data_used: dict[str, str] | None = None,
+                    shared: dict[str, list[str]] | None = None) -> Discovery:
+    """Resolve the ties and fixes recorded in ``table`` into groups (also used without tracing, by
+    :func:`synbal.training.views.mlp_discovery`). ``params`` are all parameters by canonical name."""
+    for name in data_used or {}:
+        use = uses.get(name)
         if use is not None:  # read as data elsewhere: its values must not change
             table.tie(use.row, use.col)
-            del node
     res = table.resolve()
     comp = res.component
     ncomp = res.n_components
     has_out = np.zeros(ncomp, dtype=bool)
-    for use in w.uses.values():
+    for use in uses.values():
         rc, cc, product = label_pairs(comp[use.row], comp[use.col])
         if product and rc.size:  # every row meets every column
             has_out[cc if rc.size > 1 else cc[cc != rc[0]]] = True
@@ -456,10 +462,10 @@ def _finish(w: Walker) -> Discovery:
         start += counts[k]
     names = [table.label(int(g[0])) for g in groups]
     excluded = _excluded(table, comp, group_of_slot, reasons)
-    layers = _layers(table, groups, group_of_slot, w.uses)
-    unused = [n for n, p in w.params.items() if n not in w.uses and p.is_floating_point()]
-    return Discovery(table, w.uses, group_of_slot, groups, names, excluded, layers, unused,
-                     dict(w.shared), w.params)
+    layers = _layers(table, groups, group_of_slot, uses)
+    unused = [n for n, p in params.items() if n not in uses and p.is_floating_point()]
+    return Discovery(table, uses, group_of_slot, groups, names, excluded, layers, unused,
+                     dict(shared or {}), params)
 
 
 def _excluded(table: SlotTable, comp: np.ndarray, group_of_slot: np.ndarray,
