@@ -59,7 +59,7 @@ class TorchAdapter:
     example_inputs:
         A tensor or tuple of tensors the model is called with (used to trace shapes and verify).
         Optional for plain MLPs (:func:`synbal.training.views.mlp_discovery`), which need no
-        tracing; they are verified only when inputs are given.
+        tracing; without inputs they are verified on :func:`synbal.training.views.mlp_probe`.
     verify:
         After applying, run the model before/after and raise
         :class:`~synbal.errors.VerificationError` if the outputs differ beyond a dtype-aware tolerance.
@@ -75,7 +75,7 @@ class TorchAdapter:
                  barriers: bool = False, fold_batchnorm: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
-        from synbal.training.views import mlp_discovery  # the fast path for plain MLPs (no tracing)
+        from synbal.training.views import mlp_discovery, mlp_probe  # the fast path for plain MLPs (no tracing)
 
         self.model = model
         self.verify = verify
@@ -83,7 +83,7 @@ class TorchAdapter:
         self._work = model
         plain = None if fold_batchnorm else mlp_discovery(model)
         if plain is not None:
-            self.inputs: tuple[Any, ...] | None = None if example_inputs is None else _as_inputs(example_inputs)
+            self.inputs = (mlp_probe(model),) if example_inputs is None else _as_inputs(example_inputs)
             self.discovery: Discovery = plain
             return
         self.inputs = _as_inputs(example_inputs)
@@ -96,17 +96,16 @@ class TorchAdapter:
         return build_problem(self.discovery, reg)
 
     def apply(self, u: np.ndarray, *, inplace: bool) -> nn.Module:
-        inputs = self.inputs
-        before = run_model(self.model, inputs) if self.verify and inputs is not None else None
+        before = run_model(self.model, self.inputs) if self.verify else None
         if inplace:
             target = self.model
-            if self.fold and inputs is not None:
-                fold_batchnorm_inplace(target, inputs)
+            if self.fold:
+                fold_batchnorm_inplace(target, self.inputs)
         else:
             target = _copy(self._work)
         scale_parameters(target, self.discovery, u)
-        if before is not None and inputs is not None:
-            verify_outputs(before, run_model(target, inputs),
+        if before is not None:
+            verify_outputs(before, run_model(target, self.inputs),
                            f"{type(self.model).__name__}" + (" (modified in place)" if inplace else ""))
         return target
 

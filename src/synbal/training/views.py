@@ -5,7 +5,7 @@ common model — an ``nn.Sequential`` of ``Linear`` layers with positively homog
 (ReLU, LeakyReLU, Identity) between them — :func:`mlp_discovery` builds the same
 :class:`~synbal.torch.discovery.Discovery` that tracing would, from the module list alone.
 :class:`~synbal.torch.adapter.TorchAdapter` uses it whenever it applies (then no example inputs
-are needed), so these models go through the one extraction of :mod:`synbal.torch.extract` — whose
+are needed: without them the function check runs on :func:`mlp_probe`'s inputs), so these models go through the one extraction of :mod:`synbal.torch.extract` — whose
 Linear blocks are matrix-free views of the parameters, as in the engine — and the one apply of
 :mod:`synbal.torch.apply`. Only exact ``nn.Sequential``/``nn.Linear``/activation types without
 hooks or parametrizations qualify: anything that could change what a layer computes is traced.
@@ -40,7 +40,7 @@ from synbal.dense import DenseNet
 from synbal.torch.discovery import Discovery, ParamUse, build_discovery
 from synbal.torch.slots import SlotTable
 
-__all__ = ["MLPView", "mlp_discovery", "mlp_view"]
+__all__ = ["MLPView", "mlp_discovery", "mlp_probe", "mlp_view"]
 
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Identity)  # positively homogeneous of degree 1
 
@@ -109,6 +109,14 @@ def mlp_discovery(model: nn.Module) -> Discovery | None:
     last = next((m for m in trailing if type(m) not in _ACTIVATIONS), None)
     table.fix(cols, "model output" if last is None else f"feeds nn.{type(last).__name__} (not positively homogeneous)")
     return build_discovery(table, uses, dict(model.named_parameters()))
+
+
+def mlp_probe(model: nn.Module) -> torch.Tensor:
+    """Inputs to check a plain MLP's function with when none are given: two fixed random rows."""
+    first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, first.in_features, generator=generator, dtype=torch.float64)
+    return x.to(dtype=first.weight.dtype, device=first.weight.device)
 
 
 @dataclass
