@@ -35,7 +35,7 @@ reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +46,7 @@ from torch import fx, nn
 
 from synbal.errors import InvalidWeightError, ModelError, SynbalError, UnsupportedOperationError
 from synbal.nn import LocallyConnected2d
+from synbal.problem import GeneratedNames
 from synbal.torch import rules
 from synbal.torch.slots import SlotTable, label_pairs
 from synbal.torch.values import Ids, ParamRef, zeros_like_shape
@@ -355,7 +356,7 @@ class Discovery:
     uses: dict[str, ParamUse]
     group_of_slot: np.ndarray
     groups: list[np.ndarray]
-    names: list[str]
+    names: Sequence[str]
     excluded: dict[str, str]
     layers: list[np.ndarray] | None
     unused: list[str]
@@ -455,12 +456,9 @@ def build_discovery(table: SlotTable, uses: dict[str, ParamUse], params: dict[st
     group_of_slot[0] = -1
     order = np.argsort(group_of_slot, kind="stable")
     counts = np.bincount(group_of_slot[group_of_slot >= 0], minlength=int(keep.sum()))
-    start = int((group_of_slot < 0).sum())
-    groups = []
-    for k in range(int(keep.sum())):
-        groups.append(np.sort(order[start : start + counts[k]]))
-        start += counts[k]
-    names = [table.label(int(g[0])) for g in groups]
+    start = int((group_of_slot < 0).sum())  # the stable sort keeps every group's slots increasing
+    groups: list[np.ndarray] = np.split(order[start:], np.cumsum(counts)[:-1]) if counts.size else []
+    names = GeneratedNames(len(groups), lambda k: table.label(int(groups[k][0])))
     excluded = _excluded(table, comp, group_of_slot, reasons)
     layers = _layers(table, groups, group_of_slot, uses)
     unused = [n for n, p in params.items() if n not in uses and p.is_floating_point()]

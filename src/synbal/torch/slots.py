@@ -110,6 +110,8 @@ class SlotTable:
         if slot == FIXED_SLOT:
             return "<input/constant>"
         prefix, start, shape = self.range_of(slot)
+        if len(shape) == 1:
+            return f"{prefix}[{slot - start}]"
         rest, idx = slot - start, []
         for size in reversed(shape):  # np.unravel_index, without its per-call cost
             rest, i = divmod(rest, size)
