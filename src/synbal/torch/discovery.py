@@ -457,7 +457,8 @@ def build_discovery(table: SlotTable, uses: dict[str, ParamUse], params: dict[st
     order = np.argsort(group_of_slot, kind="stable")
     counts = np.bincount(group_of_slot[group_of_slot >= 0], minlength=int(keep.sum()))
     start = int((group_of_slot < 0).sum())  # the stable sort keeps every group's slots increasing
-    groups: list[np.ndarray] = np.split(order[start:], np.cumsum(counts)[:-1]) if counts.size else []
+    bounds = (start + np.concatenate([[0], np.cumsum(counts)])).tolist()
+    groups = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     names = GeneratedNames(len(groups), lambda k: table.label(int(groups[k][0])))
     excluded = _excluded(table, comp, group_of_slot, reasons)
     layers = _layers(table, groups, group_of_slot, uses)

@@ -209,10 +209,11 @@ def _matrix_free(p: torch.Tensor, pr: _Product) -> bool:
             and bool(np.all(pr.row_key[1:] > pr.row_key[:-1])) and bool(np.all(pr.col_key[1:] > pr.col_key[:-1])))
 
 
-def _all_finite(name: str, p: torch.Tensor) -> None:
+def _all_finite(name: str, weights: np.ndarray, p: torch.Tensor) -> None:
     """One summing read (any NaN/Inf makes the sum non-finite); the exact test only if it is not finite."""
-    if not bool(torch.isfinite(p.detach().sum())):
-        check_finite(name, p)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not np.isfinite(weights.sum()):
+            check_finite(name, p)
 
 
 def product_blocks(d: Discovery, use: ParamUse, reg: PowerRegularizer | LpqRegularizer) -> list[CostBlock] | None:
@@ -225,8 +226,8 @@ def product_blocks(d: Discovery, use: ParamUse, reg: PowerRegularizer | LpqRegul
         return None
     n = d.n
     if _matrix_free(p, pr):
-        _all_finite(use.name, p)
         weights = p.detach().numpy()
+        _all_finite(use.name, weights, p)
         dst = np.where(pr.row_key < n, pr.row_key, -1)
         return [CostBlock(t.power, dst, pr.col_key, PowerMatrix(weights, t.power, t.coef), bias=use.bias,
                           fixed_ids=pr.row_key) for t in reg.terms]
