@@ -44,7 +44,7 @@ from synbal.regularizers import parse_regularizer
 from synbal.torch import TorchAdapter, discover
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from model_zoo import BasicBlock  # noqa: E402
+from model_zoo import BasicBlock
 
 WIDTHS = [1024] + [2048] * 6 + [1024]
 TOL = 1e-10

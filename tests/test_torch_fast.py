@@ -125,7 +125,7 @@ def test_linear_blocks_are_views_of_the_weights_and_solve_on_the_chain() -> None
     assert chain_of(problem) is not None
     with torch.no_grad():
         model[2].weight[1, 2] = float("nan")
-    with pytest.raises(InvalidWeightError, match="2.weight"):
+    with pytest.raises(InvalidWeightError, match=r"2\.weight"):
         TorchAdapter(model, example_inputs=torch.randn(2, 6)).problem(parse_regularizer("l2"))
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -458,7 +459,7 @@ def build_discovery(table: SlotTable, uses: dict[str, ParamUse], params: dict[st
     counts = np.bincount(group_of_slot[group_of_slot >= 0], minlength=int(keep.sum()))
     start = int((group_of_slot < 0).sum())  # the stable sort keeps every group's slots increasing
     bounds = (start + np.concatenate([[0], np.cumsum(counts)])).tolist()
-    groups = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    groups = [order[a:b] for a, b in pairwise(bounds)]
     names = GeneratedNames(len(groups), lambda k: table.label(int(groups[k][0])))
     excluded = _excluded(table, comp, group_of_slot, reasons)
     layers = _layers(table, groups, group_of_slot, uses)

@@ -186,7 +186,8 @@ def _product_matrix(name: str, p: torch.Tensor, pr: _Product, power: float) -> t
             check_finite(name, p)
         return rows, cols, matrix
     runs = _runs(c_inv, cols.size)
-    c_index = None if runs is not None or cols.size == 1 or _identity(c_inv) else torch.from_numpy(c_inv).to(view.device)
+    plain = runs is not None or cols.size == 1 or _identity(c_inv)
+    c_index = None if plain else torch.from_numpy(c_inv).to(view.device)
     r_identity = _identity(r_inv)
     out = torch.zeros(rows.size, cols.size, dtype=torch.float64, device=view.device)
     r_index = None if r_identity else torch.from_numpy(r_inv).to(view.device)

@@ -100,7 +100,8 @@ class ModelBalance:
 
         params = dict(self.model.named_parameters())
         source, options = self._source()
-        named = adapter_for(source, **options).parameter_factors(u)
+        adapter: Any = adapter_for(source, **options)  # a TorchAdapter
+        named = adapter.parameter_factors(u)
         return {params[name]: factor for name, factor in named.items() if name in params}
 
     def balance(

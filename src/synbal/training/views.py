@@ -5,8 +5,9 @@ common model — an ``nn.Sequential`` of ``Linear`` layers with positively homog
 (ReLU, LeakyReLU, Identity) between them — :func:`mlp_discovery` builds the same
 :class:`~synbal.torch.discovery.Discovery` that tracing would, from the module list alone.
 :class:`~synbal.torch.adapter.TorchAdapter` uses it whenever it applies (then no example inputs
-are needed: without them the function check runs on :func:`mlp_probe`'s inputs), so these models go through the one extraction of :mod:`synbal.torch.extract` — whose
-Linear blocks are matrix-free views of the parameters, as in the engine — and the one apply of
+are needed: without them the function check runs on :func:`mlp_probe`'s inputs), so these
+models go through the one extraction of :mod:`synbal.torch.extract` — whose Linear blocks are
+matrix-free views of the parameters, as in the engine — and the one apply of
 :mod:`synbal.torch.apply`. Only exact ``nn.Sequential``/``nn.Linear``/activation types without
 hooks or parametrizations qualify: anything that could change what a layer computes is traced.
 
@@ -171,4 +172,4 @@ def mlp_view(model: nn.Module) -> MLPView | None:
             names.append(f"{name}.{pname}")
         weights.append(lin.weight.detach().numpy())
         biases.append(None if lin.bias is None else lin.bias.detach().numpy())
-    return MLPView(DenseNet(weights, biases, specs[0] if specs else "relu"), names)
+    return MLPView(DenseNet(weights, biases, specs[0] or "relu" if specs else "relu"), names)
