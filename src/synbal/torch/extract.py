@@ -46,6 +46,7 @@ __all__ = ["build_problem", "label_blocks", "product_blocks"]
 
 _DENSE_LIMIT = 1 << 21  # larger label blocks are stored sparse
 _CHUNK = 1 << 18  # entries per float64 temporary (2 MB) in the chunked reductions
+_FUSED_SIZE = 1 << 16  # summed product blocks at least this large are kept as PowerMatrix(A, 1)
 
 
 def _power_(a: torch.Tensor, power: float) -> torch.Tensor:
@@ -237,7 +238,9 @@ def product_blocks(d: Discovery, use: ParamUse, reg: PowerRegularizer | LpqRegul
         rows, cols, matrix = _product_matrix(use.name, p, pr, t.power)
         if t.coef != 1.0:
             matrix *= t.coef
-        blocks.append(CostBlock(t.power, np.where(rows < n, rows, -1), cols, matrix, bias=use.bias, fixed_ids=rows))
+        # large summed blocks (conv taps, a flatten's positions) give A x and Aᵀ y in one read
+        costs = PowerMatrix(matrix, 1.0) if matrix.size >= _FUSED_SIZE else matrix
+        blocks.append(CostBlock(t.power, np.where(rows < n, rows, -1), cols, costs, bias=use.bias, fixed_ids=rows))
     return blocks
 
 
