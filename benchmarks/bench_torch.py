@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -223,21 +224,22 @@ def vgg_goal(repeats: int) -> None:
         model = getattr(tvm, name)().eval().to(dtype)
         x = (torch.randn(1, 3, 224, 224, dtype=dtype),)
         n = sum(p.numel() for p in model.parameters())
-        t, res = min((_timed(lambda m=model, x=x: synbal.balance(m, "l2", "exact", tol=TOL, example_inputs=x))
-                      for _ in range(repeats if limit else 1)), key=lambda r: r[0])
+        t, cpu, res = min((_timed(lambda m=model, x=x: synbal.balance(m, "l2", "exact", tol=TOL, example_inputs=x))
+                           for _ in range(repeats if limit else 1)), key=lambda r: r[0])
         head = f"[{verdict(t < limit)}]" if limit else "[info]"
         print(f"   {head} {name} {str(dtype).replace('torch.', '')} ({n / 1e6:.0f} M parameters): exact with "
-              f"verification {t:.2f} s ({res.sweeps} iterations, converged={res.converged})"
-              + (f", limit {limit:.0f} s" if limit else ""))
+              f"verification {t:.2f} s (process CPU time {cpu:.2f} s; {res.sweeps} iterations, "
+              f"converged={res.converged})" + (f", limit {limit:.0f} s" if limit else ""))
         if limit:
             _stages(model, x)
         del model
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t = time.perf_counter()
+def _timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """Wall time, CPU time of this process (all its threads) and the result of ``fn()``."""
+    t, c = time.perf_counter(), time.process_time()
     out = fn()
-    return time.perf_counter() - t, out
+    return time.perf_counter() - t, time.process_time() - c, out
 
 
 # ---------------------------------------------------------------------------- also reported
@@ -285,7 +287,8 @@ def main() -> None:
     if args.memory_case:
         print(json.dumps(memory_case(args.memory_case)))
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average "
+          f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     speed_goal(args.repeats)
     memory_goal()
     if not args.skip_vgg:
