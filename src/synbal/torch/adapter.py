@@ -25,7 +25,7 @@ from torch import nn
 from synbal.errors import ModelError
 from synbal.problem import BalanceProblem
 from synbal.regularizers import Regularizer
-from synbal.torch.apply import factor_arrays, run_model, scale_parameters, verify_outputs
+from synbal.torch.apply import factor_arrays, run_model, scale_parameters, scaled_copy, verify_outputs
 from synbal.torch.discovery import Discovery, discover
 from synbal.torch.extract import build_problem
 from synbal.torch.fold import fold_batchnorm as fold_batchnorm_inplace
@@ -101,9 +101,9 @@ class TorchAdapter:
             target = self.model
             if self.fold:
                 fold_batchnorm_inplace(target, self.inputs)
+            scale_parameters(target, self.discovery, u)
         else:
-            target = _copy(self._work)
-        scale_parameters(target, self.discovery, u)
+            target = scaled_copy(self._work, self.discovery, u)
         if before is not None:
             verify_outputs(before, run_model(target, self.inputs),
                            f"{type(self.model).__name__}" + (" (modified in place)" if inplace else ""))

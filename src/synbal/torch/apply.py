@@ -8,8 +8,11 @@ after on the example inputs in eval mode without gradients, restoring every subm
 
 from __future__ import annotations
 
+import copy
+import warnings
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 from torch import nn
@@ -20,7 +23,8 @@ from synbal.powermatrix import scale_rows_cols
 from synbal.torch.discovery import Discovery, eval_mode
 from synbal.torch.values import compress
 
-__all__ = ["factor_arrays", "run_model", "scale_parameter", "scale_parameters", "tolerance", "verify_outputs"]
+__all__ = ["factor_arrays", "run_model", "scale_parameter", "scale_parameters", "scaled_copy", "tolerance",
+           "verify_outputs"]
 
 _CHUNK = 1 << 18  # entries per float64 temporary when a parameter cannot be scaled in one pass
 
@@ -115,6 +119,58 @@ def scale_parameter(p: torch.Tensor, rf: np.ndarray, cf: np.ndarray) -> None:
             chunk = p[i:i + step]
             factor = torch.from_numpy(np.ascontiguousarray(r * c)).to(p.device)
             chunk.copy_(chunk.to(torch.float64).mul_(factor))
+
+
+@numba.njit(cache=True)
+def _scaled_into(W: np.ndarray, out: np.ndarray, row: np.ndarray, col: np.ndarray) -> None:
+    """``out[i, j] = W[i, j]·row[i]·col[j]`` computed in float64 (the arithmetic of ``scale_rows_cols``)."""
+    n, m = W.shape
+    for i in range(n):
+        ri = row[i]
+        for j in range(m):
+            out[i, j] = np.float64(W[i, j]) * ri * col[j]
+
+
+def _scaled_parameter(p: torch.Tensor, rf: np.ndarray, cf: np.ndarray) -> nn.Parameter | None:
+    """A new parameter holding ``p·rf·cf``, written in one pass from ``p`` (``None`` unless ``p`` is a
+    plain contiguous float32/float64 CPU ``nn.Parameter`` whose factors split into rows and columns)."""
+    if type(p) is not nn.Parameter or p.device.type != "cpu" or not p.is_contiguous():
+        return None
+    if p.dtype not in (torch.float32, torch.float64) or p.dim() == 0:
+        return None
+    split = _split(rf, cf, tuple(int(n) for n in p.shape))
+    if split is None:
+        return None
+    f1, f2 = split
+    out = torch.empty_like(p, memory_format=torch.contiguous_format, requires_grad=False)
+    _scaled_into(p.detach().numpy().reshape(f1.size, f2.size), out.numpy().reshape(f1.size, f2.size), f1, f2)
+    return nn.Parameter(out, requires_grad=p.requires_grad)
+
+
+def scaled_copy(model: nn.Module, d: Discovery, u: np.ndarray) -> nn.Module:
+    """A deep copy of ``model`` with every parameter multiplied by ``exp(u_row − u_col)``.
+
+    Scaled parameters are written straight from the originals into the copy (one single-threaded
+    pass, instead of a copy and then a scaling pass); the rest of the model is deep-copied.
+    """
+    su = _slot_log_scales(d, u)
+    named = dict(model.named_parameters(remove_duplicate=False))
+    memo: dict[int, Any] = {}
+    later = []
+    for name, use in d.uses.items():
+        rf, cf = np.exp(su[compress(use.row)]), np.exp(-su[compress(use.col)])
+        scaled = _scaled_parameter(named[name], rf, cf)
+        if scaled is None:
+            later.append((name, rf, cf))
+        else:
+            memo[id(named[name])] = scaled
+    with warnings.catch_warnings():  # torch.export modules warn about their own pytree specs when copied
+        warnings.simplefilter("ignore", FutureWarning)
+        target = copy.deepcopy(model, memo)
+    copied = dict(target.named_parameters(remove_duplicate=False))
+    for name, rf, cf in later:
+        scale_parameter(copied[name], rf, cf)
+    return target
 
 
 def scale_parameters(model: nn.Module, d: Discovery, u: np.ndarray) -> None:
