@@ -196,6 +196,9 @@ def rnn(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -> Any:
         prev = np.concatenate(outs)
     state = np.stack(all_layers)  # (layers·directions, H)
     if h0 is not None:  # the initial state scales with the hidden units
+        if h0.all_fixed():
+            w.table.fix(state, f"the initial state of {path!r} is a constant (scale 1), which the hidden units "
+                               "would have to scale")
         kept = w.keep_axes(h0, [0, h0.ndim - 1], node)
         w.table.tie(kept.reshape(kept.shape[0], kept.shape[-1]), state)
     out, h_n = result
