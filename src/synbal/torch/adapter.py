@@ -30,6 +30,7 @@ from synbal.torch.apply import Rollback, factor_arrays, run_model, scale_paramet
 from synbal.torch.discovery import Discovery, discover, unwrap_compiled
 from synbal.torch.extract import build_problem
 from synbal.torch.fold import fold_batchnorm as fold_batchnorm_inplace
+from synbal.torch.reparam import detach_hooked_weights
 
 __all__ = ["TorchAdapter"]
 
@@ -44,6 +45,7 @@ def _as_inputs(example_inputs: Any) -> tuple[Any, ...]:
 
 
 def _copy(model: nn.Module) -> nn.Module:
+    detach_hooked_weights(model)  # else deepcopy refuses a hook-based weight_norm's computed weight
     with warnings.catch_warnings():  # torch.export modules warn about their own pytree specs when copied
         warnings.simplefilter("ignore", FutureWarning)
         return copy.deepcopy(model)

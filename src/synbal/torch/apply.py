@@ -50,7 +50,7 @@ def scale_parameters(model: nn.Module, d: Discovery, u: np.ndarray) -> None:
     with torch.no_grad():
         for name, factor in factor_arrays(d, u).items():
             p = named[name]
-            f = torch.from_numpy(factor).to(p.device)
+            f = torch.from_numpy(np.asarray(factor)).to(p.device)
             if p.dtype == torch.float64:
                 p.mul_(f)
             else:  # compute in float64, round once into the parameter's dtype

@@ -35,6 +35,7 @@ reason.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -187,10 +188,13 @@ class Walker:
         if src is None:
             raise ModelError(f"node {node.name!r}: {name!r} is not a parameter of the model")
         if src.kind == "weight_norm":  # W = g·v/‖v‖: scale W through g, constant along the norm's axes
-            shape = src.shape
+            row, col = np.asarray(row), np.asarray(col)
+            shape = src.shape if src.shape else (1,) * row.ndim  # a scalar g (dim=None) scales all of W
             axes = [a for a, size in enumerate(shape) if size == 1]
-            self.use(src.scaled_by, self.collapse(np.asarray(row), axes),
-                     self.collapse(np.asarray(col), axes), node, bias=bias)
+            row, col = self.collapse(row, axes), self.collapse(col, axes)
+            if not src.shape:
+                row, col = row.reshape(()), col.reshape(())
+            self.use(src.scaled_by, row, col, node, bias=bias)
             return
         for original in src.originals:
             self.data_used.setdefault(original, node.name)
@@ -498,9 +502,15 @@ def _walk_fake(gm: fx.GraphModule, model: nn.Module, example_inputs: tuple[Any, 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     walker = Walker(gm, model, barriers=barriers)
-    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-        fake = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
-        _Runner(gm, walker).run(*fake)
+    quiet = logging.getLogger("torch._subclasses.fake_tensor")  # a failure here is retried on real tensors
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            fake = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
+            _Runner(gm, walker).run(*fake)
+    finally:
+        quiet.setLevel(level)
     return walker
 
 

@@ -109,12 +109,24 @@ def select(w: Walker, node: fx.Node, result: Any) -> Any:
     return _sliced(x, int(w.literal(node, 1, "dim")), int(w.literal(node, 2, "index")), result_shape(result))
 
 
+def _shuffle_array(a: np.ndarray, op: str, r: int) -> np.ndarray:
+    """``F.pixel_shuffle``/``pixel_unshuffle``/``channel_shuffle`` of an array ``(…, C, H, W)`` in numpy."""
+    *lead, c, h, w = a.shape
+    if op == "pixel_shuffle":
+        out = a.reshape(*lead, c // (r * r), r, r, h, w)
+        return np.moveaxis(out, (-4, -3), (-3, -1)).reshape(*lead, c // (r * r), h * r, w * r)
+    if op == "pixel_unshuffle":
+        out = a.reshape(*lead, c, h // r, r, w // r, r)
+        return np.moveaxis(out, (-3, -1), (-4, -3)).reshape(*lead, c * r * r, h // r, w // r)
+    out = a.reshape(*lead, r, c // r, h, w)  # channel_shuffle with r groups
+    return np.swapaxes(out, -4, -3).reshape(a.shape)
+
+
 def _shuffled(x: Ids, op: str, arg: int, shape: tuple[int, ...]) -> Ids:
-    """Apply ``F.<op>(·, arg)`` to the slots themselves (as one image: batch axes of size 1)."""
+    """Apply the shuffle to the slots themselves (as one image: batch axes of size 1)."""
     lead = x.ndim - 3
     image = (1,) * lead + x.shape[lead:]
-    ids = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(x.ids, image)))
-    return Ids(compress(getattr(F, op)(ids, arg).numpy()), shape)
+    return Ids(compress(_shuffle_array(np.broadcast_to(x.ids, image), op, arg)), shape)
 
 
 def shuffle(op: str) -> Rule:

@@ -33,7 +33,7 @@ from torch.nn.utils import parametrize
 
 from synbal.errors import ModelError
 
-__all__ = ["WeightSource", "refuse_quantized", "weight_source"]
+__all__ = ["WeightSource", "detach_hooked_weights", "refuse_quantized", "weight_source"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +122,19 @@ def refuse_quantized(model: nn.Module) -> None:
                 "to a fixed quantization grid, so rescaling them is not a symmetry of the model; balance "
                 "the float model before preparing it for quantization (or convert it back to float modules)"
             )
+
+
+def detach_hooked_weights(model: nn.Module) -> None:
+    """Recompute the weights of hook-based ``weight_norm`` without autograd history.
+
+    The old ``torch.nn.utils.weight_norm`` stores ``W`` as a plain attribute computed with
+    gradients, which ``copy.deepcopy`` refuses; the values are the same, and every forward
+    recomputes them anyway.
+    """
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            for hook in m._forward_pre_hooks.values():
+                if type(hook).__name__ == "WeightNorm":
+                    setattr(m, hook.name, hook.compute_weight(m))
