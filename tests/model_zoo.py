@@ -316,6 +316,28 @@ def layer_scale() -> nn.Module:
     return LayerScaleBlock()
 
 
+def tanh_mlp() -> nn.Module:
+    """No scalable unit: the hidden units feed tanh, the last layer is the output."""
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+class Recurrent(nn.Module):
+    """A recurrent layer (``kind``: LSTM, GRU, tanh or ReLU RNN) and a head; ``zero_state`` passes h0 = 0."""
+
+    def __init__(self, kind: str, zero_state: bool = False) -> None:
+        super().__init__()
+        make = {"lstm": nn.LSTM, "gru": nn.GRU}.get(kind)
+        self.rnn = make(3, 4, batch_first=True) if make else nn.RNN(3, 4, nonlinearity=kind, batch_first=True)
+        self.zero_state = zero_state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.zero_state:
+            out, _ = self.rnn(x, torch.zeros(1, x.size(0), 4, dtype=x.dtype))
+        else:
+            out, _ = self.rnn(x)
+        return out
+
+
 def build(entry: ZooModel) -> tuple[nn.Module, torch.Tensor]:
     """A fresh float64 eval-mode model (seeded) and its example input."""
     torch.manual_seed(0)

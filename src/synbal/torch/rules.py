@@ -196,11 +196,12 @@ def rnn(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -> Any:
         prev = np.concatenate(outs)
     state = np.stack(all_layers)  # (layers·directions, H)
     if h0 is not None:  # the initial state scales with the hidden units
-        if h0.all_fixed():
+        if h0.all_fixed():  # the same as a tie to the constant slot, with the reason said
             w.table.fix(state, f"the initial state of {path!r} is a constant (scale 1), which the hidden units "
                                "would have to scale")
-        kept = w.keep_axes(h0, [0, h0.ndim - 1], node)
-        w.table.tie(kept.reshape(kept.shape[0], kept.shape[-1]), state)
+        else:
+            kept = w.keep_axes(h0, [0, h0.ndim - 1], node)
+            w.table.tie(kept.reshape(kept.shape[0], kept.shape[-1]), state)
     out, h_n = result
     out_ids = _out_ids(prev, _shape(out), out.dim() - 1)
     hn_shape = _shape(h_n)
@@ -323,6 +324,10 @@ def add(w: Walker, node: fx.Node, result: Any) -> Any:
         if scalar not in (0, 0.0, None):
             w.table.fix(tensor.ids, f"a constant is added at node {node.name!r}")
         return Ids(tensor.ids, shape)
+    for v, other in ((ia, ib), (ib, ia)):
+        if other.all_fixed() and not v.all_fixed():  # the same as a tie to the constant slot, with the reason
+            w.table.fix(v.ids, f"a tensor of scale 1 (model input or constant) is added at node {node.name!r}")
+            return Ids(v.ids, shape)
     w.table.tie(ia.ids, ib.ids)
     return Ids(compress(np.broadcast_to(ia.ids, np.broadcast_shapes(ia.ids.shape, ib.ids.shape))), shape)
 
@@ -604,7 +609,8 @@ FUNCTION_RULES.update(LAYOUT_FUNCTIONS)
 FUNCTION_RULES.update(AFFINE_FUNCTIONS)
 
 _METHOD_IDENTITY = {"relu", "relu_", "abs", "neg", "clone", "contiguous", "detach", "cpu", "cuda"}
-_METHOD_CAST = {"float", "double", "half", "bfloat16", "to", "type", "type_as"}
+_METHOD_CAST = {"float", "double", "half", "bfloat16", "to", "type", "type_as", "long", "int", "short", "bool",
+                "byte", "char"}
 _METHOD_RESHAPE = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten", "view_as", "reshape_as"}
 _METHOD_NON_HOMOGENEOUS = {"tanh", "sigmoid", "softmax", "log_softmax", "exp", "log", "pow", "sqrt",
                            "matmul", "bmm", "mm", "clamp", "clamp_", "item", "tolist", "norm", "cumsum",
