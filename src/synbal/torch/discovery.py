@@ -44,11 +44,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import fx, nn
-
 from torch.nn.utils import parametrize
 
 from synbal.errors import InvalidWeightError, ModelError, SynbalError, UnsupportedOperationError
-from synbal.nn import LocallyConnected2d
 from synbal.torch import rules
 from synbal.torch.reparam import refuse_quantized, weight_source
 from synbal.torch.slots import SlotTable
@@ -363,8 +361,12 @@ class Walker:
     def _input_values(self, node: fx.Node) -> list[Any]:
         values: list[Any] = []
 
+        def keep(v: Any) -> Any:
+            values.append(v)
+            return v
+
         def collect(a: fx.Node) -> fx.Node:
-            fx.node.map_aggregate(self.env.get(a), lambda v: values.append(v) or v)
+            fx.node.map_aggregate(self.env.get(a), keep)
             return a
 
         fx.node.map_arg((node.args, node.kwargs), collect)
@@ -378,7 +380,7 @@ class Walker:
         return all(not isinstance(v, Ids) or v.all_fixed() for v in self._input_values(node))
 
 
-class _NodeFailed(Exception):
+class _NodeFailedError(Exception):
     """The model's own computation failed at a node (not synbal's analysis of it)."""
 
     def __init__(self, node: fx.Node, where: str, exc: BaseException) -> None:
@@ -398,7 +400,8 @@ class _Runner(fx.Interpreter):
         except SynbalError:
             raise
         except Exception as exc:
-            raise _NodeFailed(n, f"{self.walker.op_name(n)} in module {self.walker.module_path(n)!r}", exc) from exc
+            where = f"{self.walker.op_name(n)} in module {self.walker.module_path(n)!r}"
+            raise _NodeFailedError(n, where, exc) from exc
         try:
             self.walker.env[n] = self.walker.visit(n, result)
         except SynbalError:
@@ -484,7 +487,7 @@ def discover(model: nn.Module, example_inputs: tuple[Any, ...], *, barriers: boo
                 walker = Walker(gm, model, barriers=barriers)
                 try:
                     _Runner(gm, walker).run(*example_inputs)
-                except _NodeFailed as failed:
+                except _NodeFailedError as failed:
                     raise ModelError(
                         f"running {type(model).__name__} on the example inputs failed at node "
                         f"{failed.node.name!r} ({failed.where}): {failed}"

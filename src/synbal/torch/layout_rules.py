@@ -71,7 +71,7 @@ def flip(w: Walker, node: fx.Node, result: Any) -> Any:
     if node.op == "call_method" and len(node.args) > 2:
         dims = node.args[1:]
     dims = [dims] if isinstance(dims, int) else list(dims)
-    return Ids(np.flip(x.ids, [int(d) % x.ndim for d in dims]), result_shape(result))
+    return Ids(np.flip(x.ids, tuple(int(d) % x.ndim for d in dims)), result_shape(result))
 
 
 def _sliced(x: Ids, dim: int, index: slice | int, shape: tuple[int, ...]) -> Ids:

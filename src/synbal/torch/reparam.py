@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -58,12 +59,14 @@ def _split(name: str) -> tuple[str, str]:
 
 
 def _parametrized(module: nn.Module, owner: str, attr: str) -> WeightSource:
-    plist = module.parametrizations[attr]  # type: ignore[index]
+    plist = getattr(module.parametrizations, attr)
+    assert isinstance(plist, parametrize.ParametrizationList)
     prefix = f"{owner}.parametrizations.{attr}" if owner else f"parametrizations.{attr}"
     originals = tuple(f"{prefix}.{n}" for n, _ in plist.named_parameters())
-    kinds = [type(p).__name__ for p in plist]
-    if len(plist) == 1 and kinds[0] == "_WeightNorm":
+    kinds = [type(p).__name__ for p in plist.children()]
+    if kinds == ["_WeightNorm"]:
         g = plist.original0
+        assert isinstance(g, torch.Tensor)
         return WeightSource("weight_norm", f"{prefix}.original0", tuple(int(s) for s in g.shape), originals)
     what = "spectral_norm" if "_SpectralNorm" in kinds else f"parametrization {' -> '.join(kinds)}"
     reason = (f"{owner or '<root>'}.{attr} is computed by {what}, which " + (
@@ -131,10 +134,8 @@ def detach_hooked_weights(model: nn.Module) -> None:
     gradients, which ``copy.deepcopy`` refuses; the values are the same, and every forward
     recomputes them anyway.
     """
-    import torch
-
     with torch.no_grad():
         for m in model.modules():
             for hook in m._forward_pre_hooks.values():
                 if type(hook).__name__ == "WeightNorm":
-                    setattr(m, hook.name, hook.compute_weight(m))
+                    setattr(m, hook.name, hook.compute_weight(m))  # type: ignore[attr-defined]
