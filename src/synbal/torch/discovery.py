@@ -1,7 +1,8 @@
 """Discovery: trace an ``nn.Module`` and find every rescaling symmetry in it.
 
 **Tracing choice.** synbal traces with :mod:`torch.fx` (``symbolic_trace`` with a tracer that
-keeps ``torch.nn`` layers and :class:`synbal.nn.LocallyConnected2d` as leaves) and runs the traced
+keeps ``torch.nn`` layers and :class:`synbal.nn.LocallyConnected2d` as leaves; a model fx cannot
+follow is exported with ``torch.export``, see :mod:`synbal.torch.tracing`) and runs the traced
 graph once on the example inputs (an :class:`torch.fx.Interpreter`) to learn every tensor's
 shape — on fake tensors (``FakeTensorMode``: shapes only, no arithmetic), falling back to the
 real inputs for operations fake tensors cannot run. Models that already are ``fx.GraphModule`` s —
@@ -11,8 +12,14 @@ in particular ``torch.export`` programs'
 modules because it keeps module paths and parameter names exactly, needs no compilation, and
 is fast (a ResNet-18 traces in milliseconds).
 
-**Limits.** Python control flow that depends on tensor values cannot be traced by fx (export the
-model with ``torch.export`` and balance the ``.pt2``); modules called with ``PackedSequence`` are
+**Soundness.** An operation passes scales only through an exact rule (:mod:`synbal.torch.rules`,
+:mod:`~synbal.torch.layout_rules`, :mod:`~synbal.torch.affine_rules`); an operation without one
+is a barrier or an error unless none of its inputs carries a scale. Weights computed by
+parametrizations are handled by :mod:`synbal.torch.reparam`; quantization-aware-training modules
+are refused up front; a ``torch.compile`` wrapper is looked through.
+
+**Limits.** Python control flow that depends on tensor values cannot be traced (neither by fx nor
+by torch.export); modules called with ``PackedSequence`` are
 not supported; every operation synbal does not know raises
 :class:`~synbal.errors.UnsupportedOperationError` naming the node, the op and the module path
 — or, with ``barriers=True``, fixes every unit that reaches it. Pooling over positions that have

@@ -415,11 +415,12 @@ def split(w: Walker, node: fx.Node, result: Any) -> Any:
 def getitem(w: Walker, node: fx.Node, result: Any) -> Any:
     container = w.value(node, 0, "input")
     index = node.args[1]
-    if isinstance(container, (tuple, list)):
+    if isinstance(container, (tuple, list, dict)):
         return container[index]  # type: ignore[index]
     x = w.as_ids(container, node)
-    if x is None:
-        return w.no_tensor(node, result)
+    if x is None:  # a container discovery does not track: a tensor taken from it is not known to be unscaled
+        untracked = isinstance(result, torch.Tensor)
+        return w.unsupported(node, result, "indexing an untracked container") if untracked else None
     if not isinstance(result, torch.Tensor):
         return None
     if isinstance(index, fx.Node) or (isinstance(index, tuple) and any(isinstance(i, fx.Node) for i in index)):
