@@ -18,7 +18,7 @@ from torch import nn
 
 from synbal.nn import LocallyConnected2d
 
-__all__ = ["ZOO", "ZooModel", "build"]
+__all__ = ["ZOO", "ZooModel", "build", "outputs", "same_state"]
 
 
 @dataclass
@@ -336,6 +336,18 @@ class Recurrent(nn.Module):
         else:
             out, _ = self.rnn(x)
         return out
+
+
+def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's output on ``x``, without gradients."""
+    with torch.no_grad():
+        return model(x)
+
+
+def same_state(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models hold exactly the same state (parameters and buffers)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def build(entry: ZooModel) -> tuple[nn.Module, torch.Tensor]:

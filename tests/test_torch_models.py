@@ -13,20 +13,12 @@ from torch import nn
 
 import synbal
 from model_zoo import ZOO, ZooModel, build
+from model_zoo import outputs as _outputs
+from model_zoo import same_state as _same_state
 from synbal.errors import InvalidWeightError, ModelError, UnsupportedOperationError, VerificationError
 from synbal.torch import TorchAdapter, discover
 
 IDS = [z.name for z in ZOO]
-
-
-def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x)
-
-
-def _same_state(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 @pytest.mark.parametrize("entry", ZOO, ids=IDS)

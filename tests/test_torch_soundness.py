@@ -20,6 +20,8 @@ from torch import nn
 
 import synbal
 from model_zoo import ZOO, Recurrent, ZooModel, build, tanh_mlp
+from model_zoo import outputs as _out
+from model_zoo import same_state as _same_state
 from synbal.api import NO_SCALABLE_UNITS
 from synbal.cli import main
 from synbal.errors import ModelError, UnsupportedOperationError, VerificationError
@@ -30,16 +32,6 @@ IDS = [z.name for z in ZOO]
 
 def _zoo(name: str) -> tuple[nn.Module, torch.Tensor]:
     return build(next(z for z in ZOO if z.name == name))
-
-
-def _out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x)
-
-
-def _same_state(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 # ------------------------------------------------------------------ the function check on the whole zoo
