@@ -21,7 +21,7 @@ from synbal.lpq import LpqRegularizer
 from synbal.metrics import DeficitReport, deficit_report
 from synbal.problem import BalanceProblem
 from synbal.regularizers import Regularizer, RegularizerSpec, parse_regularizer
-from synbal.rounding import round_log_scales
+from synbal.rounding import round_log_scales, scale_factors
 
 __all__ = ["NO_SCALABLE_UNITS", "BalanceResult", "balance", "deficit"]
 
@@ -175,10 +175,10 @@ def balance(
     balanced = adapter.apply(u, inplace=inplace)
     seconds = time.perf_counter() - start
     names = problem.names or []
+    factors = scale_factors(u)
     return BalanceResult(
         net=balanced,
-        scales={names[i]: float(np.exp(u[i])) if round_scales is None else float(np.ldexp(1.0, round(u[i] / np.log(2))))
-                for i in range(problem.n)},
+        scales={names[i]: float(factors[i]) for i in range(problem.n)},
         log_scales=u,
         converged=bool(result.converged),
         history=result.history,

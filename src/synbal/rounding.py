@@ -26,7 +26,7 @@ import numpy as np
 from synbal.errors import SynbalError
 from synbal.problem import BalanceProblem
 
-__all__ = ["ROUNDINGS", "pow2_exponents", "round_log_scales"]
+__all__ = ["ROUNDINGS", "pow2_exponents", "round_log_scales", "scale_factors"]
 
 ROUNDINGS = ("pow2",)
 _LN2 = math.log(2.0)
@@ -76,3 +76,13 @@ def pow2_exponents(u: np.ndarray) -> np.ndarray | None:
     u = np.asarray(u, dtype=np.float64)
     k = np.rint(u / _LN2)
     return k if np.array_equal(k * _LN2, u) else None
+
+
+def scale_factors(u: np.ndarray) -> np.ndarray:
+    """``exp(u)``, as exact powers of two when ``u`` holds whole multiples of ``ln 2``.
+
+    >>> scale_factors(round_log_scales(np.array([1.4, -0.7]), "pow2")).tolist()
+    [4.0, 0.5]
+    """
+    k = pow2_exponents(u)
+    return np.exp(np.asarray(u, dtype=np.float64)) if k is None else np.ldexp(1.0, k.astype(np.int64))
