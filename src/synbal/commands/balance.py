@@ -123,4 +123,5 @@ def summary(result: BalanceResult, source: str, target: str, verified: str, gap:
         lines.append(f"  dead units left alone (no incoming or no outgoing cost): {', '.join(dead)}")
     if result.excluded:
         lines.append(f"  non-scalable hidden units left unchanged: {', '.join(result.excluded)}")
+    lines.extend(f"  {note}" for note in result.notes)
     return "\n".join(lines)

@@ -133,6 +133,8 @@ def balance_model_file(args: argparse.Namespace) -> int:
           f"in {result.seconds:.3g} s; function {'verified' if verify else 'not checked (--no-verify)'}")
     if result.excluded:
         print(f"  excluded units: {len(result.excluded)} ranges (see synbal inspect)")
+    for note in result.notes:
+        print(f"  {note}")
     return 0
 
 
