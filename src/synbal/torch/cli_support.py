@@ -64,7 +64,7 @@ def load_model_file(args: argparse.Namespace) -> LoadedModel:
             "--factory pkg.module:function with --weights W.safetensors (pickled .pt/.pth files are "
             "never loaded)"
         )
-    return load_exported(source, shape, seed)
+    return load_exported(source, shape, seed, trust_pickle=bool(_opt(args, "trust_pickle", False)))
 
 
 def _check_output(args: argparse.Namespace, loaded: LoadedModel) -> Path:

@@ -1,8 +1,10 @@
 """Model files for the CLI: ``torch.export`` programs (``.pt2``) and factory + safetensors weights.
 
-Nothing is unpickled: ``.pt2`` files are read with :func:`torch.export.load` (its own
-serialisation format), weights with :mod:`safetensors`. Outputs are written atomically
-(:mod:`synbal.io`) and never over their input.
+Nothing is unpickled and no code from a model file runs: ``.pt2`` files are read by
+:func:`synbal.torch.pt2.read_program` (raw tensor records, weights-only example inputs, a checked
+program; :func:`torch.export.load`, which unpickles, only with ``trust_pickle=True``), weights with
+:mod:`safetensors`. ``--factory`` imports and runs the named function: it is code the user chose.
+Outputs are written atomically (:mod:`synbal.io`) and never over their input.
 
 A balanced ``.pt2`` keeps the input program unchanged (graph, dynamic shapes, example inputs) and
 only replaces the values of its parameters, which is equivalent to re-exporting the balanced
@@ -11,11 +13,12 @@ module but cannot lose export metadata.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from torch import nn
 
 from synbal.errors import ModelError, SynbalError
 from synbal.io import atomic_write, atomic_write_bytes
+from synbal.torch.pt2 import quiet_torch, read_program
 
 __all__ = ["LoadedModel", "load_exported", "load_factory", "parse_shape", "save_exported", "save_safetensors"]
 
@@ -68,16 +72,21 @@ def _example(model: nn.Module, shape: tuple[int, ...] | None, seed: int | None, 
     return (torch.randn(*shape, generator=gen).to(dtype),)
 
 
-def load_exported(path: str | Path, shape: tuple[int, ...] | None = None, seed: int | None = None) -> LoadedModel:
-    """Read a ``torch.export`` program; its module runs on the stored example inputs (else ``shape``)."""
+def load_exported(path: str | Path, shape: tuple[int, ...] | None = None, seed: int | None = None, *,
+                  trust_pickle: bool = False) -> LoadedModel:
+    """Read a ``torch.export`` program; its module runs on the stored example inputs (else ``shape``).
+
+    Nothing from the file is unpickled or run unless ``trust_pickle`` (see :mod:`synbal.torch.pt2`).
+    """
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"model file {str(p)!r} does not exist")
+    program = read_program(p, trust_pickle=trust_pickle)
     try:
-        program = torch.export.load(str(p))
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise ModelError(f"{str(p)!r} is not a readable torch.export program ({type(exc).__name__}: {exc})") from exc
-    module = program.module()
+        with quiet_torch():
+            module = program.module()
+    except Exception as exc:
+        raise ModelError(f"{str(p)!r}: cannot build a module from the program ({type(exc).__name__}: {exc})") from exc
     stored = getattr(program, "example_inputs", None)
     if shape is None and stored is not None:
         args, kwargs = stored
@@ -90,14 +99,30 @@ def load_exported(path: str | Path, shape: tuple[int, ...] | None = None, seed: 
     return LoadedModel(module, inputs, program)
 
 
+@contextlib.contextmanager
+def _cwd_importable() -> Iterator[None]:
+    """The working directory on ``sys.path`` *after* the installed packages, for one import only.
+
+    A module in the working directory can then never shadow a library (``./safetensors.py``).
+    """
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
 def _import_factory(spec: str) -> Callable[[], Any]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise SynbalError(f"--factory must look like pkg.module:function, got {spec!r}")
-    if os.getcwd() not in sys.path and "" not in sys.path:  # like `python -m`: modules beside the user
-        sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        with _cwd_importable():
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SynbalError(f"--factory {spec!r}: cannot import {module_name!r} ({exc})") from exc
     obj: Any = module
@@ -114,8 +139,8 @@ def load_factory(spec: str, weights: str | Path | None, shape: tuple[int, ...] |
                  seed: int | None = None) -> LoadedModel:
     """Build ``pkg.module:function()``, load ``weights`` (safetensors) into it, put it in eval mode.
 
-    The current directory is importable (as with ``python -m``), so a factory in ``./mymodels.py``
-    is ``mymodels:build``.
+    This imports and runs the named code. The working directory is searched after the installed
+    packages (so it never shadows a library), so a factory in ``./mymodels.py`` is ``mymodels:build``.
     """
     model = _import_factory(spec)()
     if not isinstance(model, nn.Module):
