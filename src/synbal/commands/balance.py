@@ -4,8 +4,9 @@
 [--seed S] [--theta X] [--report R.json]`` writes the balanced graph in the same format (the
 input is never overwritten; outputs are written atomically), checks on random inputs that
 it computes the same function (``--no-verify`` skips this), and with ``--report`` writes a
-JSON report (regularizer before/after, max relative deficit, convergence, sweeps, seconds,
-per-sweep history). ``IN`` may be ``example:NAME`` for a network shipped in
+strict JSON report (regularizer before/after, max relative deficit, convergence, sweeps, seconds,
+per-sweep history; non-finite numbers as ``null``, listed under ``non_finite``). The network and
+the report are written together or not at all. ``IN`` may be ``example:NAME`` for a network shipped in
 :mod:`synbal.examples` (``synbal balance example:recurrent_mixed -o balanced.json``).
 PyTorch model inputs (``MODEL.pt2`` or ``--factory``/``--weights``) are handled by
 :func:`synbal.torch.cli_support.balance_model_file`.
@@ -14,6 +15,8 @@ PyTorch model inputs (``MODEL.pt2`` or ``--factory``/``--weights``) are handled 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from synbal.algorithms import METHODS
@@ -21,7 +24,8 @@ from synbal.api import BalanceResult, balance
 from synbal.commands import add_model_options, add_network_arguments, input_path, is_model_input, model_support
 from synbal.errors import SynbalError
 from synbal.graph import Graph, verify_same_function
-from synbal.io import atomic_write_json, ensure_not_input
+from synbal.io import atomic_write_all, ensure_not_input
+from synbal.jsonsafe import json_text
 
 __all__ = ["register", "run"]
 
@@ -76,14 +80,19 @@ def run(args: argparse.Namespace) -> int:
         closed_form=args.closed_form,
     )
     gap = None if args.no_verify else verify_same_function(graph, result.net)
-    result.net.save(args.output)
+    outputs = [(args.output, result.net.to_json())]
     if args.report:
         report = result.report()
         report.update(input=str(source), output=str(args.output), verified=_verified(args, gap),
                       function_gap=gap, scales=result.scales)
-        atomic_write_json(args.report, report)
+        outputs.append((args.report, json_text(report)))
+    atomic_write_all([(path, _writer(text)) for path, text in outputs])  # both files, or neither
     print(summary(result, args.input, str(args.output), _verified(args, gap), gap))
     return 0
+
+
+def _writer(text: str) -> Callable[[Path], object]:
+    return lambda tmp: tmp.write_bytes(text.encode("utf-8"))
 
 
 def _parse_sets(spec: str | None) -> list[list[str]] | None:

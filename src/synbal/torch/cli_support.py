@@ -15,13 +15,13 @@ subclass (the CLI exits with status 2).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from synbal.api import balance, deficit
 from synbal.errors import SynbalError
-from synbal.io import atomic_write_json, ensure_not_input
+from synbal.io import atomic_write_text, ensure_not_input
+from synbal.jsonsafe import json_text
 from synbal.torch.apply import run_model, verify_outputs
 from synbal.torch.files import (
     LoadedModel,
@@ -122,7 +122,7 @@ def balance_model_file(args: argparse.Namespace) -> int:
     if report:
         data = result.report()
         data.update(input=_inputs_of(args), output=str(out), verified=verify, scales=result.scales)
-        atomic_write_json(report, data)
+        atomic_write_text(report, json_text(data))
     change = (100.0 * (result.regularizer_after - result.regularizer_before) / result.regularizer_before
               if result.regularizer_before > 0 else 0.0)
     status = "converged" if result.converged else "NOT converged"
@@ -143,13 +143,13 @@ def inspect_model_file(args: argparse.Namespace) -> int:
     info.model_name = str(_opt(args, "factory") or Path(str(_opt(args, "input"))).name)
     report = deficit(loaded.model, _opt(args, "reg", "l2"), example_inputs=loaded.example_inputs, verify=False)
     if _opt(args, "json", False):
-        print(json.dumps({
+        print(json_text({
             "groups": [{"name": g.name, "size": g.size, "members": g.members, "incoming": g.incoming,
                         "outgoing": g.outgoing, "degree": g.degree} for g in info.groups],
             "excluded": info.excluded,
             "shared": info.shared,
             "balance": report.as_dict(),
-        }, indent=2))
+        }), end="")
         return 0
     max_rows = _opt(args, "max_rows")
     if max_rows is not None:
