@@ -15,6 +15,7 @@ SIGINT and the :class:`Terminated` that the command line raises on SIGTERM.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -92,6 +93,9 @@ def atomic_write_all(items: Sequence[tuple[str | os.PathLike[str], Callable[[Pat
     on failure. Files get the permissions a plainly created file would (``0o666`` less the umask;
     an existing file keeps its own), not the owner-only mode of a temporary file.
     """
+    for path, _ in items:  # the one failure of a rename that can be foreseen: check it before writing
+        if Path(path).is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
     temps: list[tuple[Path, Path]] = []
     try:
         for path, write in items:

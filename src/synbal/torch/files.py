@@ -69,7 +69,15 @@ def _example(model: nn.Module, shape: tuple[int, ...] | None, seed: int | None, 
         raise ModelError(f"{what}: give --example-shape (e.g. 1,3,32,32) so the model can be traced and verified")
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     gen = torch.Generator().manual_seed(0 if seed is None else seed)
-    return (torch.randn(*shape, generator=gen).to(dtype),)
+    inputs = (torch.randn(*shape, generator=gen).to(dtype),)
+    try:
+        with torch.no_grad(), quiet_torch():
+            model(*inputs)
+    except Exception as exc:  # torch reports a shape mismatch as RuntimeError, AssertionError, ...
+        detail = " ".join(str(exc).split())[:200]
+        raise ModelError(f"{what}: the model cannot run on an example input of shape "
+                         f"{','.join(map(str, shape))} (--example-shape): {type(exc).__name__}: {detail}") from None
+    return inputs
 
 
 def load_exported(path: str | Path, shape: tuple[int, ...] | None = None, seed: int | None = None, *,
