@@ -211,3 +211,32 @@ def test_corrupt_archive_is_one_typed_error(tmp_path: Path, capfd: pytest.Captur
     with pytest.raises(ModelError):
         read_program(bad)
     assert capfd.readouterr().err == ""  # no torch log lines beside synbal's message
+
+
+def test_other_model_formats_never_unpickle(tmp_path: Path) -> None:
+    """Pickled ``.pt``/``.pth`` files are refused unread, also disguised as safetensors weights."""
+    from safetensors.torch import save_model
+
+    marker = tmp_path / "MARKER"
+    payload = _pickled({"0.weight": _Payload(marker)})
+    for name in ("m.pt", "m.pth", "m.bin"):
+        (tmp_path / name).write_bytes(payload)
+    (tmp_path / "fake.safetensors").write_bytes(payload)
+    save_model(torch.nn.Linear(3, 2), str(tmp_path / "w.safetensors"))
+    runs = [["inspect", "m.pt"], ["inspect", "m.pth"], ["balance", "m.bin", "-o", "o.pt2"],
+            ["balance", "--factory", "torch.nn:Linear", "--weights", "m.pt", "-o", "o.safetensors"],
+            ["balance", "--factory", "model_zoo:mlp", "--weights", "fake.safetensors", "--example-shape", "1,4",
+             "-o", "o.safetensors"],
+            ["inspect", "--factory", "model_zoo:mlp", "fake.safetensors", "--example-shape", "1,4"]]
+    from cli_contract import run_cli
+
+    cwd = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        for argv in runs:
+            result = run_cli(argv, in_process=True)
+            assert result.code == 2 and "internal error" not in result.stderr, result
+    finally:
+        os.chdir(cwd)
+    assert not marker.exists()
+    assert not list(tmp_path.glob("o.*"))

@@ -159,7 +159,7 @@ def _number(value: object, what: str, error: type[SynbalError] = InvalidWeightEr
     try:
         x = float(value)
     except OverflowError:  # an int beyond the float64 range
-        x = math.inf if value > 0 else -math.inf  # type: ignore[operator]
+        x = math.inf if value > 0 else -math.inf
     if not math.isfinite(x):
         raise error(f"{what} is {x} (weights and biases must be finite)")
     return x

@@ -124,15 +124,20 @@ def _cwd_importable() -> Iterator[None]:
             sys.path.remove(cwd)
 
 
-def _import_factory(spec: str) -> Callable[[], Any]:
+def _factory_parts(spec: str) -> tuple[str, str]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise SynbalError(f"--factory must look like pkg.module:function, got {spec!r}")
+    return module_name, attr
+
+
+def _import_factory(spec: str) -> Callable[[], Any]:
+    module_name, attr = _factory_parts(spec)
     try:
         with _cwd_importable():
             module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SynbalError(f"--factory {spec!r}: cannot import {module_name!r} ({exc})") from exc
+    except Exception as exc:  # ImportError, or any exception the module raises while importing
+        raise SynbalError(f"--factory {spec!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from exc
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -150,9 +155,7 @@ def load_factory(spec: str, weights: str | Path | None, shape: tuple[int, ...] |
     This imports and runs the named code. The working directory is searched after the installed
     packages (so it never shadows a library), so a factory in ``./mymodels.py`` is ``mymodels:build``.
     """
-    model = _import_factory(spec)()
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"--factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    _factory_parts(spec)
     if weights is None:
         raise SynbalError("--factory needs --weights W.safetensors")
     w = Path(weights)
@@ -160,6 +163,14 @@ def load_factory(spec: str, weights: str | Path | None, shape: tuple[int, ...] |
         raise SynbalError(f"--weights must be a .safetensors file (nothing is unpickled), got {str(w)!r}")
     if not w.is_file():
         raise ModelError(f"weights file {str(w)!r} does not exist")
+    factory = _import_factory(spec)
+    try:
+        model = factory()
+    except Exception as exc:  # the user's code: any exception is a bad --factory
+        detail = " ".join(str(exc).split())[:200]
+        raise ModelError(f"--factory {spec!r} failed: {type(exc).__name__}: {detail}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"--factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     from safetensors.torch import load_model
 
     try:
