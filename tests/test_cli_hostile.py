@@ -198,3 +198,21 @@ def test_a_signal_mid_write_leaves_no_temporary_file(tmp_path: Path, sig: int, c
     assert proc.returncode == code, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.json", "paused"], err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_model_that_fails_its_check_writes_nothing(tmp_path: Path, monkeypatch) -> None:
+    torch = pytest.importorskip("torch")
+    import synbal.torch.cli_support as cli_support
+    from synbal.errors import VerificationError
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    path, out, report = tmp_path / "m.pt2", tmp_path / "o.pt2", tmp_path / "r.json"
+    torch.export.save(torch.export.export(model, (torch.randn(2, 3),)), str(path))
+
+    def mismatch(*args, **kwargs):
+        raise VerificationError("written file differs")
+
+    monkeypatch.setattr(cli_support, "verify_outputs", mismatch)
+    result = run_cli(["balance", str(path), "-o", str(out), "--report", str(report)], in_process=True)
+    assert result.code == 1 and result.stderr == "synbal: error: written file differs\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2"]

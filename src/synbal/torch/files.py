@@ -30,7 +30,8 @@ from synbal.errors import ModelError, SynbalError
 from synbal.io import atomic_write, atomic_write_bytes
 from synbal.torch.pt2 import quiet_torch, read_program
 
-__all__ = ["LoadedModel", "load_exported", "load_factory", "parse_shape", "save_exported", "save_safetensors"]
+__all__ = ["LoadedModel", "load_exported", "load_factory", "model_writer", "parse_shape", "save_exported",
+           "save_safetensors"]
 
 
 @dataclass
@@ -181,15 +182,31 @@ def load_factory(spec: str, weights: str | Path | None, shape: tuple[int, ...] |
     return LoadedModel(model, _example(model, shape, seed, spec))
 
 
+def model_writer(loaded: LoadedModel, balanced: nn.Module) -> Callable[[Path], None]:
+    """A function that writes ``balanced`` in the format of ``loaded`` (``.pt2`` or safetensors) to a path."""
+    if loaded.program is None:
+        from safetensors.torch import save_model
+
+        return lambda path: save_model(balanced, str(path))
+    data = _exported_bytes(loaded, balanced)
+
+    def write(path: Path) -> None:
+        Path(path).write_bytes(data)
+
+    return write
+
+
 def save_safetensors(model: nn.Module, path: str | Path) -> None:
     """Write ``model``'s state (shared tensors stored once) to ``path`` atomically."""
-    from safetensors.torch import save_model
-
-    atomic_write(path, lambda tmp: save_model(model, str(tmp)))
+    atomic_write(path, model_writer(LoadedModel(model, ()), model))
 
 
 def save_exported(loaded: LoadedModel, balanced: nn.Module, path: str | Path) -> None:
     """Write ``loaded.program`` with the parameter values of ``balanced`` to ``path`` atomically."""
+    atomic_write_bytes(path, _exported_bytes(loaded, balanced))
+
+
+def _exported_bytes(loaded: LoadedModel, balanced: nn.Module) -> bytes:
     program = loaded.program
     if program is None:
         raise ModelError("internal: not an exported program")
@@ -204,4 +221,4 @@ def save_exported(loaded: LoadedModel, balanced: nn.Module, path: str | Path) ->
                 value.copy_(new[name].detach().to(value.dtype))
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
