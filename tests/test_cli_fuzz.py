@@ -3,7 +3,8 @@
 A seeded generator mutates valid networks into hostile ones (huge and over-long integers, NaN
 and infinities, deep nesting, wrong types, missing fields, odd unicode, broken JSON text) and
 :func:`cli_contract.check_json_file` runs ``synbal balance --report`` and ``synbal inspect
---json`` on each. The default run checks 200 documents; the ``slow`` run 2,000.
+--json`` on each. The default run checks 200 documents in this process; the ``slow`` run 2,000, and 40 more as
+real processes.
 """
 
 from __future__ import annotations
@@ -119,12 +120,12 @@ def hostile_documents(seed: int, count: int) -> Iterator[tuple[str, bytes, list[
         yield f"#{k}: {'; '.join(labels)}", _text(doc, rng), args
 
 
-def _fuzz(tmp_path: Path, seed: int, count: int) -> None:
+def _fuzz(tmp_path: Path, seed: int, count: int, *, in_process: bool = True) -> None:
     failures = []
     path = tmp_path / "net.json"
     for label, data, args in hostile_documents(seed, count):
         path.write_bytes(data)
-        problems = check_json_file(path, extra_args=args)
+        problems = check_json_file(path, extra_args=args, in_process=in_process)
         if problems:
             failures.append(f"{label} {args}: {problems}")
     assert not failures, f"{len(failures)} of {count} documents broke the contract:\n" + "\n".join(failures[:20])
@@ -137,6 +138,12 @@ def test_cli_contract_on_hostile_documents(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cli_contract_on_many_hostile_documents(tmp_path: Path) -> None:
     _fuzz(tmp_path, seed=1717, count=2000)
+
+
+@pytest.mark.slow
+def test_cli_contract_in_real_processes(tmp_path: Path) -> None:
+    """As a user runs it: warnings and log records that bypass ``sys.stderr`` would show here."""
+    _fuzz(tmp_path, seed=7, count=40, in_process=False)
 
 
 def test_generator_is_hostile_and_reproducible() -> None:
