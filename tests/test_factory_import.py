@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_model
 
+from synbal.errors import ModelError
 from synbal.torch.files import load_factory
 
 
@@ -20,6 +22,7 @@ def _synbal(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_module_in_the_working_directory_cannot_shadow_a_library(tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
     (tmp_path / "safetensors.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
@@ -36,6 +39,18 @@ def test_a_module_in_the_working_directory_cannot_shadow_a_library(tmp_path: Pat
         assert not marker.exists(), proc.stderr
         assert "Traceback" not in proc.stderr
     assert (tmp_path / "out-mymodels_build.safetensors").exists()  # the user's own module still imports
+
+
+def test_an_installed_module_wins_over_one_in_the_working_directory(tmp_path: Path, monkeypatch) -> None:
+    """The quick variant: ``colorsys`` (stdlib, not imported yet) must not come from the working directory."""
+    marker = tmp_path / "MARKER"
+    (tmp_path / "colorsys.py").write_text(f"open({str(marker)!r}, 'w').close()\nrgb_to_hsv = None\n")
+    save_model(torch.nn.Linear(2, 2), str(tmp_path / "w.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    with pytest.raises(ModelError, match="missing 3 required positional arguments"):
+        load_factory("colorsys:rgb_to_hsv", tmp_path / "w.safetensors", (1, 2))  # the real one: a function
+    assert not marker.exists()
 
 
 def test_the_working_directory_is_on_sys_path_only_for_the_import(tmp_path: Path, monkeypatch) -> None:

@@ -111,6 +111,20 @@ def test_pickled_members_are_refused(tmp_path: Path, where: str) -> None:
 
 
 def test_cli_refuses_pickled_archive_in_one_line(tmp_path: Path) -> None:
+    from cli_contract import run_cli
+
+    src, marker = tmp_path / "clean.pt2", tmp_path / "MARKER"
+    _exported(src)
+    bad = _tamper(src, tmp_path / "bad.pt2", _pickled_weight(marker))
+    for cmd in (["inspect", str(bad)], ["balance", str(bad), "-o", str(tmp_path / "out.pt2")]):
+        result = run_cli(cmd, in_process=True)
+        assert result.code == 2 and result.stderr.count("\n") == 1 and "refuses" in result.stderr, result
+    assert not marker.exists() and not (tmp_path / "out.pt2").exists()
+
+
+@pytest.mark.slow
+def test_cli_refuses_pickled_archive_in_one_line_as_a_process(tmp_path: Path) -> None:
+    """As a user runs it: torch's log records would reach stderr here."""
     src, marker = tmp_path / "clean.pt2", tmp_path / "MARKER"
     _exported(src)
     bad = _tamper(src, tmp_path / "bad.pt2", _pickled_weight(marker))
