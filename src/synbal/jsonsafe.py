@@ -12,6 +12,10 @@ become ``null`` and their places are listed, with their values as strings, under
 
 >>> parse_json('{"w": [1, 2.5]}', "net.json")
 {'w': [1, 2.5]}
+>>> parse_json('{"w": [1, 1' + '0' * 400 + ']}', "net.json")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+synbal.errors.SynbalError: net.json: the integer ...(401 digits) at line 1, column 11 is beyond the float64 range
 >>> parse_json("[" * 200 + "]" * 200, "net.json")
 Traceback (most recent call last):
 ...
@@ -37,16 +41,27 @@ MAX_DEPTH = 100
 _MAX_DIGITS = 309  # every integer with more digits is beyond float64's range (1.8e308)
 
 
-def _integer(error: type[SynbalError], where: str) -> Any:
-    def parse(text: str) -> int:
-        digits = len(text.lstrip("-"))
-        value = int(text) if digits <= _MAX_DIGITS else None
-        if value is None or not math.isfinite(_as_float(value)):
-            shown = text if len(text) <= 20 else f"{text[:12]}... ({digits} digits)"
-            raise error(f"{where}: the integer {shown} is beyond the float64 range")
-        return value
+class _OutOfRangeError(Exception):
+    """An integer literal beyond the float64 range (carries the literal, to find its place)."""
 
-    return parse
+    def __init__(self, literal: str) -> None:
+        super().__init__(literal)
+        self.literal = literal
+
+
+def _integer(literal: str) -> int:
+    value = int(literal) if len(literal.lstrip("-")) <= _MAX_DIGITS else None
+    if value is None or not math.isfinite(_as_float(value)):
+        raise _OutOfRangeError(literal)
+    return value
+
+
+def _out_of_range(text: str, literal: str, where: str) -> str:
+    digits = len(literal.lstrip("-"))
+    shown = literal if len(literal) <= 20 else f"{literal[:12]}... ({digits} digits)"
+    start = text.find(literal)
+    place = f" at line {text.count(chr(10), 0, start) + 1}, column {start - text.rfind(chr(10), 0, start)}"
+    return f"{where}: the integer {shown}{place if start >= 0 else ''} is beyond the float64 range"
 
 
 def _as_float(value: int) -> float:
@@ -59,7 +74,9 @@ def _as_float(value: int) -> float:
 def parse_json(text: str, where: str, error: type[SynbalError] = SynbalError) -> Any:
     """``json.loads(text)`` whose every failure is ``error`` naming ``where``."""
     try:
-        obj = json.loads(text, parse_int=_integer(error, where))
+        obj = json.loads(text, parse_int=_integer)
+    except _OutOfRangeError as exc:
+        raise error(_out_of_range(text, exc.literal, where)) from None
     except json.JSONDecodeError as exc:
         raise error(f"{where}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except RecursionError:
