@@ -256,3 +256,32 @@ def test_other_model_formats_never_unpickle(tmp_path: Path) -> None:
         os.chdir(cwd)
     assert not marker.exists()
     assert not list(tmp_path.glob("o.*"))
+
+
+def test_mutated_programs_give_typed_errors_and_no_noise(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Random damage to the serialized program: a model, or a ModelError, never another exception."""
+    import random
+
+    from test_cli_fuzz import _VALUES, _parent, _paths
+
+    src = tmp_path / "clean.pt2"
+    _exported(src)
+    rng = random.Random(5)
+    outcomes = []
+    for _ in range(30):
+        def damage(obj: dict) -> None:
+            path = rng.choice([p for p in _paths(obj) if p])
+            value = rng.choice(_VALUES)
+            if rng.random() < 0.3:
+                del _parent(obj, path)[path[-1]]
+            else:
+                _parent(obj, path)[path[-1]] = 10**30 if isinstance(value, str) and value.startswith("@") else value
+
+        bad = _tamper(src, tmp_path / "bad.pt2", lambda r, d=damage: _edit_json(r, "models/model.json", d))
+        try:
+            load_exported(bad)
+            outcomes.append("loaded")
+        except ModelError:
+            outcomes.append("refused")
+    assert "refused" in outcomes
+    assert capfd.readouterr().err == ""
