@@ -15,6 +15,7 @@ PyTorch model inputs (``MODEL.pt2`` or ``--factory``/``--weights``) are handled 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from synbal.graph import Graph, verify_same_function
 from synbal.io import atomic_write_all, ensure_not_input
 from synbal.jsonsafe import json_text
 
-__all__ = ["register", "run"]
+__all__ = ["finite_float", "register", "run"]
 
 
 def register(subparsers: Any) -> None:
@@ -42,10 +43,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", required=True, help="where to write the balanced network")
     p.add_argument("--method", default="exact",
                    help=f"one of {', '.join(sorted(METHODS))} (default exact)")
-    p.add_argument("--tol", type=float, default=1e-10, help="target max relative deficit (default 1e-10)")
+    p.add_argument("--tol", type=finite_float, default=1e-10, help="target max relative deficit (default 1e-10)")
     p.add_argument("--max-sweeps", type=int, default=10_000, help="sweep budget (default 10000)")
     p.add_argument("--seed", type=int, default=None, help="seed of random schedules")
-    p.add_argument("--theta", type=float, default=1.0, help="partial-step exponent in (0, 1] (default 1)")
+    p.add_argument("--theta", type=finite_float, default=1.0, help="partial-step exponent in (0, 1] (default 1)")
     p.add_argument("--sets", metavar="A,B;C,D",
                    help="unit groups of method tied, e.g. 'h0,h1;h2,h3' (default: the layers)")
     p.add_argument("--closed-form", action="store_true",
@@ -54,6 +55,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     add_model_options(p, verify=True)
     p.set_defaults(func=run)
+
+
+def finite_float(text: str) -> float:
+    """An option's value as a finite float (``nan``, ``inf`` are usage errors).
+
+    >>> finite_float("1e-8")
+    1e-08
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
