@@ -8,6 +8,7 @@ the shape (the MNIST autoencoder 784-200-100-50-100-200-784).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from synbal.nn import LocallyConnected2d
 
-__all__ = ["ZOO", "ZooModel", "build"]
+__all__ = ["ZOO", "ZooModel", "build", "outputs", "same_state"]
 
 
 @dataclass
@@ -249,11 +250,113 @@ def birnn() -> nn.Module:
     return BiRNN()
 
 
+class LayoutNet(nn.Module):
+    """Every shape-moving op between two Linears: each must move the slots exactly (none is a constant)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+        self.b = nn.Linear(6, 6)
+        self.c = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        h = h.T.T.mT.mT.data.detach()  # the audit's h.T.T, h.mT.mT, h.data
+        n = h.size(0)
+        h = h.view(n, 2, 3).transpose(1, 2).permute(0, 2, 1).reshape(n, 6)
+        h = h.unflatten(1, (2, 3)).flatten(1).unsqueeze(1).expand(n, 2, 6).sum(1) * 0.5
+        h = torch.relu(self.b(h)).movedim(1, 0).flip(0).swapaxes(0, 1)
+        return self.c(h[:, 1:])
+
+
+def layout() -> nn.Module:
+    return LayoutNet()
+
+
+def weight_normed() -> nn.Module:
+    """Weight normalisation, new (parametrizations) and old (hooks): W = g·v/‖v‖ scales through g."""
+    from torch.nn.utils import parametrizations, weight_norm
+
+    with warnings.catch_warnings():  # the hook-based weight_norm is deprecated, and still in use
+        warnings.simplefilter("ignore", FutureWarning)
+        old = weight_norm(nn.Conv1d(4, 3, 1), dim=None)
+    return nn.Sequential(nn.Linear(3, 5), nn.ReLU(), parametrizations.weight_norm(nn.Linear(5, 4)), nn.ReLU(),
+                         nn.Unflatten(1, (4, 1)), old, nn.ReLU(),
+                         nn.Conv1d(3, 2, 1), nn.Flatten())
+
+
+def pixel_shuffle() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.PixelShuffle(2), nn.Conv2d(2, 4, 3),
+                         nn.ReLU(), nn.PixelUnshuffle(2), nn.Conv2d(16, 2, 1))
+
+
+class LayerScaleBlock(nn.Module):
+    """A ConvNeXt block: depthwise conv, LayerNorm, Linear-GELU-Linear, layer scale, residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(2, 4, 1)
+        self.stem_norm = nn.GroupNorm(2, 4)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.norm = nn.LayerNorm(4)
+        self.fc1 = nn.Linear(4, 8)
+        self.fc2 = nn.Linear(8, 4)
+        self.gamma = nn.Parameter(torch.rand(4, 1, 1) + 0.5)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem_norm(self.stem(x))
+        h = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        h = self.fc2(F.gelu(self.fc1(h))).permute(0, 3, 1, 2)
+        x = x + self.gamma * h
+        return self.head(F.relu(x).mean(dim=(2, 3)))
+
+
+def layer_scale() -> nn.Module:
+    return LayerScaleBlock()
+
+
+def tanh_mlp() -> nn.Module:
+    """No scalable unit: the hidden units feed tanh, the last layer is the output."""
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+class Recurrent(nn.Module):
+    """A recurrent layer (``kind``: LSTM, GRU, tanh or ReLU RNN) and a head; ``zero_state`` passes h0 = 0."""
+
+    def __init__(self, kind: str, zero_state: bool = False) -> None:
+        super().__init__()
+        make = {"lstm": nn.LSTM, "gru": nn.GRU}.get(kind)
+        self.rnn = make(3, 4, batch_first=True) if make else nn.RNN(3, 4, nonlinearity=kind, batch_first=True)
+        self.zero_state = zero_state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.zero_state:
+            out, _ = self.rnn(x, torch.zeros(1, x.size(0), 4, dtype=x.dtype))
+        else:
+            out, _ = self.rnn(x)
+        return out
+
+
+def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's output on ``x``, without gradients."""
+    with torch.no_grad():
+        return model(x)
+
+
+def same_state(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models hold exactly the same state (parameters and buffers)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def build(entry: ZooModel) -> tuple[nn.Module, torch.Tensor]:
     """A fresh float64 eval-mode model (seeded) and its example input."""
     torch.manual_seed(0)
     model = entry.make().double().eval()
     x = torch.randn(*entry.input_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # a hook-based weight_norm recomputes its weight (in float64, without history)
+        model(x)
     return model, x
 
 
@@ -292,4 +395,17 @@ ZOO: list[ZooModel] = [
              {"fc[0]..fc[1] (2 units)": "model output"}),
     ZooModel("conv3d", conv3d, (1, 2, 3, 3, 3), 3, {"c1[2]": ["c1[2]"]},
              {"c2[0]..c2[1] (2 units)": "model output"}),
+    # the held-out audit's defects (issue 11): each model fails the zoo's invariants without its fix
+    ZooModel("layout", layout, (3, 4), 11, {"a[0]": ["a[0]"], "b[4]": ["b[4]"]},
+             {"b[5]": "no outgoing weights", "c[0]..c[1] (2 units)": "model output"}),
+    ZooModel("weight_norm", weight_normed, (2, 3), 3,
+             {"0[0]": [f"0[{i}]" for i in range(5)], "2[0]": [f"2[{i}]" for i in range(4)],
+              "5[0]": ["5[0]", "5[1]", "5[2]"]}, {"7[0]..7[1] (2 units)": "model output"}),
+    ZooModel("pixel_shuffle", pixel_shuffle, (1, 2, 5, 5), 6,
+             {"0[0]": ["0[0]", "0[1]", "0[2]", "0[3]"], "3[2]": ["3[2]"]}, {"6[0]..6[1] (2 units)": "model output"}),
+    ZooModel("layer_scale", layer_scale, (2, 2, 4, 4), 12,
+             {"stem_norm[1]": ["stem_norm[1]", "gamma[1,0,0]"], "fc2[3]": ["fc2[3]"]},
+             {"stem[0]..stem[3] (4 units)": "normalised by GroupNorm 'stem_norm'",
+              "dw[0]..dw[3] (4 units)": "normalised by LayerNorm 'norm'", "fc1[0]..fc1[7] (8 units)": "gelu",
+              "head[0]..head[2] (3 units)": "model output"}),
 ]

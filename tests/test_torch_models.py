@@ -13,20 +13,12 @@ from torch import nn
 
 import synbal
 from model_zoo import ZOO, ZooModel, build
+from model_zoo import outputs as _outputs
+from model_zoo import same_state as _same_state
 from synbal.errors import InvalidWeightError, ModelError, UnsupportedOperationError, VerificationError
 from synbal.torch import TorchAdapter, discover
 
 IDS = [z.name for z in ZOO]
-
-
-def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x)
-
-
-def _same_state(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 @pytest.mark.parametrize("entry", ZOO, ids=IDS)
@@ -330,11 +322,12 @@ def test_layernorm_attention_and_softmax_block_units() -> None:
     model = _Attention().double().eval()
     x = torch.randn(2, 5, 4, dtype=torch.float64)
     d = discover(model, (x,))
-    assert d.names == [f"mid[{i}]" for i in range(6)]
-    assert "feeds nn.LayerNorm" in d.excluded["inp[0]..inp[5] (6 units)"]
+    # the LayerNorm's affine γ, β feed new units; its input is normalised, so fixed
+    assert d.names == [f"norm[{i}]" for i in range(6)] + [f"mid[{i}]" for i in range(6)]
+    assert "normalised by LayerNorm 'norm'" in d.excluded["inp[0]..inp[5] (6 units)"]
     assert "feeds nn.MultiheadAttention" in d.excluded["pre[0]..pre[5] (6 units)"]
     assert "softmax" in d.excluded["out[0]..out[2] (3 units)"]
-    assert {"norm.weight", "attn.in_proj_weight"} <= set(d.unused)  # counted in R, never scaled
+    assert "attn.in_proj_weight" in d.unused and "norm.weight" in d.uses  # counted in R, never scaled
     res = synbal.balance(model, "l2", example_inputs=(x,))
     assert res.converged and torch.allclose(_outputs(res.net, x), _outputs(model, x), rtol=1e-10)
 

@@ -101,9 +101,14 @@ def _bipu(c: float, C: float, D: float) -> ArrayFn:
 
 def _number(obj: Mapping[str, Any], key: str, default: float, where: str) -> float:
     value = obj.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise ActivationError(f"{where}: parameter {key!r} must be a finite number, got {value!r}")
-    return float(value)
+    try:  # float(): an int beyond the float64 range raises OverflowError, np.isfinite a TypeError
+        x = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    except OverflowError:
+        x = None
+    if x is None or not np.isfinite(x):
+        shown = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else repr(value)[:40]
+        raise ActivationError(f"{where}: parameter {key!r} must be a finite number, got {shown}")
+    return x
 
 
 def parse_activation(spec: object, *, where: str = "activation") -> Activation:

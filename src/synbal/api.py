@@ -15,14 +15,17 @@ import numpy as np
 
 from synbal.adapters import adapter_for
 from synbal.algorithms import METHODS, solve
-from synbal.algorithms.base import HistoryEntry, SolveOptions
+from synbal.algorithms.base import HistoryEntry, SolveOptions, SolveResult
 from synbal.errors import SynbalError
 from synbal.lpq import LpqRegularizer
 from synbal.metrics import DeficitReport, deficit_report
 from synbal.problem import BalanceProblem
 from synbal.regularizers import Regularizer, RegularizerSpec, parse_regularizer
+from synbal.rounding import round_log_scales, scale_factors
 
-__all__ = ["BalanceResult", "balance", "deficit"]
+__all__ = ["NO_SCALABLE_UNITS", "BalanceResult", "balance", "deficit"]
+
+NO_SCALABLE_UNITS = "no scalable units: nothing to balance, the network is returned unchanged"
 
 
 @dataclass
@@ -32,6 +35,10 @@ class BalanceResult:
     ``net`` is the balanced network (same type as the input), ``scales`` the multiplier ``λ``
     of every scalable unit by name, ``converged`` whether the max relative deficit reached
     ``tol``, ``history`` one entry per sweep (regularizer and max relative deficit).
+    With ``round_scales="pow2"`` the scales are powers of two: ``regularizer_after`` and
+    ``max_relative_deficit`` are those of the rounded scales, and ``rounding_cost`` is what the
+    rounding adds to ``R`` (relative to the unrounded optimum). ``notes`` says anything else worth
+    knowing (no scalable units, which model ``R`` refers to, …).
     """
 
     net: Any
@@ -47,6 +54,9 @@ class BalanceResult:
     seconds: float
     problem: BalanceProblem = field(repr=False)
     excluded: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    round_scales: str | None = None
+    rounding_cost: float | None = None
 
     @property
     def sweeps(self) -> int:
@@ -66,6 +76,9 @@ class BalanceResult:
             "units": self.problem.n,
             "history": [h.as_dict() for h in self.history],
             "excluded": dict(self.excluded),
+            "notes": list(self.notes),
+            "round_scales": self.round_scales,
+            "rounding_cost": self.rounding_cost,
         }
 
 
@@ -82,6 +95,7 @@ def balance(
     sets: list[list[str]] | None = None,
     closed_form: bool = False,
     progress: bool = False,
+    round_scales: str | None = None,
     **adapter_options: Any,
 ) -> BalanceResult:
     """Balance every scalable unit of ``net`` for the regularizer ``reg``.
@@ -104,6 +118,10 @@ def balance(
         Modify ``net`` itself instead of a copy.
     sets:
         Unit-name groups for ``method="tied"`` (default: the network's layers).
+    round_scales:
+        ``"pow2"``: round every scale to the nearest power of two (in the log domain), so that
+        rescaling is exact in any floating-point format; a PyTorch model is then verified to
+        compute bit-for-bit the same outputs. ``rounding_cost`` reports what it costs in ``R``.
 
     Examples
     --------
@@ -121,25 +139,25 @@ def balance(
     """
     if method not in METHODS:
         raise SynbalError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
+    if round_scales is not None:
+        round_log_scales(np.zeros(0), round_scales)  # an unknown mode fails before any work
     regularizer = parse_regularizer(reg)
     start = time.perf_counter()
     adapter = adapter_for(net, **adapter_options)
     problem = adapter.problem(regularizer)
-    options = SolveOptions(
-        tol=tol,
-        max_sweeps=max_sweeps,
-        theta=theta,
-        seed=seed,
-        sets=_resolve_sets(problem, sets),
-        closed_form=closed_form,
-        progress=progress,
-    )
-    result = solve(problem, regularizer, method, options)
+    objective = _objective(problem, regularizer)
+    notes = list(getattr(adapter, "notes", list)())  # optional adapter hook (e.g. BatchNorm folded)
+    if problem.n == 0:
+        result = SolveResult(np.zeros(0), True, [HistoryEntry(0, objective(np.zeros(0)), 0.0)])
+        notes.insert(0, NO_SCALABLE_UNITS)
+    else:
+        options = SolveOptions(tol=tol, max_sweeps=max_sweeps, theta=theta, seed=seed,
+                               sets=_resolve_sets(problem, sets), closed_form=closed_form, progress=progress)
+        result = solve(problem, regularizer, method, options)
     # The solvers record R at their start (u = 0) and at their final state; reuse those values
     # (each costs a read of every weight) where they are the additive R. Anything measured here
     # must be measured before applying: matrix-free problems read the source's weights, which
     # an in-place apply changes.
-    objective = _objective(problem, regularizer)
     history = result.history
     additive = not isinstance(regularizer, LpqRegularizer)
     starts_at_zero = bool(history) and history[0].sweep == 0
@@ -148,24 +166,34 @@ def balance(
     final_deficit = (
         result.history[-1].max_relative_deficit if result.history else problem.max_relative_deficit(result.u)
     )
-    balanced = adapter.apply(result.u, inplace=inplace)
+    u, cost = result.u, None
+    if round_scales is not None:
+        u = round_log_scales(result.u, round_scales, problem)
+        rounded = objective(u)
+        cost = (rounded - after) / after if after > 0 else 0.0
+        after, final_deficit = rounded, problem.max_relative_deficit(u)
+    balanced = adapter.apply(u, inplace=inplace)
     seconds = time.perf_counter() - start
     names = problem.names or []
+    factors = scale_factors(u)
     return BalanceResult(
         net=balanced,
-        scales={names[i]: float(np.exp(result.u[i])) for i in range(problem.n)},
-        log_scales=result.u,
+        scales={names[i]: float(factors[i]) for i in range(problem.n)},
+        log_scales=u,
         converged=bool(result.converged),
         history=result.history,
         method=method,
         regularizer=str(regularizer),
         regularizer_before=before,
         regularizer_after=after,
-        # the solver's own measure at its final state (per set for method "tied")
+        # the solver's own measure at its final state (per set for method "tied"), or at the rounded scales
         max_relative_deficit=final_deficit,
         seconds=seconds,
         problem=problem,
         excluded=adapter.excluded(),
+        notes=notes,
+        round_scales=round_scales,
+        rounding_cost=cost,
     )
 
 

@@ -2,7 +2,9 @@
 
 Each subcommand lives in a module of :mod:`synbal.commands` with ``register(subparsers)`` and
 ``run(args) -> int``. Exit status 0 on success, 2 on bad input (one line on stderr, no
-traceback), 1 when a balanced network fails its function check.
+traceback), 1 when a balanced network fails its function check. Any other exception is also
+exit 2 with one line (``synbal: internal error: …``); warnings (NumPy/SciPy ``RuntimeWarning``,
+torch's log) are kept off stderr; SIGINT (130) and SIGTERM (143) remove partly written outputs.
 
 >>> args = build_parser().parse_args(["balance", "net.json", "-o", "balanced.json", "--reg", "l1"])
 >>> args.method, args.reg, args.tol
@@ -12,15 +14,20 @@ traceback), 1 when a balanced network fails its function check.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from synbal import __version__
 from synbal.errors import SynbalError, VerificationError
+from synbal.io import Terminated
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -59,7 +66,33 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
         return f"{where}{exc.strerror}"
-    return " ".join(str(exc).split()) or type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception:  # e.g. a message holding an integer too long to print
+        text = ""
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _terminate(signum: int, frame: object) -> NoReturn:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _cli_environment() -> Iterator[None]:
+    """Warnings off stderr, SIGTERM as an exception (so partial outputs are removed), for one run."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    for stream in (sys.stdout, sys.stderr):  # unit names may hold lone surrogates
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,6 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
+    with _cli_environment():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except VerificationError as exc:
@@ -87,6 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("synbal: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("synbal: terminated", file=sys.stderr)
+        return 143
+    except RecursionError:
+        print("synbal: error: input nested too deeply", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # a bug or an input no check foresaw: still one line, never a traceback
+        print(f"synbal: internal error: {type(exc).__name__}: {_one_line(exc)[:500]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":  # pragma: no cover

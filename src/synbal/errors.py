@@ -19,6 +19,7 @@ __all__ = [
     "ModelError",
     "RegularizerError",
     "SynbalError",
+    "UnsafeFileError",
     "UnsupportedOperationError",
     "VerificationError",
 ]
@@ -50,6 +51,13 @@ class ModelError(SynbalError):
 
 class UnsupportedOperationError(ModelError):
     """A traced model contains an operation whose rescaling behaviour synbal does not know."""
+
+
+class UnsafeFileError(ModelError):
+    """A model file could only be loaded by running code from it (pickled members, compiled code, …).
+
+    Loading such a file needs an explicit opt-in (``--trust-pickle`` / ``trust_pickle=True``).
+    """
 
 
 class VerificationError(SynbalError):

@@ -45,7 +45,6 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,6 +54,7 @@ from synbal.activations import Activation, parse_activation
 from synbal.adapters import register_adapter
 from synbal.errors import GraphFormatError, InvalidWeightError, SynbalError, VerificationError
 from synbal.io import atomic_write_text
+from synbal.jsonsafe import check_json_value, read_json
 from synbal.lpq import LpqRegularizer
 from synbal.problem import BalanceProblem, CostBlock, CustomCosts
 from synbal.regularizers import CustomRegularizer, PowerRegularizer, Regularizer
@@ -147,15 +147,19 @@ class Unit:
         for key in ("name", "role"):
             if key not in obj:
                 raise GraphFormatError(f"unit #{position} ({obj.get('name', '?')!r}) is missing {key!r}")
-        extra = {k: copy.deepcopy(v) for k, v in obj.items() if k not in ("name", "role", "activation")}
-        return cls(obj["name"], obj["role"], obj.get("activation"), extra)
+        extra = {k: v for k, v in obj.items() if k not in ("name", "role", "activation")}
+        _check_extra(extra, f"unit #{position} ({obj['name']!r})")
+        return cls(obj["name"], obj["role"], obj.get("activation"), copy.deepcopy(extra))
 
 
 # ---------------------------------------------------------------------------------------- parsing
 def _number(value: object, what: str, error: type[SynbalError] = InvalidWeightError) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise GraphFormatError(f"{what} must be a number, got {value!r}")
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:  # an int beyond the float64 range
+        x = math.inf if value > 0 else -math.inf
     if not math.isfinite(x):
         raise error(f"{what} is {x} (weights and biases must be finite)")
     return x
@@ -179,6 +183,12 @@ def _name_map(obj: object, what: str, error: type[SynbalError] = InvalidWeightEr
     if not isinstance(obj, Mapping):
         raise GraphFormatError(f"{what!r} must be an object mapping unit names to numbers, got {obj!r}")
     return {str(k): _number(v, f"{what} of unit {k!r}", error) for k, v in obj.items()}
+
+
+def _check_extra(extra: Mapping[str, Any], where: str) -> None:
+    """Unknown fields are written back: they must be finite, plain, not absurdly deep JSON."""
+    for key, value in extra.items():
+        check_json_value(value, f"{where}: field {key!r}", GraphFormatError)
 
 
 def _json_lines(obj: dict[str, Any]) -> str:
@@ -222,6 +232,7 @@ class Graph:
         }
         self.edge_costs: dict[tuple[str, str], float] = dict(edge_costs or {})
         self.bias_costs: dict[str, float] = dict(bias_costs or {})
+        _check_extra(dict(extra or {}), "graph")
         self.extra: dict[str, Any] = copy.deepcopy(dict(extra or {}))
         self.validate()
 
@@ -309,14 +320,7 @@ class Graph:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Graph:
         """Read a graph from a JSON file; errors name the file (and line/column for bad JSON)."""
-        try:
-            obj = json.loads(Path(path).read_text(encoding="utf-8"))
-        except UnicodeDecodeError as exc:
-            raise GraphFormatError(f"{os.fspath(path)}: not a UTF-8 text file ({exc.reason})") from None
-        except json.JSONDecodeError as exc:
-            raise GraphFormatError(
-                f"{os.fspath(path)}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-            ) from None
+        obj = read_json(path, GraphFormatError)
         try:
             return cls.from_dict(obj)
         except SynbalError as exc:

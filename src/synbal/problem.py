@@ -470,9 +470,9 @@ class BalanceProblem:
         as *floating* and left alone.
         """
         cached = self._cache.get("grounding")
-        if cached is None and self.layers is not None:
+        if cached is None and (self.layers is not None or self.n == 0):
             # A layered net is acyclic: following incoming weights back from any live unit
-            # reaches a fixed or dead unit, so every live unit is grounded.
+            # reaches a fixed or dead unit, so every live unit is grounded (and no units: none floats).
             cached = (np.zeros(self.n, dtype=bool), np.zeros(self.n, dtype=bool))
             self._cache["grounding"] = cached
         if cached is None:

@@ -41,10 +41,16 @@ def add_model_options(parser: argparse.ArgumentParser, *, verify: bool) -> None:
     """Options for PyTorch model inputs (handled by :mod:`synbal.torch.cli_support`)."""
     group = parser.add_argument_group("PyTorch models (a .pt2 torch.export file, or a factory and weights)")
     group.add_argument("--factory", metavar="PKG.MODULE:FUNCTION",
-                       help="a function that builds the model (its weights come from --weights)")
+                       help="a function that builds the model (its weights come from --weights); this "
+                       "IMPORTS AND RUNS the named code (the working directory is searched after the "
+                       "installed packages)")
     group.add_argument("--weights", metavar="W.safetensors", help="weights for --factory (safetensors)")
     group.add_argument("--example-shape", metavar="SHAPE",
                        help="shape of an example input used to trace the model, e.g. 1,3,32,32")
+    group.add_argument("--trust-pickle", action="store_true",
+                       help="load a .pt2 even if it holds pickled data, compiled code or code-like parts, "
+                       "with torch.export.load: this RUNS CODE FROM THE FILE; use it only for files you "
+                       "made yourself (without it such files are refused)")
     if verify:
         group.add_argument("--no-verify", action="store_true",
                            help="skip checking that the balanced network computes the same function")

@@ -4,8 +4,9 @@
 [--seed S] [--theta X] [--report R.json]`` writes the balanced graph in the same format (the
 input is never overwritten; outputs are written atomically), checks on random inputs that
 it computes the same function (``--no-verify`` skips this), and with ``--report`` writes a
-JSON report (regularizer before/after, max relative deficit, convergence, sweeps, seconds,
-per-sweep history). ``IN`` may be ``example:NAME`` for a network shipped in
+strict JSON report (regularizer before/after, max relative deficit, convergence, sweeps, seconds,
+per-sweep history; non-finite numbers as ``null``, listed under ``non_finite``). The network and
+the report are written together or not at all. ``IN`` may be ``example:NAME`` for a network shipped in
 :mod:`synbal.examples` (``synbal balance example:recurrent_mixed -o balanced.json``).
 PyTorch model inputs (``MODEL.pt2`` or ``--factory``/``--weights``) are handled by
 :func:`synbal.torch.cli_support.balance_model_file`.
@@ -14,6 +15,9 @@ PyTorch model inputs (``MODEL.pt2`` or ``--factory``/``--weights``) are handled 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from synbal.algorithms import METHODS
@@ -21,9 +25,10 @@ from synbal.api import BalanceResult, balance
 from synbal.commands import add_model_options, add_network_arguments, input_path, is_model_input, model_support
 from synbal.errors import SynbalError
 from synbal.graph import Graph, verify_same_function
-from synbal.io import atomic_write_json, ensure_not_input
+from synbal.io import atomic_write_all, ensure_not_input
+from synbal.jsonsafe import json_text
 
-__all__ = ["register", "run"]
+__all__ = ["finite_float", "register", "run"]
 
 
 def register(subparsers: Any) -> None:
@@ -38,10 +43,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", required=True, help="where to write the balanced network")
     p.add_argument("--method", default="exact",
                    help=f"one of {', '.join(sorted(METHODS))} (default exact)")
-    p.add_argument("--tol", type=float, default=1e-10, help="target max relative deficit (default 1e-10)")
+    p.add_argument("--tol", type=finite_float, default=1e-10, help="target max relative deficit (default 1e-10)")
     p.add_argument("--max-sweeps", type=int, default=10_000, help="sweep budget (default 10000)")
     p.add_argument("--seed", type=int, default=None, help="seed of random schedules")
-    p.add_argument("--theta", type=float, default=1.0, help="partial-step exponent in (0, 1] (default 1)")
+    p.add_argument("--theta", type=finite_float, default=1.0, help="partial-step exponent in (0, 1] (default 1)")
     p.add_argument("--sets", metavar="A,B;C,D",
                    help="unit groups of method tied, e.g. 'h0,h1;h2,h3' (default: the layers)")
     p.add_argument("--closed-form", action="store_true",
@@ -50,6 +55,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     add_model_options(p, verify=True)
     p.set_defaults(func=run)
+
+
+def finite_float(text: str) -> float:
+    """An option's value as a finite float (``nan``, ``inf`` are usage errors).
+
+    >>> finite_float("1e-8")
+    1e-08
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,14 +96,19 @@ def run(args: argparse.Namespace) -> int:
         closed_form=args.closed_form,
     )
     gap = None if args.no_verify else verify_same_function(graph, result.net)
-    result.net.save(args.output)
+    outputs = [(args.output, result.net.to_json())]
     if args.report:
         report = result.report()
         report.update(input=str(source), output=str(args.output), verified=_verified(args, gap),
                       function_gap=gap, scales=result.scales)
-        atomic_write_json(args.report, report)
+        outputs.append((args.report, json_text(report)))
+    atomic_write_all([(path, _writer(text)) for path, text in outputs])  # both files, or neither
     print(summary(result, args.input, str(args.output), _verified(args, gap), gap))
     return 0
+
+
+def _writer(text: str) -> Callable[[Path], object]:
+    return lambda tmp: tmp.write_bytes(text.encode("utf-8"))
 
 
 def _parse_sets(spec: str | None) -> list[list[str]] | None:
@@ -123,4 +148,5 @@ def summary(result: BalanceResult, source: str, target: str, verified: str, gap:
         lines.append(f"  dead units left alone (no incoming or no outgoing cost): {', '.join(dead)}")
     if result.excluded:
         lines.append(f"  non-scalable hidden units left unchanged: {', '.join(result.excluded)}")
+    lines.extend(f"  {note}" for note in result.notes)
     return "\n".join(lines)

@@ -3,20 +3,21 @@
 ``synbal inspect IN.json [--reg SPEC] [--json]`` prints each scalable unit's IN and OUT cost,
 degree, relative deficit and status (free, dead, …), per-layer sums for layered nets, and the
 totals (regularizer, overall deficit, max relative deficit, Frobenius norm); ``--json`` prints
-the same as JSON. PyTorch model inputs go to
+the same as strict JSON (non-finite numbers as ``null``, listed with their values under
+``non_finite``). PyTorch model inputs go to
 :func:`synbal.torch.cli_support.inspect_model_file`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from synbal.api import deficit
 from synbal.commands import add_model_options, add_network_arguments, input_path, is_model_input, model_support
 from synbal.errors import SynbalError
 from synbal.graph import Graph
+from synbal.jsonsafe import json_text
 
 __all__ = ["register", "run"]
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         return int(model_support().inspect_model_file(args))
     report = deficit(Graph.load(input_path(args)), args.reg)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json_text(report.as_dict()), end="")
     else:
         print(report.format_table(args.max_rows))
     return 0

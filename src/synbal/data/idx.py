@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import zlib
 from pathlib import Path
@@ -56,7 +57,7 @@ def read_idx(path: str | os.PathLike[str], *, ndim: int) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"data file {str(path)!r} ends inside its header")
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)  # Python ints: (2**31, 2**31, 4) must not wrap around to 0
     if len(raw) - header != expected:
         raise DataError(
             f"data file {str(path)!r}: header says shape {shape} ({expected} bytes) but the file "

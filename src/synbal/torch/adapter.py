@@ -25,10 +25,12 @@ from torch import nn
 from synbal.errors import ModelError
 from synbal.problem import BalanceProblem
 from synbal.regularizers import Regularizer
-from synbal.torch.apply import factor_arrays, run_model, scale_parameters, scaled_copy, verify_outputs
-from synbal.torch.discovery import Discovery, discover
+from synbal.rounding import pow2_exponents
+from synbal.torch.apply import Rollback, factor_arrays, run_model, scale_parameters, scaled_copy, verify_outputs
+from synbal.torch.discovery import Discovery, discover, unwrap_compiled
 from synbal.torch.extract import build_problem
 from synbal.torch.fold import fold_batchnorm as fold_batchnorm_inplace
+from synbal.torch.reparam import detach_hooked_weights
 
 __all__ = ["TorchAdapter"]
 
@@ -43,6 +45,7 @@ def _as_inputs(example_inputs: Any) -> tuple[Any, ...]:
 
 
 def _copy(model: nn.Module) -> nn.Module:
+    detach_hooked_weights(model)  # else deepcopy refuses a hook-based weight_norm's computed weight
     with warnings.catch_warnings():  # torch.export modules warn about their own pytree specs when copied
         warnings.simplefilter("ignore", FutureWarning)
         return copy.deepcopy(model)
@@ -55,14 +58,16 @@ class TorchAdapter:
     ----------
     model:
         The model (not modified unless ``apply(..., inplace=True)``). BatchNorm layers must be
-        in eval mode.
+        in eval mode. A ``torch.compile``d model is balanced through the module it wraps (a
+        balanced copy is that module, not compiled).
     example_inputs:
         A tensor or tuple of tensors the model is called with (used to trace shapes and verify).
         Optional for plain MLPs (:func:`synbal.training.views.mlp_discovery`), which need no
         tracing; without inputs they are verified on :func:`synbal.training.views.mlp_probe`.
     verify:
         After applying, run the model before/after and raise
-        :class:`~synbal.errors.VerificationError` if the outputs differ beyond a dtype-aware tolerance.
+        :class:`~synbal.errors.VerificationError` if the outputs differ beyond a dtype-aware tolerance
+        (at all, for power-of-two scales). An in-place apply that fails it is rolled back first.
     barriers:
         Treat unsupported operations as barriers (units touching them are not scaled) instead of
         raising :class:`~synbal.errors.UnsupportedOperationError`.
@@ -75,13 +80,17 @@ class TorchAdapter:
                  barriers: bool = False, fold_batchnorm: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
-        from synbal.training.views import mlp_discovery, mlp_probe  # the fast path for plain MLPs (no tracing)
+        from synbal.training.views import mlp_discovery, mlp_fits, mlp_probe  # plain MLPs: no tracing
 
-        self.model = model
+        self.given = model
+        self.model = model = unwrap_compiled(model)
         self.verify = verify
         self.fold = fold_batchnorm
         self._work = model
+        self.folded: list[str] = []
         plain = None if fold_batchnorm else mlp_discovery(model)
+        if plain is not None and example_inputs is not None and not mlp_fits(model, _as_inputs(example_inputs)):
+            plain = None  # traced instead, to say what does not fit
         if plain is not None:
             self.inputs = (mlp_probe(model),) if example_inputs is None else _as_inputs(example_inputs)
             self.discovery: Discovery = plain
@@ -89,25 +98,44 @@ class TorchAdapter:
         self.inputs = _as_inputs(example_inputs)
         if fold_batchnorm:
             self._work = _copy(model)
-            fold_batchnorm_inplace(self._work, self.inputs)
+            self.folded = fold_batchnorm_inplace(self._work, self.inputs)
         self.discovery = discover(self._work, self.inputs, barriers=barriers)
+
+    def notes(self) -> list[str]:
+        """What a result should say about this model (which model ``R`` refers to)."""
+        if not self.fold:
+            return []
+        which = ", ".join(self.folded) if self.folded else "none could be folded"
+        return [f"R before and after are those of the model with its BatchNorm layers folded into the preceding "
+                f"Linear/Conv layers (folded: {which}), not of the model as given"]
 
     def problem(self, reg: Regularizer) -> BalanceProblem:
         return build_problem(self.discovery, reg)
 
     def apply(self, u: np.ndarray, *, inplace: bool) -> nn.Module:
         before = run_model(self.model, self.inputs) if self.verify else None
+        undo = None
         if inplace:
             target = self.model
+            if before is not None:  # saved so that a failed verification leaves the model as it was
+                names = list(self.discovery.uses) if not self.fold else [n for n, _ in target.named_parameters()]
+                undo = Rollback(target, names, structure=self.fold)
             if self.fold:
                 fold_batchnorm_inplace(target, self.inputs)
             scale_parameters(target, self.discovery, u)
         else:
+            detach_hooked_weights(self._work)  # else deepcopy refuses a hook-based weight_norm's computed weight
             target = scaled_copy(self._work, self.discovery, u)
         if before is not None:
-            verify_outputs(before, run_model(target, self.inputs),
-                           f"{type(self.model).__name__}" + (" (modified in place)" if inplace else ""))
-        return target
+            try:
+                verify_outputs(before, run_model(target, self.inputs),
+                               f"{type(self.model).__name__}" + (" (rolled back)" if inplace else ""),
+                               exact=pow2_exponents(u) is not None)
+            except Exception:
+                if undo is not None:
+                    undo.restore()
+                raise
+        return self.given if inplace else target
 
     def excluded(self) -> dict[str, str]:
         return dict(self.discovery.excluded)

@@ -2,8 +2,11 @@
 
 Each parameter entry is multiplied by ``exp(u[row] − u[col])`` (see
 :class:`~synbal.torch.discovery.ParamUse`), computed in float64 and written back in the
-parameter's own dtype (float16/bfloat16 included). Verification runs the model before and
-after on the example inputs in eval mode without gradients, restoring every submodule's mode.
+parameter's own dtype (float16/bfloat16 included). Log-scales that are whole multiples of
+``ln 2`` (``round_scales="pow2"``) are applied as exact powers of two, which changes no bit of
+the model's function, so verification then demands equal outputs. Verification runs the model
+before and after on the example inputs in eval mode without gradients, restoring every
+submodule's mode. :class:`Rollback` undoes an in-place change whose verification failed.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from torch.autograd.graph import increment_version
 
 from synbal.errors import VerificationError
 from synbal.powermatrix import scale_rows_cols
+from synbal.rounding import pow2_exponents
 from synbal.torch.discovery import Discovery, eval_mode
 from synbal.torch.values import compress
 
-__all__ = ["factor_arrays", "run_model", "scale_parameter", "scale_parameters", "scaled_copy", "tolerance",
-           "verify_outputs"]
+__all__ = ["Rollback", "factor_arrays", "row_col_factors", "run_model", "scale_parameter", "scale_parameters",
+           "scaled_copy", "tolerance", "verify_outputs"]
 
 _CHUNK = 1 << 18  # entries per float64 temporary when a parameter cannot be scaled in one pass
 
@@ -37,9 +41,28 @@ def _slot_log_scales(d: Discovery, u: np.ndarray) -> np.ndarray:
 
 
 def factor_arrays(d: Discovery, u: np.ndarray) -> dict[str, np.ndarray]:
-    """Per scaled parameter, its multiplier ``exp(u_row − u_col)`` (broadcastable to its shape)."""
+    """Per scaled parameter, its multiplier ``exp(u_row − u_col)`` (broadcastable to its shape).
+
+    Exact powers of two when every log-scale is a whole multiple of ``ln 2``.
+    """
+    k = pow2_exponents(u)
+    if k is not None:
+        sk = _slot_log_scales(d, k).astype(np.int64)
+        return {name: np.ldexp(1.0, sk[use.row] - sk[use.col]) for name, use in d.uses.items()}
     su = _slot_log_scales(d, u)
     return {name: np.exp(su[use.row] - su[use.col]) for name, use in d.uses.items()}
+
+
+def row_col_factors(d: Discovery, u: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per scaled parameter, ``(exp(u_row), exp(−u_col))`` over its compressed slot arrays: their
+    product is :func:`factor_arrays`' multiplier (exact powers of two for ``pow2`` log-scales)."""
+    k = pow2_exponents(u)
+    if k is not None:
+        sk = _slot_log_scales(d, k).astype(np.int64)
+        return {name: (np.ldexp(1.0, sk[compress(use.row)]), np.ldexp(1.0, -sk[compress(use.col)]))
+                for name, use in d.uses.items()}
+    su = _slot_log_scales(d, u)
+    return {name: (np.exp(su[compress(use.row)]), np.exp(-su[compress(use.col)])) for name, use in d.uses.items()}
 
 
 def _split(rf: np.ndarray, cf: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -153,12 +176,10 @@ def scaled_copy(model: nn.Module, d: Discovery, u: np.ndarray) -> nn.Module:
     Scaled parameters are written straight from the originals into the copy (one single-threaded
     pass, instead of a copy and then a scaling pass); the rest of the model is deep-copied.
     """
-    su = _slot_log_scales(d, u)
     named = dict(model.named_parameters(remove_duplicate=False))
     memo: dict[int, Any] = {}
     later = []
-    for name, use in d.uses.items():
-        rf, cf = np.exp(su[compress(use.row)]), np.exp(-su[compress(use.col)])
+    for name, (rf, cf) in row_col_factors(d, u).items():
         scaled = _scaled_parameter(named[name], rf, cf)
         if scaled is None:
             later.append((name, rf, cf))
@@ -179,10 +200,9 @@ def scale_parameters(model: nn.Module, d: Discovery, u: np.ndarray) -> None:
     Each parameter is written once: the row factor ``exp(u_row)`` and the column factor
     ``exp(−u_col)`` are small arrays, so no full-size factor or float64 copy is made.
     """
-    su = _slot_log_scales(d, u)
     named = dict(model.named_parameters(remove_duplicate=False))
-    for name, use in d.uses.items():
-        scale_parameter(named[name], np.exp(su[compress(use.row)]), np.exp(-su[compress(use.col)]))
+    for name, (rf, cf) in row_col_factors(d, u).items():
+        scale_parameter(named[name], rf, cf)
 
 
 def tolerance(dtype: torch.dtype) -> float:
@@ -210,10 +230,11 @@ def run_model(model: nn.Module, inputs: tuple[Any, ...]) -> list[torch.Tensor]:
     return flat
 
 
-def verify_outputs(before: list[torch.Tensor], after: list[torch.Tensor], where: str) -> None:
+def verify_outputs(before: list[torch.Tensor], after: list[torch.Tensor], where: str, *, exact: bool = False) -> None:
     """Raise :class:`~synbal.errors.VerificationError` if outputs differ beyond a dtype-aware tolerance.
 
-    The error of output ``k`` is ``max|after − before|`` relative to ``max|before|``.
+    The error of output ``k`` is ``max|after − before|`` relative to ``max|before|``; with ``exact``
+    (power-of-two scales) any difference at all is an error.
     """
     if len(before) != len(after):
         raise VerificationError(f"{where}: the model returned {len(after)} outputs instead of {len(before)}")
@@ -227,9 +248,47 @@ def verify_outputs(before: list[torch.Tensor], after: list[torch.Tensor], where:
         b64, a64 = b.to(torch.float64), a.to(torch.float64)
         scale = float(b64.abs().max()) if b64.numel() else 0.0
         err = float((a64 - b64).abs().max()) if b64.numel() else 0.0
+        if exact and not torch.equal(torch.nan_to_num(a64, nan=0.5), torch.nan_to_num(b64, nan=0.5)):
+            raise VerificationError(
+                f"{where}: output {k} differs in {int((a64 != b64).sum())} entries (max {err:.3g}) although "
+                "every scale is a power of two, so the balanced model should compute bit-for-bit the same outputs"
+            )
         tol = tolerance(b.dtype)
         if not np.isfinite(err) or err > tol * max(scale, 1e-30):
             raise VerificationError(
                 f"{where}: output {k} changed by {err:.3g} (relative {err / max(scale, 1e-30):.3g} > "
                 f"tolerance {tol:g} for {b.dtype}); the balanced model does not compute the same function"
             )
+
+
+class Rollback:
+    """What an in-place apply changes, saved first so that a failed verification can undo it.
+
+    The values of the named parameters are copied (only those), and, with ``structure``, every
+    module's submodule and parameter tables (BatchNorm folding replaces modules and adds biases).
+
+    >>> from torch import nn
+    >>> m = nn.Linear(2, 2)
+    >>> w = m.weight.detach().clone()
+    >>> undo = Rollback(m, ["weight"])
+    >>> _ = m.weight.data.mul_(3)
+    >>> undo.restore()
+    >>> bool(torch.equal(m.weight, w))
+    True
+    """
+
+    def __init__(self, model: nn.Module, names: list[str], *, structure: bool = False) -> None:
+        named = dict(model.named_parameters(remove_duplicate=False))
+        self.values = [(named[n], named[n].detach().clone()) for n in dict.fromkeys(names) if n in named]
+        self.tables = ([(m, dict(m._modules), dict(m._parameters)) for m in model.modules()] if structure else [])
+
+    def restore(self) -> None:
+        """Put every saved table and value back."""
+        for m, modules, params in self.tables:
+            m._modules.clear()
+            m._modules.update(modules)
+            m._parameters.clear()
+            m._parameters.update(params)
+        with torch.no_grad():
+            for p, saved in self.values:
+                p.copy_(saved)

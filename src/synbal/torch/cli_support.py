@@ -15,21 +15,21 @@ subclass (the CLI exits with status 2).
 from __future__ import annotations
 
 import argparse
-import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from synbal.api import balance, deficit
 from synbal.errors import SynbalError
-from synbal.io import atomic_write_json, ensure_not_input
+from synbal.io import atomic_write_all, ensure_not_input
+from synbal.jsonsafe import json_text
 from synbal.torch.apply import run_model, verify_outputs
 from synbal.torch.files import (
     LoadedModel,
     load_exported,
     load_factory,
+    model_writer,
     parse_shape,
-    save_exported,
-    save_safetensors,
 )
 from synbal.torch.inspection import inspect
 
@@ -64,7 +64,7 @@ def load_model_file(args: argparse.Namespace) -> LoadedModel:
             "--factory pkg.module:function with --weights W.safetensors (pickled .pt/.pth files are "
             "never loaded)"
         )
-    return load_exported(source, shape, seed)
+    return load_exported(source, shape, seed, trust_pickle=bool(_opt(args, "trust_pickle", False)))
 
 
 def _check_output(args: argparse.Namespace, loaded: LoadedModel) -> Path:
@@ -112,17 +112,21 @@ def balance_model_file(args: argparse.Namespace) -> int:
         example_inputs=loaded.example_inputs,
         verify=verify,
     )
-    if loaded.program is not None:
-        save_exported(loaded, result.net, out)
-    else:
-        save_safetensors(result.net, out)
-    if before is not None:
-        verify_outputs(before, run_model(_read_back(loaded, out), loaded.example_inputs), f"written file {out}")
+    write_model = model_writer(loaded, result.net)
+
+    def write_checked(tmp: Path) -> None:  # the file as written must compute the same function
+        write_model(tmp)
+        if before is not None:
+            verify_outputs(before, run_model(_read_back(loaded, tmp), loaded.example_inputs), f"written file {out}")
+
+    outputs: list[tuple[str | Path, Callable[[Path], object]]] = [(out, write_checked)]
     report = _opt(args, "report")
     if report:
         data = result.report()
         data.update(input=_inputs_of(args), output=str(out), verified=verify, scales=result.scales)
-        atomic_write_json(report, data)
+        text = json_text(data)
+        outputs.append((report, lambda tmp: tmp.write_text(text, encoding="utf-8")))
+    atomic_write_all(outputs)  # nothing appears unless the check passed and every file is written
     change = (100.0 * (result.regularizer_after - result.regularizer_before) / result.regularizer_before
               if result.regularizer_before > 0 else 0.0)
     status = "converged" if result.converged else "NOT converged"
@@ -133,6 +137,8 @@ def balance_model_file(args: argparse.Namespace) -> int:
           f"in {result.seconds:.3g} s; function {'verified' if verify else 'not checked (--no-verify)'}")
     if result.excluded:
         print(f"  excluded units: {len(result.excluded)} ranges (see synbal inspect)")
+    for note in result.notes:
+        print(f"  {note}")
     return 0
 
 
@@ -143,13 +149,13 @@ def inspect_model_file(args: argparse.Namespace) -> int:
     info.model_name = str(_opt(args, "factory") or Path(str(_opt(args, "input"))).name)
     report = deficit(loaded.model, _opt(args, "reg", "l2"), example_inputs=loaded.example_inputs, verify=False)
     if _opt(args, "json", False):
-        print(json.dumps({
+        print(json_text({
             "groups": [{"name": g.name, "size": g.size, "members": g.members, "incoming": g.incoming,
                         "outgoing": g.outgoing, "degree": g.degree} for g in info.groups],
             "excluded": info.excluded,
             "shared": info.shared,
             "balance": report.as_dict(),
-        }, indent=2))
+        }), end="")
         return 0
     max_rows = _opt(args, "max_rows")
     if max_rows is not None:

@@ -1,7 +1,8 @@
 """Discovery: trace an ``nn.Module`` and find every rescaling symmetry in it.
 
 **Tracing choice.** synbal traces with :mod:`torch.fx` (``symbolic_trace`` with a tracer that
-keeps ``torch.nn`` layers and :class:`synbal.nn.LocallyConnected2d` as leaves) and runs the traced
+keeps ``torch.nn`` layers and :class:`synbal.nn.LocallyConnected2d` as leaves; a model fx cannot
+follow is exported with ``torch.export``, see :mod:`synbal.torch.tracing`) and runs the traced
 graph once on the example inputs (an :class:`torch.fx.Interpreter`) to learn every tensor's
 shape — on fake tensors (``FakeTensorMode``: shapes only, no arithmetic), falling back to the
 real inputs for operations fake tensors cannot run. Models that already are ``fx.GraphModule`` s —
@@ -11,8 +12,14 @@ in particular ``torch.export`` programs'
 modules because it keeps module paths and parameter names exactly, needs no compilation, and
 is fast (a ResNet-18 traces in milliseconds).
 
-**Limits.** Python control flow that depends on tensor values cannot be traced by fx (export the
-model with ``torch.export`` and balance the ``.pt2``); modules called with ``PackedSequence`` are
+**Soundness.** An operation passes scales only through an exact rule (:mod:`synbal.torch.rules`,
+:mod:`~synbal.torch.layout_rules`, :mod:`~synbal.torch.affine_rules`); an operation without one
+is a barrier or an error unless none of its inputs carries a scale. Weights computed by
+parametrizations are handled by :mod:`synbal.torch.reparam`; quantization-aware-training modules
+are refused up front; a ``torch.compile`` wrapper is looked through.
+
+**Limits.** Python control flow that depends on tensor values cannot be traced (neither by fx nor
+by torch.export); modules called with ``PackedSequence`` are
 not supported; every operation synbal does not know raises
 :class:`~synbal.errors.UnsupportedOperationError` naming the node, the op and the module path
 — or, with ``barriers=True``, fixes every unit that reaches it. Pooling over positions that have
@@ -35,6 +42,7 @@ reason.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,15 +52,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import fx, nn
+from torch.nn.utils import parametrize
 
 from synbal.errors import InvalidWeightError, ModelError, SynbalError, UnsupportedOperationError
-from synbal.nn import LocallyConnected2d
 from synbal.problem import GeneratedNames
 from synbal.torch import rules
+from synbal.torch.reparam import refuse_quantized, weight_source
 from synbal.torch.slots import SlotTable, label_pairs
+from synbal.torch.tracing import trace
 from synbal.torch.values import Ids, ParamRef, zeros_like_shape
 
-__all__ = ["Discovery", "ParamUse", "Walker", "build_discovery", "check_finite", "discover", "eval_mode", "trace"]
+__all__ = ["Discovery", "ParamUse", "Walker", "build_discovery", "check_finite", "discover", "eval_mode", "trace",
+           "unwrap_compiled"]
 
 
 @dataclass
@@ -68,30 +79,6 @@ class ParamUse:
     col: np.ndarray
     bias: bool = False
     nodes: list[str] = field(default_factory=list)
-
-
-class _Tracer(fx.Tracer):
-    """fx tracer that keeps synbal's own layers as leaves."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, LocallyConnected2d):
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """An fx graph of ``model`` (the model itself when it already is a ``GraphModule``)."""
-    if isinstance(model, fx.GraphModule):
-        return model
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as exc:  # fx raises many types (TraceError, TypeError, …) on untraceable code
-        raise ModelError(
-            f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
-            "data-dependent Python control flow is not traceable — export the model with "
-            "torch.export and balance the exported program instead"
-        ) from exc
-    return fx.GraphModule(model, graph, class_name=type(model).__name__)
 
 
 @contextmanager
@@ -159,12 +146,23 @@ class Walker:
         self.uses: dict[str, ParamUse] = {}
         self.env: dict[fx.Node, Any] = {}
         self.data_used: dict[str, str] = {}
+        self.root = root
         self.canon, self.params = _canonical_names(root)
         self.shared: dict[str, list[str]] = {}
 
     # ------------------------------------------------------------------ for rules
     def param_shape(self, name: str) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.params[self.canon[name]].shape)
+        """Shape of a parameter — or of a computed weight or buffer a layer uses as its weight."""
+        if name in self.canon:
+            return tuple(int(s) for s in self.params[self.canon[name]].shape)
+        owner, _, attr = name.rpartition(".")
+        try:
+            tensor = getattr(self.root.get_submodule(owner) if owner else self.root, attr, None)
+        except AttributeError:
+            tensor = None
+        if not isinstance(tensor, torch.Tensor):
+            raise ModelError(f"{name!r} is not a parameter of the model")
+        return tuple(int(s) for s in tensor.shape)
 
     def prefix(self, param_name: str) -> str:
         name = self.canon.get(param_name, param_name)
@@ -173,7 +171,8 @@ class Walker:
     def use(self, name: str, row: np.ndarray, col: np.ndarray, node: fx.Node, *, bias: bool = False) -> None:
         """Record that parameter ``name`` scales by ``λ[row] / λ[col]`` (ties a shared parameter's uses)."""
         if name not in self.canon:
-            raise ModelError(f"node {node.name!r}: {name!r} is not a parameter of the model")
+            self._use_computed(name, row, col, node, bias)
+            return
         canonical = self.canon[name]
         shape = self.param_shape(name)
         row = np.asarray(row, dtype=np.int64)
@@ -191,17 +190,42 @@ class Walker:
         previous.nodes.append(node.name)
         self.shared[canonical] = previous.nodes
 
-    def keep_axes(self, x: Ids, axes: list[int], node: fx.Node) -> np.ndarray:
-        """Tie ``x``'s slots along every axis not in ``axes``; return them with those axes of size 1."""
-        keep = {a % x.ndim for a in axes} if x.ndim else set()
-        arr = x.ids
-        for ax in range(x.ndim):
-            if ax in keep or arr.shape[ax] == 1:
+    def _use_computed(self, name: str, row: np.ndarray, col: np.ndarray, node: fx.Node, bias: bool) -> None:
+        """A layer's weight that is not a parameter: weight-normalised, otherwise computed, or a buffer."""
+        src = weight_source(self.root, name)
+        if src is None:
+            raise ModelError(f"node {node.name!r}: {name!r} is not a parameter of the model")
+        if src.kind == "weight_norm":  # W = g·v/‖v‖: scale W through g, constant along the norm's axes
+            row, col = np.asarray(row), np.asarray(col)
+            shape = src.shape if src.shape else (1,) * row.ndim  # a scalar g (dim=None) scales all of W
+            axes = [a for a, size in enumerate(shape) if size == 1]
+            row, col = self.collapse(row, axes), self.collapse(col, axes)
+            if not src.shape:
+                row, col = row.reshape(()), col.reshape(())
+            self.use(src.scaled_by, row, col, node, bias=bias)
+            return
+        for original in src.originals:
+            self.data_used.setdefault(original, node.name)
+        if src.kind == "unscalable":
+            self.unsupported(node, None, src.reason)  # raises unless barriers=True
+        reason = src.reason if src.kind == "buffer" else f"barrier: {src.reason}"
+        self.table.fix(np.asarray(row), reason)
+        self.table.fix(np.asarray(col), reason)
+
+    def collapse(self, arr: np.ndarray, axes: list[int]) -> np.ndarray:
+        """Tie ``arr``'s slots along each of ``axes``; return them with those axes of size 1."""
+        for ax in axes:
+            if arr.shape[ax] == 1:
                 continue
             first = np.take(arr, [0], axis=ax)
             self.table.tie(arr, first)
             arr = first
         return arr
+
+    def keep_axes(self, x: Ids, axes: list[int], node: fx.Node) -> np.ndarray:
+        """Tie ``x``'s slots along every axis not in ``axes``; return them with those axes of size 1."""
+        keep = {a % x.ndim for a in axes} if x.ndim else set()
+        return self.collapse(x.ids, [ax for ax in range(x.ndim) if ax not in keep])
 
     def value(self, node: fx.Node, pos: int, kw: str | None = None, default: Any = None) -> Any:
         """What discovery knows about argument ``pos`` (or keyword ``kw``) of ``node``."""
@@ -221,9 +245,26 @@ class Walker:
         if isinstance(value, Ids):
             return value
         if isinstance(value, ParamRef):
-            if value.is_parameter:
-                self.data_used.setdefault(value.name, node.name)
+            self._read_as_data(value, node)
             return zeros_like_shape(value.shape)
+        return None
+
+    def _read_as_data(self, ref: ParamRef, node: fx.Node) -> None:
+        """A parameter (or the parameters behind a computed weight) read as data keeps its values."""
+        for name in (ref.name,) if ref.is_parameter else ref.originals:
+            self.data_used.setdefault(name, node.name)
+
+    def param_arg(self, node: fx.Node, pos: int, kw: str) -> str | None:
+        """The name of the stored weight passed as argument ``pos``/``kw`` (``None`` if absent).
+
+        A weight computed in the graph is not supported (a barrier with ``barriers=True``).
+        """
+        value = self.value(node, pos, kw)
+        if value is None:
+            return None
+        if isinstance(value, ParamRef):
+            return value.name
+        self.unsupported(node, None, f"its {kw!r} argument is computed, not a stored parameter")
         return None
 
     def input_ids(self, node: fx.Node, pos: int, kw: str | None = None) -> Ids | None:
@@ -259,8 +300,8 @@ class Walker:
     def _fix_value(self, v: Any, reason: str, node: fx.Node) -> Any:
         if isinstance(v, Ids):
             self.table.fix(v.ids, reason)
-        elif isinstance(v, ParamRef) and v.is_parameter:
-            self.data_used.setdefault(v.name, node.name)
+        elif isinstance(v, ParamRef):
+            self._read_as_data(v, node)
         return v
 
     def op_name(self, node: fx.Node) -> str:
@@ -302,40 +343,84 @@ class Walker:
             self.fix_inputs(node, "model output")
             return None
         if node.op == "call_module":
-            mod = self.gm.get_submodule(str(node.target))
-            mrule = rules.module_rule(mod)
-            if mrule is not None:
-                return mrule(self, node, mod, result)
-            if not _has_tensor(result) and not any(True for _ in mod.parameters()):
-                return None
-            return self.unsupported(node, result, f"unknown module type {type(mod).__name__}")
-        name = str(node.target) if node.op == "call_method" else None
-        if not _has_tensor(result) and name not in ("item", "tolist") and node.target is not torch.Tensor.item:
-            return None
-        inputs_known = False
+            return self._visit_module(node, result)
+        if not self._has_tensor_input(node):  # built from constants and shapes only (torch.zeros, arange, …)
+            return self.fixed_like(result)
+        rule = rules.rule_for(node)
+        if rule is not None:
+            return rule(self, node, result)
+        if self._constant_inputs(node):  # an unknown op on constants (e.g. a bias table): a constant
+            self.fix_inputs(node, "constant")
+            return self.fixed_like(result)
+        return self.unsupported(node, result, "no rescaling rule for this operation")
 
-        def seen(a: fx.Node) -> fx.Node:
-            nonlocal inputs_known
-            inputs_known |= isinstance(self.env.get(a), (Ids, ParamRef, tuple, list))
+    def _visit_module(self, node: fx.Node, result: Any) -> Any:
+        mod = self.gm.get_submodule(str(node.target))
+        if isinstance(mod, parametrize.ParametrizationList):  # a parametrized weight, read as a tensor
+            owner = str(node.target).split(".parametrizations.")
+            name = f"{owner[0]}.{owner[1]}" if len(owner) == 2 else str(node.target)
+            originals = tuple(f"{node.target}.{n}" for n, _ in mod.named_parameters())
+            return ParamRef(name, tuple(int(s) for s in result.shape), False, originals)
+        mrule = rules.module_rule(mod)
+        if mrule is not None:
+            return mrule(self, node, mod, result)
+        if not _has_tensor(result) and not any(True for _ in mod.parameters()):
+            return None
+        return self.unsupported(node, result, f"unknown module type {type(mod).__name__}")
+
+    def _input_values(self, node: fx.Node) -> list[Any]:
+        values: list[Any] = []
+
+        def keep(v: Any) -> Any:
+            values.append(v)
+            return v
+
+        def collect(a: fx.Node) -> fx.Node:
+            fx.node.map_aggregate(self.env.get(a), keep)
             return a
 
-        fx.node.map_arg((node.args, node.kwargs), seen)
-        if not inputs_known:  # built from constants only (torch.zeros, arange, …)
-            return self.fixed_like(result)
-        rule = rules.METHOD_RULES.get(str(node.target)) if name is not None else rules.FUNCTION_RULES.get(node.target)
-        if rule is None:
-            return self.unsupported(node, result, "no rescaling rule for this operation")
-        return rule(self, node, result)
+        fx.node.map_arg((node.args, node.kwargs), collect)
+        return values
+
+    def _has_tensor_input(self, node: fx.Node) -> bool:
+        return any(isinstance(v, (Ids, ParamRef)) for v in self._input_values(node))
+
+    def _constant_inputs(self, node: fx.Node) -> bool:
+        """No input carries a scale: parameters, buffers, and values fixed at scale 1 for good."""
+        return all(not isinstance(v, Ids) or v.all_fixed() for v in self._input_values(node))
+
+
+class _NodeFailedError(Exception):
+    """The model's own computation failed at a node (not synbal's analysis of it)."""
+
+    def __init__(self, node: fx.Node, where: str, exc: BaseException) -> None:
+        super().__init__(f"{type(exc).__name__}: {exc}")
+        self.node, self.where, self.exc = node, where, exc
 
 
 class _Runner(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, walker: Walker) -> None:
         super().__init__(gm)
         self.walker = walker
+        self.extra_traceback = False  # no "While executing … Original traceback … tlparse" in messages
 
     def run_node(self, n: fx.Node) -> Any:
-        result = super().run_node(n) if n.op != "output" else None
-        self.walker.env[n] = self.walker.visit(n, result)
+        try:
+            result = super().run_node(n) if n.op != "output" else None
+        except SynbalError:
+            raise
+        except Exception as exc:
+            where = f"{self.walker.op_name(n)} in module {self.walker.module_path(n)!r}"
+            raise _NodeFailedError(n, where, exc) from exc
+        try:
+            self.walker.env[n] = self.walker.visit(n, result)
+        except SynbalError:
+            raise
+        except Exception as exc:  # a defect of synbal's rules: say so rather than blame the model
+            raise ModelError(
+                f"internal error while analysing node {n.name!r} ({self.walker.op_name(n)} in module "
+                f"{self.walker.module_path(n)!r}): {type(exc).__name__}: {exc}; please report it"
+            ) from exc
         if n.op == "output":
             return super().run_node(n)
         return result
@@ -386,28 +471,42 @@ def _check_batchnorm(model: nn.Module) -> None:
             )
 
 
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module behind a ``torch.compile`` wrapper (``_orig_mod``); any other model as it is."""
+    inner = getattr(model, "_orig_mod", None)
+    if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule":
+        return unwrap_compiled(inner)
+    return model
+
+
 def discover(model: nn.Module, example_inputs: tuple[Any, ...], *, barriers: bool = False) -> Discovery:
     """Trace ``model``, run it once on ``example_inputs``, and return its scalable groups."""
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    model = unwrap_compiled(model)
+    refuse_quantized(model)
     _check_batchnorm(model)
-    gm = trace(model)
-    with torch.no_grad(), eval_mode(model), eval_mode(gm):
-        try:
-            walker = _walk_fake(gm, model, example_inputs, barriers)
-        except SynbalError:
-            raise
-        except Exception:  # an op fake tensors cannot run: walk again on the real inputs
-            walker = Walker(gm, model, barriers=barriers)
+    with torch.no_grad(), eval_mode(model):
+        gm = trace(model, example_inputs)
+        with eval_mode(gm):
             try:
-                _Runner(gm, walker).run(*example_inputs)
+                walker = _walk_fake(gm, model, example_inputs, barriers)
             except SynbalError:
                 raise
-            except Exception as exc:
-                raise ModelError(
-                    f"running {type(model).__name__} on the example inputs failed "
-                    f"({type(exc).__name__}: {exc})"
-                ) from exc
+            except Exception:  # an op fake tensors cannot run: walk again on the real inputs
+                walker = Walker(gm, model, barriers=barriers)
+                try:
+                    _Runner(gm, walker).run(*example_inputs)
+                except _NodeFailedError as failed:
+                    raise ModelError(
+                        f"running {type(model).__name__} on the example inputs failed at node "
+                        f"{failed.node.name!r} ({failed.where}): {failed}"
+                    ) from failed.exc
+                except SynbalError:
+                    raise
+                except Exception as exc:
+                    raise ModelError(f"running {type(model).__name__} on the example inputs failed "
+                                     f"({type(exc).__name__}: {exc})") from exc
     return _finish(walker)
 
 
@@ -416,9 +515,15 @@ def _walk_fake(gm: fx.GraphModule, model: nn.Module, example_inputs: tuple[Any, 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     walker = Walker(gm, model, barriers=barriers)
-    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-        fake = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
-        _Runner(gm, walker).run(*fake)
+    quiet = logging.getLogger("torch._subclasses.fake_tensor")  # a failure here is retried on real tensors
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            fake = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
+            _Runner(gm, walker).run(*fake)
+    finally:
+        quiet.setLevel(level)
     return walker
 
 

@@ -248,6 +248,8 @@ def product_blocks(d: Discovery, use: ParamUse, reg: PowerRegularizer | LpqRegul
 def _label_block(power: float, values: np.ndarray, row_key: np.ndarray, col: np.ndarray, n: int,
                  bias: bool) -> CostBlock:
     """Bin ``values`` by (row key, column) pair; keys are unique'd on their small compressed arrays."""
+    if values.ndim == 0:  # a scalar parameter (e.g. the old weight_norm's g with dim=None)
+        values, row_key, col = values.reshape(1), row_key.reshape(1), col.reshape(1)
     rows, r_inv = np.unique(row_key, return_inverse=True)
     cols, c_inv = np.unique(col, return_inverse=True)
     shape = values.shape

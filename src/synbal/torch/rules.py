@@ -23,12 +23,18 @@ from torch import fx, nn
 
 from synbal.errors import ModelError
 from synbal.nn import LocallyConnected2d
+from synbal.torch.affine_rules import AFFINE_FUNCTIONS, module_norm, scaled_by_parameter, swin_attention
+from synbal.torch.layout_rules import LAYOUT_FUNCTIONS, LAYOUT_METHODS, LAYOUT_MODULES
 from synbal.torch.values import Ids, ParamRef, compress, full, reshape_ids, zeros_like_shape
+from synbal.torch.values import like_result as _like_result
+from synbal.torch.values import main_output as _first
+from synbal.torch.values import per_channel as _out_ids
+from synbal.torch.values import result_shape as _shape
 
 if TYPE_CHECKING:
     from synbal.torch.discovery import Walker
 
-__all__ = ["FUNCTION_RULES", "METHOD_RULES", "module_rule"]
+__all__ = ["FUNCTION_RULES", "METHOD_RULES", "NAMED_RULES", "module_rule", "rule_for"]
 
 Rule = Callable[["Walker", fx.Node, Any], Any]
 ModuleRule = Callable[["Walker", fx.Node, nn.Module, Any], Any]
@@ -37,32 +43,10 @@ aten = torch.ops.aten
 
 
 # ---------------------------------------------------------------------------- helpers
-def _shape(result: Any) -> tuple[int, ...]:
-    if not isinstance(result, torch.Tensor):
-        raise ModelError(f"expected a tensor result, got {type(result).__name__}")
-    return tuple(int(s) for s in result.shape)
-
-
 def _channel_ids(w: Walker, node: fx.Node, x: Ids, channel_axis: int) -> np.ndarray:
     """Per-channel slots of ``x`` (length C): positions of one channel are tied together."""
     kept = w.keep_axes(x, [channel_axis], node)
     return np.broadcast_to(kept.reshape(-1), (x.shape[channel_axis],)).copy()
-
-
-def _out_ids(per_channel: np.ndarray, result_shape: tuple[int, ...], channel_axis: int) -> Ids:
-    shape = [1] * len(result_shape)
-    shape[channel_axis] = per_channel.size
-    return Ids(compress(per_channel.reshape(shape)), result_shape)
-
-
-def _first(result: Any) -> Any:
-    """The main output of an op that may also return extras (indices, saved statistics)."""
-    return result[0] if isinstance(result, tuple) else result
-
-
-def _like_result(ids: Ids, result: Any) -> Any:
-    """``ids`` for the main output; extras (indices, statistics) carry no slots."""
-    return (ids, *[None] * (len(result) - 1)) if isinstance(result, tuple) else ids
 
 
 # ---------------------------------------------------------------------------- producers
@@ -127,7 +111,9 @@ def batch_norm_core(w: Walker, node: fx.Node, x: Ids, weight: str | None, bias: 
             "so rescaling is not a symmetry of the model; call model.eval() first"
         )
     cin = _channel_ids(w, node, x, 1 if x.ndim > 1 else 0)
-    reason = f"normalised by BatchNorm {path!r} (its scale does not reach the output; scale-invariant)"
+    reason = (f"normalised by BatchNorm {path!r}: in eval mode it subtracts its fixed running mean and divides by "
+              "its fixed running standard deviation, which would have to be rescaled with the channel "
+              "(synbal changes parameters, not buffers); fold_batchnorm=True makes these units scalable")
     w.table.note_normalised(cin, reason)
     w.table.fix(cin, reason)
     shape = _shape(result)
@@ -210,8 +196,12 @@ def rnn(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -> Any:
         prev = np.concatenate(outs)
     state = np.stack(all_layers)  # (layers·directions, H)
     if h0 is not None:  # the initial state scales with the hidden units
-        kept = w.keep_axes(h0, [0, h0.ndim - 1], node)
-        w.table.tie(kept.reshape(kept.shape[0], kept.shape[-1]), state)
+        if h0.all_fixed():  # the same as a tie to the constant slot, with the reason said
+            w.table.fix(state, f"the initial state of {path!r} is a constant (scale 1), which the hidden units "
+                               "would have to scale")
+        else:
+            kept = w.keep_axes(h0, [0, h0.ndim - 1], node)
+            w.table.tie(kept.reshape(kept.shape[0], kept.shape[-1]), state)
     out, h_n = result
     out_ids = _out_ids(prev, _shape(out), out.dim() - 1)
     hn_shape = _shape(h_n)
@@ -237,6 +227,15 @@ def identity(w: Walker, node: fx.Node, result: Any) -> Any:
     return Ids(x.ids, _shape(result)) if isinstance(result, torch.Tensor) else x
 
 
+def cast(w: Walker, node: fx.Node, result: Any) -> Any:
+    """``to``/``type``/``type_as``/``float``…: a float result keeps the scales, an integer or bool one rounds."""
+    if not isinstance(result, torch.Tensor):  # x.type() without arguments: the type's name
+        return w.no_tensor(node, result)
+    if not result.is_floating_point():
+        return blocking(w, node, result, f"{w.op_name(node)} to {result.dtype}")
+    return identity(w, node, result)
+
+
 def channelwise(spatial_dims: int | None) -> Rule:
     """Pooling/upsampling/zero-padding: mixes positions within a channel (ties them), keeps channels."""
 
@@ -251,8 +250,17 @@ def channelwise(spatial_dims: int | None) -> Rule:
     return rule
 
 
+def channelwise_last(w: Walker, node: fx.Node, result: Any) -> Any:
+    """Channels-last position moves (padding, cropping of ``(N, H, W, C)``): positions tied, channels kept."""
+    x = w.tensor_input(node, 0)
+    kept = w.keep_axes(x, [x.ndim - 1], node)
+    return Ids(kept, _shape(result))
+
+
 def reshape(w: Walker, node: fx.Node, result: Any) -> Any:
     x = w.tensor_input(node, 0)
+    if any(isinstance(a, torch.dtype) for a in (*node.args, *node.kwargs.values())):  # x.view(torch.int32)
+        return w.unsupported(node, result, "a view as another dtype reinterprets the bits")
     return reshape_ids(x, _shape(result))
 
 
@@ -316,6 +324,10 @@ def add(w: Walker, node: fx.Node, result: Any) -> Any:
         if scalar not in (0, 0.0, None):
             w.table.fix(tensor.ids, f"a constant is added at node {node.name!r}")
         return Ids(tensor.ids, shape)
+    for v, other in ((ia, ib), (ib, ia)):
+        if other.all_fixed() and not v.all_fixed():  # the same as a tie to the constant slot, with the reason
+            w.table.fix(v.ids, f"a tensor of scale 1 (model input or constant) is added at node {node.name!r}")
+            return Ids(v.ids, shape)
     w.table.tie(ia.ids, ib.ids)
     return Ids(compress(np.broadcast_to(ia.ids, np.broadcast_shapes(ia.ids.shape, ib.ids.shape))), shape)
 
@@ -326,6 +338,12 @@ def mul(divide: bool) -> Rule:
     def rule(w: Walker, node: fx.Node, result: Any) -> Any:
         a = w.value(node, 0, "input")
         b = w.value(node, 1, "other")
+        if not divide:  # a parameter times a tensor (layer scale): a diagonal layer
+            for p, x in ((a, b), (b, a)):
+                if isinstance(p, ParamRef) and isinstance(x, Ids):
+                    ids = scaled_by_parameter(w, node, p, x, result)
+                    if ids is not None:
+                        return ids
         ia, ib = w.as_ids(a, node), w.as_ids(b, node)
         shape = _shape(result)
         if ia is None and ib is None:
@@ -397,11 +415,12 @@ def split(w: Walker, node: fx.Node, result: Any) -> Any:
 def getitem(w: Walker, node: fx.Node, result: Any) -> Any:
     container = w.value(node, 0, "input")
     index = node.args[1]
-    if isinstance(container, (tuple, list)):
+    if isinstance(container, (tuple, list, dict)):
         return container[index]  # type: ignore[index]
     x = w.as_ids(container, node)
-    if x is None:
-        return w.no_tensor(node, result)
+    if x is None:  # a container discovery does not track: a tensor taken from it is not known to be unscaled
+        untracked = isinstance(result, torch.Tensor)
+        return w.unsupported(node, result, "indexing an untracked container") if untracked else None
     if not isinstance(result, torch.Tensor):
         return None
     if isinstance(index, fx.Node) or (isinstance(index, tuple) and any(isinstance(i, fx.Node) for i in index)):
@@ -423,13 +442,7 @@ def blocking(w: Walker, node: fx.Node, result: Any, what: str | None = None) -> 
 
 # ---------------------------------------------------------------------------- functional producers
 def _param(w: Walker, node: fx.Node, pos: int, kw: str) -> str | None:
-    value = w.value(node, pos, kw)
-    if value is None:
-        return None
-    if isinstance(value, ParamRef):
-        return value.name
-    w.unsupported(node, None, f"its {kw!r} argument is computed, not a stored parameter")
-    return None
+    return w.param_arg(node, pos, kw)
 
 
 def linear_fn(w: Walker, node: fx.Node, result: Any) -> Any:
@@ -489,11 +502,18 @@ def prelu_fn(w: Walker, node: fx.Node, result: Any) -> Any:
     return Ids(x.ids, _shape(result))
 
 
-def embedding_fn(w: Walker, node: fx.Node, result: Any) -> Any:
-    weight = _param(w, node, 1, "weight")
-    if weight is None:
-        return w.fixed_like(result)
-    return embedding_core(w, node, weight, w.prefix(weight), result)
+def embedding_fn(weight_pos: int) -> Rule:
+    """``F.embedding(input, weight, padding_idx, max_norm)`` and ``aten.embedding(weight, indices)``."""
+
+    def rule(w: Walker, node: fx.Node, result: Any) -> Any:
+        if weight_pos == 1 and w.literal(node, 3, "max_norm") is not None:
+            return blocking(w, node, result, "F.embedding(max_norm=...)")  # renormalises the rows it reads
+        weight = _param(w, node, weight_pos, "weight")
+        if weight is None:
+            return w.fixed_like(result)
+        return embedding_core(w, node, weight, w.prefix(weight), result)
+
+    return rule
 
 
 def training_batch_norm(w: Walker, node: fx.Node, result: Any) -> Any:
@@ -509,26 +529,29 @@ _IDENTITY_FNS: list[Any] = [
     F.dropout2d, F.dropout3d, F.feature_alpha_dropout, torch.dropout, torch.abs, operator.neg, torch.neg,
     torch.clone, aten.relu.default, aten.relu_.default, aten.leaky_relu.default, aten.leaky_relu_.default,
     aten.dropout.default, aten.clone.default, aten.abs.default, aten.neg.default, aten.alias.default,
-    aten.detach.default, aten._to_copy.default, aten.contiguous.default, aten.feature_dropout.default,
-    aten.native_dropout.default, operator.pos,
+    aten.detach.default, aten.contiguous.default, aten.feature_dropout.default,
+    aten.native_dropout.default, operator.pos, torch.detach,
 ]
 _NON_HOMOGENEOUS_FNS: list[Any] = [
     torch.tanh, F.tanh, torch.sigmoid, F.sigmoid, F.gelu, F.silu, F.elu, F.selu, F.celu, F.relu6,
-    F.hardtanh, F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, F.layer_norm, F.group_norm,
+    F.hardtanh, F.softmax, torch.softmax, F.log_softmax, torch.log_softmax,
     F.instance_norm, F.local_response_norm, torch.exp, torch.log, F.softplus, F.hardswish, F.hardsigmoid,
     F.mish, F.softsign, F.logsigmoid, torch.matmul, torch.bmm, torch.mm, torch.einsum,
     F.scaled_dot_product_attention, torch.sqrt, torch.pow, operator.pow, torch.sin, torch.cos,
     torch.clamp, torch.erf, F.normalize, torch.cumsum, torch.norm, F.multi_head_attention_forward,
     aten.tanh.default, aten.sigmoid.default, aten.gelu.default, aten.silu.default, aten.elu.default,
     aten.hardtanh.default, aten.relu6.default, aten.softmax.int, aten._softmax.default,
-    aten.log_softmax.int, aten._log_softmax.default, aten.layer_norm.default,
-    aten.native_layer_norm.default, aten.group_norm.default, aten.exp.default, aten.log.default,
+    aten.log_softmax.int, aten._log_softmax.default, aten.exp.default, aten.log.default,
     aten.matmul.default, aten.bmm.default, aten.mm.default, aten.sqrt.default, aten.pow.Tensor_Scalar,
     aten.softplus.default, aten.hardswish.default, aten.clamp.default, aten.erf.default,
     aten.scaled_dot_product_attention.default, aten.einsum.default, aten.rsqrt.default,
 ]
-_SHAPE_ONLY_FNS: list[Any] = [getattr, torch._assert, aten.sym_size.int, aten._assert_tensor_metadata.default,
-                              aten._assert_scalar.default]
+# results that depend on shapes only, never on values (assertions, sizes, new tensors of the same shape)
+_SHAPE_ONLY_FNS: list[Any] = [torch._assert, aten.sym_size.int, aten._assert_tensor_metadata.default,
+                              aten._assert_scalar.default, torch.zeros_like, torch.ones_like, torch.empty_like,
+                              torch.full_like, torch.rand_like, torch.randn_like, torch.randint_like,
+                              aten.zeros_like.default, aten.ones_like.default, aten.empty_like.default,
+                              aten.full_like.default]
 
 FUNCTION_RULES: dict[Any, Rule] = {}
 for _f in _IDENTITY_FNS:
@@ -549,6 +572,7 @@ FUNCTION_RULES.update({
     aten._unsafe_view.default: reshape, aten.squeeze.dim: reshape, aten.squeeze.dims: reshape,
     aten.squeeze.default: reshape, aten.unsqueeze.default: reshape, aten.unflatten.int: reshape,
     torch.permute: permute, aten.permute.default: permute, torch.transpose: transpose,
+    torch.swapaxes: transpose, torch.swapdims: transpose, torch.unflatten: reshape, aten._to_copy.default: cast,
     aten.transpose.int: transpose, aten.t.default: transpose, torch.t: transpose,
     aten.expand.default: expand,
     torch.mean: reduce_dims, torch.sum: reduce_dims, torch.amax: reduce_dims, aten.mean.dim: reduce_dims,
@@ -569,7 +593,7 @@ FUNCTION_RULES.update({
     aten._native_batch_norm_legit_functional.default: training_batch_norm,
     aten._native_batch_norm_legit.default: training_batch_norm,
     F.prelu: prelu_fn, aten.prelu.default: prelu_fn, aten._prelu_kernel.default: prelu_fn,
-    F.embedding: embedding_fn,
+    F.embedding: embedding_fn(1), aten.embedding.default: embedding_fn(0),
     F.max_pool1d: channelwise(1), F.max_pool2d: channelwise(2), F.max_pool3d: channelwise(3),
     F.avg_pool1d: channelwise(1), F.avg_pool2d: channelwise(2), F.avg_pool3d: channelwise(3),
     F.adaptive_avg_pool1d: channelwise(1), F.adaptive_avg_pool2d: channelwise(2),
@@ -582,14 +606,18 @@ FUNCTION_RULES.update({
     aten.max_pool2d_with_indices.default: channelwise(2), F.interpolate: channelwise(None),
     aten.upsample_nearest2d.vec: channelwise(2), aten.upsample_bilinear2d.vec: channelwise(2),
 })
+FUNCTION_RULES.update(LAYOUT_FUNCTIONS)
+FUNCTION_RULES.update(AFFINE_FUNCTIONS)
 
-_METHOD_IDENTITY = {"relu", "relu_", "abs", "neg", "clone", "contiguous", "detach", "float", "double",
-                    "half", "bfloat16", "to", "type_as", "cpu", "cuda"}
+_METHOD_IDENTITY = {"relu", "relu_", "abs", "neg", "clone", "contiguous", "detach", "cpu", "cuda"}
+_METHOD_CAST = {"float", "double", "half", "bfloat16", "to", "type", "type_as", "long", "int", "short", "bool",
+                "byte", "char"}
 _METHOD_RESHAPE = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten", "view_as", "reshape_as"}
 _METHOD_NON_HOMOGENEOUS = {"tanh", "sigmoid", "softmax", "log_softmax", "exp", "log", "pow", "sqrt",
                            "matmul", "bmm", "mm", "clamp", "clamp_", "item", "tolist", "norm", "cumsum",
                            "sin", "cos", "erf", "rsqrt"}
-_METHOD_SHAPE = {"size", "dim", "numel", "nelement", "type", "get_device", "is_contiguous"}
+_METHOD_SHAPE = {"size", "dim", "numel", "nelement", "get_device", "is_contiguous", "new_zeros", "new_ones",
+                 "new_empty", "new_full", "new_tensor"}
 
 METHOD_RULES: dict[str, Rule] = {}
 for _m in _METHOD_IDENTITY:
@@ -600,12 +628,35 @@ for _m in _METHOD_NON_HOMOGENEOUS:
     METHOD_RULES[_m] = blocking
 for _m in _METHOD_SHAPE:
     METHOD_RULES[_m] = output_shape_only
+for _m in _METHOD_CAST:
+    METHOD_RULES[_m] = cast
 METHOD_RULES.update({
     "add": add, "add_": add, "sub": add, "sub_": add, "mul": mul(False), "mul_": mul(False),
     "div": mul(True), "div_": mul(True), "permute": permute, "transpose": transpose, "t": transpose,
     "expand": expand, "expand_as": expand, "mean": reduce_dims, "sum": reduce_dims, "amax": reduce_dims,
-    "split": split, "chunk": split, "unbind": split,
+    "split": split, "chunk": split, "unbind": split, "swapaxes": transpose, "swapdims": transpose,
 })
+METHOD_RULES.update(LAYOUT_METHODS)
+
+# functions of other libraries that torch.fx keeps as calls (``torch.fx.wrap``), by qualified name
+NAMED_RULES: dict[str, Rule] = {
+    # multiplies whole rows by 0 or 1/(1-p) (a constant per sample), and is the identity in eval mode
+    "torchvision.ops.stochastic_depth.stochastic_depth": identity,
+    "torchvision.models.swin_transformer.shifted_window_attention": swin_attention,
+    # zero-pads H and W of a channels-last tensor to even sizes: positions move, channels stay
+    "torchvision.models.swin_transformer._patch_merging_pad": channelwise_last,
+}
+
+
+def rule_for(node: fx.Node) -> Rule | None:
+    """The rule of a ``call_function``/``call_method`` node, or ``None`` when synbal has none."""
+    if node.op == "call_method":
+        return METHOD_RULES.get(str(node.target))
+    target = node.target
+    rule = FUNCTION_RULES.get(target)
+    if rule is None:
+        rule = NAMED_RULES.get(f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}")
+    return rule
 
 
 # ---------------------------------------------------------------------------- modules
@@ -668,10 +719,10 @@ _IDENTITY_MODULES: tuple[type[nn.Module], ...] = (
 )
 _BLOCKING_MODULES: tuple[type[nn.Module], ...] = (
     nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ReLU6, nn.Hardtanh, nn.ELU, nn.SELU, nn.CELU, nn.Softplus,
-    nn.Softmax, nn.LogSoftmax, nn.Softmax2d, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d,
+    nn.Softmax, nn.LogSoftmax, nn.Softmax2d, nn.InstanceNorm1d,
     nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm, nn.MultiheadAttention, nn.LSTM, nn.GRU,
     nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Softsign, nn.Tanhshrink, nn.Threshold, nn.LogSigmoid,
-    nn.Softshrink, nn.Hardshrink, nn.RMSNorm, nn.Transformer, nn.TransformerEncoderLayer,
+    nn.Softshrink, nn.Hardshrink, nn.Transformer, nn.TransformerEncoderLayer,
     nn.TransformerDecoderLayer, nn.AlphaDropout, nn.GLU, nn.Bilinear,
 )
 
@@ -690,8 +741,13 @@ def module_rule(mod: nn.Module) -> ModuleRule | None:
         return rnn
     if isinstance(mod, nn.Embedding):
         return _module_embedding
+    if isinstance(mod, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)):
+        return module_norm
     if isinstance(mod, _IDENTITY_MODULES):
         return _module_as_function(identity)
+    for cls, layout in LAYOUT_MODULES.items():
+        if isinstance(mod, cls):
+            return _module_as_function(layout)
     if isinstance(mod, (nn.Flatten, nn.Unflatten)):
         return _module_flatten
     for cls, dims in _POOLS.items():

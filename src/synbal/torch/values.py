@@ -16,10 +16,15 @@ by the scale of slot ``ids[idx]``. A conv output ``(N, C, H, W)`` has ids of sha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import torch
 
-__all__ = ["Ids", "ParamRef", "compress", "full", "reshape_ids", "zeros_like_shape"]
+from synbal.errors import ModelError
+
+__all__ = ["Ids", "ParamRef", "compress", "full", "like_result", "main_output", "per_channel", "reshape_ids",
+           "result_shape", "zeros_like_shape"]
 
 
 @dataclass
@@ -46,11 +51,12 @@ class Ids:
 
 @dataclass
 class ParamRef:
-    """A parameter or buffer read by a ``get_attr`` node (canonical name and shape)."""
+    """A parameter, buffer or computed weight read by the graph (canonical name and shape)."""
 
     name: str
     shape: tuple[int, ...]
     is_parameter: bool
+    originals: tuple[str, ...] = ()  # for a computed weight (parametrization): the parameters behind it
 
 
 def zeros_like_shape(shape: tuple[int, ...]) -> Ids:
@@ -80,3 +86,27 @@ def reshape_ids(v: Ids, shape: tuple[int, ...]) -> Ids:
     if all(s == 1 for s in v.ids.shape):
         return Ids(v.ids.reshape((1,) * len(shape)), shape)
     return Ids(compress(full(v).reshape(shape)), shape)
+
+
+def result_shape(result: Any) -> tuple[int, ...]:
+    """The shape of a node's tensor result (a :class:`~synbal.errors.ModelError` if it is not a tensor)."""
+    if not isinstance(result, torch.Tensor):
+        raise ModelError(f"expected a tensor result, got {type(result).__name__}")
+    return tuple(int(s) for s in result.shape)
+
+
+def per_channel(slots: np.ndarray, shape: tuple[int, ...], axis: int) -> Ids:
+    """A value of ``shape`` whose entries along ``axis`` carry ``slots`` (constant along the other axes)."""
+    view = [1] * len(shape)
+    view[axis] = slots.size
+    return Ids(compress(slots.reshape(view)), shape)
+
+
+def main_output(result: Any) -> Any:
+    """The main output of an op that may also return extras (indices, saved statistics)."""
+    return result[0] if isinstance(result, tuple) else result
+
+
+def like_result(ids: Ids, result: Any) -> Any:
+    """``ids`` for the main output; extras (indices, statistics) carry no slots."""
+    return (ids, *[None] * (len(result) - 1)) if isinstance(result, tuple) else ids

@@ -41,7 +41,7 @@ from synbal.dense import DenseNet
 from synbal.torch.discovery import Discovery, ParamUse, build_discovery
 from synbal.torch.slots import SlotTable
 
-__all__ = ["MLPView", "mlp_discovery", "mlp_probe", "mlp_view"]
+__all__ = ["MLPView", "mlp_discovery", "mlp_fits", "mlp_probe", "mlp_view"]
 
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Identity)  # positively homogeneous of degree 1
 
@@ -110,6 +110,19 @@ def mlp_discovery(model: nn.Module) -> Discovery | None:
     last = next((m for m in trailing if type(m) not in _ACTIVATIONS), None)
     table.fix(cols, "model output" if last is None else f"feeds nn.{type(last).__name__} (not positively homogeneous)")
     return build_discovery(table, uses, dict(model.named_parameters()))
+
+
+def mlp_fits(model: nn.Module, inputs: tuple[object, ...]) -> bool:
+    """Whether a plain MLP can be called with ``inputs`` (one tensor of its dtype whose features match),
+    checked on shapes only; otherwise the adapter traces it, which names what does not fit."""
+    first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor) or inputs[0].dtype != first.weight.dtype:
+        return False
+    x = torch.empty(inputs[0].shape, device="meta")
+    head = next(iter(model.children()))
+    if type(head) is nn.Flatten:
+        x = head(x)
+    return x.dim() >= 1 and int(x.shape[-1]) == first.in_features
 
 
 def mlp_probe(model: nn.Module) -> torch.Tensor:
