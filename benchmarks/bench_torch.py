@@ -48,37 +48,11 @@ from synbal.torch import TorchAdapter, discover
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from model_zoo import BasicBlock
+from torchvision_compat import torchvision_models
 
 WIDTHS = [1024] + [2048] * 6 + [1024]
 TOL = 1e-10
 L2 = parse_regularizer("l2")
-
-
-def torchvision_models() -> Any:
-    """``torchvision.models``, importable although its compiled ops do not load with this torch
-    (registering their fake kernels fails; the pure-Python models do not need them)."""
-    import torch.library
-
-    original = torch.library.register_fake
-
-    def tolerant(*args: Any, **kwargs: Any) -> Any:
-        try:
-            decorator = original(*args, **kwargs)
-        except RuntimeError:
-            return lambda f: f
-
-        def wrap(f: Any) -> Any:
-            try:
-                return decorator(f)
-            except RuntimeError:
-                return f
-
-        return wrap
-
-    torch.library.register_fake = tolerant  # type: ignore[assignment]
-    import torchvision.models
-
-    return torchvision.models
 
 
 def linears(widths: list[int], seed: int = 0) -> list[nn.Linear]:
@@ -221,6 +195,9 @@ def memory_goal() -> None:
 # ---------------------------------------------------------------------------- goal 3
 def vgg_goal(repeats: int) -> None:
     tvm = torchvision_models()
+    if tvm is None:
+        print("   [skip] torchvision is not installed (pip install -e .[dev])")
+        return
     cases = [("vgg11_bn", torch.float32, 5.0), ("vgg11_bn", torch.float64, None), ("alexnet", torch.float64, None)]
     for name, dtype, limit in cases:
         torch.manual_seed(0)
