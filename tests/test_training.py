@@ -173,7 +173,8 @@ def test_sgd_momentum_transforms_like_gradients() -> None:
     u = synbal.balance(mlp_view(copy.deepcopy(a)).net, "l2").log_scales  # type: ignore[union-attr]
     mb = ModelBalance(b)
     mb.balance("l2", "exact", optimizer=opt_b)
-    factors = {n: f for n, f in mb._view.parameter_factors(u).items()}  # type: ignore[union-attr]
+    by_tensor = mb.parameter_factors(u)
+    factors = {n: by_tensor[p] for n, p in b.named_parameters()}
     # a step with lr = 0 updates the buffers (buf ← μ·buf + g) without moving the weights, so the
     # balanced buffer must still be the unbalanced one divided by s: the transformed state is
     # consistent with the new gradients g/s (a buffer scaled like the weights would not be)

@@ -68,7 +68,7 @@ from synbal.regularizers import (
 from synbal.training.model_balance import ModelBalance
 from synbal.training.optimizer_state import Policy, rescale_optimizer_state
 from synbal.training.penalty import regularizer_penalty
-from synbal.training.views import mlp_view
+from synbal.training.views import mlp_discovery
 
 __all__ = [
     "WeightBalancingFlow",
@@ -93,7 +93,7 @@ def mlp_linears(model: nn.Module) -> list[nn.Linear]:
 
     Raises :class:`~synbal.errors.ModelError` for other models.
     """
-    if mlp_view(model) is None:
+    if mlp_discovery(model) is None:
         raise ModelError(
             f"{type(model).__name__}: the ℓ_{{p,q}} penalty needs a plain MLP (nn.Sequential of "
             "Linear layers with one homogeneous activation)"
@@ -212,9 +212,8 @@ class WeightBalancingFlow:
         return self.rebalance()
 
     def _problem(self) -> tuple[Any, BalanceProblem]:
-        view = mlp_view(self.model)
-        if view is not None:
-            adapter = adapter_for(view.net)
+        if mlp_discovery(self.model) is not None:  # the adapter's fast path: no tracing, no inputs
+            adapter = adapter_for(self.model)
         elif self.example_inputs is not None:
             adapter = adapter_for(self.model, example_inputs=self.example_inputs)
         else:

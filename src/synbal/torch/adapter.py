@@ -26,7 +26,7 @@ from synbal.errors import ModelError
 from synbal.problem import BalanceProblem
 from synbal.regularizers import Regularizer
 from synbal.rounding import pow2_exponents
-from synbal.torch.apply import Rollback, factor_arrays, run_model, scale_parameters, verify_outputs
+from synbal.torch.apply import Rollback, factor_arrays, run_model, scale_parameters, scaled_copy, verify_outputs
 from synbal.torch.discovery import Discovery, discover, unwrap_compiled
 from synbal.torch.extract import build_problem
 from synbal.torch.fold import fold_batchnorm as fold_batchnorm_inplace
@@ -62,6 +62,8 @@ class TorchAdapter:
         balanced copy is that module, not compiled).
     example_inputs:
         A tensor or tuple of tensors the model is called with (used to trace shapes and verify).
+        Optional for plain MLPs (:func:`synbal.training.views.mlp_discovery`), which need no
+        tracing; without inputs they are verified on :func:`synbal.training.views.mlp_probe`.
     verify:
         After applying, run the model before/after and raise
         :class:`~synbal.errors.VerificationError` if the outputs differ beyond a dtype-aware tolerance
@@ -78,17 +80,26 @@ class TorchAdapter:
                  barriers: bool = False, fold_batchnorm: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        from synbal.training.views import mlp_discovery, mlp_fits, mlp_probe  # plain MLPs: no tracing
+
         self.given = model
         self.model = model = unwrap_compiled(model)
-        self.inputs = _as_inputs(example_inputs)
         self.verify = verify
         self.fold = fold_batchnorm
         self._work = model
         self.folded: list[str] = []
+        plain = None if fold_batchnorm else mlp_discovery(model)
+        if plain is not None and example_inputs is not None and not mlp_fits(model, _as_inputs(example_inputs)):
+            plain = None  # traced instead, to say what does not fit
+        if plain is not None:
+            self.inputs = (mlp_probe(model),) if example_inputs is None else _as_inputs(example_inputs)
+            self.discovery: Discovery = plain
+            return
+        self.inputs = _as_inputs(example_inputs)
         if fold_batchnorm:
             self._work = _copy(model)
             self.folded = fold_batchnorm_inplace(self._work, self.inputs)
-        self.discovery: Discovery = discover(self._work, self.inputs, barriers=barriers)
+        self.discovery = discover(self._work, self.inputs, barriers=barriers)
 
     def notes(self) -> list[str]:
         """What a result should say about this model (which model ``R`` refers to)."""
@@ -111,9 +122,10 @@ class TorchAdapter:
                 undo = Rollback(target, names, structure=self.fold)
             if self.fold:
                 fold_batchnorm_inplace(target, self.inputs)
+            scale_parameters(target, self.discovery, u)
         else:
-            target = _copy(self._work)
-        scale_parameters(target, self.discovery, u)
+            detach_hooked_weights(self._work)  # else deepcopy refuses a hook-based weight_norm's computed weight
+            target = scaled_copy(self._work, self.discovery, u)
         if before is not None:
             try:
                 verify_outputs(before, run_model(target, self.inputs),

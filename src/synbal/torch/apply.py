@@ -11,17 +11,26 @@ submodule's mode. :class:`Rollback` undoes an in-place change whose verification
 
 from __future__ import annotations
 
+import copy
+import warnings
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.graph import increment_version
 
 from synbal.errors import VerificationError
+from synbal.powermatrix import scale_rows_cols
 from synbal.rounding import pow2_exponents
 from synbal.torch.discovery import Discovery, eval_mode
+from synbal.torch.values import compress
 
-__all__ = ["Rollback", "factor_arrays", "run_model", "scale_parameters", "tolerance", "verify_outputs"]
+__all__ = ["Rollback", "factor_arrays", "row_col_factors", "run_model", "scale_parameter", "scale_parameters",
+           "scaled_copy", "tolerance", "verify_outputs"]
+
+_CHUNK = 1 << 18  # entries per float64 temporary when a parameter cannot be scaled in one pass
 
 
 def _slot_log_scales(d: Discovery, u: np.ndarray) -> np.ndarray:
@@ -44,17 +53,156 @@ def factor_arrays(d: Discovery, u: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.exp(su[use.row] - su[use.col]) for name, use in d.uses.items()}
 
 
-def scale_parameters(model: nn.Module, d: Discovery, u: np.ndarray) -> None:
-    """Multiply ``model``'s parameters (looked up by name) by their factors, in place."""
-    named = dict(model.named_parameters(remove_duplicate=False))
+def row_col_factors(d: Discovery, u: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per scaled parameter, ``(exp(u_row), exp(−u_col))`` over its compressed slot arrays: their
+    product is :func:`factor_arrays`' multiplier (exact powers of two for ``pow2`` log-scales)."""
+    k = pow2_exponents(u)
+    if k is not None:
+        sk = _slot_log_scales(d, k).astype(np.int64)
+        return {name: (np.ldexp(1.0, sk[compress(use.row)]), np.ldexp(1.0, -sk[compress(use.col)]))
+                for name, use in d.uses.items()}
+    su = _slot_log_scales(d, u)
+    return {name: (np.exp(su[compress(use.row)]), np.exp(-su[compress(use.col)])) for name, use in d.uses.items()}
+
+
+def _split(rf: np.ndarray, cf: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(f1, f2)`` with ``rf·cf = f1[i]·f2[j]`` over the 2-D view ``(prod(shape[:k]), prod(shape[k:]))``
+    of a parameter, for the axis ``k`` with the fewest factor entries (``None`` when no ``k`` works)."""
+    best: tuple[int, int, list[bool]] | None = None
+    for k in range(len(shape) + 1):
+        sides = []
+        for f in (rf, cf):
+            if all(s == 1 for s in f.shape[k:]):
+                sides.append(True)  # varies on the left axes only (or nowhere)
+            elif all(s == 1 for s in f.shape[:k]):
+                sides.append(False)
+            else:
+                break
+        else:
+            cost = int(np.prod(shape[:k], dtype=np.int64)) * any(sides) + int(np.prod(shape[k:], dtype=np.int64))
+            if best is None or cost < best[1]:
+                best = (k, cost, sides)
+    if best is None:
+        return None
+    k, _, sides = best
+    left, right = np.ones((1,) * k), np.ones((1,) * (len(shape) - k))
+    for f, on_left in zip((rf, cf), sides, strict=True):
+        if on_left:
+            left = left * f.reshape(f.shape[:k])
+        else:
+            right = right * f.reshape(f.shape[k:])
+    return (np.array(np.broadcast_to(left, shape[:k]).reshape(-1), dtype=np.float64),
+            np.array(np.broadcast_to(right, shape[k:]).reshape(-1), dtype=np.float64))
+
+
+def _scale_2d(p: torch.Tensor, f1: np.ndarray, f2: np.ndarray) -> None:
+    """``p2d[i, j] *= f1[i]·f2[j]`` in one pass, computed in float64 and rounded once into ``p``'s dtype."""
+    w = p.detach()
+    if w.device.type == "cpu" and w.is_contiguous() and w.dtype in (torch.float32, torch.float64):
+        scale_rows_cols(w.numpy().reshape(f1.size, f2.size), f1, f2)
+        increment_version(w)
+        return
+    w2 = w.view(f1.size, f2.size) if w.is_contiguous() else None
+    a, b = torch.from_numpy(f1).to(w.device), torch.from_numpy(f2).to(w.device)
+    step = max(1, _CHUNK // max(1, f2.size))
+    for i in range(0, f1.size, step):
+        factor = a[i:i + step, None] * b[None, :]
+        if w2 is not None:
+            chunk = w2[i:i + step]
+            chunk.copy_(chunk.to(torch.float64).mul_(factor))
+        else:  # a non-contiguous parameter: one float64 pass over all of it
+            w.copy_((w.to(torch.float64).reshape(f1.size, f2.size) * a[:, None] * b[None, :]).reshape(w.shape))
+            return
+
+
+def scale_parameter(p: torch.Tensor, rf: np.ndarray, cf: np.ndarray) -> None:
+    """``p *= rf·cf`` in place (``rf``, ``cf`` float64, broadcastable to ``p``), in one pass where
+    the factors split into a row and a column factor of a 2-D view of ``p`` (Linear, conv, bias,
+    embedding), else one chunk of the first axis at a time.
+
+    >>> w = torch.ones(2, 3)
+    >>> scale_parameter(w, np.array([[2.0], [3.0]]), np.array([[1.0, 0.5, 0.25]]))
+    >>> w.tolist()
+    [[2.0, 1.0, 0.5], [3.0, 1.5, 0.75]]
+    """
+    if p.dim() == 0:
+        with torch.no_grad():
+            p.copy_(p.to(torch.float64) * float(rf.reshape(-1)[0] * cf.reshape(-1)[0]))
+        return
+    split = _split(rf, cf, tuple(int(n) for n in p.shape))
+    if split is not None:
+        with torch.no_grad():
+            _scale_2d(p, *split)
+        return
+    step = max(1, _CHUNK // max(1, p[0].numel()))
     with torch.no_grad():
-        for name, factor in factor_arrays(d, u).items():
-            p = named[name]
-            f = torch.from_numpy(np.asarray(factor)).to(p.device)
-            if p.dtype == torch.float64:
-                p.mul_(f)
-            else:  # compute in float64, round once into the parameter's dtype
-                p.copy_(p.to(torch.float64).mul_(f))
+        for i in range(0, int(p.shape[0]), step):
+            r = rf[i:i + step] if rf.shape[0] > 1 else rf
+            c = cf[i:i + step] if cf.shape[0] > 1 else cf
+            chunk = p[i:i + step]
+            factor = torch.from_numpy(np.ascontiguousarray(r * c)).to(p.device)
+            chunk.copy_(chunk.to(torch.float64).mul_(factor))
+
+
+@numba.njit(cache=True)
+def _scaled_into(W: np.ndarray, out: np.ndarray, row: np.ndarray, col: np.ndarray) -> None:
+    """``out[i, j] = W[i, j]·row[i]·col[j]`` computed in float64 (the arithmetic of ``scale_rows_cols``)."""
+    n, m = W.shape
+    for i in range(n):
+        ri = row[i]
+        for j in range(m):
+            out[i, j] = np.float64(W[i, j]) * ri * col[j]
+
+
+def _scaled_parameter(p: torch.Tensor, rf: np.ndarray, cf: np.ndarray) -> nn.Parameter | None:
+    """A new parameter holding ``p·rf·cf``, written in one pass from ``p`` (``None`` unless ``p`` is a
+    plain contiguous float32/float64 CPU ``nn.Parameter`` whose factors split into rows and columns)."""
+    if type(p) is not nn.Parameter or p.device.type != "cpu" or not p.is_contiguous():
+        return None
+    if p.dtype not in (torch.float32, torch.float64) or p.dim() == 0:
+        return None
+    split = _split(rf, cf, tuple(int(n) for n in p.shape))
+    if split is None:
+        return None
+    f1, f2 = split
+    out = torch.empty_like(p, memory_format=torch.contiguous_format, requires_grad=False)
+    _scaled_into(p.detach().numpy().reshape(f1.size, f2.size), out.numpy().reshape(f1.size, f2.size), f1, f2)
+    return nn.Parameter(out, requires_grad=p.requires_grad)
+
+
+def scaled_copy(model: nn.Module, d: Discovery, u: np.ndarray) -> nn.Module:
+    """A deep copy of ``model`` with every parameter multiplied by ``exp(u_row − u_col)``.
+
+    Scaled parameters are written straight from the originals into the copy (one single-threaded
+    pass, instead of a copy and then a scaling pass); the rest of the model is deep-copied.
+    """
+    named = dict(model.named_parameters(remove_duplicate=False))
+    memo: dict[int, Any] = {}
+    later = []
+    for name, (rf, cf) in row_col_factors(d, u).items():
+        scaled = _scaled_parameter(named[name], rf, cf)
+        if scaled is None:
+            later.append((name, rf, cf))
+        else:
+            memo[id(named[name])] = scaled
+    with warnings.catch_warnings():  # torch.export modules warn about their own pytree specs when copied
+        warnings.simplefilter("ignore", FutureWarning)
+        target = copy.deepcopy(model, memo)
+    copied = dict(target.named_parameters(remove_duplicate=False))
+    for name, rf, cf in later:
+        scale_parameter(copied[name], rf, cf)
+    return target
+
+
+def scale_parameters(model: nn.Module, d: Discovery, u: np.ndarray) -> None:
+    """Multiply ``model``'s parameters (looked up by name) by ``exp(u_row − u_col)``, in place.
+
+    Each parameter is written once: the row factor ``exp(u_row)`` and the column factor
+    ``exp(−u_col)`` are small arrays, so no full-size factor or float64 copy is made.
+    """
+    named = dict(model.named_parameters(remove_duplicate=False))
+    for name, (rf, cf) in row_col_factors(d, u).items():
+        scale_parameter(named[name], rf, cf)
 
 
 def tolerance(dtype: torch.dtype) -> float:

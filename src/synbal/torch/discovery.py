@@ -43,9 +43,10 @@ reason.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -54,13 +55,15 @@ from torch import fx, nn
 from torch.nn.utils import parametrize
 
 from synbal.errors import InvalidWeightError, ModelError, SynbalError, UnsupportedOperationError
+from synbal.problem import GeneratedNames
 from synbal.torch import rules
 from synbal.torch.reparam import refuse_quantized, weight_source
-from synbal.torch.slots import SlotTable
+from synbal.torch.slots import SlotTable, label_pairs
 from synbal.torch.tracing import trace
 from synbal.torch.values import Ids, ParamRef, zeros_like_shape
 
-__all__ = ["Discovery", "ParamUse", "Walker", "check_finite", "discover", "eval_mode", "trace", "unwrap_compiled"]
+__all__ = ["Discovery", "ParamUse", "Walker", "build_discovery", "check_finite", "discover", "eval_mode", "trace",
+           "unwrap_compiled"]
 
 
 @dataclass
@@ -439,7 +442,7 @@ class Discovery:
     uses: dict[str, ParamUse]
     group_of_slot: np.ndarray
     groups: list[np.ndarray]
-    names: list[str]
+    names: Sequence[str]
     excluded: dict[str, str]
     layers: list[np.ndarray] | None
     unused: list[str]
@@ -525,19 +528,28 @@ def _walk_fake(gm: fx.GraphModule, model: nn.Module, example_inputs: tuple[Any, 
 
 
 def _finish(w: Walker) -> Discovery:
-    table = w.table
-    for name, node in w.data_used.items():
-        use = w.uses.get(name)
+    return build_discovery(w.table, w.uses, w.params, data_used=w.data_used, shared=w.shared)
+
+
+def build_discovery(table: SlotTable, uses: dict[str, ParamUse], params: dict[str, torch.Tensor], *,
+                    data_used: dict[str, str] | None = None,
+                    shared: dict[str, list[str]] | None = None) -> Discovery:
+    """Resolve the ties and fixes recorded in ``table`` into groups (also used without tracing, by
+    :func:`synbal.training.views.mlp_discovery`). ``params`` are all parameters by canonical name."""
+    for name in data_used or {}:
+        use = uses.get(name)
         if use is not None:  # read as data elsewhere: its values must not change
             table.tie(use.row, use.col)
-            del node
     res = table.resolve()
     comp = res.component
     ncomp = res.n_components
     has_out = np.zeros(ncomp, dtype=bool)
-    for use in w.uses.values():
-        rc, cc = np.broadcast_arrays(comp[use.row], comp[use.col])
-        has_out[cc[rc != cc]] = True
+    for use in uses.values():
+        rc, cc, product = label_pairs(comp[use.row], comp[use.col])
+        if product and rc.size:  # every row meets every column
+            has_out[cc if rc.size > 1 else cc[cc != rc[0]]] = True
+        elif not product:
+            has_out[cc[rc != cc]] = True
     reasons = dict(res.reasons)
     keep = ~res.fixed & has_out
     for k in np.flatnonzero(~res.fixed & ~has_out).tolist():
@@ -550,17 +562,15 @@ def _finish(w: Walker) -> Discovery:
     group_of_slot[0] = -1
     order = np.argsort(group_of_slot, kind="stable")
     counts = np.bincount(group_of_slot[group_of_slot >= 0], minlength=int(keep.sum()))
-    start = int((group_of_slot < 0).sum())
-    groups = []
-    for k in range(int(keep.sum())):
-        groups.append(np.sort(order[start : start + counts[k]]))
-        start += counts[k]
-    names = [table.label(int(g[0])) for g in groups]
+    start = int((group_of_slot < 0).sum())  # the stable sort keeps every group's slots increasing
+    bounds = (start + np.concatenate([[0], np.cumsum(counts)])).tolist()
+    groups = [order[a:b] for a, b in pairwise(bounds)]
+    names = GeneratedNames(len(groups), lambda k: table.label(int(groups[k][0])))
     excluded = _excluded(table, comp, group_of_slot, reasons)
-    layers = _layers(table, groups, group_of_slot, w.uses)
-    unused = [n for n, p in w.params.items() if n not in w.uses and p.is_floating_point()]
-    return Discovery(table, w.uses, group_of_slot, groups, names, excluded, layers, unused,
-                     dict(w.shared), w.params)
+    layers = _layers(table, groups, group_of_slot, uses)
+    unused = [n for n, p in params.items() if n not in uses and p.is_floating_point()]
+    return Discovery(table, uses, group_of_slot, groups, names, excluded, layers, unused,
+                     dict(shared or {}), params)
 
 
 def _excluded(table: SlotTable, comp: np.ndarray, group_of_slot: np.ndarray,
@@ -597,7 +607,14 @@ def _layers(table: SlotTable, groups: list[np.ndarray], group_of_slot: np.ndarra
     starts = np.array([start for _, start, _ in table.ranges()], dtype=np.int64)
     bucket = np.searchsorted(starts, np.array([g[0] for g in groups]), side="right") - 1
     for use in uses.values():
-        r, c = np.broadcast_arrays(group_of_slot[use.row], group_of_slot[use.col])
+        r, c, product = label_pairs(group_of_slot[use.row], group_of_slot[use.col])
+        if product:
+            r, c = r[r >= 0], c[c >= 0]
+            for b in np.intersect1d(bucket[r], bucket[c]).tolist():  # r × c joins two groups of bucket b
+                rb, cb = r[bucket[r] == b], c[bucket[c] == b]
+                if rb.size > 1 or cb.size > 1 or rb[0] != cb[0]:
+                    return None
+            continue
         m = (r >= 0) & (c >= 0) & (r != c)
         if np.any(bucket[r[m]] == bucket[c[m]]):
             return None

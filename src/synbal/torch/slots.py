@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["FIXED_SLOT", "Resolution", "SlotTable"]
+__all__ = ["FIXED_SLOT", "Resolution", "SlotTable", "label_pairs"]
 
 FIXED_SLOT = 0
 
@@ -110,8 +110,13 @@ class SlotTable:
         if slot == FIXED_SLOT:
             return "<input/constant>"
         prefix, start, shape = self.range_of(slot)
-        idx = np.unravel_index(slot - start, shape)
-        return f"{prefix}[{','.join(str(int(i)) for i in idx)}]"
+        if len(shape) == 1:
+            return f"{prefix}[{slot - start}]"
+        rest, idx = slot - start, []
+        for size in reversed(shape):  # np.unravel_index, without its per-call cost
+            rest, i = divmod(rest, size)
+            idx.append(i)
+        return f"{prefix}[{','.join(str(int(i)) for i in reversed(idx))}]"
 
     def tie(self, a: np.ndarray, b: np.ndarray) -> None:
         """Slots ``a`` and ``b`` (broadcast together) must share one scale, elementwise."""
@@ -160,3 +165,24 @@ class SlotTable:
                     reasons[c] = reason
                 fixed[c] = True
         return Resolution(comp, fixed, reasons)
+
+
+def label_pairs(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The (row, column) label pairs of a parameter's entries, without expanding a product.
+
+    ``rows`` and ``cols`` broadcast to the parameter's shape. Returns ``(r, c, product)``: when
+    the labels vary along disjoint axes (a Linear or conv weight, a bias) every row label meets
+    every column label, and ``r``, ``c`` are the distinct labels of each side (``product`` true);
+    otherwise ``r[k], c[k]`` are the pairs entry by entry.
+
+    >>> r, c, product = label_pairs(np.array([[1], [2]]), np.array([[5, 5, 6]]))
+    >>> r.tolist(), c.tolist(), product
+    ([1, 2], [5, 6], True)
+    """
+    from synbal.torch.values import compress
+
+    rc, cc = compress(rows), compress(cols)
+    if not {a for a, s in enumerate(rc.shape) if s > 1} & {a for a, s in enumerate(cc.shape) if s > 1}:
+        return np.unique(rc), np.unique(cc), True
+    r, c = np.broadcast_arrays(rc, cc)
+    return r.ravel(), c.ravel(), False

@@ -1,8 +1,9 @@
 """Measure and balance a PyTorch model during training (the monitor and the balancing hooks).
 
-:class:`ModelBalance` picks the route once: the zero-copy DenseNet view for plain CPU MLPs
-(:mod:`synbal.training.views`, no tracing, cheap enough for every epoch), otherwise the PyTorch
-adapter through :func:`synbal.deficit` / :func:`synbal.balance` with ``example_inputs``.
+:class:`ModelBalance` goes through the PyTorch adapter (:func:`synbal.deficit` /
+:func:`synbal.balance`). Plain MLPs take its fast path (:mod:`synbal.training.views`: no tracing,
+no example inputs, matrix-free Linear blocks — cheap enough for every epoch); other models are
+traced with ``example_inputs``.
 
 >>> import torch, synbal
 >>> torch.manual_seed(0) and None
@@ -28,7 +29,7 @@ from synbal.api import BalanceResult, balance, deficit
 from synbal.errors import ModelError
 from synbal.regularizers import RegularizerSpec, parse_regularizer
 from synbal.training.optimizer_state import Policy, rescale_optimizer_state
-from synbal.training.views import MLPView, mlp_view
+from synbal.training.views import mlp_discovery
 
 __all__ = ["BalanceStep", "ModelBalance"]
 
@@ -60,26 +61,23 @@ class ModelBalance:
     def __init__(self, model: nn.Module, example_inputs: Any = None) -> None:
         self.model = model
         self.example_inputs = example_inputs
-        self._view: MLPView | None = mlp_view(model)
-        self._adapter: Any = None
-        if self._view is None and example_inputs is None:
+        if not self.fast and example_inputs is None:
             raise ModelError(
-                f"{type(model).__name__} is not a plain CPU MLP (Sequential of Linear and one "
-                "homogeneous activation); pass example_inputs so the PyTorch adapter can trace it"
+                f"{type(model).__name__} is not a plain MLP (Sequential of Linear layers and "
+                "homogeneous activations); pass example_inputs so the PyTorch adapter can trace it"
             )
 
     @property
     def fast(self) -> bool:
-        """Whether the zero-copy MLP route is used."""
-        return self._view is not None
+        """Whether the model takes the adapter's MLP fast path (no tracing)."""
+        return mlp_discovery(self.model) is not None
 
     def _source(self) -> tuple[Any, dict[str, Any]]:
-        # Refreshed on every call: parameters may have been replaced or moved since.
-        self._view = mlp_view(self.model)
-        if self._view is not None:
-            return self._view.net, {}
+        # Decided on every call: the model may have been changed since.
+        if self.fast:
+            return self.model, {}
         if self.example_inputs is None:
-            raise ModelError("the model is no longer a plain CPU MLP; pass example_inputs")
+            raise ModelError("the model is no longer a plain MLP; pass example_inputs")
         return self.model, {"example_inputs": self.example_inputs}
 
     def measure(self, reg: RegularizerSpec = "l2") -> dict[str, float]:
@@ -98,15 +96,12 @@ class ModelBalance:
 
     def parameter_factors(self, u: np.ndarray) -> dict[torch.Tensor, torch.Tensor]:
         """Each parameter's elementwise multiplier for log-scales ``u`` (keyed by the tensor)."""
-        params = dict(self.model.named_parameters())
-        if self._view is not None:
-            named = self._view.parameter_factors(u)
-        else:
-            if self._adapter is None:
-                from synbal.adapters import adapter_for
+        from synbal.adapters import adapter_for
 
-                self._adapter = adapter_for(self.model, example_inputs=self.example_inputs)
-            named = self._adapter.parameter_factors(u)
+        params = dict(self.model.named_parameters())
+        source, options = self._source()
+        adapter: Any = adapter_for(source, **options)  # a TorchAdapter
+        named = adapter.parameter_factors(u)
         return {params[name]: factor for name, factor in named.items() if name in params}
 
     def balance(
