@@ -33,6 +33,7 @@ on 6,000 images, 1,000 test images, p = 2, MLP and MobileNet.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -41,8 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from synbal.data import ImageDataset, load_fashion_mnist, load_mnist
-from synbal.errors import DataError, SynbalError
+from synbal.data import ImageDataset
+from synbal.errors import SynbalError
 from synbal.experiments.cache import RunCache
 from synbal.experiments.dynamics import torch_threads
 from synbal.experiments.quant_arms import PEERS, apply_arm, arm_names, fold, peer_status, rescale
@@ -50,6 +51,8 @@ from synbal.experiments.quant_models import MODELS, build_model, train_model
 from synbal.experiments.quant_report import figures, markdown
 from synbal.experiments.quant_verdict import verdict
 from synbal.experiments.report import ExperimentContext, write_outputs
+from synbal.experiments.speed import DATASETS
+from synbal.experiments.speed import _datasets as speed_datasets
 from synbal.io import atomic_write_json
 from synbal.quantize import GRANULARITIES, quantize_activations, quantize_weights
 
@@ -62,7 +65,6 @@ OPTIONS = {"datasets": 'JSON list, e.g. ["MNIST"] (default both)', "models": "JS
            "powers": "JSON list of p for the synbal-l<p> arms", "arms": "JSON list of arms (default all)",
            "act_bits": "also quantize activations to this many bits (calibrated on 4 batches)",
            "threads": "torch threads (default 1)", "fashion": "directory of the Fashion-MNIST IDX files"}
-DATASETS = ("MNIST", "Fashion-MNIST")
 
 
 def _settings(ctx: ExperimentContext) -> dict[str, Any]:
@@ -82,18 +84,6 @@ def _settings(ctx: ExperimentContext) -> dict[str, Any]:
     if bad:
         raise SynbalError(f"quant: unknown model(s)/dataset(s) {bad}; models {list(MODELS)}, datasets {list(DATASETS)}")
     return s
-
-
-def _datasets(ctx: ExperimentContext, wanted: list[str]) -> tuple[list[tuple[str, ImageDataset]], list[str]]:
-    sets, notes = [], []
-    if "MNIST" in wanted:
-        sets.append(("MNIST", load_mnist(ctx.data)))
-    if "Fashion-MNIST" in wanted:
-        try:
-            sets.append(("Fashion-MNIST", load_fashion_mnist(ctx.extra.get("fashion"))))
-        except DataError as exc:
-            notes.append(f"Fashion-MNIST skipped: {exc}")
-    return sets, notes
 
 
 def _images(data: ImageDataset, split: str, size: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +145,7 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     s = _settings(ctx)
     status = peer_status(tuple(s["arms"]))
     usable = [a for a in s["arms"] if status.get(a) is None]
-    datasets, notes = _datasets(ctx, s["datasets"])
+    datasets, notes = speed_datasets(dataclasses.replace(ctx, extra={**ctx.extra, "datasets": s["datasets"]}))
     notes += [f"{arm} skipped: {why}" for arm, why in status.items() if why and arm in s["arms"]]
     cache = RunCache(ctx.out_dir / f"{NAME}-runs.jsonl")
     collected: dict[str, list[Any]] = {"rows": [], "float_rows": [], "failures": []}
