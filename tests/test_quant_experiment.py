@@ -42,6 +42,9 @@ def test_tiny_run_writes_rows_verdict_and_plots_and_resumes(tmp_path: Path, monk
     monkeypatch.setattr(quant, "_one_run", lambda *a, **k: pytest.fail("finished runs must be reused"))
     again = _run(tmp_path)
     assert again["rows"] == result["rows"]
+    more = _run(tmp_path, seeds=2, assemble_only=True)  # seed 1 is not in the record: listed, not run
+    assert more["rows"] == result["rows"]
+    assert "not run yet (left out): mlp, MNIST, seed 1" in (tmp_path / "quant.md").read_text()
 
 
 def test_a_missing_peer_is_skipped_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -27,7 +27,8 @@ recorded in ``OUT/quant-runs.jsonl``; a rerun into the same ``--out`` skips it.
 
 Full run: 5 seeds, 1 epoch on the full training set, the first 5,000 test images, p ∈ {2, 4}
 (about 3–4 min per CNN and seed here; runs go seed by seed, so a run stopped early covers every
-model and dataset with fewer seeds). ``--quick``: embedded MNIST, 1 seed, 2 epochs
+model and dataset with fewer seeds; ``--set assemble_only=true`` then writes the outputs from the
+record alone and lists what is missing). ``--quick``: embedded MNIST, 1 seed, 2 epochs
 on 6,000 images, 1,000 test images, p = 2, MLP and MobileNet.
 """
 
@@ -64,7 +65,8 @@ OPTIONS = {"datasets": 'JSON list, e.g. ["MNIST"] (default both)', "models": "JS
            "test_size": "test images (first N)", "bits": "JSON list of weight bit widths",
            "powers": "JSON list of p for the synbal-l<p> arms", "arms": "JSON list of arms (default all)",
            "act_bits": "also quantize activations to this many bits (calibrated on 4 batches)",
-           "threads": "torch threads (default 1)", "fashion": "directory of the Fashion-MNIST IDX files"}
+           "threads": "torch threads (default 1)", "fashion": "directory of the Fashion-MNIST IDX files",
+           "assemble_only": "true: build the outputs from the run record alone, listing runs not yet done"}
 
 
 def _settings(ctx: ExperimentContext) -> dict[str, Any]:
@@ -148,14 +150,18 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     datasets, notes = speed_datasets(dataclasses.replace(ctx, extra={**ctx.extra, "datasets": s["datasets"]}))
     notes += [f"{arm} skipped: {why}" for arm, why in status.items() if why and arm in s["arms"]]
     cache = RunCache(ctx.out_dir / f"{NAME}-runs.jsonl")
+    assemble_only = bool(ctx.extra.get("assemble_only", False))
     collected: dict[str, list[Any]] = {"rows": [], "float_rows": [], "failures": []}
     with torch_threads(int(ctx.extra.get("threads", 1))):
         for seed in range(s["seeds"]):  # seed-major: a run stopped early still covers every cell
             for ds_name, data in datasets:
                 for model_name in s["models"]:
-                    key = {**s, "data": data.source, "model": model_name, "dataset": ds_name, "seed": seed,
-                           "usable": usable}
+                    key = {**{k: v for k, v in s.items() if k != "seeds"}, "data": data.source,
+                           "model": model_name, "dataset": ds_name, "seed": seed, "usable": usable}
                     done = cache.get(key)
+                    if done is None and assemble_only:
+                        notes.append(f"not run yet (left out): {model_name}, {ds_name}, seed {seed}")
+                        continue
                     if done is None:
                         done = _one_run(model_name, ds_name, data, seed, s, usable)
                         cache.put(key, done)
