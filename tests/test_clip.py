@@ -63,6 +63,8 @@ def test_converted_clips_balance_with_moving_thresholds_and_unchanged_function(r
     assert len(clips) == 2
     assert not torch.allclose(clips[0].threshold, torch.full((4,), 6.0, dtype=torch.float64))
     assert torch.allclose(back(x), model(x), rtol=1e-9, atol=1e-10)
+    traced = torch.fx.symbolic_trace(back)  # restored clips can be traced (peers such as Brevitas do)
+    assert torch.allclose(traced(x), model(x), rtol=1e-9, atol=1e-10)
     # the clips did clip something, so a wrong threshold would have shown
     h = model.bn(model.conv(x))
     assert bool((h > 6).any())

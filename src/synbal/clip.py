@@ -49,17 +49,26 @@ def _view(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class ClippedReLU(nn.Module):
-    """``min(max(x, 0), threshold[c])`` with one threshold per channel (dimension 1)."""
+    """``min(max(x, 0), threshold[c])`` with one threshold per channel (dimension 1).
 
-    def __init__(self, threshold: torch.Tensor) -> None:
+    ``ndim`` (the input's number of dimensions) fixes the broadcast shape, so the module can be
+    traced by ``torch.fx``; without it the shape is found per call.
+    """
+
+    def __init__(self, threshold: torch.Tensor, ndim: int | None = None) -> None:
         super().__init__()
         if bool((threshold < 0).any()):
             raise ModelError("a clipped ReLU needs thresholds >= 0")
+        self.ndim = ndim
         self.threshold: torch.Tensor
         self.register_buffer("threshold", threshold.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.minimum(torch.relu(x), _view(self.threshold, x).to(x.dtype))
+        if self.ndim is None:
+            t = _view(self.threshold, x)
+        else:
+            t = self.threshold.reshape((1, -1) + (1,) * (self.ndim - 2)) if self.ndim >= 2 else self.threshold
+        return torch.minimum(torch.relu(x), t.to(x.dtype))
 
 
 class SplitClip(nn.Module):
@@ -67,6 +76,7 @@ class SplitClip(nn.Module):
 
     def __init__(self, threshold: torch.Tensor, ndim: int) -> None:
         super().__init__()
+        self.ndim = ndim
         c = int(threshold.numel())
         shift: nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
         if ndim == 2:
@@ -151,5 +161,5 @@ def make_clips_balanceable(model: nn.Module, example_inputs: tuple[Any, ...]) ->
 def restore_clips(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every :class:`SplitClip` folded back into a :class:`ClippedReLU`."""
     out = copy.deepcopy(model)
-    _replace(out, lambda child: ClippedReLU(child.threshold()) if isinstance(child, SplitClip) else None)
+    _replace(out, lambda child: ClippedReLU(child.threshold(), child.ndim) if isinstance(child, SplitClip) else None)
     return out
