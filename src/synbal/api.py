@@ -17,6 +17,7 @@ from synbal.adapters import adapter_for
 from synbal.algorithms import METHODS, solve
 from synbal.algorithms.base import HistoryEntry, SolveOptions, SolveResult
 from synbal.errors import SynbalError
+from synbal.linf.regularizer import MaxNormRegularizer
 from synbal.lpq import LpqRegularizer
 from synbal.metrics import DeficitReport, deficit_report
 from synbal.problem import BalanceProblem
@@ -105,7 +106,8 @@ def balance(
     net:
         A :class:`synbal.Graph` or a ``torch.nn.Module`` (then pass ``example_inputs=``).
     reg:
-        ``"l2"``, ``"l1"``, ``"l0.5"``, ``"1*l2+0.01*l1"``, or a regularizer object.
+        ``"l2"``, ``"l1"``, ``"l0.5"``, ``"1*l2+0.01*l1"``, ``"linf"`` (max-norm: methods
+        ``exact``, ``cyclic``, ``stochastic``; see :mod:`synbal.linf`), or a regularizer object.
     method:
         ``exact`` (straight to the unique balanced state), ``stochastic`` (one random unit per
         step), ``cyclic``, ``layer`` (independent sets at once), ``alternating`` (two colour
@@ -142,6 +144,11 @@ def balance(
     if round_scales is not None:
         round_log_scales(np.zeros(0), round_scales)  # an unknown mode fails before any work
     regularizer = parse_regularizer(reg)
+    if isinstance(regularizer, MaxNormRegularizer):  # not additive: its own extraction and solver
+        from synbal.linf.front import balance_max
+
+        return balance_max(net, regularizer, method, tol=tol, max_sweeps=max_sweeps, seed=seed,
+                           inplace=inplace, **adapter_options)
     start = time.perf_counter()
     adapter = adapter_for(net, **adapter_options)
     problem = adapter.problem(regularizer)
@@ -233,6 +240,10 @@ def deficit(net: Any, reg: RegularizerSpec = "l2", **adapter_options: Any) -> De
     (4.0, 1.0, 9.0)
     """
     regularizer = parse_regularizer(reg)
+    if isinstance(regularizer, MaxNormRegularizer):
+        from synbal.linf.front import deficit_max
+
+        return deficit_max(net, regularizer, **adapter_options)
     adapter = adapter_for(net, **adapter_options)
     problem = adapter.problem(regularizer)
     if isinstance(regularizer, LpqRegularizer) and not regularizer.reduces_to_lp:

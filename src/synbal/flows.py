@@ -55,6 +55,7 @@ from synbal.adapters import adapter_for
 from synbal.algorithms import SolveOptions, SolveResult, solve
 from synbal.algorithms.multiplicative import lpq_max_stationarity
 from synbal.errors import ModelError, RegularizerError
+from synbal.linf.regularizer import MaxNormRegularizer
 from synbal.lpq import LpqRegularizer
 from synbal.problem import BalanceProblem
 from synbal.regularizers import (
@@ -85,6 +86,8 @@ def aggregation_regularizer(reg: Regularizer) -> PowerRegularizer | CustomRegula
     """What an adapter aggregates for ``reg``: ``|w|^p`` for ℓ_{p,q}, else ``reg`` itself."""
     if isinstance(reg, LpqRegularizer):
         return PowerRegularizer((PowerTerm(1.0, reg.p),))
+    if isinstance(reg, MaxNormRegularizer):
+        raise RegularizerError("the max-norm 'linf' is not additive: it has no flow (balance with it instead)")
     return reg
 
 

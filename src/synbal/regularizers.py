@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from synbal.errors import RegularizerError
+from synbal.linf.regularizer import MaxNormRegularizer, is_linf_spec, parse_linf
 from synbal.lpq import LpqRegularizer, is_lpq_spec, parse_lpq
 
 __all__ = [
@@ -116,21 +117,23 @@ class CustomRegularizer:
         return self.name
 
 
-Regularizer = PowerRegularizer | CustomRegularizer | LpqRegularizer
-RegularizerSpec = str | PowerRegularizer | CustomRegularizer | LpqRegularizer
+Regularizer = PowerRegularizer | CustomRegularizer | LpqRegularizer | MaxNormRegularizer
+RegularizerSpec = str | Regularizer
 
 _TERM = re.compile(r"^\s*(?:(?P<coef>[0-9.eE+-]+)\s*\*\s*)?[lL](?P<p>[0-9.eE+-]+)\s*$")
 
 
 def parse_regularizer(spec: RegularizerSpec) -> Regularizer:
-    """Turn ``"l2"``, ``"l0.5"``, ``"1*l2+0.01*l1"`` (or a regularizer object) into a regularizer.
+    """Turn ``"l2"``, ``"l0.5"``, ``"1*l2+0.01*l1"``, ``"linf"`` (or a regularizer object) into a regularizer.
 
     Raises :class:`~synbal.errors.RegularizerError` naming the bad term.
     """
-    if isinstance(spec, (PowerRegularizer, CustomRegularizer, LpqRegularizer)):
+    if isinstance(spec, (PowerRegularizer, CustomRegularizer, LpqRegularizer, MaxNormRegularizer)):
         return spec
     if not isinstance(spec, str):
         raise RegularizerError(f"regularizer must be a string such as 'l2', got {spec!r}")
+    if is_linf_spec(spec):  # "linf", "linf+bias": the max-norm (synbal.linf)
+        return parse_linf(spec)
     if is_lpq_spec(spec):  # "l2,1", "l1,inf": the ℓ_{p,q} norm (synbal.lpq)
         return parse_lpq(spec)
     terms: dict[float, float] = {}

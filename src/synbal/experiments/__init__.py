@@ -35,6 +35,7 @@ EXPERIMENTS["fig8"] = ("synbal.experiments.fig8", "balanced start: a finite lear
 EXPERIMENTS["fig7-lc"] = ("synbal.experiments.fig7_lc", "fig7 on the locally connected CIFAR-10 net (or a stand-in)")
 EXPERIMENTS["fig8-lc"] = ("synbal.experiments.fig8_lc", "fig8 on the locally connected CIFAR-10 net (or a stand-in)")
 EXPERIMENTS["speed"] = ("synbal.experiments.speed", "balancing at start / every epoch vs not: accuracy and speed")
+EXPERIMENTS["quant"] = ("synbal.experiments.quant", "range balancing vs cross-layer equalization for quantization")
 
 
 def run_experiment(name: str, ctx: ExperimentContext) -> dict[str, Any]:

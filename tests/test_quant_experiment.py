@@ -1,0 +1,82 @@
+"""``synbal reproduce quant``: a shrunken run end to end, resuming, a missing peer, the verdict rules."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+import synbal.experiments.quant as quant
+from synbal.experiments import ExperimentContext, run_experiment
+from synbal.experiments.quant_verdict import verdict
+
+TINY = {"models": ["mlp"], "seeds": 1, "epochs": 1, "train_size": 200, "test_size": 100, "bits": [8, 4],
+        "arms": ["none", "torch-equalize", "synbal-linf"], "datasets": ["MNIST"]}
+KEYS = {"model", "dataset", "seed", "bits", "granularity", "arm", "rescaled", "accuracy"}
+
+
+def _run(tmp_path: Path, **extra: object) -> dict:
+    ctx = ExperimentContext(out_dir=tmp_path, quick=True, progress=False, extra={**TINY, **extra})
+    return run_experiment("quant", ctx)
+
+
+def test_tiny_run_writes_rows_verdict_and_plots_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    result = _run(tmp_path)
+    payload = json.loads((tmp_path / "quant.json").read_text())
+    rows = payload["rows"]
+    assert len(rows) == 1 * 2 * 2 * 3 * 2 and all(set(r) == KEYS for r in rows)
+    assert {r["granularity"] for r in rows} == {"per-tensor", "per-channel"}
+    assert payload["settings"]["arms"] == TINY["arms"]
+    by = {(r["arm"], r["bits"], r["granularity"], r["rescaled"]): r["accuracy"] for r in rows}
+    for (arm, bits, gran, rescaled), acc in by.items():
+        if arm == "synbal-linf" and rescaled:
+            assert acc == by[(arm, bits, gran, False)]  # canonical: the rescaling does not matter
+    changes = {(r["arm"], r["rescaled"]): r["max_rel_output_change"] for r in payload["results"]["float_rows"]}
+    assert changes[("none", False)] == 0.0 and 0 < changes[("none", True)] < 1e-5
+    assert max(changes[("synbal-linf", r)] for r in (False, True)) < 1e-5
+    md = (tmp_path / "quant.md").read_text()
+    assert "rescaled copies" in md and result["goals"]["fp32"]["met"] is True
+    assert len(list(tmp_path.glob("quant_MNIST_*.png"))) == 4
+    monkeypatch.setattr(quant, "_one_run", lambda *a, **k: pytest.fail("finished runs must be reused"))
+    again = _run(tmp_path)
+    assert again["rows"] == result["rows"]
+    more = _run(tmp_path, seeds=2, assemble_only=True)  # seed 1 is not in the record: listed, not run
+    assert more["rows"] == result["rows"]
+    assert "not run yet (left out): mlp, MNIST, seed 1" in (tmp_path / "quant.md").read_text()
+
+
+def test_a_missing_peer_is_skipped_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    status = {"torch-equalize": None, "brevitas": "brevitas is not installed (pip install 'synbal[bench]')",
+              "aimet": None}
+    monkeypatch.setattr(quant, "peer_status", lambda arms: status)
+    result = _run(tmp_path, arms=["none", "brevitas", "synbal-linf"], bits=[8])
+    assert {r["arm"] for r in result["rows"]} == {"none", "synbal-linf"}
+    assert "brevitas skipped: brevitas is not installed" in (tmp_path / "quant.md").read_text()
+
+
+def _row(model, bits, arm, acc, rescaled=False, seed=0):
+    return {"model": model, "dataset": "D", "seed": seed, "bits": bits, "granularity": "per-tensor", "arm": arm,
+            "rescaled": rescaled, "accuracy": acc}
+
+
+def test_verdict_rules_can_fail():
+    rows = [_row(m, b, a, acc) for m in ("mobilenet", "resnet", "mlp") for b, a, acc in
+            [(8, "aimet", 98.0), (8, "synbal-l2", 97.8), (4, "aimet", 80.0), (4, "synbal-l2", 80.5)]]
+    rows += [_row("mlp", 4, "synbal-l2", 79.0, rescaled=True)]
+    floats = [{"arm": "synbal-l2", "max_rel_output_change": 3e-5}]
+    goals = verdict(rows, floats, ["aimet", "brevitas"])
+    assert goals["8bit"]["met"] is False and goals["4bit"]["met"] is False
+    assert goals["rescaled"]["met"] is False and goals["fp32"]["met"] is False
+    assert goals["4bit"]["wins_per_dataset"] == {"D": 0}
+    assert verdict(rows, floats, [])["8bit"]["met"] is None  # no peer ran: not judged
+
+
+@pytest.mark.slow
+def test_quick_variant_runs_in_under_three_minutes(tmp_path: Path):
+    start = time.perf_counter()
+    run_experiment("quant", ExperimentContext(out_dir=tmp_path, quick=True, progress=False))
+    assert time.perf_counter() - start < 180
+    rows = json.loads((tmp_path / "quant.json").read_text())["rows"]
+    assert {r["model"] for r in rows} == {"mlp", "mobilenet"}
