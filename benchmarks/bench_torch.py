@@ -5,7 +5,7 @@ Run: ``PYTHONPATH=src python benchmarks/bench_torch.py [--repeats 3] [--skip-vgg
 Goals, each printed with PASS/FAIL (times are the best of ``--repeats`` runs, the runs of the
 paths interleaved so that they share the machine's load):
 
-1. ``exact`` on a 1024-[2048×6]-1024 float32 ReLU MLP (27 M weights), tolerance 1e-10, end to end
+1. ``exact`` on a 1024-[2048×6]-1024 float32 ReLU MLP (25.2 M weights), tolerance 1e-10, end to end
    (discovery, extraction, solve, apply to a copy, verification on the example inputs) within 2×
    the engine's time on the same weights (``synbal.balance`` of a ``DenseNet``, which also
    copies), plus the fixed cost of tracing. Two module forms: the ``nn.Sequential`` (the adapter's
@@ -16,8 +16,9 @@ paths interleaved so that they share the machine's load):
    Each case runs in a fresh subprocess: it builds the model, balances a small model of the same
    kind (compiled kernels and torch machinery loaded), resets the peak RSS
    (``/proc/self/clear_refs``), then balances and reads ``VmHWM``. An in-place balance with
-   verification keeps a copy of the scaled parameters to roll a failed check back (issue 11,
-   item 6), so ``inplace=True`` is measured with and without ``verify``.
+   verification keeps what rolls a failed check back exactly (issue 11, item 6): 4 bits per
+   float32/float64 weight (``synbal.torch.undo``), a copy of any other parameter. ``inplace=True``
+   is measured with and without ``verify``.
 3. ``vgg11_bn`` (torchvision, 133 M parameters, float32, one 224×224 input): ``exact`` with
    verification in under 5 s. float64 ``vgg11_bn`` and ``alexnet`` are timed too (no threshold).
 

@@ -26,6 +26,8 @@ from synbal.api import NO_SCALABLE_UNITS
 from synbal.cli import main
 from synbal.errors import ModelError, UnsupportedOperationError, VerificationError
 from synbal.torch import TorchAdapter, discover
+from synbal.torch.apply import scale_parameters_undoably
+from synbal.torch.undo import ScaledMatrixUndo
 
 IDS = [z.name for z in ZOO]
 
@@ -328,3 +330,33 @@ def test_embedding_with_max_norm_is_not_scaled() -> None:
 
     d = discover(MaxNorm(), (torch.tensor([[1, 2]]),))
     assert d.n == 0 and "emb" not in d.uses
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_in_place_rollback_restores_every_bit_without_a_copy_of_the_weights(dtype: torch.dtype) -> None:
+    model, x = _zoo("mlp")
+    model, x = model.to(dtype), x.to(dtype)
+    original = copy.deepcopy(model)
+    adapter = TorchAdapter(model, example_inputs=(x,))
+    u = np.random.default_rng(1).uniform(-3, 3, adapter.discovery.n)
+    undo = scale_parameters_undoably(model, adapter.discovery, u)
+    assert not _same_state(model, original)
+    compact = dtype != torch.bfloat16  # float32/float64 keep 4-bit offsets; other dtypes a copy
+    assert bool(undo.matrices) == compact and bool(undo.values) != compact
+    undo.restore()
+    for (name, a), (_, b) in zip(model.state_dict().items(), original.state_dict().items(), strict=True):
+        assert torch.equal(a.view(torch.uint8) if a.dim() else a, b.view(torch.uint8) if b.dim() else b), name
+
+
+def test_scaled_matrix_undo_falls_back_when_offsets_do_not_fit() -> None:
+    rng = np.random.default_rng(0)
+    W = (rng.standard_normal((40, 30)) * np.exp(rng.uniform(-20, 20, (40, 30)))).astype(np.float32)
+    before = W.copy()
+    undo = ScaledMatrixUndo.scale(W, np.exp(rng.uniform(-4, 4, 40)), np.exp(rng.uniform(-4, 4, 30)))
+    assert undo is not None and not np.array_equal(W, before)
+    undo.restore(W)
+    assert np.array_equal(W.view(np.uint32), before.view(np.uint32))
+    tiny = np.array([[np.finfo(np.float32).tiny / 3, 1.0]], dtype=np.float32)  # subnormal: bits lost by scaling
+    kept = tiny.copy()
+    assert ScaledMatrixUndo.scale(tiny, np.array([1e-6]), np.ones(2)) is None
+    assert np.array_equal(tiny, kept)  # untouched, so the caller can copy it instead

@@ -26,7 +26,15 @@ from synbal.errors import ModelError
 from synbal.problem import BalanceProblem
 from synbal.regularizers import Regularizer
 from synbal.rounding import pow2_exponents
-from synbal.torch.apply import Rollback, factor_arrays, run_model, scale_parameters, scaled_copy, verify_outputs
+from synbal.torch.apply import (
+    Rollback,
+    factor_arrays,
+    run_model,
+    scale_parameters,
+    scale_parameters_undoably,
+    scaled_copy,
+    verify_outputs,
+)
 from synbal.torch.discovery import Discovery, discover, unwrap_compiled
 from synbal.torch.extract import build_problem
 from synbal.torch.fold import fold_batchnorm as fold_batchnorm_inplace
@@ -117,12 +125,16 @@ class TorchAdapter:
         undo = None
         if inplace:
             target = self.model
-            if before is not None:  # saved so that a failed verification leaves the model as it was
-                names = list(self.discovery.uses) if not self.fold else [n for n, _ in target.named_parameters()]
-                undo = Rollback(target, names, structure=self.fold)
-            if self.fold:
+            if before is None:
+                if self.fold:
+                    fold_batchnorm_inplace(target, self.inputs)
+                scale_parameters(target, self.discovery, u)
+            elif self.fold:  # folding replaces modules: saved whole so a failed check leaves the model as it was
+                undo = Rollback(target, [n for n, _ in target.named_parameters()], structure=True)
                 fold_batchnorm_inplace(target, self.inputs)
-            scale_parameters(target, self.discovery, u)
+                scale_parameters(target, self.discovery, u)
+            else:  # 4 bits per weight restore it exactly if the check fails
+                undo = scale_parameters_undoably(target, self.discovery, u)
         else:
             detach_hooked_weights(self._work)  # else deepcopy refuses a hook-based weight_norm's computed weight
             target = scaled_copy(self._work, self.discovery, u)

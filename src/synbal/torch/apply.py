@@ -25,10 +25,11 @@ from synbal.errors import VerificationError
 from synbal.powermatrix import scale_rows_cols
 from synbal.rounding import pow2_exponents
 from synbal.torch.discovery import Discovery, eval_mode
+from synbal.torch.undo import ScaledMatrixUndo
 from synbal.torch.values import compress
 
 __all__ = ["Rollback", "factor_arrays", "row_col_factors", "run_model", "scale_parameter", "scale_parameters",
-           "scaled_copy", "tolerance", "verify_outputs"]
+           "scale_parameters_undoably", "scaled_copy", "tolerance", "verify_outputs"]
 
 _CHUNK = 1 << 18  # entries per float64 temporary when a parameter cannot be scaled in one pass
 
@@ -282,8 +283,13 @@ class Rollback:
         self.values = [(named[n], named[n].detach().clone()) for n in dict.fromkeys(names) if n in named]
         self.tables = ([(m, dict(m._modules), dict(m._parameters)) for m in model.modules()] if structure else [])
 
+        self.matrices: list[tuple[torch.Tensor, ScaledMatrixUndo]] = []
+
     def restore(self) -> None:
         """Put every saved table and value back."""
+        for p, undo in self.matrices:
+            undo.restore(p.detach().numpy().reshape(undo.row.size, undo.col.size))
+            increment_version(p.detach())
         for m, modules, params in self.tables:
             m._modules.clear()
             m._modules.update(modules)
@@ -292,3 +298,28 @@ class Rollback:
         with torch.no_grad():
             for p, saved in self.values:
                 p.copy_(saved)
+
+
+def scale_parameters_undoably(model: nn.Module, d: Discovery, u: np.ndarray) -> Rollback:
+    """:func:`scale_parameters`, returning a :class:`Rollback` that restores every bit of the model.
+
+    CPU float32/float64 parameters scaled by a row and a column factor keep a 4-bit offset per
+    weight (:class:`~synbal.torch.undo.ScaledMatrixUndo`) instead of a copy; any other parameter
+    is copied before it is scaled.
+    """
+    named = dict(model.named_parameters(remove_duplicate=False))
+    undo = Rollback(model, [])
+    for name, (rf, cf) in row_col_factors(d, u).items():
+        p = named[name]
+        split = _split(rf, cf, tuple(int(n) for n in p.shape)) if p.dim() > 0 else None
+        record = None
+        plain = p.device.type == "cpu" and p.is_contiguous() and p.dtype in (torch.float32, torch.float64)
+        if split is not None and plain:
+            record = ScaledMatrixUndo.scale(p.detach().numpy().reshape(split[0].size, split[1].size), *split)
+        if record is not None:
+            increment_version(p.detach())
+            undo.matrices.append((p, record))
+            continue
+        undo.values.append((p, p.detach().clone()))
+        scale_parameter(p, rf, cf)
+    return undo
