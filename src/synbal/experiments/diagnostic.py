@@ -110,7 +110,7 @@ def _train(x: torch.Tensor, y: torch.Tensor, st: DiagnosticSettings, seed: int, 
         if step % st.record_every == 0 or step == st.steps:
             grad = float(np.sqrt(sum(float((g * g).sum()) for g in grads)))
             m = monitor.measure("l2")
-            for key, value in (("step", step), ("grad_norm", float(grad)), ("loss", float(loss)),
+            for key, value in (("step", step), ("grad_norm", float(grad)), ("loss", float(loss.detach())),
                                ("overall_deficit", m["overall_deficit"]), ("frobenius_norm", m["frobenius_norm"]),
                                ("max_relative_deficit", m["max_relative_deficit"])):
                 rows[key].append(value)
