@@ -41,6 +41,8 @@ EXPERIMENTS["diagnostic"] = ("synbal.experiments.diagnostic",
 EXPERIMENTS["appendixb"] = ("synbal.experiments.appendixb",
                             "Appendix B closed form for tied layer balancing: printed eq. 12.7 vs corrected")
 EXPERIMENTS["speed"] = ("synbal.experiments.speed", "balancing at start / every epoch vs not: accuracy and speed")
+EXPERIMENTS["speed2"] = ("synbal.experiments.speed2",
+                         "speed v2: AAAI recipe literally, tuned lr, long horizon; paired decision rules")
 
 
 def run_experiment(name: str, ctx: ExperimentContext) -> dict[str, Any]:
