@@ -180,6 +180,12 @@ def test_autoencoder_experiments_tiny(name: str, tmp_path: Path) -> None:
     if name == "fig8":  # every arm starts balanced
         starts = [np.array(a["overall_deficit"], dtype=float)[:, 0] for a in series.values()]
         assert max(float(s.max()) for s in starts) < 1e-6
+    from synbal.experiments.models import DEFAULT_INIT
+
+    assert payload["settings"]["init"] == DEFAULT_INIT and DEFAULT_INIT in md  # type: ignore[index]
+    for arm in series.values():  # the scale-free deficit is in the series: D / ‖W‖_F⁴
+        expected = np.array(arm["overall_deficit"], dtype=float) / np.array(arm["frobenius_norm"], dtype=float) ** 4
+        np.testing.assert_allclose(np.array(arm["scale_free_deficit"], dtype=float), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["fig7-lc", "fig8-lc"])
@@ -189,6 +195,9 @@ def test_lc_experiments_tiny_state_the_standin(name: str, tmp_path: Path) -> Non
     payload = _outputs(tmp_path, name)
     assert STANDIN in (tmp_path / f"{name}.md").read_text()
     assert STANDIN in str(payload["settings"]) and STANDIN in result["data"]  # type: ignore[operator]
+    from synbal.experiments.models import LC_INIT
+
+    assert payload["settings"]["init"] == LC_INIT  # type: ignore[index]  # He-uniform, as it ran
 
 
 def test_lc_experiment_resumes_from_its_run_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def test_weights_only_balancing_leaves_biases_and_balances_every_layer() -> None
         sweeps = balance_weights_only(net, p=p, tol=1e-6)
         assert 1 <= sweeps < 10_000
         lin = [m for m in net if isinstance(m, torch.nn.Linear)]
-        for a, b in zip(lin[:-1], lin[1:], strict=True):
+        for a, b in itertools.pairwise(lin):
             cin, cout = (a.weight.abs() ** p).sum(1), (b.weight.abs() ** p).sum(0)
             assert torch.all((cin - cout).abs() / (cin + cout) <= 1e-6)
     after = [m.bias for m in net if isinstance(m, torch.nn.Linear)]

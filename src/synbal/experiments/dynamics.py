@@ -117,8 +117,7 @@ class Task:
             "steps_per_epoch": self.steps_per_epoch,
             "data": self.data_source,
             "optimizer": "SGD (no momentum)",
-            "init": self.init,
-        }
+        }  # the run-record key: ``init`` is reported next to it (records made before it was stated stay valid)
 
 
 @contextmanager

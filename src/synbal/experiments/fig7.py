@@ -166,7 +166,7 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
                     title=f"MNIST autoencoder ({task.data_source.split(' (')[0]})")
     fig_own = plot_arms(task, arms, results, ["reg_overall_deficit", "reg_scale_free_deficit", "max_relative_deficit"],
                         theory=False)
-    settings = {**task.settings(), "seeds": seeds, "arms": [asdict(a) for a in arms]}
+    settings = {**task.settings(), "init": task.init, "seeds": seeds, "arms": [asdict(a) for a in arms]}
     md = summary_markdown(NAME, CLAIM, task, arms, seeds, summaries, word, text,
                           extra=relative_deficit_note(arms, summaries))
     write_outputs(ctx, NAME, results={"verdict": word, "explanation": text, "summaries": summaries,

@@ -95,7 +95,7 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     fig = plot_arms(task, arms, results, ["overall_deficit", "scale_free_deficit", "train_loss", "frobenius_norm"],
                     theory=False,
                     title=f"balanced start, MNIST autoencoder ({task.data_source.split(' (')[0]})")
-    settings = {**task.settings(), "seeds": seeds, "arms": [asdict(a) for a in arms],
+    settings = {**task.settings(), "init": task.init, "seeds": seeds, "arms": [asdict(a) for a in arms],
                 "start_balancing": "stochastic, L2, until max relative deficit <= 1e-8"}
     md = summary_markdown(NAME, CLAIM, task, arms, seeds, summaries, word, text)
     write_outputs(ctx, NAME, results={"verdict": word, "explanation": text, "summaries": summaries,

@@ -100,7 +100,7 @@ def _run(ctx: ExperimentContext, name: str, claim: str, arms: list[Arm], metrics
     short = "CIFAR-10" if ctx.data is not None else "MNIST stand-in, not CIFAR-10"
     fig = plot_arms(task, arms, results, metrics, theory=name == "fig7-lc",
                     title=f"locally connected net 3072-5000-2592-1296-300-100-10 ({short})")
-    settings = {**task.settings(), "seeds": seeds, "arms": [asdict(a) for a in arms],
+    settings = {**task.settings(), "init": task.init, "seeds": seeds, "arms": [asdict(a) for a in arms],
                 "architecture": "LC(3→8, k8) LC(8→8, k8) LC(8→16, k10) FC 1296-300-100-10, leaky ReLU 0.01"}
     if start_note:
         settings["start_balancing"] = start_note
