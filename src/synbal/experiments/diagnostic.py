@@ -28,7 +28,7 @@ with the gradient norm over the recorded steps is ≥ :data:`MIN_CORRELATION` an
 scale-free deficit there is ≥ :data:`FLAG_FACTOR` × that run's converged one; (3) the same flag
 for the balanced-start run. *supported*: (1), (2) and (3) for every seed; *partly supported*: (2)
 for every seed but not all of (1) and (3); *not supported* otherwise. The control's numbers are
-reported alongside. Full run: 3 seeds × 10,000 steps on 1,000 images; ``--quick``: 1 seed × 3,000
+reported alongside. Full run: 3 seeds × 6,000 steps on 600 images; ``--quick``: 1 seed × 3,000
 steps on 300.
 """
 
@@ -63,9 +63,9 @@ WIDTHS = [784, 32, 16, 10]
 @dataclass(frozen=True)
 class DiagnosticSettings:
     seeds: int = 3
-    steps: int = 10_000
-    record_every: int = 100
-    train_size: int = 1000
+    steps: int = 6000
+    record_every: int = 50
+    train_size: int = 600
     lr: float = 0.1
     beta: float = 5e-3
 

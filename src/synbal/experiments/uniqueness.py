@@ -25,8 +25,8 @@ regularizer value.
 Verdict (thresholds fixed before any run: :data:`SAME_STATE`): *supported* when every run
 converged and ends within ``SAME_STATE`` of ``u*`` in every unit; *not supported* when some
 converged run ends farther away; *inconclusive* when all converged runs agree but some did not
-converge within the sweep budget. Full run: 20 graphs × 50 orders per family and regularizer,
-24 hidden units (12,000 stochastic runs); ``--quick``: 2 graphs × 5 orders, 10 hidden units.
+converge within the sweep budget. Full run: 10 graphs × 20 orders per family and regularizer,
+24 hidden units (2,400 stochastic runs); ``--quick``: 2 graphs × 5 orders, 10 hidden units.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ REGULARIZERS = ("l2", "l1", "l0.5")
 class UniquenessSettings:
     """Graphs per family, random orders per graph, hidden units, tolerances, sweep budget."""
 
-    graphs: int = 20
-    orders: int = 50
+    graphs: int = 10
+    orders: int = 20
     hidden: int = 24
     tol: float = 1e-10
     exact_tol: float = 1e-12
