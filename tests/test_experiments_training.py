@@ -88,16 +88,22 @@ def test_flow_decay_and_summaries() -> None:
     assert flow_decay(arm, np.array([50.0]))[0] == pytest.approx(math.exp(-0.08))
     assert math.isnan(flow_decay(Arm("E"), np.array([3.0]))[0])
     series = {m: np.array([[4.0, 2.0, 1.0], [4.0, 2.0, 1.0]]) for m in
-              ("overall_deficit", "reg_overall_deficit", "max_relative_deficit", "train_loss", "frobenius_norm")}
+              ("overall_deficit", "reg_overall_deficit", "max_relative_deficit", "train_loss", "frobenius_norm",
+               "regularizer")}
     s = summarise_arm(series)
     assert s["overall_deficit_ratio"] == 0.25 and s["reg_overall_deficit_mid"] == 2.0
+    # the weights shrank 4×: the raw deficit fell 4×, the scale-free one (D / ‖W‖⁴) rose 64×
+    assert s["scale_free_deficit_ratio"] == pytest.approx(64.0)
+    assert s["reg_scale_free_deficit_ratio"] == pytest.approx(4.0)  # D_R / R²
 
 
-def _summary(ratio: float, falling: bool = True, initial: float = 100.0) -> dict[str, float]:
+def _summary(ratio: float, falling: bool = True, initial: float = 100.0,
+             free: float | None = None) -> dict[str, float]:
     final = initial * ratio
+    free = ratio if free is None else free
     return {"overall_deficit_ratio": ratio, "reg_overall_deficit_ratio": ratio, "reg_overall_deficit_final": final,
             "reg_overall_deficit_mid": final * (2.0 if falling else 0.5), "overall_deficit_initial": initial,
-            "overall_deficit_final": final}
+            "overall_deficit_final": final, "scale_free_deficit_ratio": free, "reg_scale_free_deficit_ratio": free}
 
 
 def test_fig7_verdict_rule() -> None:
@@ -111,16 +117,37 @@ def test_fig7_verdict_rule() -> None:
                          "E+L1": _summary(0.01)})[0].startswith("partly")
 
 
+def test_fig7_verdict_is_not_fooled_by_weight_shrinkage() -> None:
+    from synbal.experiments.fig7 import BALANCED_FRACTION, PLAIN_KEEPS
+
+    ok = BALANCED_FRACTION * 0.5
+    shrunk = {"E": _summary(1.0), "E+L2": _summary(ok, free=BALANCED_FRACTION * 3), "E+L1": _summary(ok)}
+    word, text = fig7_verdict(shrunk)
+    assert word.startswith("partly") and "weight shrinkage" in text
+    assert fig7_verdict({**shrunk, "E+L2": _summary(ok, free=ok)})[0] == "supported"
+    # E alone: its scale-free deficit falling below PLAIN_KEEPS fails the claim even if the raw one stays
+    assert fig7_verdict({**shrunk, "E": _summary(1.0, free=PLAIN_KEEPS / 2)})[0] == "not supported"
+
+
 def test_fig8_verdict_rule() -> None:
+    from synbal.experiments.fig8 import LOST_FACTOR
+
     arms = fig8_arms()
 
-    def cells(large: float, reg: float, small: float) -> dict[str, dict[str, float]]:
-        return {a.label: {"overall_deficit_initial": 1e-14, "overall_deficit_final": v}
-                for a, v in zip(arms, (large, reg, small), strict=True)}
+    def cells(large: float, reg: float, small: float, norms: tuple[float, float, float] = (1.0, 1.0, 1.0)
+              ) -> dict[str, dict[str, float]]:
+        return {a.label: {"overall_deficit_initial": 1e-14, "overall_deficit_final": v,
+                          "scale_free_deficit_final": v / n**4}
+                for a, v, n in zip(arms, (large, reg, small), norms, strict=True)}
 
     assert fig8_verdict(arms, cells(10.0, 0.01, 0.001))[0] == "supported"
     assert fig8_verdict(arms, cells(10.0, 3.0, 0.001))[0].startswith("partly")
     assert fig8_verdict(arms, cells(10.0, 3.0, 5.0))[0] == "not supported"
+    # R lowers the raw deficit LOST_FACTOR× only because its weights are 2× smaller (16× in ‖W‖⁴)
+    word, text = fig8_verdict(arms, cells(10.0, 10.0 / LOST_FACTOR, 0.001, norms=(1.0, 0.5, 1.0)))
+    assert word.startswith("partly") and "more balanced" in text
+    word, text = fig8_verdict(arms, cells(10.0, 10.0 / 8, 0.001, norms=(1.0, 0.5, 1.0)))
+    assert "LESS balanced" in text and "weight shrinkage" in text and "does not keep it" in word
 
 
 def test_epochs_to_reach() -> None:
@@ -153,6 +180,12 @@ def test_autoencoder_experiments_tiny(name: str, tmp_path: Path) -> None:
     if name == "fig8":  # every arm starts balanced
         starts = [np.array(a["overall_deficit"], dtype=float)[:, 0] for a in series.values()]
         assert max(float(s.max()) for s in starts) < 1e-6
+    from synbal.experiments.models import DEFAULT_INIT
+
+    assert payload["settings"]["init"] == DEFAULT_INIT and DEFAULT_INIT in md  # type: ignore[index]
+    for arm in series.values():  # the scale-free deficit is in the series: D / ‖W‖_F⁴
+        expected = np.array(arm["overall_deficit"], dtype=float) / np.array(arm["frobenius_norm"], dtype=float) ** 4
+        np.testing.assert_allclose(np.array(arm["scale_free_deficit"], dtype=float), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["fig7-lc", "fig8-lc"])
@@ -162,6 +195,9 @@ def test_lc_experiments_tiny_state_the_standin(name: str, tmp_path: Path) -> Non
     payload = _outputs(tmp_path, name)
     assert STANDIN in (tmp_path / f"{name}.md").read_text()
     assert STANDIN in str(payload["settings"]) and STANDIN in result["data"]  # type: ignore[operator]
+    from synbal.experiments.models import LC_INIT
+
+    assert payload["settings"]["init"] == LC_INIT  # type: ignore[index]  # He-uniform, as it ran
 
 
 def test_lc_experiment_resumes_from_its_run_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

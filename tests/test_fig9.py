@@ -189,6 +189,10 @@ def test_reproduce_fig9_small(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert results["final"]["max_relative_distance_to_balanced"] < 1e-8
     assert results["final"]["frobenius_norm_decrease_percent"] > 1.0
     assert "300 training images" in results["setup"]["weights"]
+    from synbal.experiments.models import DEFAULT_INIT, LC_INIT
+
+    assert results["setup"]["weights"].startswith(DEFAULT_INIT)  # the init that ran, stated
+    assert fig9._LC.init == "LC_INIT" and LC_INIT.startswith("He")
     md = (tmp_path / "fig9.md").read_text()
     assert "embedded MNIST" in md and "supports the claim" in md
     data = json.loads((tmp_path / "fig9.json").read_text())
@@ -210,6 +214,9 @@ def test_reproduce_fig9_lc_standin(tmp_path) -> None:  # type: ignore[no-untyped
     assert results["problem"]["units"] == 9288
     assert results["supports_claim"] is True
     assert "STAND-IN" in (tmp_path / "fig9-lc.md").read_text()
+    from synbal.experiments.models import LC_INIT
+
+    assert LC_INIT in results["setup"]["weights"] and "PyTorch default" not in results["setup"]["weights"]
 
 
 def test_weight_space_reads_matrix_free_blocks() -> None:

@@ -81,3 +81,16 @@ def test_full_reproduction(tmp_path: Path) -> None:
     assert "reach the same minimum: **yes**" in summary
     for reg, runs in out["results"]["flows"]["runs"].items():
         assert runs["flow"]["max_stationarity_after_start"] < 1e-8, reg
+
+
+def test_gap_sentence_flips_at_its_threshold() -> None:
+    from synbal.experiments.saul import MOST_OF_THE_GAP, _gap_sentence
+
+    def runs(balanced: float) -> dict[str, dict[str, float]]:
+        return {"flow": {"final_objective": 0.0}, "gd": {"final_objective": 1.0},
+                "gd_balanced_start": {"final_objective": balanced}}
+
+    closes_most = _gap_sentence("l2", runs(1.0 - (MOST_OF_THE_GAP + 0.1)))
+    closes_little = _gap_sentence("l2", runs(1.0 - (MOST_OF_THE_GAP - 0.1)))
+    assert "most of it is the init's imbalance" in closes_most
+    assert "most of it is what the flow itself changes" in closes_little

@@ -34,7 +34,15 @@ EXPERIMENTS["fig7"] = ("synbal.experiments.fig7", "MNIST autoencoder: only SGD o
 EXPERIMENTS["fig8"] = ("synbal.experiments.fig8", "balanced start: a finite learning rate loses balance without R")
 EXPERIMENTS["fig7-lc"] = ("synbal.experiments.fig7_lc", "fig7 on the locally connected CIFAR-10 net (or a stand-in)")
 EXPERIMENTS["fig8-lc"] = ("synbal.experiments.fig8_lc", "fig8 on the locally connected CIFAR-10 net (or a stand-in)")
+EXPERIMENTS["uniqueness"] = ("synbal.experiments.uniqueness",
+                             "random orders on non-layered, recurrent, mixed, BiPU graphs (L1, L0.5, L2): one state")
+EXPERIMENTS["diagnostic"] = ("synbal.experiments.diagnostic",
+                             "on E + βR the deficit falls as training converges and flags an unconverged run")
+EXPERIMENTS["appendixb"] = ("synbal.experiments.appendixb",
+                            "Appendix B closed form for tied layer balancing: printed eq. 12.7 vs corrected")
 EXPERIMENTS["speed"] = ("synbal.experiments.speed", "balancing at start / every epoch vs not: accuracy and speed")
+EXPERIMENTS["speed2"] = ("synbal.experiments.speed2",
+                         "speed v2: AAAI recipe literally, tuned lr, long horizon; paired decision rules")
 EXPERIMENTS["quant"] = ("synbal.experiments.quant", "range balancing vs cross-layer equalization for quantization")
 
 

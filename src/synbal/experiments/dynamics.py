@@ -11,6 +11,15 @@ Theory used for the reference curves: under gradient *flow* on ``E + β·L2`` ev
 deficit ``IN − OUT`` obeys ``d/dt (IN − OUT) = −4β (IN − OUT)`` (the ``E`` part conserves it),
 so the overall deficit decays as ``exp(−8 β t)`` with ``t = lr × steps``.
 
+Scale-free deficits. The raw deficit ``Σ_i (IN_i − OUT_i)²`` over the hidden units scales like
+``s^{2p}`` when every weight and bias is multiplied by ``s`` (``IN``, ``OUT`` are sums of
+``|w|^p``), so under weight decay it falls even when the balance does not improve. The
+*scale-free deficit* divides it by the square of the regularizer's value over all weights and
+biases, ``D / R²`` with ``R = Σ |w|^p`` (for L2, ``R = ‖W‖_F²``, so it is ``D / ‖W‖_F⁴``): it is
+unchanged by a uniform rescaling, and zero exactly when every hidden unit is balanced.
+:func:`run_arms` adds ``scale_free_deficit`` (the paper's L2 deficit / ‖W‖_F⁴) and
+``reg_scale_free_deficit`` (the arm's own-R deficit / R²) to every arm's series.
+
 >>> arm = Arm("E+L2", reg="l2", beta=0.01, lr=0.02)
 >>> round(flow_decay(arm, steps=np.array([0, 100])).tolist()[1], 6)  # exp(−8·0.01·0.02·100)
 0.852144
@@ -30,9 +39,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from synbal.experiments.cache import RunCache
+from synbal.experiments.models import DEFAULT_INIT
 from synbal.training import BalanceSchedule, TrainConfig, train
 
-__all__ = ["METRICS", "Arm", "Task", "flow_decay", "plot_arms", "run_arms", "summarise_arm", "torch_threads"]
+__all__ = ["DERIVED_METRICS", "METRICS", "Arm", "Task", "flow_decay", "plot_arms", "run_arms", "scale_free",
+           "summarise_arm", "torch_threads"]
 
 METRICS = (
     "overall_deficit",
@@ -42,6 +53,24 @@ METRICS = (
     "train_loss",
     "frobenius_norm",
 )
+#: Computed from :data:`METRICS` (see the module docstring): scale-free L2 and own-R deficits.
+DERIVED_METRICS = ("scale_free_deficit", "reg_scale_free_deficit")
+
+
+def scale_free(series: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The scale-free deficits ``D / ‖W‖_F⁴`` (L2) and ``D_R / R²`` (own R) of per-epoch series.
+
+    >>> out = scale_free({"overall_deficit": np.array([16.0]), "frobenius_norm": np.array([2.0]),
+    ...                   "reg_overall_deficit": np.array([9.0]), "regularizer": np.array([3.0])})
+    >>> out["scale_free_deficit"].tolist(), out["reg_scale_free_deficit"].tolist()
+    ([1.0], [1.0])
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {
+            "scale_free_deficit": np.asarray(series["overall_deficit"]) / np.asarray(series["frobenius_norm"]) ** 4,
+            "reg_scale_free_deficit": (np.asarray(series["reg_overall_deficit"])
+                                       / np.asarray(series["regularizer"]) ** 2),
+        }
 
 
 @dataclass(frozen=True)
@@ -72,6 +101,7 @@ class Task:
     epochs: int
     data_source: str
     example_inputs: torch.Tensor | None = None
+    init: str = DEFAULT_INIT
 
     @property
     def steps_per_epoch(self) -> int:
@@ -87,7 +117,7 @@ class Task:
             "steps_per_epoch": self.steps_per_epoch,
             "data": self.data_source,
             "optimizer": "SGD (no momentum)",
-        }
+        }  # the run-record key: ``init`` is reported next to it (records made before it was stated stay valid)
 
 
 @contextmanager
@@ -159,7 +189,7 @@ def run_arms(task: Task, arms: Sequence[Arm], seeds: int, *, progress: bool = Tr
             balance_events.append(run["balance_events"])
             bar.update(1)
         out[arm.label] = {"arm": asdict(arm), "diverged_runs": diverged, "balance_events": balance_events,
-                          **series}
+                          **series, **scale_free(series)}
     bar.close()
     return out
 
@@ -171,14 +201,16 @@ def summarise_arm(series: dict[str, Any]) -> dict[str, float]:
         col = col[np.isfinite(col)]
         return float(col.mean()) if col.size else math.nan
 
+    if any(m not in series for m in DERIVED_METRICS):
+        series = {**series, **scale_free(series)}
     summary = {}
     for metric in ("overall_deficit", "reg_overall_deficit", "max_relative_deficit", "train_loss",
-                   "frobenius_norm"):
+                   "frobenius_norm", *DERIVED_METRICS):
         summary[f"{metric}_initial"] = mean_at(metric, 0)
         summary[f"{metric}_final"] = mean_at(metric, -1)
     half = np.asarray(series["reg_overall_deficit"]).shape[1] // 2
     summary["reg_overall_deficit_mid"] = mean_at("reg_overall_deficit", half)
-    for metric in ("overall_deficit", "reg_overall_deficit"):
+    for metric in ("overall_deficit", "reg_overall_deficit", *DERIVED_METRICS):
         init = summary[f"{metric}_initial"]
         summary[f"{metric}_ratio"] = summary[f"{metric}_final"] / init if init > 0 else math.nan
     return summary
@@ -190,6 +222,8 @@ _PANELS = {
     "train_loss": ("training loss", False),
     "frobenius_norm": ("‖W‖_F", False),
     "max_relative_deficit": ("max relative deficit", True),
+    "scale_free_deficit": ("L2 deficit / ‖W‖_F⁴ (scale-free)", True),
+    "reg_scale_free_deficit": ("own-R deficit / R² (scale-free)", True),
 }
 
 

@@ -28,7 +28,7 @@ from synbal.data import ImageDataset, load_cifar10, load_mnist
 from synbal.experiments import fig7, fig8
 from synbal.experiments.cache import RunCache
 from synbal.experiments.dynamics import Arm, Task, plot_arms, run_arms, summarise_arm, torch_threads
-from synbal.experiments.models import lc_cifar_net
+from synbal.experiments.models import LC_INIT, lc_cifar_net
 from synbal.experiments.report import ExperimentContext, write_outputs
 
 __all__ = ["OPTIONS", "cifar_or_standin", "lc_task", "mnist_as_cifar", "run_fig7_lc", "run_fig8_lc"]
@@ -83,6 +83,7 @@ def lc_task(ctx: ExperimentContext, name: str) -> Task:
         epochs=int(ctx.extra.get("epochs", 4 if ctx.quick else 10)),
         data_source=ds.source,
         example_inputs=x[:2],
+        init=LC_INIT,
     )
 
 
@@ -99,7 +100,7 @@ def _run(ctx: ExperimentContext, name: str, claim: str, arms: list[Arm], metrics
     short = "CIFAR-10" if ctx.data is not None else "MNIST stand-in, not CIFAR-10"
     fig = plot_arms(task, arms, results, metrics, theory=name == "fig7-lc",
                     title=f"locally connected net 3072-5000-2592-1296-300-100-10 ({short})")
-    settings = {**task.settings(), "seeds": seeds, "arms": [asdict(a) for a in arms],
+    settings = {**task.settings(), "init": task.init, "seeds": seeds, "arms": [asdict(a) for a in arms],
                 "architecture": "LC(3→8, k8) LC(8→8, k8) LC(8→16, k10) FC 1296-300-100-10, leaky ReLU 0.01"}
     if start_note:
         settings["start_balancing"] = start_note
@@ -115,13 +116,15 @@ def run_fig7_lc(ctx: ExperimentContext) -> dict[str, Any]:
     """Figure 7 D–F: E vs E + L2 vs E + L1 on the locally connected net."""
     arms = [Arm("E", lr=0.01), Arm("E+L2", reg="l2", beta=5e-3, lr=0.01),
             Arm("E+L1", reg="l1", beta=5e-4, lr=0.01)]
-    return _run(ctx, "fig7-lc", fig7.CLAIM, arms, ["overall_deficit", "train_loss", "frobenius_norm"],
+    return _run(ctx, "fig7-lc", fig7.CLAIM, arms, ["overall_deficit", "scale_free_deficit", "train_loss",
+                                                    "frobenius_norm"],
                 fig7.verdict)
 
 
 def run_fig8_lc(ctx: ExperimentContext) -> dict[str, Any]:
     """Figure 8 D–F: balanced start, large vs small learning rate, with and without L2."""
     arms = fig8.fig8_arms(large=0.02, small=0.001, beta=5e-3)
-    return _run(ctx, "fig8-lc", fig8.CLAIM, arms, ["overall_deficit", "train_loss", "frobenius_norm"],
+    return _run(ctx, "fig8-lc", fig8.CLAIM, arms, ["overall_deficit", "scale_free_deficit", "train_loss",
+                                                    "frobenius_norm"],
                 lambda s: fig8.verdict(arms, s),
                 start_note="stochastic, L2, until max relative deficit <= 1e-8")

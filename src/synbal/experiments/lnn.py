@@ -50,6 +50,8 @@ from tqdm.auto import tqdm
 
 from synbal.dynamics import GramMonitor, glorot_init, gram_rates
 from synbal.errors import SynbalError
+from synbal.experiments import lnn_verdicts as words
+from synbal.experiments.lnn_verdicts import transition_sharpness
 from synbal.experiments.report import ExperimentContext, new_figure, plot_mean_std, write_outputs
 
 __all__ = [
@@ -513,6 +515,7 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     depth = {init: _depth_comparison(nets[f"{init}-2"], st) for init in INITS}
     results = _lnn_results(nets, sweeps, eq29, depth)
     results["seconds"] = time.perf_counter() - start
+    results["verdict"] = _verdict(results)
     figures = _lnn_figures(nets, sweeps, eq29, depth)
     settings = {**st.__dict__, "widths": [list(w) for w in LNN_WIDTHS], "loss": "(1/2m) sum ||y_hat - y||^2",
                 "inits": {"glorot": "Glorot normal N(0, 2/(n_in+n_out)) (lr sweep and ReLU runs too)",
@@ -544,7 +547,9 @@ def _depth_comparison(net2: dict[str, Any], st: LnnSettings) -> dict[str, Any]:
             # the printed form takes log(U(M − U0)/(U0(M − U))): defined only while U < M
             t18_printed[L] = (t_lower_bound(target, U0=U0, layers=L, M=M, kappa2=k["kappa2"], as_printed=True)
                               if target < M else None)
+    sharp = {L: transition_sharpness(times, curves[L], M / k["kappa2"]) for L in curves}
     return {"times": times, "curves": curves, "time_to_90pct": reach, "eq18_lower_bound": t18,
+            "bound_sharpness": sharp,
             "eq18_as_printed": t18_printed, "M": M, "kappa1": k["kappa1"], "kappa2": k["kappa2"],
             "delta": k["delta"], "w1_0": w1}
 
@@ -574,6 +579,8 @@ def _net_result(net: dict[str, Any]) -> dict[str, Any]:
         "kappa2": _per_seed(runs, lambda r: r["kappas"]["kappa2"]),
         "M": _per_seed(runs, lambda r: r["M"]),
         "time_to_90pct_of_sigma": _time_to_fit(runs),
+        "bound_plateau_over_sigma": _per_seed(runs, lambda r: r["M"] / r["kappas"]["kappa2"] / r["sigma_norm"]),
+        "transition_sharpness": _sharpness(runs),
         **{key: _mean_std([r["checks"][key] for r in runs]) for key in runs[0]["checks"]},
     }
 
@@ -596,6 +603,12 @@ def _time_to_fit(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if idx.size:
             hits.append(float(r["traj"].times[idx[0]]))
     return {**(_mean_std(hits) if hits else {"mean": None, "std": None}), "reached": f"{len(hits)}/{len(runs)}"}
+
+
+def _sharpness(runs: list[dict[str, Any]]) -> float | None:
+    """Mean over seeds of :func:`~.lnn_verdicts.transition_sharpness` (``None``: a seed never got there)."""
+    found = [transition_sharpness(r["traj"].times, r["traj"].product_norm, r["sigma_norm"]) for r in runs]
+    return None if any(v is None for v in found) else float(np.mean([v for v in found if v is not None]))
 
 
 def _trace_change(traj: Trajectory) -> float:
@@ -719,15 +732,51 @@ def _depth_sentence(res: dict[str, Any]) -> str:
         parts.append(f"{init} init: the bound saturates {b} for L=4 than for L=2 "
                      f"({bound[1]:.3g} vs {bound[0]:.3g}); the trained 4-layer net fits {f} than the "
                      f"2-layer one ({fits[1]:.3g} vs {fits[0]:.3g})")
-    return ("Depth (Fig. 1 iii) — " + "; ".join(parts) + ". The paper's reading (deeper: plateaus, "
-            "then a sharp transition) shows in the trained small-init 4-layer net "
-            "(fig1_four_layer_small.png), not in the bound curves.")
+    trained = {f"trained {key}": net["transition_sharpness"] for key, net in res["nets"].items()}
+    bound_sharp = {f"bound {init} L={L}": dc["bound_sharpness"][L]
+                   for init, dc in res["depth_comparison"].items() for L in (2, 4)}
+    return "Depth (Fig. 1 iii) — " + "; ".join(parts) + ". " + words.depth_sentence(trained, bound_sharp)
+
+
+def _verdict(res: dict[str, Any]) -> str:
+    sweeps = res["lr_sweep"]
+    return words.conservation_verdict(
+        {k: v["slope"]["mean"] for k, v in sweeps.items() if v["activation"] == "linear"},
+        {k: v["slope"]["mean"] for k, v in sweeps.items() if v["activation"] == "relu"})
+
+
+def _norms_paragraph(nets: dict[str, Any]) -> str:
+    return words.norms_sentence(
+        {k: n["final_product_norm"]["mean"] / n["sigma_yx_norm"]["mean"] for k, n in nets.items()},
+        {k: n["layer_norm_spread_at_init"]["mean"] for k, n in nets.items()},
+        {k: n["layer_norm_spread_final"]["mean"] for k, n in nets.items()})
+
+
+def _conservation_paragraph(sweeps: dict[str, Any]) -> str:
+    pick = {act: {k: v for k, v in sweeps.items() if v["activation"] == act} for act in ("linear", "relu")}
+    return words.conservation_sentence(
+        {k: v["slope"]["mean"] for k, v in pick["linear"].items()},
+        {k: v["slope"]["mean"] for k, v in pick["relu"].items()},
+        {k: v["diagonal_slope"]["mean"] for k, v in pick["relu"].items() if v["diagonal_slope"] is not None})
+
+
+def _eq29_paragraph(eq29: dict[str, Any]) -> str:
+    rel_diag = [float(np.max(e["diagonal"] / np.maximum(e["scale"], 1e-300))) for e in eq29.values()]
+    return words.eq29_sentence(
+        gate_error=max(float(np.max(e["gate_formula_error"])) for e in eq29.values()),
+        diagonal=max(rel_diag),
+        rhs_errors=(min(float(np.min(e["paper_rhs_error"])) for e in eq29.values()),
+                    max(float(np.max(e["paper_rhs_error"])) for e in eq29.values())))
 
 
 def _lnn_summary(res: dict[str, Any], st: LnnSettings) -> str:
     nets = res["nets"]
     lines = [
         "# Layer dynamics of deep linear nets (Basu et al., Fig. 1)",
+        "",
+        f"**Result: {_verdict(res)}** (claim: linear nets conserve C_l = W_lW_lᵀ − W_{{l+1}}ᵀW_{{l+1}}, "
+        "ReLU breaks it; rule: every linear drift slope against η within "
+        f"{words.SLOPE_TOLERANCE:g} of 1, every ReLU one within {words.SLOPE_TOLERANCE:g} of 0).",
         "",
         f"{st.seeds} seeds (mean ± std), full-batch GD, η = {st.lr}, time T = {st.time_span} "
         "(t = step·η), whitened 3-Gaussian mixture (1,200 samples), y = A x. Two inits: `glorot` "
@@ -748,11 +797,7 @@ def _lnn_summary(res: dict[str, Any], st: LnnSettings) -> str:
             f"{_fmt(n['trace_C_change'])} | {_fmt(n['final_relative_drift_max'])} |")
     lines += [
         "",
-        "The product W_L⋯W_1 converges to Σ_yx (whitened inputs). C_l is conserved up to a drift "
-        "∝ η, but that bounds the layer norms only through trace C_l = ‖W_l‖² − ‖W_{l+1}‖²: "
-        "the *squared* norms keep a fixed difference, so the gap between the norms themselves "
-        "shrinks as they grow — the norms are not exactly equidistant, as Fig. 1 suggests; "
-        "they grow at the same rate only in the sense d‖W_l‖²/dt = d‖W_{l+1}‖²/dt.",
+        _norms_paragraph(nets),
         "",
         "## The bound (17) with κ1, κ2 measured as in the paper",
         "",
@@ -767,14 +812,13 @@ def _lnn_summary(res: dict[str, Any], st: LnnSettings) -> str:
             f"{_fmt(n['rate_inequality_17_holds'])} |")
     lines += [
         "",
-        "Paper: κ1 = 0.98, κ2 = 0.65 read off its Fig. 1 i. Here κ1 ≈ 1 (the product approaches "
-        "Σ_yx from below), and κ2 = min_t ‖ΠW‖/U is set by t = 0, where the product of random "
-        "matrices is much smaller than the product of their norms, so κ2 is far below the "
-        "paper's 0.65 and the bound is loose (its plateau M/κ2 is far above ‖Σ_yx‖). "
-        "Two slips in the paper's algebra: from ‖Σ_yx‖ ≥ κ1‖ΠW‖ one gets ‖Σ_yx − ΠW‖ ≤ "
-        "(1 + 2/κ1)‖Σ_yx‖ − ‖ΠW‖, not (1 + 2κ1) (equal only for κ1 = 1, as here); and integrating "
-        "(23) gives t_U ≥ (1/L)[(κ2/M²) log(U(M − κ2U0)/(U0(M − κ2U))) − 1/(MU) + 1/(MU0)], which "
-        "differs from the printed (18) unless κ2 = 1. The curves use the printed M.",
+        words.bound_sentence([n["kappa1"]["mean"] for n in nets.values()],
+                             [n["kappa2"]["mean"] for n in nets.values()],
+                             [n["bound_plateau_over_sigma"]["mean"] for n in nets.values()]),
+        "",
+        "Integrating (23) gives t_U ≥ (1/L)[(κ2/M²) log(U(M − κ2U0)/(U0(M − κ2U))) − 1/(MU) + 1/(MU0)], "
+        "which differs from the printed (18) unless κ2 = 1; the table below gives both (the curves use "
+        "the printed M).",
         "",
     ]
     for init, dc in res["depth_comparison"].items():
@@ -807,12 +851,7 @@ def _lnn_summary(res: dict[str, Any], st: LnnSettings) -> str:
         lines.append(f"| {key} | {_fmt(s['slope'])} | {_fmt(s['diagonal_slope'])} |")
     lines += [
         "",
-        "Linear nets: slope ≈ 1 — the drift is a finite-step effect, exactly η²(G_lG_lᵀ − "
-        "G_{l+1}ᵀG_{l+1}) per step, so it vanishes ∝ η at fixed time (Theorem 1 holds for the "
-        "gradient flow). ReLU nets: the matrix C_l drifts by an amount that does not shrink with η "
-        "(slope ≈ 0) — the symmetry is broken by the dynamics themselves — while its diagonal "
-        "(the per-neuron L2 deficits IN − OUT) still drifts only ∝ η: the per-neuron balance law "
-        "survives ReLU.",
+        _conservation_paragraph(res["lr_sweep"]),
         "",
         f"## The ReLU symmetry-breaking term (eq. 29; seed 0, glorot init, t ∈ [0, {st.eq29_time}])",
         "",
@@ -830,12 +869,6 @@ def _lnn_summary(res: dict[str, Any], st: LnnSettings) -> str:
                 f"{e['mixed_gate_fraction'][0, layer]:.3g} → {e['mixed_gate_fraction'][-1, layer]:.3g} |")
     lines += [
         "",
-        "Exact result (checked to rounding, column 5): dC_l/dt = −Σ_i (d_ij − d_ik)(ã_ij z_ik − "
-        "ã_ik z_ij), a sum over samples of *neuron pairs gated differently on the same sample* "
-        "(d: ReLU gates, z: pre-activations, ã: loss gradients at the layer's outputs); it is zero "
-        "on the diagonal. The paper's eq. 29 instead attributes the breaking to coupling *between "
-        "samples*, through eq. 27 (W_l = (1/m)Σ_i D_li W_l, which does not hold in general); "
-        "evaluated literally with frozen gates, its right-hand side does not match the exact rate "
-        "(column 6: relative errors of order 1).",
+        _eq29_paragraph(res["eq29"]),
     ]
     return "\n".join(lines)

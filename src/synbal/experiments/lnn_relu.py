@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from synbal.dynamics import GramMonitor, gram_rates, layer_norms, linear_layers
 from synbal.errors import SynbalError
+from synbal.experiments import lnn_verdicts as words
 from synbal.experiments.report import ExperimentContext, new_figure, plot_mean_std, write_outputs
 
 __all__ = ["ReluSettings", "relu_mlp", "run", "spread_of_slopes", "train_and_record"]
@@ -193,6 +194,7 @@ def _analyse(run: dict[str, Any]) -> dict[str, Any]:
     n_rec = len(steps)
     early = slice(0, max(1, n_rec // 10))
     end = slice(n_rec - max(1, n_rec // 10), n_rec)
+    mid = slice((n_rec - max(1, n_rec // 10)) // 2, (n_rec + max(1, n_rec // 10)) // 2)
     return {
         "norm_slope_spread_upper": spread_of_slopes(norms[late], steps[late], UPPER),
         "norm_slope_spread_lower": spread_of_slopes(norms[late], steps[late], LOWER),
@@ -203,6 +205,7 @@ def _analyse(run: dict[str, Any]) -> dict[str, Any]:
         "trace_C_change_relative": _trace_change(sq),
         "asymmetry_early": asym[early].mean(axis=0),
         "asymmetry_end": asym[end].mean(axis=0),
+        "asymmetry_mid": asym[mid].mean(axis=0),
         "matrix_relative_drift_final": run["relative_drift"][-1],
         "deficit_drift_relative_final": run["deficit_drift_relative_final"],
         "sq_norm_identity_residual": run["sq_norm_identity_residual"],
@@ -271,6 +274,9 @@ def _results(runs: list[dict[str, Any]], analyses: list[dict[str, Any]]) -> dict
             bool(e < s) for s, e in zip(out["asymmetry_early"]["mean"], out["asymmetry_end"]["mean"], strict=True)],
         "asymmetry_upper_below_lower_at_end": bool(upper_end.mean() < lower_end.mean()),
     }
+    verdict, sentence = words.conjecture4_sentence(out["asymmetry_early"]["mean"], out["asymmetry_mid"]["mean"],
+                                                   out["asymmetry_end"]["mean"], UPPER, LOWER)
+    out["conjecture4"].update(verdict=verdict, sentence=sentence)
     return out
 
 
@@ -331,8 +337,12 @@ def _sc(stat: dict[str, Any], digits: int = 3) -> str:
 
 def _summary(res: dict[str, Any], st: ReluSettings, source: str) -> str:
     c4 = res["conjecture4"]
+    c4_text = c4["sentence"]
     lines = [
         "# Layer dynamics of a 7-layer ReLU MLP on MNIST (Basu et al., Fig. 2, Conjecture 4)",
+        "",
+        f"**Conjecture 4: {c4['verdict']}** (rule: every upper layer's relative Gram-rate mismatch falls "
+        f"during training and ends below {words.MISMATCH_VANISHED:g}).",
         "",
         f"784-100×6-10, no biases, Glorot uniform, SGD lr = {st.lr}, batch {st.batch_size}, {st.steps} steps, "
         f"{st.seeds} seed(s) (mean ± std). Data: {source}.",
@@ -353,17 +363,16 @@ def _summary(res: dict[str, Any], st: ReluSettings, source: str) -> str:
         f"Upper layers' norm growth rates match better than the lower ones': "
         f"**{c4['upper_layers_norm_growth_rates_match_better_than_lower']}**.",
         "",
-        "What drives it is not the cross-sample cancellation the paper invokes. With no biases, "
-        "ReLU is positively homogeneous, so every SGD step changes the squared norms by "
+        ("What drives it is not the cross-sample cancellation the paper invokes (the identity below holds). "
+         if res["sq_norm_identity_residual"]["mean"] <= words.ROUNDING_TOLERANCE else
+         "The identity below fails here, so this run does not show what drives it. ")
+        + "With no biases, ReLU is positively homogeneous, so every SGD step changes the squared norms by "
         "‖W_l − ηG_l‖² − ‖W_l‖² = −2η⟨W_l, G_l⟩ + η²‖G_l‖², where ⟨W_l, G_l⟩ is *the same for "
         "every layer* (per neuron: the synaptic-balance conservation law). So in the gradient-flow "
-        "limit all layers' squared norms grow at one rate from the start, and the norms at rates "
-        "∝ 1/‖W_l‖ — equal for layers 2–6, which start with equal norms (100×100 matrices). "
-        "The only layer-dependent part is the finite-step term Σ η²‖G_l‖², largest for layer 1 "
-        "(784 pixel inputs): it is what makes the lower layers' rates differ. Checked exactly: "
-        "after removing Σ η²‖G_l‖², the squared-norm growth of the 7 layers agrees to "
-        f"{_sc(res['sq_norm_identity_residual'])} (relative; rounding), while the finite-step term "
-        f"is up to {_sc(res['step_term_share'])} of a layer's squared-norm growth. "
+        "limit all layers' squared norms grow at one rate, and the norms at rates ∝ 1/‖W_l‖; the only "
+        "layer-dependent part is the finite-step term Σ η²‖G_l‖². "
+        + words.identity_sentence(float(res["sq_norm_identity_residual"]["mean"]),
+                                  float(res["step_term_share"]["mean"])) + " "
         f"Relative change of ‖W_l‖² − ‖W_{{l+1}}‖² = trace C_l over training: "
         f"{_vec(res['trace_C_change_relative'])}.",
         "",
@@ -372,23 +381,19 @@ def _summary(res: dict[str, Any], st: ReluSettings, source: str) -> str:
         "| hidden layer l | 1 | 2 | 3 | 4 | 5 | 6 |",
         "|---|---|---|---|---|---|---|",
         "| first 10% of training | " + " | ".join(f"{v:.3g}" for v in res["asymmetry_early"]["mean"]) + " |",
+        "| middle 10% of training | " + " | ".join(f"{v:.3g}" for v in res["asymmetry_mid"]["mean"]) + " |",
         "| last 10% of training | " + " | ".join(f"{v:.3g}" for v in res["asymmetry_end"]["mean"]) + " |",
         "",
-        f"Decreases during training (per layer): {c4['asymmetry_decreases_during_training']}; "
-        f"upper layers (4–6) below lower layers (1–3) at the end: {c4['asymmetry_upper_below_lower_at_end']}. "
-        "The conjecture predicts a mismatch that tends to 0 for the upper layers; here it ends at "
-        f"{min(res['asymmetry_end']['mean'][3:]):.2g}–{max(res['asymmetry_end']['mean'][3:]):.2g} for layers "
-        "4–6: the matrix law stays broken, so Conjecture 4 as stated is not supported by this run, "
-        "whatever the ordering between layers.",
+        f"Decreases during training (per layer): {c4['asymmetry_decreases_during_training']}. "
+        + c4_text,
         "",
         "## Per-neuron deficit monitor",
         "",
         "Largest change of a hidden neuron's L2 deficit IN − OUT over training, relative to the "
         f"layer's mean incoming cost: {_vec(res['deficit_drift_relative_final'])}; relative drift of "
-        f"the whole matrix C_l: {_vec(res['matrix_relative_drift_final'])}. The diagonal (the "
-        "synaptic-balance deficits) is conserved up to the SGD step effect, the off-diagonal part "
-        "of C_l is not. The exact finite-step law Δ(IN − OUT)_j = Σ_steps η²(‖row_j G_l‖² − "
-        "‖col_j G_{l+1}‖²) holds to a relative residual of "
-        f"{_vec(res['deficit_identity_residual'])} per hidden layer (float64 rounding).",
+        f"the whole matrix C_l: {_vec(res['matrix_relative_drift_final'])}. "
+        + words.off_diagonal_sentence(res["matrix_relative_drift_final"]["mean"],
+                                      res["deficit_drift_relative_final"]["mean"],
+                                      res["deficit_identity_residual"]["mean"]),
     ]
     return "\n".join(lines)

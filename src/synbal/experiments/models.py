@@ -36,6 +36,8 @@ from synbal.nn import LocallyConnected2d
 
 __all__ = [
     "AUTOENCODER_WIDTHS",
+    "DEFAULT_INIT",
+    "LC_INIT",
     "LC_WIDTHS",
     "SPEED_ARCHITECTURES",
     "fc_classifier",
@@ -55,6 +57,11 @@ SPEED_ARCHITECTURES: dict[str, list[int]] = {
 #: (in_channels, out_channels, kernel) of the three locally connected layers (stride 1).
 LC_LAYERS = [(3, 8, 8), (8, 8, 8), (8, 16, 10)]
 LC_LEAKY_SLOPE = 0.01
+#: How each factory initialises its parameters (recorded in every output that uses it).
+DEFAULT_INIT = ("PyTorch default initialisation (nn.Linear: weights Kaiming-uniform with a = √5, i.e. "
+                "U(±1/√fan_in); biases U(±1/√fan_in))")
+LC_INIT = (f"He (Kaiming) uniform for leaky ReLU (slope {LC_LEAKY_SLOPE:g}): weights "
+           f"U(±√(6/((1 + {LC_LEAKY_SLOPE:g}²)·fan_in))), biases 0")
 
 
 def _seeded(seed: int | None) -> None:
