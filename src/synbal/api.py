@@ -16,7 +16,7 @@ import numpy as np
 from synbal.adapters import adapter_for
 from synbal.algorithms import METHODS, solve
 from synbal.algorithms.base import HistoryEntry, SolveOptions
-from synbal.errors import SynbalError
+from synbal.errors import NumericRangeError, SynbalError
 from synbal.lpq import LpqRegularizer
 from synbal.metrics import DeficitReport, deficit_report
 from synbal.problem import BalanceProblem
@@ -148,13 +148,18 @@ def balance(
     final_deficit = (
         result.history[-1].max_relative_deficit if result.history else problem.max_relative_deficit(result.u)
     )
-    balanced = adapter.apply(result.u, inplace=inplace)
+    u = result.u
+    if problem.origin is not None:  # costs were taken at a rescaled origin (see synbal.conditioning)
+        u = problem.origin + result.u
+        before = _value_as_given(problem, objective) if problem.origin_value is None or not additive \
+            else problem.origin_value
+    scales = _checked_scales(problem, u, after, final_deficit)
+    balanced = adapter.apply(u, inplace=inplace)
     seconds = time.perf_counter() - start
-    names = problem.names or []
     return BalanceResult(
         net=balanced,
-        scales={names[i]: float(np.exp(result.u[i])) for i in range(problem.n)},
-        log_scales=result.u,
+        scales=scales,
+        log_scales=u,
         converged=bool(result.converged),
         history=result.history,
         method=method,
@@ -167,6 +172,41 @@ def balance(
         problem=problem,
         excluded=adapter.excluded(),
     )
+
+
+def _value_as_given(problem: BalanceProblem, objective: Callable[[np.ndarray], float]) -> float:
+    """The objective at the source's own weights for a problem costed at a rescaled origin."""
+    assert problem.origin is not None
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        value = objective(-problem.origin)
+    return value if np.isfinite(value) else float("inf")
+
+
+def _checked_scales(problem: BalanceProblem, u: np.ndarray, after: float, deficit: float) -> dict[str, float]:
+    """Every unit's scale ``e^u``; a typed error when the result cannot be represented in float64.
+
+    A balanced state whose ``R`` or deficit is not finite, or whose scale of some unit is 0 or
+    infinite, is never returned as a result.
+    """
+    names = problem.names or []
+    if not np.all(np.isfinite(u)):
+        bad = int(np.flatnonzero(~np.isfinite(u))[0])
+        raise NumericRangeError(f"the log-scale of unit {names[bad]!r} is not finite: balancing broke down")
+    with np.errstate(over="ignore", under="ignore"):
+        lam = np.exp(u)
+    bad_scale = np.flatnonzero((lam == 0) | ~np.isfinite(lam))
+    if bad_scale.size:
+        k = int(bad_scale[0])
+        raise NumericRangeError(
+            f"the balanced scale of unit {names[k]!r} is e^{u[k]:.6g}, outside the float64 range "
+            f"({bad_scale.size} units): the balanced state cannot be represented"
+        )
+    if not (np.isfinite(after) and np.isfinite(deficit)):
+        raise NumericRangeError(
+            f"the regularizer of the balanced network is {after} (max relative deficit {deficit}): "
+            "it cannot be represented in float64"
+        )
+    return {names[i]: float(lam[i]) for i in range(problem.n)}
 
 
 def _objective(problem: BalanceProblem, reg: Regularizer) -> Callable[[np.ndarray], float]:

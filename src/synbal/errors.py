@@ -17,6 +17,8 @@ __all__ = [
     "GraphFormatError",
     "InvalidWeightError",
     "ModelError",
+    "NoMinimumError",
+    "NumericRangeError",
     "RegularizerError",
     "SynbalError",
     "UnsupportedOperationError",
@@ -50,6 +52,14 @@ class ModelError(SynbalError):
 
 class UnsupportedOperationError(ModelError):
     """A traced model contains an operation whose rescaling behaviour synbal does not know."""
+
+
+class NumericRangeError(SynbalError):
+    """A balanced state exists but cannot be represented in float64 (a scale, weight or ``R`` overflows)."""
+
+
+class NoMinimumError(SynbalError):
+    """The regularizer has no minimum over the scales: some units' scales would drift to 0 or ∞."""
 
 
 class VerificationError(SynbalError):

@@ -51,9 +51,17 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from synbal.activations import Activation, parse_activation
+from synbal.activations import MAX_DEGREE, MIN_DEGREE, Activation, parse_activation
 from synbal.adapters import register_adapter
-from synbal.errors import GraphFormatError, InvalidWeightError, SynbalError, VerificationError
+from synbal.conditioning import condition, needs_conditioning, scale_weights
+from synbal.errors import (
+    ActivationError,
+    GraphFormatError,
+    InvalidWeightError,
+    NumericRangeError,
+    SynbalError,
+    VerificationError,
+)
 from synbal.io import atomic_write_text
 from synbal.lpq import LpqRegularizer
 from synbal.problem import BalanceProblem, CostBlock, CustomCosts
@@ -111,6 +119,10 @@ class Unit:
         if not isinstance(act, Activation):
             act = parse_activation(act, where=f"unit {self.name!r}")
             object.__setattr__(self, "activation", act)
+        if act.degree is not None and not MIN_DEGREE <= act.degree <= MAX_DEGREE:
+            raise ActivationError(
+                f"unit {self.name!r}: degree c must be between {MIN_DEGREE:g} and {MAX_DEGREE:g}, got {act.degree:g}"
+            )
         if self.role != "hidden" and not _is_identity(act):
             raise GraphFormatError(
                 f"unit {self.name!r}: {self.role} units are identity units; activation {act.to_json()!r} "
@@ -542,21 +554,30 @@ def _depths(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
 def function_gap(a: Graph, b: Graph, inputs: np.ndarray, steps: int | None = None) -> float:
     """``max |f_a − f_b| / max |f_a|`` over a batch of inputs: how far two networks' functions differ.
 
-    ``steps`` as in :meth:`Graph.simulate` (needed for recurrent graphs). Non-finite outputs
-    give ``nan``.
+    ``steps`` as in :meth:`Graph.simulate` (needed for recurrent graphs). The comparison runs
+    over the outputs where ``a`` (the reference) is finite: ``inf`` when ``b`` overflows (or
+    gives NaN) at any of them — a network that overflows where the reference does not computes
+    a different function in float64 — and ``nan`` when no output of ``a`` is finite (nothing
+    can be compared).
 
     >>> g = Graph.from_layers([np.array([[2.0]]), np.array([[0.5]])])
     >>> h = GraphAdapter(g).apply(np.array([3.0]))
     >>> function_gap(g, h, np.array([[1.0], [-2.0], [0.3]])) < 1e-15
     True
+    >>> big = GraphAdapter(g).apply(np.array([709.0]))   # h scaled by e^709: its activation overflows
+    >>> function_gap(g, big, np.array([[1e10]]))
+    inf
     """
     with np.errstate(over="ignore", invalid="ignore"):
         fa = a.simulate(inputs, steps=steps)
         fb = b.simulate(inputs, steps=steps)
-        if not (np.all(np.isfinite(fa)) and np.all(np.isfinite(fb))):
+        ok = np.isfinite(fa)
+        if not ok.any():
             return float("nan")
-        scale = max(float(np.max(np.abs(fa), initial=0.0)), 1e-300)
-        return float(np.max(np.abs(fa - fb), initial=0.0)) / scale
+        if not np.all(np.isfinite(fb[ok])):
+            return float("inf")
+        scale = max(float(np.max(np.abs(fa[ok]), initial=0.0)), 1e-300)
+        return float(np.max(np.abs(fa[ok] - fb[ok]), initial=0.0)) / scale
 
 
 def verify_same_function(
@@ -571,13 +592,19 @@ def verify_same_function(
     """Check on random standard-normal inputs that ``balanced`` computes ``original``'s function.
 
     Recurrent graphs are compared after ``steps`` synchronous steps. Returns the relative gap
-    (see :func:`function_gap`), ``None`` when the outputs overflow (nothing can be checked),
-    and raises :class:`~synbal.errors.VerificationError` when the gap exceeds ``rtol``.
+    (see :func:`function_gap`) over the outputs where the original is finite, ``None`` when
+    every output of the original overflows (nothing can be checked), and raises
+    :class:`~synbal.errors.VerificationError` when the gap exceeds ``rtol`` — in particular
+    when the balanced network overflows (inf/NaN) where the original does not.
     """
     inputs = np.random.default_rng(seed).standard_normal((samples, len(original.inputs)))
     gap = function_gap(original, balanced, inputs, steps if original.is_recurrent else None)
     if math.isnan(gap):
         return None
+    if math.isinf(gap):
+        raise VerificationError(
+            "the balanced network's outputs overflow (inf or NaN) on random inputs where the original's are finite"
+        )
     if gap > rtol:
         raise VerificationError(
             f"the balanced network's outputs differ from the original's by {gap:.3e} (relative) > {rtol:g}"
@@ -666,10 +693,63 @@ class GraphAdapter:
             return BalanceProblem(self.degree, [], names=self.names, layers=layers, custom=custom)
         if not isinstance(reg, (PowerRegularizer, LpqRegularizer)):
             raise SynbalError(f"unsupported regularizer {reg!r}")
+        w, b, origin = self._conditioned([(t.coef, t.power) for t in reg.terms])
+        problem = self._power_problem(reg, w, b)
+        if origin is not None:
+            _check_costs(problem, self.graph)
+            problem.origin = origin
+            problem.origin_value = self._log_domain_value(reg)
+        return problem
+
+    def problem_as_given(self, reg: Regularizer) -> BalanceProblem:
+        """The balance problem of the weights exactly as given, never rescaled (costs may be ``inf``).
+
+        For reports on the unscaled network (:func:`synbal.deficit`); solvers use :meth:`problem`.
+        """
+        if isinstance(reg, CustomRegularizer) or not isinstance(reg, (PowerRegularizer, LpqRegularizer)):
+            return self.problem(reg)
+        return self._power_problem(reg, self._w, self._bias)
+
+    def _power_problem(self, reg: PowerRegularizer | LpqRegularizer, w: np.ndarray, b: np.ndarray) -> BalanceProblem:
+        """The problem of weights ``w`` and biases ``b`` (an l_{p,q} aggregates as its single power p)."""
+        layers = None if self._layers is None else [self.var[layer] for layer in self._layers]
         blocks: list[CostBlock] = []
-        for term in reg.terms:  # an l_{p,q} regularizer aggregates as its single power p
-            blocks += self._power_blocks(term.coef, term.power)
+        with np.errstate(over="ignore", under="ignore"):
+            for term in reg.terms:
+                blocks += self._power_blocks(term.coef, term.power, w, b)
         return BalanceProblem(self.degree, blocks, names=self.names, layers=layers)
+
+    def _conditioned(self, terms: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Weights and biases to cost, and the origin ``u0`` they are scaled by (``None``: as given).
+
+        Only when some cost ``coef·|w|^p`` leaves the safe range (see :mod:`synbal.conditioning`).
+        """
+        coefs = np.concatenate([self._edge_coef, self._bias_coef])
+        mags = np.abs(np.concatenate([self._w, self._bias]))
+        live = (mags > 0) & (coefs > 0)
+        log_mag = np.log(mags[live])
+        if not needs_conditioning(log_mag, [(c * k, p) for c, p in terms for k in (coefs[live].min(),
+                                                                                   coefs[live].max())]):
+            return self._w, self._bias, None
+        dst = np.concatenate([self.var[self._dst], self.var[self._bias_units]])[live]
+        src = np.concatenate([self.var[self._src], np.full(self._bias_units.size, -1)])[live]
+        u0 = condition(dst, src, log_mag, self.degree)
+        ue = np.append(u0, 0.0)
+        ce = np.append(self.degree, 1.0)
+        w = scale_weights(self._w, ue[self.var[self._dst]] - ce[self.var[self._src]] * ue[self.var[self._src]])
+        b = scale_weights(self._bias, ue[self.var[self._bias_units]])
+        return w, b, u0
+
+    def _log_domain_value(self, reg: PowerRegularizer | LpqRegularizer) -> float:
+        """``R`` of the weights as given, summed in the log domain (``inf`` when it leaves float64)."""
+        from scipy.special import logsumexp
+
+        coefs = np.concatenate([self._edge_coef, self._bias_coef])
+        mags = np.abs(np.concatenate([self._w, self._bias]))
+        live = (mags > 0) & (coefs > 0)
+        logs = [np.log(t.coef * coefs[live]) + t.power * np.log(mags[live]) for t in reg.terms]
+        with np.errstate(over="ignore"):
+            return float(np.exp(logsumexp(np.concatenate(logs)))) if live.any() else 0.0
 
     def _groups(self) -> list[np.ndarray]:
         """Unit-index groups of the cost blocks: the layers and the fixed units, or all units."""
@@ -677,9 +757,9 @@ class GraphAdapter:
             return [np.arange(len(self.graph.units))]
         return [*self._layers, np.flatnonzero(self.var < 0)]
 
-    def _power_blocks(self, coef: float, power: float) -> list[CostBlock]:
+    def _power_blocks(self, coef: float, power: float, w: np.ndarray, bias: np.ndarray) -> list[CostBlock]:
         n_units = len(self.graph.units)
-        cost = coef * self._edge_coef * np.abs(self._w) ** power
+        cost = coef * self._edge_coef * np.abs(w) ** power
         full = sp.csr_array((cost, (self._dst, self._src)), shape=(n_units, n_units))
         full.eliminate_zeros()
         blocks = []
@@ -692,7 +772,7 @@ class GraphAdapter:
                     blocks.append(
                         CostBlock(power, self.var[rows], self.var[cols], block, fixed_ids=self.unit_ids[rows])
                     )
-        bias_cost = coef * self._bias_coef * np.abs(self._bias) ** power
+        bias_cost = coef * self._bias_coef * np.abs(bias) ** power
         for rows in groups:
             pick = np.flatnonzero(np.isin(self._bias_units, rows) & (bias_cost > 0))
             if pick.size:
@@ -718,8 +798,14 @@ class GraphAdapter:
         ue[self._scalable_units] = u
         ce = np.ones(len(self.graph.units))
         ce[self._scalable_units] = self.degree
-        new_w = self._w * np.exp(ue[self._dst] - ce[self._src] * ue[self._src])
-        new_b = self._bias * np.exp(ue[self._bias_units])
+        new_w = scale_weights(self._w, ue[self._dst] - ce[self._src] * ue[self._src])
+        new_b = scale_weights(self._bias, ue[self._bias_units])
+        for values, what in ((new_w, "edge"), (new_b, "bias")):
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                where = (f"{self.graph.edges[bad[0]][0]} -> {self.graph.edges[bad[0]][1]}" if what == "edge"
+                         else f"of unit {list(self.graph.biases)[bad[0]]!r}")
+                raise NumericRangeError(f"the scaled {what} {where} overflows float64 ({bad.size} weights do)")
         target = self.graph if inplace else self.graph.copy()
         target.edges[:] = [(s, d, float(w)) for (s, d, _), w in zip(self.graph.edges, new_w, strict=True)]
         for name, b in zip(list(self.graph.biases), new_b, strict=True):
@@ -733,6 +819,17 @@ class GraphAdapter:
             for u in self.graph.units
             if u.role == "hidden" and not u.scalable
         }
+
+
+def _check_costs(problem: BalanceProblem, graph: Graph) -> None:
+    """Refuse a problem with a cost that overflows float64 (its ``R`` is infinite at every scale)."""
+    for b in problem.blocks:
+        data = b.matrix.data if sp.issparse(b.matrix) else np.asarray(b.matrix)
+        if not np.all(np.isfinite(data)):
+            raise NumericRangeError(
+                f"a weight cost |w|^{b.power:g} of {graph!r} overflows float64 even after rescaling: "
+                "the regularizer cannot be represented"
+            )
 
 
 register_adapter(lambda source: isinstance(source, Graph), GraphAdapter)

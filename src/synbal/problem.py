@@ -224,6 +224,11 @@ class BalanceProblem:
     custom:
         Per-weight magnitudes for a custom cost ``g`` (then ``g``/``dg`` come from the
         regularizer passed to the algorithms).
+    origin:
+        Log-scales the costs were computed at (``None``: the source's weights as given). An
+        adapter whose weights span too many orders of magnitude for ``|w|^p`` (see
+        :mod:`synbal.conditioning`) costs them pre-scaled by ``origin``; the source's log-scales
+        are then ``origin + u``. ``origin_value`` is ``R`` of the weights as given (may be ``inf``).
     """
 
     degree: np.ndarray
@@ -231,6 +236,8 @@ class BalanceProblem:
     names: Sequence[str] | None = None
     layers: list[np.ndarray] | None = None
     custom: CustomCosts | None = None
+    origin: np.ndarray | None = None
+    origin_value: float | None = None
     _cache: dict[str, object] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
