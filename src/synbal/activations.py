@@ -37,7 +37,7 @@ def _softplus(x: np.ndarray) -> np.ndarray:
 def _gelu(x: np.ndarray) -> np.ndarray:
     from scipy.special import erf
 
-    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+    return 0.5 * x * (1.0 + erf(np.asarray(x / np.sqrt(2.0), dtype=np.float64)))  # erf has no long double loop
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -84,7 +84,8 @@ class Activation:
         return self.degree is not None
 
     def __call__(self, x: np.ndarray | float) -> np.ndarray:
-        return self.fn(np.asarray(x, dtype=np.float64))
+        a = np.asarray(x)
+        return self.fn(a if a.dtype == np.longdouble else a.astype(np.float64, copy=False))
 
     def to_json(self) -> str | dict[str, Any]:
         """The JSON form this activation was read from (a copy)."""

@@ -246,18 +246,21 @@ def deficit(net: Any, reg: RegularizerSpec = "l2", **adapter_options: Any) -> De
     """
     regularizer = parse_regularizer(reg)
     adapter = adapter_for(net, **adapter_options)
-    problem = adapter.problem(regularizer)
-    if isinstance(regularizer, LpqRegularizer) and not regularizer.reduces_to_lp:
-        from synbal.algorithms.multiplicative import lpq_max_stationarity, lpq_norm
+    # the weights exactly as given (never rescaled); values beyond float64 are reported as inf
+    as_given = getattr(adapter, "problem_as_given", adapter.problem)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        problem = as_given(regularizer)
+        if isinstance(regularizer, LpqRegularizer) and not regularizer.reduces_to_lp:
+            from synbal.algorithms.multiplicative import lpq_max_stationarity, lpq_norm
 
-        report = deficit_report(problem, regularizer=str(regularizer), excluded=adapter.excluded())
-        report.regularizer_value = lpq_norm(problem, regularizer)
-        report.max_relative_deficit = lpq_max_stationarity(problem, regularizer)
-        return report
-    l2 = problem if str(regularizer) == "l2" else adapter.problem(parse_regularizer("l2"))
-    return deficit_report(
-        problem,
-        regularizer=str(regularizer),
-        frobenius_norm=float(np.sqrt(l2.value(np.zeros(l2.n)))),
-        excluded=adapter.excluded(),
-    )
+            report = deficit_report(problem, regularizer=str(regularizer), excluded=adapter.excluded())
+            report.regularizer_value = lpq_norm(problem, regularizer)
+            report.max_relative_deficit = lpq_max_stationarity(problem, regularizer)
+            return report
+        l2 = problem if str(regularizer) == "l2" else as_given(parse_regularizer("l2"))
+        return deficit_report(
+            problem,
+            regularizer=str(regularizer),
+            frobenius_norm=float(np.sqrt(l2.value(np.zeros(l2.n)))),
+            excluded=adapter.excluded(),
+        )

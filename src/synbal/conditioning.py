@@ -29,11 +29,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["LOG_SAFE", "condition", "needs_conditioning", "scale_weights"]
+__all__ = ["LOG_MAX", "LOG_SAFE", "condition", "needs_conditioning", "scale_weights"]
 
 #: Costs ``e^L`` with ``|L| <= LOG_SAFE`` (about 1e±100) are used as they are: products and sums
 #: of a few of them, and the balancing steps between them, stay well inside float64.
 LOG_SAFE = 230.0
+#: ``log`` of the largest float64.
+LOG_MAX = float(np.log(np.finfo(np.float64).max))
 #: Jacobi sweeps of the conditioning (it need not converge: it only has to remove the spread).
 SWEEPS = 400
 

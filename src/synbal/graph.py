@@ -53,7 +53,7 @@ import scipy.sparse as sp
 
 from synbal.activations import MAX_DEGREE, MIN_DEGREE, Activation, parse_activation
 from synbal.adapters import register_adapter
-from synbal.conditioning import condition, needs_conditioning, scale_weights
+from synbal.conditioning import LOG_MAX, condition, needs_conditioning, scale_weights
 from synbal.errors import (
     ActivationError,
     GraphFormatError,
@@ -75,6 +75,8 @@ _KNOWN_KEYS = ("format", "units", "edges", "biases", "cost_coefficients", "bias_
 _IDENTITY = parse_activation("linear")
 
 Edge = tuple[str, str, float]
+#: :func:`function_gap` skips outputs whose float64 value is off by more than this (relative).
+UNRELIABLE = 1e-6
 
 
 # ---------------------------------------------------------------------------------------- units
@@ -455,18 +457,20 @@ class Graph:
 
     # ------------------------------------------------------------------ simulation
     def simulate(
-        self, inputs: np.ndarray | Sequence[Sequence[float]], steps: int | None = None
+        self, inputs: np.ndarray | Sequence[Sequence[float]], steps: int | None = None, *,
+        dtype: type[np.floating[Any]] = np.float64,
     ) -> np.ndarray:
-        """The network's outputs for a batch of inputs (float64), shape ``(batch, n_outputs)``.
+        """The network's outputs for a batch of inputs (in ``dtype``), shape ``(batch, n_outputs)``.
 
         ``inputs`` has shape ``(batch, n_inputs)``, columns in the order of :attr:`inputs`.
         Without ``steps`` the graph must be acyclic and is evaluated in topological order.
         With ``steps`` every unit is updated synchronously ``steps`` times,
         ``h(t+1) = f(W h(t) + b)``, from ``h(0) = 0`` with the inputs clamped (needed for
         recurrent graphs; for a DAG, ``steps ≥ depth`` gives the topological result).
-        Output units are identity units.
+        Output units are identity units. ``dtype=np.longdouble`` evaluates with the extended
+        precision and range of the platform's long double (a reference for :func:`function_gap`).
         """
-        x = np.asarray(inputs, dtype=np.float64)
+        x = np.asarray(inputs, dtype=dtype)
         n_in = len(self.inputs)
         if x.ndim != 2 or x.shape[1] != n_in:
             raise SynbalError(f"inputs must have shape (batch, {n_in}), got {x.shape}")
@@ -474,11 +478,11 @@ class Graph:
         n = len(self.units)
         in_idx = np.array([index[name] for name in self.inputs], dtype=np.int64)
         out_idx = np.array([index[name] for name in self.outputs], dtype=np.int64)
-        W = sp.csr_array((w, (dst, src)), shape=(n, n))
-        b = np.zeros(n)
+        W = sp.csr_array((w.astype(dtype), (dst, src)), shape=(n, n))
+        b = np.zeros(n, dtype=dtype)
         for name, value in self.biases.items():
             b[index[name]] = value
-        values = np.zeros((x.shape[0], n))
+        values = np.zeros((x.shape[0], n), dtype=dtype)
         values[:, in_idx] = x
         groups = self._activation_groups()
         if steps is None:
@@ -552,13 +556,17 @@ def _depths(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
 
 
 def function_gap(a: Graph, b: Graph, inputs: np.ndarray, steps: int | None = None) -> float:
-    """``max |f_a − f_b| / max |f_a|`` over a batch of inputs: how far two networks' functions differ.
+    """How much further ``b``'s float64 outputs are from ``a``'s function than ``a``'s own, relative.
 
-    ``steps`` as in :meth:`Graph.simulate` (needed for recurrent graphs). The comparison runs
-    over the outputs where ``a`` (the reference) is finite: ``inf`` when ``b`` overflows (or
-    gives NaN) at any of them — a network that overflows where the reference does not computes
-    a different function in float64 — and ``nan`` when no output of ``a`` is finite (nothing
-    can be compared).
+    The reference is ``a`` evaluated in extended precision (long double: more digits and a far
+    wider exponent range), ``f``. The gap is ``max(|f_b − f| − |f_a − f|) / max |f|`` over the
+    outputs where ``a`` is finite in float64: rounding that ``a`` itself suffers in float64 (a
+    subnormal product that flushes to 0, say) is not held against ``b``, and outputs where ``a``'s
+    float64 result is off by more than ``UNRELIABLE·max |f|`` (an ill-conditioned evaluation such
+    as ``sin`` of a huge argument) are not compared. It is ``inf`` when ``b`` overflows (or gives
+    NaN) at any output where ``a`` is finite — a network that overflows where the reference does
+    not computes a different function in float64 — and ``nan`` when no output of ``a`` is finite
+    and reliable (nothing can be compared). ``steps`` as in :meth:`Graph.simulate`.
 
     >>> g = Graph.from_layers([np.array([[2.0]]), np.array([[0.5]])])
     >>> h = GraphAdapter(g).apply(np.array([3.0]))
@@ -568,7 +576,7 @@ def function_gap(a: Graph, b: Graph, inputs: np.ndarray, steps: int | None = Non
     >>> function_gap(g, big, np.array([[1e10]]))
     inf
     """
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         fa = a.simulate(inputs, steps=steps)
         fb = b.simulate(inputs, steps=steps)
         ok = np.isfinite(fa)
@@ -576,8 +584,15 @@ def function_gap(a: Graph, b: Graph, inputs: np.ndarray, steps: int | None = Non
             return float("nan")
         if not np.all(np.isfinite(fb[ok])):
             return float("inf")
-        scale = max(float(np.max(np.abs(fa[ok]), initial=0.0)), 1e-300)
-        return float(np.max(np.abs(fa[ok] - fb[ok]), initial=0.0)) / scale
+        exact = a.simulate(inputs, steps=steps, dtype=np.longdouble)[ok]
+        exact = np.where(np.isfinite(exact), exact, fa[ok])
+        scale = max(np.max(np.abs(exact)), np.finfo(np.longdouble).smallest_subnormal)
+        own = np.abs(fa[ok] - exact)
+        reliable = own <= UNRELIABLE * scale  # else a's own float64 result is noise (sin of 1e20, say)
+        if not reliable.any():
+            return float("nan")
+        excess = np.abs(fb[ok] - exact) - own
+        return float(max(np.max(excess[reliable]), 0.0) / scale)
 
 
 def verify_same_function(
@@ -696,7 +711,7 @@ class GraphAdapter:
         w, b, origin = self._conditioned([(t.coef, t.power) for t in reg.terms])
         problem = self._power_problem(reg, w, b)
         if origin is not None:
-            _check_costs(problem, self.graph)
+            self._check_costs(reg, w, b)
             problem.origin = origin
             problem.origin_value = self._log_domain_value(reg)
         return problem
@@ -739,6 +754,23 @@ class GraphAdapter:
         w = scale_weights(self._w, ue[self.var[self._dst]] - ce[self.var[self._src]] * ue[self.var[self._src]])
         b = scale_weights(self._bias, ue[self.var[self._bias_units]])
         return w, b, u0
+
+    def _check_costs(self, reg: PowerRegularizer | LpqRegularizer, w: np.ndarray, b: np.ndarray) -> None:
+        """Refuse weights whose cost overflows float64 even at the conditioned origin: ``R`` is then
+        infinite at every scale (an edge between two fixed units, say, is never rescaled)."""
+        coefs = np.concatenate([self._edge_coef, self._bias_coef])
+        with np.errstate(divide="ignore"):
+            log_mag = np.log(np.abs(np.concatenate([w, b])))
+            for t in reg.terms:
+                bad = np.flatnonzero((coefs > 0) & (np.log(t.coef * coefs) + t.power * log_mag > LOG_MAX))
+                if bad.size:
+                    k = int(bad[0])
+                    where = (f"edge {self.graph.edges[k][0]} -> {self.graph.edges[k][1]}" if k < len(self.graph.edges)
+                             else f"the bias of unit {list(self.graph.biases)[k - len(self.graph.edges)]!r}")
+                    raise NumericRangeError(
+                        f"the cost |w|^{t.power:g} of {where} overflows float64 at every scale "
+                        f"({bad.size} weights do): the regularizer cannot be represented"
+                    )
 
     def _log_domain_value(self, reg: PowerRegularizer | LpqRegularizer) -> float:
         """``R`` of the weights as given, summed in the log domain (``inf`` when it leaves float64)."""
@@ -819,17 +851,6 @@ class GraphAdapter:
             for u in self.graph.units
             if u.role == "hidden" and not u.scalable
         }
-
-
-def _check_costs(problem: BalanceProblem, graph: Graph) -> None:
-    """Refuse a problem with a cost that overflows float64 (its ``R`` is infinite at every scale)."""
-    for b in problem.blocks:
-        data = b.matrix.data if sp.issparse(b.matrix) else np.asarray(b.matrix)
-        if not np.all(np.isfinite(data)):
-            raise NumericRangeError(
-                f"a weight cost |w|^{b.power:g} of {graph!r} overflows float64 even after rescaling: "
-                "the regularizer cannot be represented"
-            )
 
 
 register_adapter(lambda source: isinstance(source, Graph), GraphAdapter)
