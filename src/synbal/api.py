@@ -170,8 +170,16 @@ def balance(
         max_relative_deficit=final_deficit,
         seconds=seconds,
         problem=problem,
-        excluded=adapter.excluded(),
+        excluded={**adapter.excluded(), **_drifting(problem)},
     )
+
+
+def _drifting(problem: BalanceProblem) -> dict[str, str]:
+    """Units left alone because the regularizer has no minimum over their scales."""
+    names = problem.names or []
+    return {names[i]: "no balanced state: scaling it (with the units it feeds or is fed by) towards 0 or ∞ "
+                      "lowers the regularizer forever, e.g. a cycle with no path to an output; left unchanged"
+            for i in np.flatnonzero(problem.drifting_mask()).tolist()}
 
 
 def _value_as_given(problem: BalanceProblem, objective: Callable[[np.ndarray], float]) -> float:
@@ -206,7 +214,7 @@ def _checked_scales(problem: BalanceProblem, u: np.ndarray, after: float, defici
             f"the regularizer of the balanced network is {after} (max relative deficit {deficit}): "
             "it cannot be represented in float64"
         )
-    return {names[i]: float(lam[i]) for i in range(problem.n)}
+    return dict(zip(names, lam.tolist(), strict=True))
 
 
 def _objective(problem: BalanceProblem, reg: Regularizer) -> Callable[[np.ndarray], float]:

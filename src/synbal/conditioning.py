@@ -15,9 +15,9 @@ exponent separately, so ``1e-320 · e^{720}`` gives ``1.9e-8`` instead of ``0 ·
 >>> import numpy as np
 >>> w = np.array([1e150, 1e-150])   # x -> h -> y
 >>> u0 = condition(np.array([0, -1]), np.array([-1, 0]), np.log(np.abs(w)), np.ones(1))
->>> bool(np.allclose(scale_weights(w, np.array([u0[0], -u0[0]])), 1.0))
-True
->>> needs_conditioning(np.log(np.abs(w)), [(1.0, 2.0)])
+>>> np.abs(np.log(scale_weights(w, np.array([u0[0], -u0[0]])))) < 1.0  # both within an e-fold of 1
+array([ True,  True])
+>>> needs_conditioning(np.log(np.abs(w)), 0.0, [(1.0, 2.0)])
 True
 >>> float(scale_weights(np.array([1e-320]), np.array([720.0]))[0])  # doctest: +ELLIPSIS
 1.9...e-08
@@ -40,12 +40,13 @@ LOG_MAX = float(np.log(np.finfo(np.float64).max))
 SWEEPS = 400
 
 
-def needs_conditioning(log_mag: np.ndarray, terms: Sequence[tuple[float, float]]) -> bool:
-    """Whether some cost ``coef·|w|^p`` (``log_mag = log|w|`` of the non-zero weights) is out of range."""
-    if log_mag.size == 0:
-        return False
-    lo, hi = float(log_mag.min()), float(log_mag.max())
-    return any(abs(np.log(coef) + p * x) > LOG_SAFE for coef, p in terms for x in (lo, hi))
+def needs_conditioning(log_mag: np.ndarray, log_coef: np.ndarray | float,
+                       terms: Sequence[tuple[float, float]]) -> bool:
+    """Whether some cost ``coef·c·|w|^p`` of a term ``(c, p)`` leaves the safe range.
+
+    ``log_mag = log|w|`` and ``log_coef = log coef`` of the non-zero, costed weights.
+    """
+    return any(float(np.abs(np.log(c) + log_coef + p * log_mag).max(initial=0.0)) > LOG_SAFE for c, p in terms)
 
 
 def _segment_max(keys: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:

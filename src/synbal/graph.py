@@ -75,6 +75,8 @@ _KNOWN_KEYS = ("format", "units", "edges", "biases", "cost_coefficients", "bias_
 _IDENTITY = parse_activation("linear")
 
 Edge = tuple[str, str, float]
+#: Above this many unit groups (hidden layers + 1) a graph's costs go into one all-units block.
+MAX_GROUPS = 256
 #: :func:`function_gap` skips outputs whose float64 value is off by more than this (relative).
 UNRELIABLE = 1e-6
 
@@ -362,15 +364,15 @@ class Graph:
         atomic_write_text(path, self.to_json())
 
     def copy(self) -> Graph:
-        """An independent copy (units are immutable and shared)."""
-        return Graph(
-            self.units,
-            self.edges,
-            self.biases,
-            edge_costs=self.edge_costs,
-            bias_costs=self.bias_costs,
-            extra=self.extra,
-        )
+        """An independent copy (units are immutable and shared; nothing is re-validated)."""
+        twin = Graph.__new__(Graph)
+        twin.units = list(self.units)
+        twin.edges = list(self.edges)
+        twin.biases = dict(self.biases)
+        twin.edge_costs = dict(self.edge_costs)
+        twin.bias_costs = dict(self.bias_costs)
+        twin.extra = copy.deepcopy(self.extra)
+        return twin
 
     # ------------------------------------------------------------------ checks and structure
     def validate(self) -> None:
@@ -535,24 +537,39 @@ def _activate(z: np.ndarray, rows: np.ndarray, groups: list[tuple[np.ndarray, Ac
     return out
 
 
+def _runs(keys: np.ndarray, width: int) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """``((key // width, key % width), positions)`` for each distinct key, in increasing key order
+    (positions in their original order)."""
+    if keys.size == 0:
+        return []
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    ends = np.r_[starts[1:], keys.size].tolist()
+    return [((k // width, k % width), order[a:b])
+            for k, a, b in zip(sorted_keys[starts].tolist(), starts.tolist(), ends, strict=True)]
+
+
 def _depths(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
     """Longest-path depth of each unit from the sources (Kahn's algorithm); ``None`` on a cycle."""
-    indeg = np.bincount(dst, minlength=n)
     order = np.argsort(src, kind="stable")
-    starts = np.searchsorted(src[order], np.arange(n + 1))
-    depth = np.zeros(n, dtype=np.int64)
-    frontier = [int(k) for k in np.flatnonzero(indeg == 0)]
+    starts = np.searchsorted(src[order], np.arange(n + 1)).tolist()
+    targets = dst[order].tolist()  # plain lists: element access on them is far cheaper than on arrays
+    indeg = np.bincount(dst, minlength=n).tolist()
+    depth = [0] * n
+    frontier = [k for k in range(n) if indeg[k] == 0]
     done = 0
     while frontier:
         j = frontier.pop()
         done += 1
-        for e in order[starts[j] : starts[j + 1]]:
-            i = dst[e]
-            depth[i] = max(depth[i], depth[j] + 1)
+        dj = depth[j] + 1
+        for i in targets[starts[j]:starts[j + 1]]:
+            if depth[i] < dj:
+                depth[i] = dj
             indeg[i] -= 1
             if indeg[i] == 0:
-                frontier.append(int(i))
-    return depth if done == n else None
+                frontier.append(i)
+    return np.array(depth, dtype=np.int64) if done == n else None
 
 
 def function_gap(a: Graph, b: Graph, inputs: np.ndarray, steps: int | None = None) -> float:
@@ -654,6 +671,7 @@ class GraphAdapter:
         self._index, self._src, self._dst, self._w = graph._index()
         n_units = len(graph.units)
         scalable = np.array([u.scalable for u in graph.units], dtype=bool)
+        self._scalable = scalable
         self._scalable_units = np.flatnonzero(scalable)
         self.var = np.full(n_units, -1, dtype=np.int64)  # unit → variable (-1: fixed)
         self.var[self._scalable_units] = np.arange(self._scalable_units.size)
@@ -670,11 +688,14 @@ class GraphAdapter:
             [graph.bias_costs.get(name, 1.0) for name in graph.biases], dtype=np.float64
         )
         self._layers = self._find_layers()
+        self._names: list[str] | None = None
 
     @property
     def names(self) -> list[str]:
         """Problem variable names: the scalable units' names, in unit order."""
-        return [self.graph.units[k].name for k in self._scalable_units]
+        if self._names is None:
+            self._names = [self.graph.units[k].name for k in self._scalable_units.tolist()]
+        return self._names
 
     def _find_layers(self) -> list[np.ndarray] | None:
         """Scalable units grouped by depth (unit indices), when they form a layered net."""
@@ -689,8 +710,8 @@ class GraphAdapter:
         inner = is_var[self._src] & is_var[self._dst]
         if np.any(depth[self._dst[inner]] != depth[self._src[inner]] + 1):
             return None
-        levels = np.unique(depth[is_var])
-        return [self._scalable_units[depth[self._scalable_units] == d] for d in levels]
+        units = self._scalable_units
+        return [units[idx] for _, idx in _runs(depth[units], 1)]
 
     # ------------------------------------------------------------------ Adapter protocol
     def problem(self, reg: Regularizer) -> BalanceProblem:
@@ -743,8 +764,7 @@ class GraphAdapter:
         mags = np.abs(np.concatenate([self._w, self._bias]))
         live = (mags > 0) & (coefs > 0)
         log_mag = np.log(mags[live])
-        if not needs_conditioning(log_mag, [(c * k, p) for c, p in terms for k in (coefs[live].min(),
-                                                                                   coefs[live].max())]):
+        if not needs_conditioning(log_mag, np.log(coefs[live]), terms):
             return self._w, self._bias, None
         dst = np.concatenate([self.var[self._dst], self.var[self._bias_units]])[live]
         src = np.concatenate([self.var[self._src], np.full(self._bias_units.size, -1)])[live]
@@ -790,29 +810,37 @@ class GraphAdapter:
         return [*self._layers, np.flatnonzero(self.var < 0)]
 
     def _power_blocks(self, coef: float, power: float, w: np.ndarray, bias: np.ndarray) -> list[CostBlock]:
+        """One sparse block per pair of unit groups that has a non-zero cost, then the bias blocks.
+
+        Edges are sorted once by their pair of groups (linear in the edges, whatever the depth);
+        beyond ``MAX_GROUPS`` groups (very deep nets) one all-units block is built instead, which
+        the general solvers handle in linear time per iteration.
+        """
         n_units = len(self.graph.units)
-        cost = coef * self._edge_coef * np.abs(w) ** power
-        full = sp.csr_array((cost, (self._dst, self._src)), shape=(n_units, n_units))
-        full.eliminate_zeros()
-        blocks = []
         groups = [g for g in self._groups() if g.size]
-        for rows in groups:
-            sub = full[rows]
-            for cols in groups:
-                block = sp.csr_array(sub[:, cols])
-                if block.nnz:
-                    blocks.append(
-                        CostBlock(power, self.var[rows], self.var[cols], block, fixed_ids=self.unit_ids[rows])
-                    )
+        if len(groups) > MAX_GROUPS:
+            groups = [np.arange(n_units)]
+        group_of = np.zeros(n_units, dtype=np.int64)
+        pos = np.zeros(n_units, dtype=np.int64)
+        for k, g in enumerate(groups):
+            group_of[g] = k
+            pos[g] = np.arange(g.size)
+        cost = coef * self._edge_coef * np.abs(w) ** power
+        live = np.flatnonzero(cost != 0)
+        dst, src, cost = self._dst[live], self._src[live], cost[live]
+        blocks = []
+        for (gd, gs), idx in _runs(group_of[dst] * len(groups) + group_of[src], len(groups)):
+            rows, cols = groups[gd], groups[gs]
+            block = sp.csr_array((cost[idx], (pos[dst[idx]], pos[src[idx]])), shape=(rows.size, cols.size))
+            blocks.append(CostBlock(power, self.var[rows], self.var[cols], block, fixed_ids=self.unit_ids[rows]))
         bias_cost = coef * self._bias_coef * np.abs(bias) ** power
-        for rows in groups:
-            pick = np.flatnonzero(np.isin(self._bias_units, rows) & (bias_cost > 0))
-            if pick.size:
-                units = self._bias_units[pick]
-                blocks.append(
-                    CostBlock(power, self.var[units], np.array([-1]), bias_cost[pick, None], bias=True,
-                              fixed_ids=self.unit_ids[units])
-                )
+        pick = np.flatnonzero(bias_cost > 0)
+        for (gd, _), idx in _runs(group_of[self._bias_units[pick]] * len(groups), len(groups)):
+            units = self._bias_units[pick[idx]]
+            blocks.append(
+                CostBlock(power, self.var[units], np.array([-1]), bias_cost[pick[idx], None], bias=True,
+                          fixed_ids=self.unit_ids[units])
+            )
         return blocks
 
     def apply(self, u: np.ndarray, *, inplace: bool = False) -> Graph:
@@ -848,8 +876,8 @@ class GraphAdapter:
         """Hidden units that are never scaled, with the reason."""
         return {
             u.name: f"activation {u.activation_name} is not positively homogeneous"
-            for u in self.graph.units
-            if u.role == "hidden" and not u.scalable
+            for u, scalable in zip(self.graph.units, self._scalable.tolist(), strict=True)
+            if not scalable and u.role == "hidden"
         }
 
 

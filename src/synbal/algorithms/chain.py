@@ -89,6 +89,8 @@ def chain_of(problem: BalanceProblem) -> Chain | None:
     """
     if problem.custom is not None or problem.layers is None or len(problem.powers) != 1:
         return None
+    if any(b.dst.size and (b.dst < 0).any() and (b.dst >= 0).any() for b in problem.blocks):
+        return None  # a block mixing fixed and scalable destinations (one all-units block, say)
     layers = problem.layers
     n = problem.n
     lo = np.array([int(layer[0]) if layer.size else -1 for layer in layers], dtype=np.int64)
@@ -105,8 +107,8 @@ def chain_of(problem: BalanceProblem) -> Chain | None:
             return None
         start_to_layer[int(lo[h])] = h
     c_unit = problem.degree
-    c_layer = np.array([c_unit[lo[h]] for h in range(len(layers))])
-    if any((c_unit[lo[h]:hi[h]] != c_layer[h]).any() for h in range(len(layers))):
+    c_layer = c_unit[lo]
+    if layers and (c_unit[np.concatenate(layers)] != np.repeat(c_layer, sizes)).any():
         return None
     p = problem.powers[0]
     const_in = np.zeros(n)

@@ -115,16 +115,17 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
     history = [HistoryEntry(0, value, rel)]
     bar = tqdm(desc="exact balancing", disable=not options.progress, leave=False)
     it = 0
+    direct: bool | None = None
     while rel > options.tol and it < max(options.max_sweeps, 1) and idx.size:
         it += 1
-        H = hessian(problem, u)[idx][:, idx]
+        H = hessian(problem, u)
+        if idx.size < problem.n:
+            H = H[idx][:, idx]
         d = np.sqrt(np.maximum(H.diagonal(), np.finfo(float).tiny))
-        Hs = sp.diags_array(1 / d) @ H @ sp.diags_array(1 / d)
-        rhs = -grad[idx] / d
-        try:
-            z = spla.spsolve(sp.csc_array(Hs), rhs)
-        except RuntimeError:  # singular (should not happen once floating components are pinned)
-            z = spla.lsqr(Hs, rhs, atol=1e-14, btol=1e-14)[0]
+        Hs = _jacobi_scaled(H, 1.0 / d)
+        if direct is None:
+            direct = _direct_pays(Hs)
+        z = _newton_direction(Hs, -grad[idx] / d, direct)
         step = np.zeros(problem.n)
         step[idx] = z / d
         alpha = _line_search(problem, u, step, float(grad @ step))
@@ -143,6 +144,44 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
             options.callback(it, u)
     bar.close()
     return SolveResult(u, rel <= options.tol, history, steps=it)
+
+
+#: Up to this many units, or this reverse-Cuthill–McKee bandwidth, Newton steps use a direct solve.
+DIRECT_UNITS = 2_000
+DIRECT_BANDWIDTH = 64
+
+
+def _direct_pays(H: sp.csr_array) -> bool:
+    """Whether a sparse direct factorisation of ``H`` stays cheap: small, or of small bandwidth
+    once reordered (chains, trees of layers). Random sparse graphs fill in: CG is used there."""
+    if H.shape[0] <= DIRECT_UNITS:
+        return True
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+    perm = reverse_cuthill_mckee(H, symmetric_mode=True)
+    rank = np.empty_like(perm)
+    rank[perm] = np.arange(perm.size)
+    rows = np.repeat(np.arange(H.shape[0]), np.diff(H.indptr))
+    return int(np.abs(rank[rows] - rank[H.indices]).max(initial=0)) <= DIRECT_BANDWIDTH
+
+
+def _newton_direction(Hs: sp.csr_array, rhs: np.ndarray, direct: bool) -> np.ndarray:
+    """Solve ``Hs z = rhs`` (symmetric positive definite, unit diagonal)."""
+    if not direct:
+        z, info = spla.cg(Hs, rhs, rtol=1e-12, maxiter=2_000)
+        if info == 0:
+            return np.asarray(z)
+    try:  # Hs is symmetric: its CSR arrays are also its CSC arrays
+        return np.asarray(spla.spsolve(sp.csc_array((Hs.data, Hs.indices, Hs.indptr), shape=Hs.shape), rhs,
+                                       permc_spec="MMD_AT_PLUS_A"))
+    except RuntimeError:  # singular (should not happen once floating components are pinned)
+        return np.asarray(spla.lsqr(Hs, rhs, atol=1e-14, btol=1e-14)[0])
+
+
+def _jacobi_scaled(H: sp.csr_array, dinv: np.ndarray) -> sp.csr_array:
+    """``diag(dinv) · H · diag(dinv)`` without sparse products (``H`` CSR)."""
+    rows = np.repeat(np.arange(H.shape[0]), np.diff(H.indptr))
+    return sp.csr_array((H.data * dinv[rows] * dinv[H.indices], H.indices, H.indptr), shape=H.shape)
 
 
 def _line_search(problem: BalanceProblem, u: np.ndarray, step: np.ndarray, slope: float) -> float:
@@ -198,9 +237,12 @@ def _max_rel(grad: np.ndarray, scale: np.ndarray, free: np.ndarray) -> float:
 
 # ---------------------------------------------------------------------- two-level sweeps
 def _layer_index(problem: BalanceProblem) -> np.ndarray:
+    """The layer of every unit (``-1``: in none, and for the fixed slot at the end)."""
     layer_of = np.full(problem.n + 1, -1, dtype=np.int64)
-    for k, layer in enumerate(problem.layers or []):
-        layer_of[layer] = k
+    layers = problem.layers or []
+    if layers:
+        sizes = np.array([layer.size for layer in layers])
+        layer_of[np.concatenate(layers)] = np.repeat(np.arange(len(layers)), sizes)
     return layer_of
 
 
@@ -208,15 +250,16 @@ def _coarse_ok(problem: BalanceProblem) -> bool:
     """Coarse correction applies when every block joins whole layers of one degree each."""
     if not problem.free_mask().all():
         return False
-    layer_of = _layer_index(problem)
-    for layer in problem.layers or []:
-        if np.unique(problem.degree[layer]).size > 1:
+    for b in problem.blocks:  # cheap test first: every block must lie between two groups of units
+        if b.dst.size and b.src.size and (b.dst < 0).any() and (b.dst >= 0).any():
             return False
-    covered = np.zeros(problem.n, dtype=bool)
-    for layer in problem.layers or []:
-        covered[layer] = True
-    if not covered.all():
-        return False
+    layer_of = _layer_index(problem)[:-1]
+    if (layer_of < 0).any():
+        return False  # not every unit is in a layer
+    first = np.array([layer[0] if layer.size else 0 for layer in problem.layers or []], dtype=np.int64)
+    if (problem.degree != problem.degree[first[layer_of]]).any():
+        return False  # a layer mixes degrees
+    layer_of = np.append(layer_of, -1)
     for b in problem.blocks:
         dl = np.unique(layer_of[b.dst])
         sl = np.unique(layer_of[b.src])
