@@ -571,6 +571,10 @@ class BalanceProblem:
         ``c = 1`` units are flagged: with BiPUs inside, ``d_i − c_j d_j`` may grow on inner edges.
         """
         cached = self._cache.get("drifting")
+        if cached is None and self.layers is not None:
+            # layered: the scalable units form a DAG, so following the edges of a live unit
+            # forwards (backwards) always ends at a fixed or dead unit — nothing drifts
+            cached = np.zeros(self.n, dtype=bool)
         if cached is None:
             cached = self._drifting()
             self._cache["drifting"] = cached
