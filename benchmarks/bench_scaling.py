@@ -28,8 +28,8 @@ def relu_chain(n: int, seed: int = 0) -> Graph:
     """``x -> h0 -> ... -> h{n-1} -> y`` with weights uniform in [0.5, 2]."""
     rng = np.random.default_rng(seed)
     names = ["x", *[f"h{i}" for i in range(n)], "y"]
-    units = [{"name": "x", "role": "input"}, *[{"name": m, "role": "hidden", "activation": "relu"} for m in names[1:-1]],
-             {"name": "y", "role": "output"}]
+    hidden = [{"name": m, "role": "hidden", "activation": "relu"} for m in names[1:-1]]
+    units = [{"name": "x", "role": "input"}, *hidden, {"name": "y", "role": "output"}]
     w = rng.uniform(0.5, 2.0, n + 1)
     return Graph.from_dict({"format": "synbal.graph/1", "units": units,
                             "edges": [[a, b, float(v)] for a, b, v in zip(names[:-1], names[1:], w, strict=True)]})

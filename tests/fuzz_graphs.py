@@ -25,6 +25,7 @@ True
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
@@ -57,7 +58,8 @@ def _magnitudes(rng: np.random.Generator, size: int) -> np.ndarray:
     if mode == 2:  # picked from the extremes
         return np.asarray(rng.choice(HOSTILE, size), dtype=np.float64)
     if mode == 3:  # two families far apart
-        return np.where(rng.random(size) < 0.5, 10.0 ** rng.uniform(140, 150, size), 10.0 ** rng.uniform(-150, -140, size))
+        high = 10.0 ** rng.uniform(140, 150, size)
+        return np.where(rng.random(size) < 0.5, high, 10.0 ** rng.uniform(-150, -140, size))
     if mode == 4:  # subnormals and zeros among ordinary weights
         base = np.exp(rng.uniform(-3, 3, size))
         return np.where(rng.random(size) < 0.3, rng.choice([5e-324, 1e-310, 0.0, 4e-320], size), base)
@@ -91,12 +93,12 @@ def fuzz_graph(seed: int) -> dict[str, Any]:
     pairs: set[tuple[str, str]] = set()
     if shape == 0 or n_hid == 0:  # a chain x0 -> h0 -> ... -> y0 (plus the other inputs/outputs)
         path = [xs[0], *hs, ys[0]]
-        pairs |= set(zip(path[:-1], path[1:], strict=True))
+        pairs |= set(itertools.pairwise(path))
         pairs |= {(x, path[1]) for x in xs} | {(path[-2], y) for y in ys}
     elif shape == 1:  # layers
         cuts = sorted(rng.choice(np.arange(1, n_hid), size=min(int(rng.integers(0, 3)), n_hid - 1), replace=False))
         layers = [xs, *[list(part) for part in np.split(np.array(hs), cuts)], ys]
-        pairs |= {(a, b) for la, lb in zip(layers[:-1], layers[1:], strict=True) for a in la for b in lb
+        pairs |= {(a, b) for la, lb in itertools.pairwise(layers) for a in la for b in lb
                   if rng.random() < 0.8}
     else:
         p_edge = float(rng.uniform(0.15, 0.6))
@@ -163,7 +165,7 @@ def run_case(case: dict[str, Any], max_sweeps: int = 1000) -> tuple[str, str]:
                     detail = str(exc)
         except SynbalError as exc:
             outcome, detail = "typed", f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # noqa: BLE001 (the point is to catch everything else)
+        except Exception as exc:
             outcome, detail = "untyped", f"{type(exc).__name__}: {exc}"
     if time.perf_counter() - start > HANG_SECONDS:
         return "hang", f"{time.perf_counter() - start:.1f} s; {outcome}: {detail}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from fuzz_graphs import OUTCOMES, fuzz_case, fuzz_graph, run_case, run_many
 
 ACCEPTABLE = {"ok", "typed", "overflow"}

@@ -835,7 +835,7 @@ class GraphAdapter:
             blocks.append(CostBlock(power, self.var[rows], self.var[cols], block, fixed_ids=self.unit_ids[rows]))
         bias_cost = coef * self._bias_coef * np.abs(bias) ** power
         pick = np.flatnonzero(bias_cost > 0)
-        for (gd, _), idx in _runs(group_of[self._bias_units[pick]] * len(groups), len(groups)):
+        for _, idx in _runs(group_of[self._bias_units[pick]] * len(groups), len(groups)):
             units = self._bias_units[pick[idx]]
             blocks.append(
                 CostBlock(power, self.var[units], np.array([-1]), bias_cost[pick[idx], None], bias=True,

@@ -179,7 +179,8 @@ def _newton_direction(Hs: sp.csr_array, rhs: np.ndarray, direct: bool, rtol: flo
         return np.asarray(spla.lsqr(Hs, rhs, atol=1e-14, btol=1e-14)[0])
 
 
-def _conjugate_gradients(A: sp.csr_array, b: np.ndarray, rtol: float = 1e-12, maxiter: int = 2_000) -> np.ndarray | None:
+def _conjugate_gradients(A: sp.csr_array, b: np.ndarray, rtol: float = 1e-12,
+                         maxiter: int = 2_000) -> np.ndarray | None:
     """Plain conjugate gradients on an SPD matrix (already Jacobi-scaled); ``None`` if not converged.
 
     (scipy's ``cg`` costs tens of milliseconds per iteration of bookkeeping at 100,000 unknowns;
