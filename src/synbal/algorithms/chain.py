@@ -49,6 +49,9 @@ __all__ = ["Chain", "chain_of", "solve_chain"]
 
 #: Newton iterations allowed on the coarse (one shift per layer) problem.
 COARSE_ITERATIONS = 60
+#: The compiled path runs only while every unit's IN and OUT and the total ``R`` lie within
+#: ``[1/SAFE_COST, SAFE_COST]``: its steps multiply and divide such sums without range checks.
+SAFE_COST = 1e250
 
 
 @dataclass
@@ -378,8 +381,8 @@ def solve_chain(problem: BalanceProblem, options: SolveOptions, limit: int | Non
     args = (*matrix_table(chain.mats), chain.mat_power, chain.mat_coef, chain.mat_dst, chain.layer_lo, chain.layer_hi)
     R, rel = _evaluate(*args, chain.c_unit, chain.const_in, chain.const_out, chain.r_const, chain.power,
                        u, ey, ex, win, wout, T, IN, OUT)
-    if not np.isfinite(R) or not ((IN > 0) & (OUT > 0)).all():
-        return None  # dead units (or overflow): the general path reports and pins them
+    if not (np.isfinite(R) and R < SAFE_COST) or not ((IN > 1.0 / SAFE_COST) & (OUT > 1.0 / SAFE_COST)).all():
+        return None  # dead units, or costs near the ends of float64: the general path handles them
     history = [HistoryEntry(0, R, rel)]
     max_iter = options.max_sweeps if limit is None else min(limit, options.max_sweeps)
     hist_R, hist_rel = np.empty(max_iter), np.empty(max_iter)
@@ -388,9 +391,12 @@ def solve_chain(problem: BalanceProblem, options: SolveOptions, limit: int | Non
     it = 0
     while it < max_iter and rel > options.tol:
         count = 1 if stepwise else max_iter - it
-        done = _iterate(*args, chain.c_layer, chain.c_unit, chain.const_in, chain.const_out, chain.r_const,
-                        chain.power, u, ey, ex, win, wout, T, IN, OUT, rel, 1 + it, count, options.tol,
-                        hist_R[it:], hist_rel[it:])
+        try:
+            done = _iterate(*args, chain.c_layer, chain.c_unit, chain.const_in, chain.const_out, chain.r_const,
+                            chain.power, u, ey, ex, win, wout, T, IN, OUT, rel, 1 + it, count, options.tol,
+                            hist_R[it:], hist_rel[it:])
+        except ZeroDivisionError:  # a cost under- or overflowed on the way: the general path takes over
+            return None
         if done == 0:
             break
         for k in range(done):
