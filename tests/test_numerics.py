@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from importlib.resources import files
 
 import numpy as np
@@ -214,3 +215,17 @@ def test_drift_towards_infinity_and_bipu_closures() -> None:
     problem = GraphAdapter(g).problem(parse_regularizer("l2"))
     assert problem.drifting_mask().tolist() == [False, True, True]
     assert problem.free_mask().tolist() == [True, False, False]
+
+
+def test_dense_chain_at_1e150_does_not_divide_by_zero() -> None:
+    """The compiled chain path hands extreme costs to the general solver (was ZeroDivisionError)."""
+    from synbal.dense import DenseNet
+
+    net = DenseNet([np.full((2, 1), 1e150), np.full((1, 2), 1e-150)])
+    res = synbal.balance(net, "l2")
+    assert res.converged and res.scales["layer1.0"] == pytest.approx(1e-150, rel=1e-12)
+    # matrix-free dense costs are not rescaled: (1e150)^3 overflows (on the way numpy warns; the
+    # result is refused, not returned)
+    with warnings.catch_warnings(), pytest.raises(NumericRangeError):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        synbal.balance(net, "l3")
