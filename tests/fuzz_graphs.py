@@ -182,3 +182,24 @@ def run_many(seeds: range, max_sweeps: int = 1000) -> tuple[Counter[str], dict[s
         if outcome not in ("ok", "typed"):
             failures.setdefault(outcome, []).append((seed, detail))
     return tally, failures
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python tests/fuzz_graphs.py START STOP``: run seeds ``START..STOP-1``, printing running tallies."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    start_seed, stop_seed = int(args[0]), int(args[1])
+    begin = time.perf_counter()
+    tally: Counter[str] = Counter()
+    for seed in range(start_seed, stop_seed):
+        outcome, detail = run_case(fuzz_case(seed))
+        tally[outcome] += 1
+        if outcome not in ("ok", "typed"):
+            print(f"seed {seed}: {outcome}: {detail[:200]}", flush=True)
+        if (seed - start_seed + 1) % 100 == 0 or seed == stop_seed - 1:
+            print(f"{seed - start_seed + 1} cases, {time.perf_counter() - begin:.0f} s: {dict(tally)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
