@@ -10,7 +10,7 @@ final log-scales are ``u0 + u``. Nothing changes for ordinary weights: :func:`ne
 is a min/max test, and only when it fires is any of this run.
 
 Scaling a weight by ``e^d`` is done by :func:`scale_weights` on the weight's mantissa and
-exponent separately, so ``1e-320 · e^{720}`` gives ``1.9e-8`` instead of ``0 · inf``.
+exponent separately, so ``1e-320 · e^{720}`` gives ``4.9e-8`` instead of ``0 · inf``.
 
 >>> import numpy as np
 >>> w = np.array([1e150, 1e-150])   # x -> h -> y
@@ -20,7 +20,7 @@ array([ True,  True])
 >>> needs_conditioning(np.log(np.abs(w)), 0.0, [(1.0, 2.0)])
 True
 >>> float(scale_weights(np.array([1e-320]), np.array([720.0]))[0])  # doctest: +ELLIPSIS
-1.9...e-08
+4.92...e-08
 """
 
 from __future__ import annotations

@@ -128,15 +128,22 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
         z = _newton_direction(Hs, -grad[idx] / d, direct, rtol=min(0.1, max(1e-12, rel * rel)))
         step = np.zeros(problem.n)
         step[idx] = z / d
-        alpha = _line_search(problem, u, step, float(grad @ step))
-        if alpha == 0.0:
-            break
-        trial = u + alpha * step
-        tv = problem.value(trial)
-        u = trial
-        value = tv
-        grad, scale = problem.gradient_parts(u)
-        rel = _max_rel(grad, scale, free)
+        # The full step first, judged by the relative deficits: R's directional derivative is
+        # dominated by the units with the largest costs, so a search on it alone cannot see the
+        # progress of units whose costs are 1e-60 of theirs (and converges linearly for them).
+        with np.errstate(over="ignore", invalid="ignore"):
+            full_grad, full_scale = problem.gradient_parts(u + step)
+        full_rel = _max_rel(full_grad, full_scale, free)
+        if full_rel < rel:
+            u, grad, scale, rel = u + step, full_grad, full_scale, full_rel
+        else:
+            alpha = _line_search(problem, u, step, float(grad @ step))
+            if alpha == 0.0:
+                break
+            u = u + alpha * step
+            grad, scale = problem.gradient_parts(u)
+            rel = _max_rel(grad, scale, free)
+        value = problem.value(u)
         history.append(HistoryEntry(it, value, rel))
         bar.update(1)
         bar.set_postfix(deficit=f"{rel:.2e}")
