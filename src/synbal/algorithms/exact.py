@@ -35,7 +35,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from tqdm.auto import tqdm
 
-from synbal.algorithms.base import HistoryEntry, SolveOptions, SolveResult
+from synbal.algorithms.base import HistoryEntry, SolveOptions, SolveResult, check_range
 from synbal.algorithms.chain import solve_chain
 from synbal.algorithms.custom import custom_unit_steps
 from synbal.algorithms.local import optimal_log_steps
@@ -105,7 +105,8 @@ def solve_exact(problem: BalanceProblem, reg: Regularizer, options: SolveOptions
     return _newton(problem, options)
 
 
-def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | None = None) -> SolveResult:
+def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | None = None,
+            guard: bool = True) -> SolveResult:
     free = problem.free_mask()
     idx = np.flatnonzero(free)
     u = np.zeros(problem.n) if u0 is None else u0.copy()
@@ -143,6 +144,8 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
             u = u + alpha * step
             grad, scale = problem.gradient_parts(u)
             rel = _max_rel(grad, scale, free)
+        if guard:
+            check_range(problem, u)
         value = problem.value(u)
         history.append(HistoryEntry(it, value, rel))
         bar.update(1)
@@ -378,7 +381,7 @@ def _two_level(problem: BalanceProblem, options: SolveOptions, limit: int | None
             elif t[b.src].any():
                 totals[k] = float(routs[k] @ np.exp(-p * degree_ext[b.src] * t[b.src]))
         # coarse correction: one shift per layer, solved exactly
-        shift = np.append(_newton(_coarse_problem(problem, totals, block_layers), coarse_opts).u, 0.0)
+        shift = np.append(_newton(_coarse_problem(problem, totals, block_layers), coarse_opts, guard=False).u, 0.0)
         for k, layer in enumerate(layers):
             u[layer] += shift[k]
         if options.callback is not None:
