@@ -95,7 +95,7 @@ def test_scale_weights_and_needs_conditioning() -> None:
 
 
 # ------------------------------------------------------------------ states float64 cannot hold
-def test_cost_that_overflows_at_every_scale_is_a_typed_error() -> None:
+def test_cost_that_overflows_after_rescaling_is_a_typed_error() -> None:
     g = Graph.from_dict({"format": "synbal.graph/1",
                          "units": [{"name": "x", "role": "input"},
                                    {"name": "h", "role": "hidden", "activation": "relu"},

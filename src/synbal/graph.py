@@ -537,6 +537,17 @@ def _activate(z: np.ndarray, rows: np.ndarray, groups: list[tuple[np.ndarray, Ac
     return out
 
 
+def _costs(coef: np.ndarray, w: np.ndarray, power: float) -> np.ndarray:
+    """``coef·|w|^p``; taken as ``exp(log coef + p·log|w|)`` where ``|w|^p`` alone would leave float64
+    (a coefficient of 1e-300 on a weight of 1e250, say), so the product is exact whenever it is in range."""
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        cost = coef * np.abs(w) ** power
+        bad = ~np.isfinite(cost) | ((cost == 0) & (coef != 0) & (w != 0))
+        if bad.any():
+            cost[bad] = np.exp(np.log(coef[bad]) + power * np.log(np.abs(w[bad])))
+    return cost
+
+
 def _runs(keys: np.ndarray, width: int) -> list[tuple[tuple[int, int], np.ndarray]]:
     """``((key // width, key % width), positions)`` for each distinct key, in increasing key order
     (positions in their original order)."""
@@ -768,7 +779,8 @@ class GraphAdapter:
             return self._w, self._bias, None
         dst = np.concatenate([self.var[self._dst], self.var[self._bias_units]])[live]
         src = np.concatenate([self.var[self._src], np.full(self._bias_units.size, -1)])[live]
-        u0 = condition(dst, src, log_mag, self.degree)
+        # a cost coef·|w|^p is the p-th power of coef^(1/p)·|w|: per-weight coefficients count too
+        u0 = condition(dst, src, log_mag + np.log(coefs[live]) / max(p for _, p in terms), self.degree)
         ue = np.append(u0, 0.0)
         ce = np.append(self.degree, 1.0)
         w = scale_weights(self._w, ue[self.var[self._dst]] - ce[self.var[self._src]] * ue[self.var[self._src]])
@@ -776,8 +788,8 @@ class GraphAdapter:
         return w, b, u0
 
     def _check_costs(self, reg: PowerRegularizer | LpqRegularizer, w: np.ndarray, b: np.ndarray) -> None:
-        """Refuse weights whose cost overflows float64 even at the conditioned origin: ``R`` is then
-        infinite at every scale (an edge between two fixed units, say, is never rescaled)."""
+        """Refuse weights whose cost overflows float64 even at the conditioned origin: an edge between
+        two fixed units is never rescaled, nor are dead units, so ``R`` cannot be represented."""
         coefs = np.concatenate([self._edge_coef, self._bias_coef])
         with np.errstate(divide="ignore"):
             log_mag = np.log(np.abs(np.concatenate([w, b])))
@@ -788,7 +800,7 @@ class GraphAdapter:
                     where = (f"edge {self.graph.edges[k][0]} -> {self.graph.edges[k][1]}" if k < len(self.graph.edges)
                              else f"the bias of unit {list(self.graph.biases)[k - len(self.graph.edges)]!r}")
                     raise NumericRangeError(
-                        f"the cost |w|^{t.power:g} of {where} overflows float64 at every scale "
+                        f"the cost |w|^{t.power:g} of {where} overflows float64 even after rescaling "
                         f"({bad.size} weights do): the regularizer cannot be represented"
                     )
 
@@ -825,7 +837,7 @@ class GraphAdapter:
         for k, g in enumerate(groups):
             group_of[g] = k
             pos[g] = np.arange(g.size)
-        cost = coef * self._edge_coef * np.abs(w) ** power
+        cost = _costs(coef * self._edge_coef, w, power)
         live = np.flatnonzero(cost != 0)
         dst, src, cost = self._dst[live], self._src[live], cost[live]
         blocks = []
@@ -833,7 +845,7 @@ class GraphAdapter:
             rows, cols = groups[gd], groups[gs]
             block = sp.csr_array((cost[idx], (pos[dst[idx]], pos[src[idx]])), shape=(rows.size, cols.size))
             blocks.append(CostBlock(power, self.var[rows], self.var[cols], block, fixed_ids=self.unit_ids[rows]))
-        bias_cost = coef * self._bias_coef * np.abs(bias) ** power
+        bias_cost = _costs(coef * self._bias_coef, bias, power)
         pick = np.flatnonzero(bias_cost > 0)
         for _, idx in _runs(group_of[self._bias_units[pick]] * len(groups), len(groups)):
             units = self._bias_units[pick[idx]]
