@@ -135,7 +135,7 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
         with np.errstate(over="ignore", invalid="ignore"):
             full_grad, full_scale = problem.gradient_parts(u + step)
         full_rel = _max_rel(full_grad, full_scale, free)
-        if full_rel < rel:
+        if full_rel < 0.5 * rel:
             u, grad, scale, rel = u + step, full_grad, full_scale, full_rel
         else:
             alpha = _line_search(problem, u, step, float(grad @ step))
