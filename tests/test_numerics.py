@@ -231,3 +231,14 @@ def test_dense_chain_at_1e150_does_not_divide_by_zero() -> None:
     with warnings.catch_warnings(), pytest.raises(NumericRangeError):
         warnings.simplefilter("ignore", RuntimeWarning)
         synbal.balance(net, "l3")
+
+
+def test_weight_flushed_to_zero_by_scaling_is_a_typed_error() -> None:
+    """Scaling h by 1e-10 would turn its 5e-324 input weight into 0: an edge silently lost."""
+    g = Graph.from_dict({"format": "synbal.graph/1",
+                         "units": [{"name": "x0", "role": "input"}, {"name": "x1", "role": "input"},
+                                   {"name": "h", "role": "hidden", "activation": "relu"},
+                                   {"name": "y", "role": "output"}],
+                         "edges": [["x0", "h", 5e-324], ["x1", "h", 1e10], ["h", "y", 1e-10]]})
+    with pytest.raises(NumericRangeError, match="x0 -> h underflows"):
+        synbal.balance(g, "l2")

@@ -872,12 +872,18 @@ class GraphAdapter:
         ce[self._scalable_units] = self.degree
         new_w = scale_weights(self._w, ue[self._dst] - ce[self._src] * ue[self._src])
         new_b = scale_weights(self._bias, ue[self._bias_units])
-        for values, what in ((new_w, "edge"), (new_b, "bias")):
-            bad = np.flatnonzero(~np.isfinite(values))
+        for values, old, what in ((new_w, self._w, "edge"), (new_b, self._bias, "bias")):
+            # a weight that over- or underflows would change the network (an edge lost to 0, say)
+            bad = np.flatnonzero(~np.isfinite(values) | ((values == 0) & (old != 0)))
             if bad.size:
-                where = (f"{self.graph.edges[bad[0]][0]} -> {self.graph.edges[bad[0]][1]}" if what == "edge"
-                         else f"of unit {list(self.graph.biases)[bad[0]]!r}")
-                raise NumericRangeError(f"the scaled {what} {where} overflows float64 ({bad.size} weights do)")
+                k = int(bad[0])
+                where = (f"{self.graph.edges[k][0]} -> {self.graph.edges[k][1]}" if what == "edge"
+                         else f"of unit {list(self.graph.biases)[k]!r}")
+                flow = "overflows" if not np.isfinite(values[k]) else "underflows to 0 in"
+                raise NumericRangeError(
+                    f"the scaled {what} {where} {flow} float64 ({bad.size} weights do): the balanced network "
+                    "cannot be represented"
+                )
         target = self.graph if inplace else self.graph.copy()
         target.edges[:] = [(s, d, float(w)) for (s, d, _), w in zip(self.graph.edges, new_w, strict=True)]
         for name, b in zip(list(self.graph.biases), new_b, strict=True):
