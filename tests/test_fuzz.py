@@ -68,3 +68,8 @@ def test_checker_flags_a_changed_function() -> None:
         assert run_case(case)[0] == "changed"
     finally:
         synbal.balance = original
+
+
+def test_regressions_found_by_the_slow_run() -> None:
+    """Seed 17350 (an ℓ_{2,1} norm past float64) raised OverflowError; now a typed error."""
+    assert run_case(fuzz_case(17350))[0] in ACCEPTABLE
