@@ -25,7 +25,7 @@ import numpy as np
 
 from synbal.errors import ActivationError
 
-__all__ = ["Activation", "parse_activation"]
+__all__ = ["MAX_DEGREE", "MIN_DEGREE", "Activation", "parse_activation"]
 
 ArrayFn = Callable[[np.ndarray], np.ndarray]
 
@@ -37,7 +37,7 @@ def _softplus(x: np.ndarray) -> np.ndarray:
 def _gelu(x: np.ndarray) -> np.ndarray:
     from scipy.special import erf
 
-    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+    return 0.5 * x * (1.0 + erf(np.asarray(x / np.sqrt(2.0), dtype=np.float64)))  # erf has no long double loop
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -84,7 +84,8 @@ class Activation:
         return self.degree is not None
 
     def __call__(self, x: np.ndarray | float) -> np.ndarray:
-        return self.fn(np.asarray(x, dtype=np.float64))
+        a = np.asarray(x)
+        return self.fn(a if a.dtype == np.longdouble else a.astype(np.float64, copy=False))
 
     def to_json(self) -> str | dict[str, Any]:
         """The JSON form this activation was read from (a copy)."""
@@ -99,14 +100,24 @@ def _bipu(c: float, C: float, D: float) -> ArrayFn:
     return lambda x: np.where(x >= 0, C * np.abs(x) ** c, D * np.abs(x) ** c)
 
 
+#: The BiPU degrees synbal accepts: ``MIN_DEGREE <= c <= MAX_DEGREE``. Scaling a unit of degree
+#: ``c`` by ``λ`` divides its outgoing weights by ``λ^c`` and its balanced scale is about
+#: ``(c·OUT/IN)^{1/(p(1+c))}``; far outside this range ``λ^c`` or ``c·OUT`` leave float64 even for
+#: ordinary weights (a degree of 1e-320 makes ``c·OUT`` underflow to 0 and the scale 0).
+MIN_DEGREE = 0.01
+MAX_DEGREE = 100.0
+
+
 def _number(obj: Mapping[str, Any], key: str, default: float, where: str) -> float:
     value = obj.get(key, default)
-    try:  # float(): an int beyond the float64 range raises OverflowError, np.isfinite a TypeError
-        x = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ActivationError(f"{where}: parameter {key!r} must be a finite number, got {value!r}")
+    try:
+        x = float(value)
     except OverflowError:
-        x = None
-    if x is None or not np.isfinite(x):
-        shown = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else repr(value)[:40]
+        x = float("inf")
+    if not np.isfinite(x):
+        shown = repr(value) if isinstance(value, float) else f"an integer of {value.bit_length()} bits"
         raise ActivationError(f"{where}: parameter {key!r} must be a finite number, got {shown}")
     return x
 
@@ -133,8 +144,10 @@ def parse_activation(spec: object, *, where: str = "activation") -> Activation:
             return Activation(dict(spec), 1.0, _bilu(a, b))
         if kind == "bipu":
             c = _number(spec, "c", 1.0, where)
-            if c <= 0:
-                raise ActivationError(f"{where}: BiPU degree c must be > 0, got {c}")
+            if not MIN_DEGREE <= c <= MAX_DEGREE:
+                raise ActivationError(
+                    f"{where}: BiPU degree c must be between {MIN_DEGREE:g} and {MAX_DEGREE:g}, got {c:g}"
+                )
             C = _number(spec, "C", 1.0, where)
             D = _number(spec, "D", 0.0, where)
             return Activation(dict(spec), c, _bipu(c, C, D))

@@ -16,7 +16,7 @@ import numpy as np
 from synbal.adapters import adapter_for
 from synbal.algorithms import METHODS, solve
 from synbal.algorithms.base import HistoryEntry, SolveOptions, SolveResult
-from synbal.errors import SynbalError
+from synbal.errors import NumericRangeError, SynbalError
 from synbal.linf.regularizer import MaxNormRegularizer
 from synbal.lpq import LpqRegularizer
 from synbal.metrics import DeficitReport, deficit_report
@@ -174,15 +174,24 @@ def balance(
         result.history[-1].max_relative_deficit if result.history else problem.max_relative_deficit(result.u)
     )
     u, cost = result.u, None
-    if round_scales is not None:
+    if round_scales is not None and problem.origin is None:
         u = round_log_scales(result.u, round_scales, problem)
-        rounded = objective(u)
+    if problem.origin is not None:  # costs were taken at a rescaled origin (see synbal.conditioning)
+        u = problem.origin + u
+        before = _value_as_given(problem, objective) if problem.origin_value is None or not additive \
+            else problem.origin_value
+        if round_scales is not None:
+            u = round_log_scales(u, round_scales)
+    if round_scales is not None:
+        shifted = u if problem.origin is None else u - problem.origin
+        rounded = objective(shifted)
         cost = (rounded - after) / after if after > 0 else 0.0
-        after, final_deficit = rounded, problem.max_relative_deficit(u)
+        after, final_deficit = rounded, problem.max_relative_deficit(shifted)
+    _checked_scales(problem, u, after, final_deficit)
     balanced = adapter.apply(u, inplace=inplace)
     seconds = time.perf_counter() - start
     names = problem.names or []
-    factors = scale_factors(u)
+    factors = scale_factors(u)  # exact powers of two for pow2-rounded log-scales
     return BalanceResult(
         net=balanced,
         scales={names[i]: float(factors[i]) for i in range(problem.n)},
@@ -197,11 +206,54 @@ def balance(
         max_relative_deficit=final_deficit,
         seconds=seconds,
         problem=problem,
-        excluded=adapter.excluded(),
+        excluded={**adapter.excluded(), **_drifting(problem)},
         notes=notes,
         round_scales=round_scales,
         rounding_cost=cost,
     )
+
+
+def _drifting(problem: BalanceProblem) -> dict[str, str]:
+    """Units left alone because the regularizer has no minimum over their scales."""
+    names = problem.names or []
+    return {names[i]: "no balanced state: scaling it (with the units it feeds or is fed by) towards 0 or ∞ "
+                      "lowers the regularizer forever, e.g. a cycle with no path to an output; left unchanged"
+            for i in np.flatnonzero(problem.drifting_mask()).tolist()}
+
+
+def _value_as_given(problem: BalanceProblem, objective: Callable[[np.ndarray], float]) -> float:
+    """The objective at the source's own weights for a problem costed at a rescaled origin."""
+    assert problem.origin is not None
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        value = objective(-problem.origin)
+    return value if np.isfinite(value) else float("inf")
+
+
+def _checked_scales(problem: BalanceProblem, u: np.ndarray, after: float, deficit: float) -> dict[str, float]:
+    """Every unit's scale ``e^u``; a typed error when the result cannot be represented in float64.
+
+    A balanced state whose ``R`` or deficit is not finite, or whose scale of some unit is 0 or
+    infinite, is never returned as a result.
+    """
+    names = problem.names or []
+    if not np.all(np.isfinite(u)):
+        bad = int(np.flatnonzero(~np.isfinite(u))[0])
+        raise NumericRangeError(f"the log-scale of unit {names[bad]!r} is not finite: balancing broke down")
+    with np.errstate(over="ignore", under="ignore"):
+        lam = np.exp(u)
+    bad_scale = np.flatnonzero((lam == 0) | ~np.isfinite(lam))
+    if bad_scale.size:
+        k = int(bad_scale[0])
+        raise NumericRangeError(
+            f"the balanced scale of unit {names[k]!r} is e^{u[k]:.6g}, outside the float64 range "
+            f"({bad_scale.size} units): the balanced state cannot be represented"
+        )
+    if not (np.isfinite(after) and np.isfinite(deficit)):
+        raise NumericRangeError(
+            f"the regularizer of the balanced network is {after} (max relative deficit {deficit}): "
+            "it cannot be represented in float64"
+        )
+    return dict(zip(names, lam.tolist(), strict=True))
 
 
 def _objective(problem: BalanceProblem, reg: Regularizer) -> Callable[[np.ndarray], float]:
@@ -245,18 +297,21 @@ def deficit(net: Any, reg: RegularizerSpec = "l2", **adapter_options: Any) -> De
 
         return deficit_max(net, regularizer, **adapter_options)
     adapter = adapter_for(net, **adapter_options)
-    problem = adapter.problem(regularizer)
-    if isinstance(regularizer, LpqRegularizer) and not regularizer.reduces_to_lp:
-        from synbal.algorithms.multiplicative import lpq_max_stationarity, lpq_norm
+    # the weights exactly as given (never rescaled); values beyond float64 are reported as inf
+    as_given = getattr(adapter, "problem_as_given", adapter.problem)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        problem = as_given(regularizer)
+        if isinstance(regularizer, LpqRegularizer) and not regularizer.reduces_to_lp:
+            from synbal.algorithms.multiplicative import lpq_max_stationarity, lpq_norm
 
-        report = deficit_report(problem, regularizer=str(regularizer), excluded=adapter.excluded())
-        report.regularizer_value = lpq_norm(problem, regularizer)
-        report.max_relative_deficit = lpq_max_stationarity(problem, regularizer)
-        return report
-    l2 = problem if str(regularizer) == "l2" else adapter.problem(parse_regularizer("l2"))
-    return deficit_report(
-        problem,
-        regularizer=str(regularizer),
-        frobenius_norm=float(np.sqrt(l2.value(np.zeros(l2.n)))),
-        excluded=adapter.excluded(),
-    )
+            report = deficit_report(problem, regularizer=str(regularizer), excluded=adapter.excluded())
+            report.regularizer_value = lpq_norm(problem, regularizer)
+            report.max_relative_deficit = lpq_max_stationarity(problem, regularizer)
+            return report
+        l2 = problem if str(regularizer) == "l2" else as_given(parse_regularizer("l2"))
+        return deficit_report(
+            problem,
+            regularizer=str(regularizer),
+            frobenius_norm=float(np.sqrt(l2.value(np.zeros(l2.n)))),
+            excluded=adapter.excluded(),
+        )

@@ -17,6 +17,7 @@ __all__ = [
     "GraphFormatError",
     "InvalidWeightError",
     "ModelError",
+    "NumericRangeError",
     "RegularizerError",
     "SynbalError",
     "UnsafeFileError",
@@ -58,6 +59,10 @@ class UnsafeFileError(ModelError):
 
     Loading such a file needs an explicit opt-in (``--trust-pickle`` / ``trust_pickle=True``).
     """
+
+
+class NumericRangeError(SynbalError):
+    """A balanced state exists but cannot be represented in float64 (a scale, weight or ``R`` overflows)."""
 
 
 class VerificationError(SynbalError):

@@ -50,9 +50,17 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from synbal.activations import Activation, parse_activation
+from synbal.activations import MAX_DEGREE, MIN_DEGREE, Activation, parse_activation
 from synbal.adapters import register_adapter
-from synbal.errors import GraphFormatError, InvalidWeightError, SynbalError, VerificationError
+from synbal.conditioning import LOG_MAX, condition, needs_conditioning, scale_weights
+from synbal.errors import (
+    ActivationError,
+    GraphFormatError,
+    InvalidWeightError,
+    NumericRangeError,
+    SynbalError,
+    VerificationError,
+)
 from synbal.io import atomic_write_text
 from synbal.jsonsafe import check_json_value, read_json
 from synbal.lpq import LpqRegularizer
@@ -67,6 +75,10 @@ _KNOWN_KEYS = ("format", "units", "edges", "biases", "cost_coefficients", "bias_
 _IDENTITY = parse_activation("linear")
 
 Edge = tuple[str, str, float]
+#: Above this many unit groups (hidden layers + 1) a graph's costs go into one all-units block.
+MAX_GROUPS = 256
+#: :func:`function_gap` skips outputs whose float64 value is off by more than this (relative).
+UNRELIABLE = 1e-6
 
 
 # ---------------------------------------------------------------------------------------- units
@@ -111,6 +123,10 @@ class Unit:
         if not isinstance(act, Activation):
             act = parse_activation(act, where=f"unit {self.name!r}")
             object.__setattr__(self, "activation", act)
+        if act.degree is not None and not MIN_DEGREE <= act.degree <= MAX_DEGREE:
+            raise ActivationError(
+                f"unit {self.name!r}: degree c must be between {MIN_DEGREE:g} and {MAX_DEGREE:g}, got {act.degree:g}"
+            )
         if self.role != "hidden" and not _is_identity(act):
             raise GraphFormatError(
                 f"unit {self.name!r}: {self.role} units are identity units; activation {act.to_json()!r} "
@@ -352,15 +368,15 @@ class Graph:
         atomic_write_text(path, self.to_json())
 
     def copy(self) -> Graph:
-        """An independent copy (units are immutable and shared)."""
-        return Graph(
-            self.units,
-            self.edges,
-            self.biases,
-            edge_costs=self.edge_costs,
-            bias_costs=self.bias_costs,
-            extra=self.extra,
-        )
+        """An independent copy (units are immutable and shared; nothing is re-validated)."""
+        twin = Graph.__new__(Graph)
+        twin.units = list(self.units)
+        twin.edges = list(self.edges)
+        twin.biases = dict(self.biases)
+        twin.edge_costs = dict(self.edge_costs)
+        twin.bias_costs = dict(self.bias_costs)
+        twin.extra = copy.deepcopy(self.extra)
+        return twin
 
     # ------------------------------------------------------------------ checks and structure
     def validate(self) -> None:
@@ -447,18 +463,20 @@ class Graph:
 
     # ------------------------------------------------------------------ simulation
     def simulate(
-        self, inputs: np.ndarray | Sequence[Sequence[float]], steps: int | None = None
+        self, inputs: np.ndarray | Sequence[Sequence[float]], steps: int | None = None, *,
+        dtype: type[np.floating[Any]] = np.float64,
     ) -> np.ndarray:
-        """The network's outputs for a batch of inputs (float64), shape ``(batch, n_outputs)``.
+        """The network's outputs for a batch of inputs (in ``dtype``), shape ``(batch, n_outputs)``.
 
         ``inputs`` has shape ``(batch, n_inputs)``, columns in the order of :attr:`inputs`.
         Without ``steps`` the graph must be acyclic and is evaluated in topological order.
         With ``steps`` every unit is updated synchronously ``steps`` times,
         ``h(t+1) = f(W h(t) + b)``, from ``h(0) = 0`` with the inputs clamped (needed for
         recurrent graphs; for a DAG, ``steps ≥ depth`` gives the topological result).
-        Output units are identity units.
+        Output units are identity units. ``dtype=np.longdouble`` evaluates with the extended
+        precision and range of the platform's long double (a reference for :func:`function_gap`).
         """
-        x = np.asarray(inputs, dtype=np.float64)
+        x = np.asarray(inputs, dtype=dtype)
         n_in = len(self.inputs)
         if x.ndim != 2 or x.shape[1] != n_in:
             raise SynbalError(f"inputs must have shape (batch, {n_in}), got {x.shape}")
@@ -466,11 +484,11 @@ class Graph:
         n = len(self.units)
         in_idx = np.array([index[name] for name in self.inputs], dtype=np.int64)
         out_idx = np.array([index[name] for name in self.outputs], dtype=np.int64)
-        W = sp.csr_array((w, (dst, src)), shape=(n, n))
-        b = np.zeros(n)
+        W = sp.csr_array((w.astype(dtype), (dst, src)), shape=(n, n))
+        b = np.zeros(n, dtype=dtype)
         for name, value in self.biases.items():
             b[index[name]] = value
-        values = np.zeros((x.shape[0], n))
+        values = np.zeros((x.shape[0], n), dtype=dtype)
         values[:, in_idx] = x
         groups = self._activation_groups()
         if steps is None:
@@ -523,44 +541,90 @@ def _activate(z: np.ndarray, rows: np.ndarray, groups: list[tuple[np.ndarray, Ac
     return out
 
 
+def _costs(coef: np.ndarray, w: np.ndarray, power: float) -> np.ndarray:
+    """``coef·|w|^p``; taken as ``exp(log coef + p·log|w|)`` where ``|w|^p`` alone would leave float64
+    (a coefficient of 1e-300 on a weight of 1e250, say), so the product is exact whenever it is in range."""
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        cost = coef * np.abs(w) ** power
+        bad = ~np.isfinite(cost) | ((cost == 0) & (coef != 0) & (w != 0))
+        if bad.any():
+            cost[bad] = np.exp(np.log(coef[bad]) + power * np.log(np.abs(w[bad])))
+    return cost
+
+
+def _runs(keys: np.ndarray, width: int) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """``((key // width, key % width), positions)`` for each distinct key, in increasing key order
+    (positions in their original order)."""
+    if keys.size == 0:
+        return []
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    ends = np.r_[starts[1:], keys.size].tolist()
+    return [((k // width, k % width), order[a:b])
+            for k, a, b in zip(sorted_keys[starts].tolist(), starts.tolist(), ends, strict=True)]
+
+
 def _depths(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
     """Longest-path depth of each unit from the sources (Kahn's algorithm); ``None`` on a cycle."""
-    indeg = np.bincount(dst, minlength=n)
     order = np.argsort(src, kind="stable")
-    starts = np.searchsorted(src[order], np.arange(n + 1))
-    depth = np.zeros(n, dtype=np.int64)
-    frontier = [int(k) for k in np.flatnonzero(indeg == 0)]
+    starts = np.searchsorted(src[order], np.arange(n + 1)).tolist()
+    targets = dst[order].tolist()  # plain lists: element access on them is far cheaper than on arrays
+    indeg = np.bincount(dst, minlength=n).tolist()
+    depth = [0] * n
+    frontier = [k for k in range(n) if indeg[k] == 0]
     done = 0
     while frontier:
         j = frontier.pop()
         done += 1
-        for e in order[starts[j] : starts[j + 1]]:
-            i = dst[e]
-            depth[i] = max(depth[i], depth[j] + 1)
+        dj = depth[j] + 1
+        for i in targets[starts[j]:starts[j + 1]]:
+            if depth[i] < dj:
+                depth[i] = dj
             indeg[i] -= 1
             if indeg[i] == 0:
-                frontier.append(int(i))
-    return depth if done == n else None
+                frontier.append(i)
+    return np.array(depth, dtype=np.int64) if done == n else None
 
 
 def function_gap(a: Graph, b: Graph, inputs: np.ndarray, steps: int | None = None) -> float:
-    """``max |f_a − f_b| / max |f_a|`` over a batch of inputs: how far two networks' functions differ.
+    """How much further ``b``'s float64 outputs are from ``a``'s function than ``a``'s own, relative.
 
-    ``steps`` as in :meth:`Graph.simulate` (needed for recurrent graphs). Non-finite outputs
-    give ``nan``.
+    The reference is ``a`` evaluated in extended precision (long double: more digits and a far
+    wider exponent range), ``f``. The gap is ``max(|f_b − f| − |f_a − f|) / max |f|`` over the
+    outputs where ``a`` is finite in float64: rounding that ``a`` itself suffers in float64 (a
+    subnormal product that flushes to 0, say) is not held against ``b``, and outputs where ``a``'s
+    float64 result is off by more than ``UNRELIABLE·max |f|`` (an ill-conditioned evaluation such
+    as ``sin`` of a huge argument) are not compared. It is ``inf`` when ``b`` overflows (or gives
+    NaN) at any output where ``a`` is finite — a network that overflows where the reference does
+    not computes a different function in float64 — and ``nan`` when no output of ``a`` is finite
+    and reliable (nothing can be compared). ``steps`` as in :meth:`Graph.simulate`.
 
     >>> g = Graph.from_layers([np.array([[2.0]]), np.array([[0.5]])])
     >>> h = GraphAdapter(g).apply(np.array([3.0]))
     >>> function_gap(g, h, np.array([[1.0], [-2.0], [0.3]])) < 1e-15
     True
+    >>> big = GraphAdapter(g).apply(np.array([709.0]))   # h scaled by e^709: its activation overflows
+    >>> function_gap(g, big, np.array([[1e10]]))
+    inf
     """
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         fa = a.simulate(inputs, steps=steps)
         fb = b.simulate(inputs, steps=steps)
-        if not (np.all(np.isfinite(fa)) and np.all(np.isfinite(fb))):
+        ok = np.isfinite(fa)
+        if not ok.any():
             return float("nan")
-        scale = max(float(np.max(np.abs(fa), initial=0.0)), 1e-300)
-        return float(np.max(np.abs(fa - fb), initial=0.0)) / scale
+        if not np.all(np.isfinite(fb[ok])):
+            return float("inf")
+        exact = a.simulate(inputs, steps=steps, dtype=np.longdouble)[ok]
+        exact = np.where(np.isfinite(exact), exact, fa[ok])
+        scale = max(np.max(np.abs(exact)), np.finfo(np.longdouble).smallest_subnormal)
+        own = np.abs(fa[ok] - exact)
+        reliable = own <= UNRELIABLE * scale  # else a's own float64 result is noise (sin of 1e20, say)
+        if not reliable.any():
+            return float("nan")
+        excess = np.abs(fb[ok] - exact) - own
+        return float(max(np.max(excess[reliable]), 0.0) / scale)
 
 
 def verify_same_function(
@@ -575,13 +639,19 @@ def verify_same_function(
     """Check on random standard-normal inputs that ``balanced`` computes ``original``'s function.
 
     Recurrent graphs are compared after ``steps`` synchronous steps. Returns the relative gap
-    (see :func:`function_gap`), ``None`` when the outputs overflow (nothing can be checked),
-    and raises :class:`~synbal.errors.VerificationError` when the gap exceeds ``rtol``.
+    (see :func:`function_gap`) over the outputs where the original is finite, ``None`` when
+    every output of the original overflows (nothing can be checked), and raises
+    :class:`~synbal.errors.VerificationError` when the gap exceeds ``rtol`` — in particular
+    when the balanced network overflows (inf/NaN) where the original does not.
     """
     inputs = np.random.default_rng(seed).standard_normal((samples, len(original.inputs)))
     gap = function_gap(original, balanced, inputs, steps if original.is_recurrent else None)
     if math.isnan(gap):
         return None
+    if math.isinf(gap):
+        raise VerificationError(
+            "the balanced network's outputs overflow (inf or NaN) on random inputs where the original's are finite"
+        )
     if gap > rtol:
         raise VerificationError(
             f"the balanced network's outputs differ from the original's by {gap:.3e} (relative) > {rtol:g}"
@@ -616,6 +686,7 @@ class GraphAdapter:
         self._index, self._src, self._dst, self._w = graph._index()
         n_units = len(graph.units)
         scalable = np.array([u.scalable for u in graph.units], dtype=bool)
+        self._scalable = scalable
         self._scalable_units = np.flatnonzero(scalable)
         self.var = np.full(n_units, -1, dtype=np.int64)  # unit → variable (-1: fixed)
         self.var[self._scalable_units] = np.arange(self._scalable_units.size)
@@ -632,11 +703,14 @@ class GraphAdapter:
             [graph.bias_costs.get(name, 1.0) for name in graph.biases], dtype=np.float64
         )
         self._layers = self._find_layers()
+        self._names: list[str] | None = None
 
     @property
     def names(self) -> list[str]:
         """Problem variable names: the scalable units' names, in unit order."""
-        return [self.graph.units[k].name for k in self._scalable_units]
+        if self._names is None:
+            self._names = [self.graph.units[k].name for k in self._scalable_units.tolist()]
+        return self._names
 
     def _find_layers(self) -> list[np.ndarray] | None:
         """Scalable units grouped by depth (unit indices), when they form a layered net."""
@@ -651,8 +725,8 @@ class GraphAdapter:
         inner = is_var[self._src] & is_var[self._dst]
         if np.any(depth[self._dst[inner]] != depth[self._src[inner]] + 1):
             return None
-        levels = np.unique(depth[is_var])
-        return [self._scalable_units[depth[self._scalable_units] == d] for d in levels]
+        units = self._scalable_units
+        return [units[idx] for _, idx in _runs(depth[units], 1)]
 
     # ------------------------------------------------------------------ Adapter protocol
     def problem(self, reg: Regularizer) -> BalanceProblem:
@@ -670,10 +744,80 @@ class GraphAdapter:
             return BalanceProblem(self.degree, [], names=self.names, layers=layers, custom=custom)
         if not isinstance(reg, (PowerRegularizer, LpqRegularizer)):
             raise SynbalError(f"unsupported regularizer {reg!r}")
+        w, b, origin = self._conditioned([(t.coef, t.power) for t in reg.terms])
+        problem = self._power_problem(reg, w, b)
+        if origin is not None:
+            self._check_costs(reg, w, b)
+            problem.origin = origin
+            problem.origin_value = self._log_domain_value(reg)
+        return problem
+
+    def problem_as_given(self, reg: Regularizer) -> BalanceProblem:
+        """The balance problem of the weights exactly as given, never rescaled (costs may be ``inf``).
+
+        For reports on the unscaled network (:func:`synbal.deficit`); solvers use :meth:`problem`.
+        """
+        if isinstance(reg, CustomRegularizer) or not isinstance(reg, (PowerRegularizer, LpqRegularizer)):
+            return self.problem(reg)
+        return self._power_problem(reg, self._w, self._bias)
+
+    def _power_problem(self, reg: PowerRegularizer | LpqRegularizer, w: np.ndarray, b: np.ndarray) -> BalanceProblem:
+        """The problem of weights ``w`` and biases ``b`` (an l_{p,q} aggregates as its single power p)."""
+        layers = None if self._layers is None else [self.var[layer] for layer in self._layers]
         blocks: list[CostBlock] = []
-        for term in reg.terms:  # an l_{p,q} regularizer aggregates as its single power p
-            blocks += self._power_blocks(term.coef, term.power)
+        with np.errstate(over="ignore", under="ignore"):
+            for term in reg.terms:
+                blocks += self._power_blocks(term.coef, term.power, w, b)
         return BalanceProblem(self.degree, blocks, names=self.names, layers=layers)
+
+    def _conditioned(self, terms: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Weights and biases to cost, and the origin ``u0`` they are scaled by (``None``: as given).
+
+        Only when some cost ``coef·|w|^p`` leaves the safe range (see :mod:`synbal.conditioning`).
+        """
+        coefs = np.concatenate([self._edge_coef, self._bias_coef])
+        mags = np.abs(np.concatenate([self._w, self._bias]))
+        live = (mags > 0) & (coefs > 0)
+        log_mag = np.log(mags[live])
+        if not needs_conditioning(log_mag, np.log(coefs[live]), terms):
+            return self._w, self._bias, None
+        dst = np.concatenate([self.var[self._dst], self.var[self._bias_units]])[live]
+        src = np.concatenate([self.var[self._src], np.full(self._bias_units.size, -1)])[live]
+        # a cost coef·|w|^p is the p-th power of coef^(1/p)·|w|: per-weight coefficients count too
+        u0 = condition(dst, src, log_mag + np.log(coefs[live]) / max(p for _, p in terms), self.degree)
+        ue = np.append(u0, 0.0)
+        ce = np.append(self.degree, 1.0)
+        w = scale_weights(self._w, ue[self.var[self._dst]] - ce[self.var[self._src]] * ue[self.var[self._src]])
+        b = scale_weights(self._bias, ue[self.var[self._bias_units]])
+        return w, b, u0
+
+    def _check_costs(self, reg: PowerRegularizer | LpqRegularizer, w: np.ndarray, b: np.ndarray) -> None:
+        """Refuse weights whose cost overflows float64 even at the conditioned origin: an edge between
+        two fixed units is never rescaled, nor are dead units, so ``R`` cannot be represented."""
+        coefs = np.concatenate([self._edge_coef, self._bias_coef])
+        with np.errstate(divide="ignore"):
+            log_mag = np.log(np.abs(np.concatenate([w, b])))
+            for t in reg.terms:
+                bad = np.flatnonzero((coefs > 0) & (np.log(t.coef * coefs) + t.power * log_mag > LOG_MAX))
+                if bad.size:
+                    k = int(bad[0])
+                    where = (f"edge {self.graph.edges[k][0]} -> {self.graph.edges[k][1]}" if k < len(self.graph.edges)
+                             else f"the bias of unit {list(self.graph.biases)[k - len(self.graph.edges)]!r}")
+                    raise NumericRangeError(
+                        f"the cost |w|^{t.power:g} of {where} overflows float64 even after rescaling "
+                        f"({bad.size} weights do): the regularizer cannot be represented"
+                    )
+
+    def _log_domain_value(self, reg: PowerRegularizer | LpqRegularizer) -> float:
+        """``R`` of the weights as given, summed in the log domain (``inf`` when it leaves float64)."""
+        from scipy.special import logsumexp
+
+        coefs = np.concatenate([self._edge_coef, self._bias_coef])
+        mags = np.abs(np.concatenate([self._w, self._bias]))
+        live = (mags > 0) & (coefs > 0)
+        logs = [np.log(t.coef * coefs[live]) + t.power * np.log(mags[live]) for t in reg.terms]
+        with np.errstate(over="ignore"):
+            return float(np.exp(logsumexp(np.concatenate(logs)))) if live.any() else 0.0
 
     def _groups(self) -> list[np.ndarray]:
         """Unit-index groups of the cost blocks: the layers and the fixed units, or all units."""
@@ -681,30 +825,38 @@ class GraphAdapter:
             return [np.arange(len(self.graph.units))]
         return [*self._layers, np.flatnonzero(self.var < 0)]
 
-    def _power_blocks(self, coef: float, power: float) -> list[CostBlock]:
+    def _power_blocks(self, coef: float, power: float, w: np.ndarray, bias: np.ndarray) -> list[CostBlock]:
+        """One sparse block per pair of unit groups that has a non-zero cost, then the bias blocks.
+
+        Edges are sorted once by their pair of groups (linear in the edges, whatever the depth);
+        beyond ``MAX_GROUPS`` groups (very deep nets) one all-units block is built instead, which
+        the general solvers handle in linear time per iteration.
+        """
         n_units = len(self.graph.units)
-        cost = coef * self._edge_coef * np.abs(self._w) ** power
-        full = sp.csr_array((cost, (self._dst, self._src)), shape=(n_units, n_units))
-        full.eliminate_zeros()
-        blocks = []
         groups = [g for g in self._groups() if g.size]
-        for rows in groups:
-            sub = full[rows]
-            for cols in groups:
-                block = sp.csr_array(sub[:, cols])
-                if block.nnz:
-                    blocks.append(
-                        CostBlock(power, self.var[rows], self.var[cols], block, fixed_ids=self.unit_ids[rows])
-                    )
-        bias_cost = coef * self._bias_coef * np.abs(self._bias) ** power
-        for rows in groups:
-            pick = np.flatnonzero(np.isin(self._bias_units, rows) & (bias_cost > 0))
-            if pick.size:
-                units = self._bias_units[pick]
-                blocks.append(
-                    CostBlock(power, self.var[units], np.array([-1]), bias_cost[pick, None], bias=True,
-                              fixed_ids=self.unit_ids[units])
-                )
+        if len(groups) > MAX_GROUPS:
+            groups = [np.arange(n_units)]
+        group_of = np.zeros(n_units, dtype=np.int64)
+        pos = np.zeros(n_units, dtype=np.int64)
+        for k, g in enumerate(groups):
+            group_of[g] = k
+            pos[g] = np.arange(g.size)
+        cost = _costs(coef * self._edge_coef, w, power)
+        live = np.flatnonzero(cost != 0)
+        dst, src, cost = self._dst[live], self._src[live], cost[live]
+        blocks = []
+        for (gd, gs), idx in _runs(group_of[dst] * len(groups) + group_of[src], len(groups)):
+            rows, cols = groups[gd], groups[gs]
+            block = sp.csr_array((cost[idx], (pos[dst[idx]], pos[src[idx]])), shape=(rows.size, cols.size))
+            blocks.append(CostBlock(power, self.var[rows], self.var[cols], block, fixed_ids=self.unit_ids[rows]))
+        bias_cost = _costs(coef * self._bias_coef, bias, power)
+        pick = np.flatnonzero(bias_cost > 0)
+        for _, idx in _runs(group_of[self._bias_units[pick]] * len(groups), len(groups)):
+            units = self._bias_units[pick[idx]]
+            blocks.append(
+                CostBlock(power, self.var[units], np.array([-1]), bias_cost[pick[idx], None], bias=True,
+                          fixed_ids=self.unit_ids[units])
+            )
         return blocks
 
     def apply(self, u: np.ndarray, *, inplace: bool = False) -> Graph:
@@ -722,8 +874,20 @@ class GraphAdapter:
         ue[self._scalable_units] = u
         ce = np.ones(len(self.graph.units))
         ce[self._scalable_units] = self.degree
-        new_w = self._w * np.exp(ue[self._dst] - ce[self._src] * ue[self._src])
-        new_b = self._bias * np.exp(ue[self._bias_units])
+        new_w = scale_weights(self._w, ue[self._dst] - ce[self._src] * ue[self._src])
+        new_b = scale_weights(self._bias, ue[self._bias_units])
+        for values, old, what in ((new_w, self._w, "edge"), (new_b, self._bias, "bias")):
+            # a weight that over- or underflows would change the network (an edge lost to 0, say)
+            bad = np.flatnonzero(~np.isfinite(values) | ((values == 0) & (old != 0)))
+            if bad.size:
+                k = int(bad[0])
+                where = (f"{self.graph.edges[k][0]} -> {self.graph.edges[k][1]}" if what == "edge"
+                         else f"of unit {list(self.graph.biases)[k]!r}")
+                flow = "overflows" if not np.isfinite(values[k]) else "underflows to 0 in"
+                raise NumericRangeError(
+                    f"the scaled {what} {where} {flow} float64 ({bad.size} weights do): the balanced network "
+                    "cannot be represented"
+                )
         target = self.graph if inplace else self.graph.copy()
         target.edges[:] = [(s, d, float(w)) for (s, d, _), w in zip(self.graph.edges, new_w, strict=True)]
         for name, b in zip(list(self.graph.biases), new_b, strict=True):
@@ -734,8 +898,8 @@ class GraphAdapter:
         """Hidden units that are never scaled, with the reason."""
         return {
             u.name: f"activation {u.activation_name} is not positively homogeneous"
-            for u in self.graph.units
-            if u.role == "hidden" and not u.scalable
+            for u, scalable in zip(self.graph.units, self._scalable.tolist(), strict=True)
+            if not scalable and u.role == "hidden"
         }
 
 

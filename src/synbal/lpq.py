@@ -107,11 +107,12 @@ class LpqRegularizer:
         s = s[s > 0]
         if s.size == 0:
             return 0.0
-        top = float(s.max())
-        if self.is_max_norm:
-            return float(top ** (1.0 / self.p))
-        total = float(np.sum((s / top) ** (self.q / self.p)))  # in [1, len(s)]: no overflow
-        return float(top ** (1.0 / self.p) * total ** (1.0 / self.q))
+        top = np.float64(s.max())  # numpy powers give inf past float64 (Python floats raise OverflowError)
+        with np.errstate(over="ignore"):
+            if self.is_max_norm:
+                return float(top ** (1.0 / self.p))
+            total = np.float64(np.sum((s / top) ** (self.q / self.p)))  # in [1, len(s)]: no overflow
+            return float(top ** (1.0 / self.p) * total ** (1.0 / self.q))
 
     def __str__(self) -> str:
         q = "inf" if self.is_max_norm else f"{self.q:g}"

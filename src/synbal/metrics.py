@@ -24,7 +24,7 @@ from synbal.problem import BalanceProblem
 __all__ = ["DeficitReport", "LayerBalance", "UnitBalance", "deficit_report"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # a plain record: slots make building one per unit of a large net cheap
 class UnitBalance:
     """One unit's balance: ``IN``/``OUT`` cost, degree ``c``, the paper's deficit ``(IN − c·OUT)²``."""
 
@@ -34,10 +34,10 @@ class UnitBalance:
     degree: float
     deficit: float
     relative_deficit: float
-    status: str  # "free", "dead", "floating", "pinned"
+    status: str  # "free", "dead", "floating", "pinned", "drifting" (no minimum: see BalanceProblem.drifting_mask)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LayerBalance:
     """Aggregate balance of one layer (an independent set of units)."""
 
@@ -77,8 +77,8 @@ class DeficitReport:
             "overall_deficit": self.overall_deficit,
             "max_relative_deficit": self.max_relative_deficit,
             "frobenius_norm": self.frobenius_norm,
-            "units": [u.__dict__ for u in self.units],
-            "layers": [layer.__dict__ for layer in self.layers],
+            "units": [_record(u) for u in self.units],
+            "layers": [_record(layer) for layer in self.layers],
             "excluded": dict(self.excluded),
             "dead": self.dead,
         }
@@ -115,13 +115,16 @@ class DeficitReport:
         return "\n".join(lines)
 
 
+def _record(obj: UnitBalance | LayerBalance) -> dict[str, Any]:
+    """A record's fields as a dict (slots classes have no ``__dict__``)."""
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
 def _status(problem: BalanceProblem) -> list[str]:
-    dead = problem.dead_mask()
     floating, pinned = problem.grounding()
-    out = []
-    for i in range(problem.n):
-        out.append("dead" if dead[i] else "floating" if floating[i] else "pinned" if pinned[i] else "free")
-    return out
+    status = np.select([problem.dead_mask(), floating, pinned, problem.drifting_mask()],
+                       ["dead", "floating", "pinned", "drifting"], "free")
+    return [str(s) for s in status.tolist()]
 
 
 def deficit_report(
@@ -138,38 +141,38 @@ def deficit_report(
     rel = problem.relative_deficit(u)
     status = _status(problem)
     names = problem.names or []
+    c = problem.degree
+    deficits = (IN - c * OUT) ** 2
     units = [
-        UnitBalance(
-            name=names[i],
-            IN=float(IN[i]),
-            OUT=float(OUT[i]),
-            degree=float(problem.degree[i]),
-            deficit=float((IN[i] - problem.degree[i] * OUT[i]) ** 2),
-            relative_deficit=float(rel[i]),
-            status=status[i],
-        )
-        for i in range(problem.n)
+        UnitBalance(name=name, IN=a, OUT=b, degree=d, deficit=e, relative_deficit=r, status=st)
+        for name, a, b, d, e, r, st in zip(names, IN.tolist(), OUT.tolist(), c.tolist(), deficits.tolist(),
+                                           rel.tolist(), status, strict=True)
     ]
     free = problem.free_mask()
-    layers: list[LayerBalance] = []
-    for k, layer in enumerate(problem.layers or []):
-        lf = layer[free[layer]]
-        layers.append(
-            LayerBalance(
-                index=k,
-                units=int(layer.size),
-                IN=float(IN[layer].sum()),
-                OUT=float(OUT[layer].sum()),
-                max_relative_deficit=float(rel[lf].max()) if lf.size else 0.0,
-            )
-        )
     return DeficitReport(
         regularizer=regularizer,
         units=units,
         regularizer_value=problem.value(u),
-        overall_deficit=float(np.sum((IN - problem.degree * OUT) ** 2)),
+        overall_deficit=float(np.sum(deficits)),
         max_relative_deficit=float(rel[free].max()) if free.any() else 0.0,
         frobenius_norm=frobenius_norm,
-        layers=layers,
+        layers=_layer_balance(problem.layers or [], IN, OUT, np.where(free, rel, 0.0)),
         excluded=dict(excluded or {}),
     )
+
+
+def _layer_balance(layers: list[np.ndarray], IN: np.ndarray, OUT: np.ndarray, rel: np.ndarray) -> list[LayerBalance]:
+    """Per layer: its size, summed IN and OUT, and the largest relative deficit of its free units
+    (``rel`` is 0 for the others); one pass over all units, whatever the number of layers."""
+    if not layers:
+        return []
+    sizes = np.array([layer.size for layer in layers])
+    members = np.concatenate(layers)
+    layer_of = np.repeat(np.arange(len(layers)), sizes)
+    ins = np.bincount(layer_of, IN[members], minlength=len(layers))
+    outs = np.bincount(layer_of, OUT[members], minlength=len(layers))
+    worst = np.zeros(len(layers))
+    np.maximum.at(worst, layer_of, rel[members])
+    return [LayerBalance(index=k, units=int(n), IN=float(a), OUT=float(b), max_relative_deficit=float(m))
+            for k, (n, a, b, m) in enumerate(zip(sizes.tolist(), ins.tolist(), outs.tolist(), worst.tolist(),
+                                                 strict=True))]

@@ -97,7 +97,20 @@ def _repeats(idx: np.ndarray) -> bool:
     if idx.size < 2 or (idx[-1] < 0 and idx.max() < 0) or bool((idx[1:] > idx[:-1]).all()):
         return False  # all fixed, or increasing
     real = idx[idx >= 0]
-    return np.unique(real).size != real.size
+    return bool(real.size) and int(np.bincount(real).max()) > 1
+
+
+def _closure(graph: sp.csr_array, seeds: np.ndarray, size: int) -> np.ndarray:
+    """Every node reachable from ``seeds`` (included) along ``graph``'s edges."""
+    from scipy.sparse.csgraph import breadth_first_order
+
+    src = size  # a virtual source joined to every seed
+    aug = sp.csr_array(sp.vstack([sp.hstack([graph, sp.csr_array((size, 1))]),
+                                  sp.csr_array((np.ones(seeds.size), (np.zeros(seeds.size, dtype=np.int64), seeds)),
+                                               shape=(1, size + 1))]))
+    out = np.zeros(size + 1, dtype=bool)
+    out[breadth_first_order(aug, src, directed=True, return_predecessors=False)] = True
+    return out[:size]
 
 
 @dataclass
@@ -224,6 +237,11 @@ class BalanceProblem:
     custom:
         Per-weight magnitudes for a custom cost ``g`` (then ``g``/``dg`` come from the
         regularizer passed to the algorithms).
+    origin:
+        Log-scales the costs were computed at (``None``: the source's weights as given). An
+        adapter whose weights span too many orders of magnitude for ``|w|^p`` (see
+        :mod:`synbal.conditioning`) costs them pre-scaled by ``origin``; the source's log-scales
+        are then ``origin + u``. ``origin_value`` is ``R`` of the weights as given (may be ``inf``).
     """
 
     degree: np.ndarray
@@ -231,6 +249,8 @@ class BalanceProblem:
     names: Sequence[str] | None = None
     layers: list[np.ndarray] | None = None
     custom: CustomCosts | None = None
+    origin: np.ndarray | None = None
+    origin_value: float | None = None
     _cache: dict[str, object] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -532,9 +552,62 @@ class BalanceProblem:
         return digest.hexdigest()
 
     def free_mask(self) -> np.ndarray:
-        """Units the algorithms may move: live, grounded (or in a pinned component), not pinned."""
+        """Units the algorithms may move: live, grounded (or in a pinned component), not pinned,
+        not drifting (see :meth:`drifting_mask`)."""
         floating, pinned = self.grounding()
-        return ~self.dead_mask() & ~floating & ~pinned
+        return ~self.dead_mask() & ~floating & ~pinned & ~self.drifting_mask()
+
+    def drifting_mask(self) -> np.ndarray:
+        """BiLU units whose cost has no minimum over the scales: they would drift to scale 0 or ∞.
+
+        ``R(u) = Σ_e A_e e^{p(u_i − u_j)}`` (``c = 1``) has a minimiser iff no direction ``d``
+        lowers some term and raises none, i.e. ``d_i ≤ d_j`` on every edge ``j → i`` of non-zero
+        cost, strictly on one (Gordan/Stiemke). Merge all fixed, dead, floating and pinned units
+        into one *ground* node: a unit that ground cannot reach (or that cannot reach ground) is
+        such a direction's support — scale it and everything that reaches it up (resp. it and
+        everything it reaches down) and only the edges leaving (entering) that set change, all
+        downwards. A cycle fed by the inputs with no path to an output is the typical case. Such
+        units are left alone, like dead units (Remark 5.5 of the paper). Only closures made of
+        ``c = 1`` units are flagged: with BiPUs inside, ``d_i − c_j d_j`` may grow on inner edges.
+        """
+        cached = self._cache.get("drifting")
+        if cached is None and self.layers is not None:
+            # layered: the scalable units form a DAG, so following the edges of a live unit
+            # forwards (backwards) always ends at a fixed or dead unit — nothing drifts
+            cached = np.zeros(self.n, dtype=bool)
+        if cached is None:
+            cached = self._drifting()
+            self._cache["drifting"] = cached
+        assert isinstance(cached, np.ndarray)
+        return cached
+
+    def _drifting(self) -> np.ndarray:
+        from scipy.sparse.csgraph import breadth_first_order
+
+        n = self.n
+        floating, pinned = self.grounding()
+        ground = self.dead_mask() | floating | pinned
+        r, c = self._nonzero_edges()
+        node = np.append(np.where(ground, n, np.arange(n)), n)  # unit -> graph node; fixed (-1) -> n
+        a, b = node[c], node[r]  # edge a -> b
+        keep = a != b
+        graph = sp.csr_array((np.ones(int(keep.sum())), (a[keep], b[keep])), shape=(n + 1, n + 1))
+        reached = np.zeros(n + 1, dtype=bool)
+        reached[breadth_first_order(graph, n, directed=True, return_predecessors=False)] = True
+        reaches = np.zeros(n + 1, dtype=bool)
+        reaches[breadth_first_order(graph.T.tocsr(), n, directed=True, return_predecessors=False)] = True
+        bipu = np.append(self.degree != 1.0, False)
+        out = np.zeros(n, dtype=bool)
+        # units ground reaches but that cannot reach it: their forward closure must be all BiLU;
+        # units that reach ground but that it cannot reach: their backward closure must be
+        for unreached, g in ((~reaches & reached, graph), (reaches & ~reached, graph.T.tocsr())):
+            seeds = np.flatnonzero(unreached[:n] & ~ground)
+            if seeds.size == 0:
+                continue
+            closure = _closure(g, seeds, n + 1)
+            if not (closure & bipu).any():
+                out |= closure[:n] & ~ground
+        return out
 
     def colouring(self) -> list[np.ndarray]:
         """Independent sets covering the free units: the layers when known, else a greedy colouring."""

@@ -9,10 +9,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["HistoryEntry", "SolveOptions", "SolveResult"]
+from synbal.errors import NumericRangeError
+
+if TYPE_CHECKING:
+    from synbal.problem import BalanceProblem
+
+__all__ = ["LOG_SCALE_LIMIT", "HistoryEntry", "SolveOptions", "SolveResult", "check_range"]
+
+#: An iterate with some unit's log-scale beyond this (the source's scale, origin included) is
+#: heading for a state float64 cannot hold (e^±745 ends its range): the solvers stop there.
+LOG_SCALE_LIMIT = 800.0
+
+
+def check_range(problem: BalanceProblem, u: np.ndarray) -> None:
+    """Raise :class:`~synbal.errors.NumericRangeError` as soon as a scale leaves float64 for good."""
+    total = u if problem.origin is None else problem.origin + u
+    worst = float(np.max(np.abs(total), initial=0.0))
+    if not worst <= LOG_SCALE_LIMIT:  # also NaN
+        k = int(np.argmax(np.where(np.isfinite(total), np.abs(total), np.inf)))
+        name = (problem.names or [])[k] if problem.names is not None else str(k)
+        raise NumericRangeError(
+            f"the scale of unit {name!r} passed e^{total[k]:.6g} on the way to the balanced state: "
+            "that state cannot be represented in float64"
+        )
 
 
 @dataclass(frozen=True)

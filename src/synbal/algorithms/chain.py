@@ -49,6 +49,9 @@ __all__ = ["Chain", "chain_of", "solve_chain"]
 
 #: Newton iterations allowed on the coarse (one shift per layer) problem.
 COARSE_ITERATIONS = 60
+#: The compiled path runs only while every unit's IN and OUT and the total ``R`` lie within
+#: ``[1/SAFE_COST, SAFE_COST]``: its steps multiply and divide such sums without range checks.
+SAFE_COST = 1e250
 
 
 @dataclass
@@ -89,6 +92,8 @@ def chain_of(problem: BalanceProblem) -> Chain | None:
     """
     if problem.custom is not None or problem.layers is None or len(problem.powers) != 1:
         return None
+    if any(b.dst.size and (b.dst < 0).any() and (b.dst >= 0).any() for b in problem.blocks):
+        return None  # a block mixing fixed and scalable destinations (one all-units block, say)
     layers = problem.layers
     n = problem.n
     lo = np.array([int(layer[0]) if layer.size else -1 for layer in layers], dtype=np.int64)
@@ -105,8 +110,8 @@ def chain_of(problem: BalanceProblem) -> Chain | None:
             return None
         start_to_layer[int(lo[h])] = h
     c_unit = problem.degree
-    c_layer = np.array([c_unit[lo[h]] for h in range(len(layers))])
-    if any((c_unit[lo[h]:hi[h]] != c_layer[h]).any() for h in range(len(layers))):
+    c_layer = c_unit[lo]
+    if layers and (c_unit[np.concatenate(layers)] != np.repeat(c_layer, sizes)).any():
         return None
     p = problem.powers[0]
     const_in = np.zeros(n)
@@ -376,8 +381,8 @@ def solve_chain(problem: BalanceProblem, options: SolveOptions, limit: int | Non
     args = (*matrix_table(chain.mats), chain.mat_power, chain.mat_coef, chain.mat_dst, chain.layer_lo, chain.layer_hi)
     R, rel = _evaluate(*args, chain.c_unit, chain.const_in, chain.const_out, chain.r_const, chain.power,
                        u, ey, ex, win, wout, T, IN, OUT)
-    if not np.isfinite(R) or not ((IN > 0) & (OUT > 0)).all():
-        return None  # dead units (or overflow): the general path reports and pins them
+    if not (np.isfinite(R) and R < SAFE_COST) or not ((IN > 1.0 / SAFE_COST) & (OUT > 1.0 / SAFE_COST)).all():
+        return None  # dead units, or costs near the ends of float64: the general path handles them
     history = [HistoryEntry(0, R, rel)]
     max_iter = options.max_sweeps if limit is None else min(limit, options.max_sweeps)
     hist_R, hist_rel = np.empty(max_iter), np.empty(max_iter)
@@ -386,9 +391,12 @@ def solve_chain(problem: BalanceProblem, options: SolveOptions, limit: int | Non
     it = 0
     while it < max_iter and rel > options.tol:
         count = 1 if stepwise else max_iter - it
-        done = _iterate(*args, chain.c_layer, chain.c_unit, chain.const_in, chain.const_out, chain.r_const,
-                        chain.power, u, ey, ex, win, wout, T, IN, OUT, rel, 1 + it, count, options.tol,
-                        hist_R[it:], hist_rel[it:])
+        try:
+            done = _iterate(*args, chain.c_layer, chain.c_unit, chain.const_in, chain.const_out, chain.r_const,
+                            chain.power, u, ey, ex, win, wout, T, IN, OUT, rel, 1 + it, count, options.tol,
+                            hist_R[it:], hist_rel[it:])
+        except ZeroDivisionError:  # a cost under- or overflowed on the way: the general path takes over
+            return None
         if done == 0:
             break
         for k in range(done):

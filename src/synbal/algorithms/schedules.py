@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from synbal.algorithms.base import HistoryEntry, SolveOptions, SolveResult
+from synbal.algorithms.base import HistoryEntry, SolveOptions, SolveResult, check_range
 from synbal.algorithms.custom import custom_set_steps, custom_unit_steps
 from synbal.algorithms.local import optimal_log_steps
 from synbal.errors import SynbalError
@@ -191,6 +191,7 @@ def _run(name: str, problem: BalanceProblem, reg: Regularizer, options: SolveOpt
                     costs = evaluator.costs(u, s)
                     u[s] += optimal_log_steps(costs, problem.degree[s], options.theta)
                 steps += 1
+        check_range(problem, u)
         history.append(HistoryEntry(sweep, problem.value(u), deficit_of(u)))
         converged = history[-1].max_relative_deficit <= options.tol
         if options.callback is not None:

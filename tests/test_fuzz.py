@@ -1,0 +1,75 @@
+"""Fuzzing the JSON graph format through the API (generator and checker in ``fuzz_graphs``).
+
+A fast subset runs by default; ``-m slow`` runs 10,000 cases. Every case must end ``ok``,
+``typed`` (a SynbalError) or ``range`` (the balanced net computes the same function in long
+double but over- or underflows in float64 where the original does not: a failed function
+check, reported as such); never an untyped exception, a
+hang, a result with a zero/infinite scale or a non-finite R, or a changed function.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fuzz_graphs import OUTCOMES, fuzz_case, fuzz_graph, run_case, run_many
+
+ACCEPTABLE = {"ok", "typed", "range"}
+
+
+def _check(seeds: range, max_sweeps: int = 1000) -> None:
+    start = time.perf_counter()
+    tally, failures = run_many(seeds, max_sweeps)
+    seconds = time.perf_counter() - start
+    print(f"fuzz {seeds.start}..{seeds.stop - 1}: {dict(tally)} in {seconds:.1f} s")
+    bad = {k: v[:5] for k, v in failures.items() if k not in ACCEPTABLE}
+    assert not bad, bad
+    assert set(tally) <= set(OUTCOMES)
+
+
+def test_fuzz_fast_subset() -> None:
+    _check(range(100), max_sweeps=100)
+
+
+@pytest.mark.slow
+def test_fuzz_ten_thousand_cases() -> None:
+    _check(range(10_000, 20_000))
+
+
+def test_generator_is_deterministic_and_varied() -> None:
+    graphs = [fuzz_graph(s) for s in range(40)]
+    assert fuzz_graph(5) == graphs[5]
+    assert len({len(g["units"]) for g in graphs}) > 5
+    assert any(any(abs(e[2]) > 1e100 for e in g["edges"]) for g in graphs)
+    assert any(any(0 < abs(e[2]) < 2.3e-308 for e in g["edges"]) for g in graphs)  # subnormals
+    assert {fuzz_case(s)["method"] for s in range(40)} >= {"exact", "stochastic", "layer"}
+
+
+def test_checker_flags_a_changed_function() -> None:
+    """The checker is not blind: a balanced net whose weights were tampered with is 'changed'."""
+    import synbal
+    from synbal.graph import Graph
+
+    case = {"graph": {"format": "synbal.graph/1",
+                      "units": [{"name": "x", "role": "input"}, {"name": "h", "role": "hidden", "activation": "relu"},
+                                {"name": "y", "role": "output"}],
+                      "edges": [["x", "h", 2.0], ["h", "y", 3.0]]}, "reg": "l2", "method": "exact"}
+    assert run_case(case) == ("ok", "")
+    original = synbal.balance
+
+    def tampered(net: Graph, *args: object, **kwargs: object) -> synbal.BalanceResult:
+        res = original(net, *args, **kwargs)
+        res.net.edges[0] = ("x", "h", res.net.edges[0][2] * 1.5)
+        return res
+
+    synbal.balance = tampered  # type: ignore[assignment]
+    try:
+        assert run_case(case)[0] == "changed"
+    finally:
+        synbal.balance = original
+
+
+def test_regressions_found_by_the_slow_run() -> None:
+    """Seed 17350 (an ℓ_{2,1} norm past float64) raised OverflowError; now a typed error."""
+    assert run_case(fuzz_case(17350))[0] in ACCEPTABLE
