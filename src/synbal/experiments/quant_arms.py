@@ -41,31 +41,12 @@ def arm_names(powers: list[float]) -> list[str]:
 
 
 def _import_aimet() -> Any:
-    """Import AIMET's CLE. torchvision's compiled ops cannot load with the CPU torch here, so
-    failures to register their fake kernels are ignored during the import (then restored)."""
-    import torch.library
+    """Import AIMET's CLE. AIMET imports torchvision; where torchvision's compiled extension does
+    not match torch (the CPU build pinned here), that import fails and the arm is skipped with the
+    reason. ``scripts/synbal_tolerant_torchvision.py`` runs the command line with torchvision
+    imported leniently first, outside the package."""
+    from aimet_torch.cross_layer_equalization import equalize_model
 
-    original = torch.library.register_fake
-
-    def tolerant(*args: Any, **kwargs: Any) -> Any:
-        try:
-            decorate = original(*args, **kwargs)
-        except RuntimeError:
-            return lambda f: f
-
-        def wrap(f: Any) -> Any:
-            try:
-                return decorate(f)
-            except RuntimeError:
-                return f
-
-        return wrap
-
-    torch.library.register_fake = tolerant
-    try:
-        from aimet_torch.cross_layer_equalization import equalize_model
-    finally:
-        torch.library.register_fake = original
     return equalize_model
 
 
