@@ -173,28 +173,22 @@ def balance(
     final_deficit = (
         result.history[-1].max_relative_deficit if result.history else problem.max_relative_deficit(result.u)
     )
-    u, cost = result.u, None
-    if round_scales is not None and problem.origin is None:
-        u = round_log_scales(result.u, round_scales, problem)
-    if problem.origin is not None:  # costs were taken at a rescaled origin (see synbal.conditioning)
-        u = problem.origin + u
+    origin = 0.0 if problem.origin is None else problem.origin  # see synbal.conditioning
+    u, cost = origin + result.u, None
+    if problem.origin is not None:  # costs were taken at a rescaled origin
         before = _value_as_given(problem, objective) if problem.origin_value is None or not additive \
             else problem.origin_value
-        if round_scales is not None:
-            u = round_log_scales(u, round_scales)
     if round_scales is not None:
-        shifted = u if problem.origin is None else u - problem.origin
-        rounded = objective(shifted)
+        u = round_log_scales(u, round_scales, problem if problem.origin is None else None)
+        rounded = objective(u - origin)
         cost = (rounded - after) / after if after > 0 else 0.0
-        after, final_deficit = rounded, problem.max_relative_deficit(shifted)
-    _checked_scales(problem, u, after, final_deficit)
+        after, final_deficit = rounded, problem.max_relative_deficit(u - origin)
+    scales = _checked_scales(problem, u, after, final_deficit)
     balanced = adapter.apply(u, inplace=inplace)
     seconds = time.perf_counter() - start
-    names = problem.names or []
-    factors = scale_factors(u)  # exact powers of two for pow2-rounded log-scales
     return BalanceResult(
         net=balanced,
-        scales={names[i]: float(factors[i]) for i in range(problem.n)},
+        scales=scales,
         log_scales=u,
         converged=bool(result.converged),
         history=result.history,
@@ -240,7 +234,7 @@ def _checked_scales(problem: BalanceProblem, u: np.ndarray, after: float, defici
         bad = int(np.flatnonzero(~np.isfinite(u))[0])
         raise NumericRangeError(f"the log-scale of unit {names[bad]!r} is not finite: balancing broke down")
     with np.errstate(over="ignore", under="ignore"):
-        lam = np.exp(u)
+        lam = scale_factors(u)  # exact powers of two for pow2-rounded log-scales
     bad_scale = np.flatnonzero((lam == 0) | ~np.isfinite(lam))
     if bad_scale.size:
         k = int(bad_scale[0])

@@ -125,16 +125,14 @@ class TorchAdapter:
         undo = None
         if inplace:
             target = self.model
-            if before is None:
-                if self.fold:
-                    fold_batchnorm_inplace(target, self.inputs)
-                scale_parameters(target, self.discovery, u)
-            elif self.fold:  # folding replaces modules: saved whole so a failed check leaves the model as it was
-                undo = Rollback(target, [n for n, _ in target.named_parameters()], structure=True)
+            if self.fold:
+                if before is not None:  # folding replaces modules: saved whole so a failed check undoes it
+                    undo = Rollback(target, [n for n, _ in target.named_parameters()], structure=True)
                 fold_batchnorm_inplace(target, self.inputs)
-                scale_parameters(target, self.discovery, u)
-            else:  # 4 bits per weight restore it exactly if the check fails
+            if before is not None and undo is None:  # 4 bits per weight restore it exactly if the check fails
                 undo = scale_parameters_undoably(target, self.discovery, u)
+            else:
+                scale_parameters(target, self.discovery, u)
         else:
             detach_hooked_weights(self._work)  # else deepcopy refuses a hook-based weight_norm's computed weight
             target = scaled_copy(self._work, self.discovery, u)

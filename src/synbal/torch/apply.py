@@ -267,6 +267,8 @@ class Rollback:
 
     The values of the named parameters are copied (only those), and, with ``structure``, every
     module's submodule and parameter tables (BatchNorm folding replaces modules and adds biases).
+    :func:`scale_parameters_undoably` adds ``matrices``: parameters it scaled with a 4-bit undo
+    record instead of a copy.
 
     >>> from torch import nn
     >>> m = nn.Linear(2, 2)
@@ -282,7 +284,6 @@ class Rollback:
         named = dict(model.named_parameters(remove_duplicate=False))
         self.values = [(named[n], named[n].detach().clone()) for n in dict.fromkeys(names) if n in named]
         self.tables = ([(m, dict(m._modules), dict(m._parameters)) for m in model.modules()] if structure else [])
-
         self.matrices: list[tuple[torch.Tensor, ScaledMatrixUndo]] = []
 
     def restore(self) -> None:
