@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from problem_factory import layered_problem, random_problem
 from synbal._problem.regularizers import parse_regularizer
 from synbal._solvers import SolveOptions, solve
-from synbal._solvers.local import delta_r_closed_form, optimal_log_steps
 from synbal._solvers.schedules import tied_layer_closed_form
+from synbal._solvers.steps import delta_r_closed_form, optimal_log_steps
 
 L2 = parse_regularizer("l2")
 

@@ -18,6 +18,7 @@ __all__ = [
     "InvalidWeightError",
     "ModelError",
     "NumericRangeError",
+    "OptionError",
     "RegularizerError",
     "SynbalError",
     "UnsafeFileError",
@@ -59,6 +60,11 @@ class UnsafeFileError(ModelError):
 
     Loading such a file needs an explicit opt-in (``--trust-pickle`` / ``trust_pickle=True``).
     """
+
+
+class OptionError(SynbalError):
+    """An option the chosen method or source does not take (a misspelt keyword, ``sets=`` with
+    ``method="stochastic"``, …); the message names the options it does take."""
 
 
 class NumericRangeError(SynbalError):

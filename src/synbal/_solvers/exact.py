@@ -39,8 +39,7 @@ from synbal._compiled.chain import solve_chain
 from synbal._problem.problem import BalanceProblem, CostBlock
 from synbal._problem.regularizers import Regularizer
 from synbal._solvers.base import HistoryEntry, SolveOptions, SolveResult, check_range
-from synbal._solvers.custom import custom_unit_steps
-from synbal._solvers.local import optimal_log_steps
+from synbal._solvers.steps import balance_in_order, optimal_log_steps
 
 __all__ = ["hessian", "solve_exact"]
 
@@ -412,6 +411,6 @@ def _solve_custom(problem: BalanceProblem, options: SolveOptions) -> SolveResult
     sweep = 1
     while history[-1].max_relative_deficit > options.tol and sweep < options.max_sweeps:
         sweep += 1
-        custom_unit_steps(problem, u, idx, 1.0)
+        balance_in_order(problem, u, idx, 1.0)
         history.append(HistoryEntry(sweep, problem.value(u), problem.max_relative_deficit(u)))
     return SolveResult(u, history[-1].max_relative_deficit <= options.tol, history, steps=sweep)
