@@ -168,7 +168,7 @@ def test_unit_graph_prefetching_and_screened_check_change_nothing(bipu):
     """The prefetching step loops and the sampled convergence test give the plain kernel's results."""
     import dataclasses
 
-    from synbal._compiled.kernels import UnitGraph, _max_rel
+    from synbal._compiled.kernels import UnitGraph, graph_max_rel
 
     prob = random_problem(np.random.default_rng(9), n=40, n_fixed=4, powers=(2.0,), bipu=bipu,
                           log10_range=1.0)
@@ -183,8 +183,7 @@ def test_unit_graph_prefetching_and_screened_check_change_nothing(bipu):
     np.testing.assert_array_equal(u1, u2)
     # the single-power convergence test is the problem's own max relative deficit (self-loops included)
     X, Y = plain.factors(u1)
-    got = _max_rel(free, plain.degree_ext, plain.powers, plain.in_ptr, plain.in_idx, plain.in_val,
-                   plain.out_ptr, plain.out_idx, plain.out_val, X, Y)
+    got = graph_max_rel(free, X, Y, plain.arrays)
     assert got == pytest.approx(prob.max_relative_deficit(u1), rel=1e-10)
     runs = [g.many_stochastic(np.zeros(prob.n), free, 4, 5, 1e-11, 20_000, 1.0) for g in (plain, ahead)]
     np.testing.assert_array_equal(runs[0][0], runs[1][0])

@@ -34,11 +34,13 @@ import numba
 import numpy as np
 
 from synbal._compiled.chain import Chain, _factors, chain_of
-from synbal._compiled.lowlevel import PREFETCH_AHEAD, PREFETCH_BYTES, SCREEN_STRIDE, prefetch
+from synbal._compiled.lowlevel import PREFETCH_AHEAD, PREFETCH_BYTES, prefetch
 from synbal._compiled.powermatrix import _pw
 from synbal._problem.problem import BalanceProblem
+from synbal._solvers.steps import closed_log_step
 
-__all__ = ["ChainSteps", "step_kernel"]
+__all__ = ["ChainArrays", "ChainSteps", "chain_factors_into", "chain_max_rel", "chain_prefetch", "chain_step",
+           "step_kernel"]
 
 
 def step_kernel(problem: BalanceProblem) -> Any:
@@ -102,33 +104,37 @@ class ChainSteps:
             unit_layer[chain.layer_lo[h]:chain.layer_hi[h]] = h
         return cls(chain, unit_layer, buffer, geom, power, prefetch=buffer.nbytes > PREFETCH_BYTES)
 
-    def _args(self) -> tuple[Any, ...]:
+    @property
+    def arrays(self) -> ChainArrays:
+        """The arrays the compiled steps read, as one tuple (see :data:`ChainArrays`)."""
         c = self.chain
         return (c.power, c.layer_lo, c.layer_hi, self.unit_layer, c.c_unit, c.const_in, c.const_out, self.rows,
                 self.layer_geom, self.layer_power)
 
     def run_steps(self, u: np.ndarray, order: np.ndarray, theta: float) -> None:
         """Balance the units in ``order`` one after the other, updating ``u`` in place."""
-        _run_chain_steps(np.ascontiguousarray(order, dtype=np.int64), u, theta, self.prefetch, *self._args())
+        _run_chain_steps(np.ascontiguousarray(order, dtype=np.int64), u, theta, self.prefetch, self.arrays)
 
     def max_relative_deficit(self, u: np.ndarray, free: np.ndarray) -> float:
         """``max |IN − c·OUT| / (IN + c·OUT)`` over the units in ``free``."""
         X, Y = _factors_of(u, self.chain.power, self.chain.c_unit)
-        return float(_chain_max_rel(np.ascontiguousarray(free, dtype=np.int64), X, Y, *self._args()))
+        return float(chain_max_rel(np.ascontiguousarray(free, dtype=np.int64), X, Y, self.arrays))
 
     def many_stochastic(self, u0: np.ndarray, free: np.ndarray, runs: int, seed: int, tol: float,
                         max_sweeps: int, theta: float, record_every: int = 0
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``runs`` independent stochastic runs from ``u0`` in parallel threads (same contract as
-        :meth:`synbal._compiled.kernels.UnitGraph.many_stochastic`)."""
-        n = u0.size
-        n_rec = max_sweeps // record_every + 1 if record_every > 0 else 0
-        U = np.tile(u0, (runs, 1))
-        snaps = np.zeros((runs, n_rec, n))
-        sweeps = np.zeros(runs, dtype=np.int64)
-        _many_chain_stochastic(U, np.ascontiguousarray(free, dtype=np.int64), np.int64(seed), tol, max_sweeps,
-                               theta, record_every, snaps, sweeps, *self._args())
-        return U, sweeps, snaps
+        """``runs`` independent stochastic runs from ``u0`` in parallel threads
+        (:func:`synbal._compiled.many_runs.many_stochastic`)."""
+        from synbal._compiled.many_runs import many_stochastic
+
+        return many_stochastic(self, u0, free, runs, seed, tol, max_sweeps, theta, record_every)
+
+
+#: ``(p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, layer_geom, layer_power)``: the
+#: power, each hidden layer's unit range, each unit's layer and degree, its costs to and from
+#: fixed units, the stretch buffer, and per layer its stretch geometry and block (power, coefficient)s.
+ChainArrays = tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                    np.ndarray, np.ndarray]
 
 
 @numba.njit(cache=True)
@@ -136,9 +142,15 @@ def _factors_of(u, p, c_unit):  # type: ignore[no-untyped-def]
     """``X = e^{−p c u}`` and ``Y = e^{p u}`` of every unit."""
     X = np.empty(u.size)
     Y = np.empty(u.size)
+    chain_factors_into(u, p, c_unit, X, Y)
+    return X, Y
+
+
+@numba.njit(cache=True)
+def chain_factors_into(u, p, c_unit, X, Y):  # type: ignore[no-untyped-def]
+    """``X = e^{−p c u}`` and ``Y = e^{p u}`` of every unit, written into ``X`` and ``Y``."""
     for i in range(u.size):
         Y[i], X[i] = _factors(p, c_unit[i], u[i])
-    return X, Y
 
 
 @numba.njit(cache=True, inline="always")
@@ -160,8 +172,9 @@ def _dot(row, q, f):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True)
-def _costs(i, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, layer_geom, layer_power):  # type: ignore[no-untyped-def]
+def _costs(i, X, Y, k):  # type: ignore[no-untyped-def]
     """``(IN_i, OUT_i)`` at the factors ``X = e^{−p c u}``, ``Y = e^{p u}``."""
+    _, lo, hi, unit_layer, _, const_in, const_out, rows, layer_geom, layer_power = k
     h = unit_layer[i]
     start, n_in, n_out = _stretch(i, lo, unit_layer, layer_geom)
     a = const_in[i]
@@ -175,79 +188,46 @@ def _costs(i, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, la
 
 
 @numba.njit(cache=True)
-def _chain_step(i, u, X, Y, theta, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, layer_geom,  # type: ignore[no-untyped-def]
-                layer_power):
-    a, b = _costs(i, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, layer_geom, layer_power)
+def chain_step(i, u, X, Y, theta, k):  # type: ignore[no-untyped-def]
+    """Balance unit ``i`` (:mod:`synbal._solvers.steps`), refreshing its cached factors."""
+    a, b = _costs(i, X, Y, k)
     if a <= 0.0 or b <= 0.0:
         return  # dead unit: left alone
-    c = c_unit[i]
-    u[i] += theta * np.log(c * b / a) / (p * (1.0 + c))
+    p = k[0]
+    c = k[4][i]
+    u[i] += theta * closed_log_step(a, b, c, p)
     Y[i], X[i] = _factors(p, c, u[i])
 
 
 @numba.njit(cache=True)
-def _prefetch_rows(i, lo, unit_layer, rows, layer_geom):  # type: ignore[no-untyped-def]
+def chain_prefetch(i, k):  # type: ignore[no-untyped-def]
     """Ask for unit ``i``'s stretch ahead of time (the schedule knows the next unit)."""
+    lo, unit_layer, rows, layer_geom = k[1], k[3], k[7], k[8]
     start, n_in, n_out = _stretch(i, lo, unit_layer, layer_geom)
     for j in range(start, start + n_in + n_out, 64 // rows.itemsize):
         prefetch(rows, j)  # type: ignore[call-arg]  # numba supplies the typing context
 
 
 @numba.njit(cache=True)
-def _run_chain_steps(order, u, theta, prefetch, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows,  # type: ignore[no-untyped-def]
-                     layer_geom, layer_power):
-    X, Y = _factors_of(u, p, c_unit)
-    for q in range(min(PREFETCH_AHEAD, order.size) if prefetch else 0):
-        _prefetch_rows(order[q], lo, unit_layer, rows, layer_geom)
+def _run_chain_steps(order, u, theta, ahead, k):  # type: ignore[no-untyped-def]
+    X, Y = _factors_of(u, k[0], k[4])
+    for q in range(min(PREFETCH_AHEAD, order.size) if ahead else 0):
+        chain_prefetch(order[q], k)
     for q in range(order.size):
-        if prefetch and q + PREFETCH_AHEAD < order.size:
-            _prefetch_rows(order[q + PREFETCH_AHEAD], lo, unit_layer, rows, layer_geom)
-        _chain_step(order[q], u, X, Y, theta, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, layer_geom,
-                    layer_power)
+        if ahead and q + PREFETCH_AHEAD < order.size:
+            chain_prefetch(order[q + PREFETCH_AHEAD], k)
+        chain_step(order[q], u, X, Y, theta, k)
 
 
 @numba.njit(cache=True)
-def _chain_max_rel(free, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, layer_geom, layer_power):  # type: ignore[no-untyped-def]
+def chain_max_rel(free, X, Y, k):  # type: ignore[no-untyped-def]
+    """``max |IN − c·OUT| / (IN + c·OUT)`` over the units in ``free``."""
     worst = 0.0
     for q in range(free.size):
         i = free[q]
-        a, b = _costs(i, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, layer_geom, layer_power)
-        c = c_unit[i]
+        a, b = _costs(i, X, Y, k)
+        c = k[4][i]
         den = a + c * b
         if den > 0.0:
             worst = max(worst, abs(a - c * b) / den)
     return worst
-
-
-@numba.njit(parallel=True, cache=True)
-def _many_chain_stochastic(U, free, seed, tol, max_sweeps, theta, record_every, snaps, sweeps,  # type: ignore[no-untyped-def]
-                           p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, layer_geom, layer_power):
-    runs = U.shape[0]
-    for r in numba.prange(runs):
-        np.random.seed(seed + r)  # noqa: NPY002 (numba supports only the legacy API)
-        u = U[r]
-        X, Y = _factors_of(u, p, c_unit)
-        rec = 0
-        if record_every > 0:
-            snaps[r, 0, :] = u
-            rec = 1
-        done = -1
-        for sweep in range(1, max_sweeps + 1):
-            for _ in range(free.size):
-                i = free[np.random.randint(0, free.size)]  # noqa: NPY002
-                _chain_step(i, u, X, Y, theta, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, layer_geom,
-                            layer_power)
-            if record_every > 0 and sweep % record_every == 0:
-                snaps[r, rec, :] = u
-                rec += 1
-            # a sample of the units first: if one of them is above tol, so is the maximum
-            if _chain_max_rel(free[::SCREEN_STRIDE], X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows,
-                              layer_geom, layer_power) <= tol and \
-                    _chain_max_rel(free, X, Y, p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, layer_geom,
-                                   layer_power) <= tol:
-                done = sweep
-                break
-        while record_every > 0 and rec < snaps.shape[1]:
-            snaps[r, rec, :] = u
-            rec += 1
-        sweeps[r] = done if done > 0 else -max_sweeps

@@ -25,10 +25,11 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from synbal._compiled.lowlevel import PREFETCH_AHEAD, PREFETCH_BYTES, SCREEN_STRIDE, prefetch
+from synbal._compiled.lowlevel import PREFETCH_AHEAD, PREFETCH_BYTES, prefetch
 from synbal._problem.problem import BalanceProblem
+from synbal._solvers.steps import closed_log_step, log_step
 
-__all__ = ["UnitGraph"]
+__all__ = ["GraphArrays", "UnitGraph", "graph_factors", "graph_max_rel", "graph_prefetch", "graph_step"]
 
 
 @dataclass
@@ -96,95 +97,51 @@ class UnitGraph:
         Y = np.exp(np.outer(self.powers, ue))
         return X, Y
 
+    @property
+    def arrays(self) -> GraphArrays:
+        """The arrays the compiled steps read, as one tuple (see :data:`GraphArrays`)."""
+        return (self.degree_ext, self.powers, self.in_ptr, self.in_idx, self.in_val, self.out_ptr, self.out_idx,
+                self.out_val)
+
     def run_steps(self, u: np.ndarray, order: np.ndarray, theta: float) -> None:
         """Balance the units in ``order`` one after the other, updating ``u`` in place."""
         X, Y = self.factors(u)
-        _run_steps(order.astype(np.int64), u, self.degree_ext, self.powers, self.in_ptr,
-                   self.in_idx, self.in_val, self.out_ptr, self.out_idx, self.out_val, X, Y, theta,
-                   self.prefetch)
+        _run_steps(order.astype(np.int64), u, X, Y, theta, self.prefetch, self.arrays)
 
     def many_stochastic(self, u0: np.ndarray, free: np.ndarray, runs: int, seed: int, tol: float,
                         max_sweeps: int, theta: float, record_every: int = 0
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``runs`` independent stochastic runs from ``u0``, in parallel threads.
+        """``runs`` independent stochastic runs from ``u0`` in parallel threads
+        (:func:`synbal._compiled.many_runs.many_stochastic`)."""
+        from synbal._compiled.many_runs import many_stochastic
 
-        Each run balances one uniformly random free unit per step and checks its max relative
-        deficit after every sweep (``len(free)`` steps). Returns ``(U, sweeps, snapshots)``:
-        final log-scales ``(runs, n)``, sweeps used per run (negative if ``tol`` was not met),
-        and, if ``record_every > 0``, log-scales every ``record_every`` sweeps
-        ``(runs, max_sweeps // record_every + 1, n)`` (the last state repeated after stopping).
-        """
-        n_rec = max_sweeps // record_every + 1 if record_every > 0 else 0
-        U = np.tile(u0, (runs, 1))
-        snaps = np.zeros((runs, n_rec, self.n))
-        sweeps = np.zeros(runs, dtype=np.int64)
-        _many_stochastic(U, free.astype(np.int64), np.int64(seed), tol, max_sweeps, theta,
-                         record_every, snaps, sweeps, self.degree_ext, self.powers, self.in_ptr,
-                         self.in_idx, self.in_val, self.out_ptr, self.out_idx, self.out_val,
-                         self.prefetch)
-        return U, sweeps, snaps
+        return many_stochastic(self, u0, free, runs, seed, tol, max_sweeps, theta, record_every)
+
+
+#: ``(degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx, out_val)``: degrees (fixed
+#: unit last), powers, and the CSR arrays by destination (``in_*``) and by source (``out_*``)
+#: with one cost column per power.
+GraphArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 @numba.njit(cache=True)
-def _dfun(a: np.ndarray, b: np.ndarray, s: np.ndarray, c: float, powers: np.ndarray,
-          t: float) -> tuple[float, float]:
-    d1 = 0.0
-    d2 = 0.0
+def graph_factors(u: np.ndarray, g: GraphArrays) -> tuple[np.ndarray, np.ndarray]:
+    """``X[k, j] = exp(−p_k c_j u_j)``, ``Y[k, i] = exp(p_k u_i)`` (fixed unit ``n``: 1)."""
+    degree_ext, powers = g[0], g[1]
+    n = u.size
+    X = np.ones((powers.size, n + 1))
+    Y = np.ones((powers.size, n + 1))
     for k in range(powers.size):
-        p = powers[k]
-        ea = a[k] * np.exp(p * t)
-        eb = b[k] * np.exp(-p * c * t)
-        es = s[k] * np.exp(p * (1.0 - c) * t)
-        d1 += p * (ea - c * eb + (1.0 - c) * es)
-        d2 += p * p * (ea + c * c * eb + (1.0 - c) ** 2 * es)
-    return d1, d2
+        for j in range(n):
+            X[k, j] = np.exp(-powers[k] * degree_ext[j] * u[j])
+            Y[k, j] = np.exp(powers[k] * u[j])
+    return X, Y
 
 
 @numba.njit(cache=True)
-def _solve1d(a: np.ndarray, b: np.ndarray, s: np.ndarray, c: float, powers: np.ndarray) -> float:
-    at = a.sum()
-    bt = b.sum()
-    if at <= 0.0 or bt <= 0.0:
-        return 0.0
-    t = np.log(c * bt / at) / (powers.max() * (1.0 + c))
-    if powers.size == 1 and (s[0] == 0.0 or c == 1.0):
-        return t
-    lo = t
-    hi = t
-    step = 1.0
-    d1, d2 = _dfun(a, b, s, c, powers, lo)
-    while d1 > 0.0:
-        lo -= step
-        step *= 2.0
-        d1, d2 = _dfun(a, b, s, c, powers, lo)
-    step = 1.0
-    d1, d2 = _dfun(a, b, s, c, powers, hi)
-    while d1 < 0.0:
-        hi += step
-        step *= 2.0
-        d1, d2 = _dfun(a, b, s, c, powers, hi)
-    for _ in range(200):
-        d1, d2 = _dfun(a, b, s, c, powers, t)
-        if d1 < 0.0:
-            lo = t
-        elif d1 > 0.0:
-            hi = t
-        else:
-            return t
-        new = t - d1 / d2
-        if not (lo < new < hi):
-            new = 0.5 * (lo + hi)
-        if abs(new - t) <= 1e-15 * (1.0 + abs(t)):
-            return new
-        t = new
-    return t
-
-
-@numba.njit(cache=True)
-def _unit_costs(i: int, degree_ext: np.ndarray, powers: np.ndarray, in_ptr: np.ndarray,
-                in_idx: np.ndarray, in_val: np.ndarray, out_ptr: np.ndarray, out_idx: np.ndarray,
-                out_val: np.ndarray, X: np.ndarray, Y: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _unit_costs(i: int, X: np.ndarray, Y: np.ndarray, g: GraphArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per power: unit ``i``'s incoming and outgoing costs (self-loops excluded) and self-loop costs."""
+    _, powers, in_ptr, in_idx, in_val, out_ptr, out_idx, out_val = g
     P = powers.size
     a = np.zeros(P)
     b = np.zeros(P)
@@ -211,9 +168,9 @@ def _unit_costs(i: int, degree_ext: np.ndarray, powers: np.ndarray, in_ptr: np.n
 
 
 @numba.njit(cache=True)
-def _step(i: int, u: np.ndarray, degree_ext: np.ndarray, powers: np.ndarray, in_ptr: np.ndarray,
-          in_idx: np.ndarray, in_val: np.ndarray, out_ptr: np.ndarray, out_idx: np.ndarray,
-          out_val: np.ndarray, X: np.ndarray, Y: np.ndarray, theta: float) -> None:
+def graph_step(i: int, u: np.ndarray, X: np.ndarray, Y: np.ndarray, theta: float, g: GraphArrays) -> None:
+    """Balance unit ``i`` (:mod:`synbal._solvers.steps`), refreshing its cached factors."""
+    degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx, out_val = g
     c = degree_ext[i]
     if powers.size == 1:
         # single power: closed form unless a BiPU has a self-loop (no allocations on this path)
@@ -236,14 +193,12 @@ def _step(i: int, u: np.ndarray, degree_ext: np.ndarray, powers: np.ndarray, in_
         if a1 <= 0.0 or b1 <= 0.0:
             return
         if loop == 0.0 or c == 1.0:
-            t = theta * np.log(c * b1 / a1) / (p * (1.0 + c))
-            u[i] += t
+            u[i] += theta * closed_log_step(a1, b1, c, p)
             X[0, i] = np.exp(-p * c * u[i])
             Y[0, i] = np.exp(p * u[i])
             return
-    a, b, s = _unit_costs(i, degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx,
-                          out_val, X, Y)
-    t = theta * _solve1d(a, b, s, c, powers)
+    a, b, s = _unit_costs(i, X, Y, g)
+    t = theta * log_step(a, b, s, c, powers)
     if t != 0.0:
         u[i] += t
         for k in range(powers.size):
@@ -252,9 +207,9 @@ def _step(i: int, u: np.ndarray, degree_ext: np.ndarray, powers: np.ndarray, in_
 
 
 @numba.njit(cache=True)
-def _prefetch_unit(i: int, in_ptr: np.ndarray, in_idx: np.ndarray, in_val: np.ndarray,
-                   out_ptr: np.ndarray, out_idx: np.ndarray, out_val: np.ndarray) -> None:
+def graph_prefetch(i: int, g: GraphArrays) -> None:
     """Ask for unit ``i``'s rows (indices and costs, both directions) ahead of its step."""
+    _, _, in_ptr, in_idx, in_val, out_ptr, out_idx, out_val = g
     for e in range(in_ptr[i], in_ptr[i + 1], 16):
         prefetch(in_idx, e)  # type: ignore[call-arg]  # numba supplies the typing context
     for e in range(out_ptr[i], out_ptr[i + 1], 16):
@@ -269,24 +224,20 @@ def _prefetch_unit(i: int, in_ptr: np.ndarray, in_idx: np.ndarray, in_val: np.nd
 
 
 @numba.njit(cache=True)
-def _run_steps(order: np.ndarray, u: np.ndarray, degree_ext: np.ndarray, powers: np.ndarray,
-               in_ptr: np.ndarray, in_idx: np.ndarray, in_val: np.ndarray, out_ptr: np.ndarray,
-               out_idx: np.ndarray, out_val: np.ndarray, X: np.ndarray, Y: np.ndarray,
-               theta: float, ahead: bool) -> None:
+def _run_steps(order: np.ndarray, u: np.ndarray, X: np.ndarray, Y: np.ndarray, theta: float, ahead: bool,
+               g: GraphArrays) -> None:
     for q in range(min(PREFETCH_AHEAD, order.size) if ahead else 0):
-        _prefetch_unit(order[q], in_ptr, in_idx, in_val, out_ptr, out_idx, out_val)
+        graph_prefetch(order[q], g)
     for q in range(order.size):
         if ahead and q + PREFETCH_AHEAD < order.size:
-            _prefetch_unit(order[q + PREFETCH_AHEAD], in_ptr, in_idx, in_val, out_ptr, out_idx,
-                           out_val)
-        _step(order[q], u, degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx, out_val,
-              X, Y, theta)
+            graph_prefetch(order[q + PREFETCH_AHEAD], g)
+        graph_step(order[q], u, X, Y, theta, g)
 
 
 @numba.njit(cache=True)
-def _max_rel(free: np.ndarray, degree_ext: np.ndarray, powers: np.ndarray, in_ptr: np.ndarray,
-             in_idx: np.ndarray, in_val: np.ndarray, out_ptr: np.ndarray, out_idx: np.ndarray,
-             out_val: np.ndarray, X: np.ndarray, Y: np.ndarray) -> float:
+def graph_max_rel(free: np.ndarray, X: np.ndarray, Y: np.ndarray, g: GraphArrays) -> float:
+    """``max |IN − c·OUT| / (IN + c·OUT)`` (summed over powers as the gradient) over ``free``."""
+    degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx, out_val = g
     worst = 0.0
     if powers.size == 1:
         # single power: IN and OUT without the per-unit arrays of the general path
@@ -306,74 +257,17 @@ def _max_rel(free: np.ndarray, degree_ext: np.ndarray, powers: np.ndarray, in_pt
         return worst
     for q in range(free.size):
         i = free[q]
-        a, b, s = _unit_costs(i, degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx,
-                              out_val, X, Y)
+        a, b, s = _unit_costs(i, X, Y, g)
         c = degree_ext[i]
-        g = 0.0
+        grad = 0.0
         sc = 0.0
         for k in range(powers.size):
             IN = a[k] + s[k]
             OUT = b[k] + s[k]
-            g += powers[k] * (IN - c * OUT)
+            grad += powers[k] * (IN - c * OUT)
             sc += powers[k] * (IN + c * OUT)
         if sc > 0.0:
-            rel = abs(g) / sc
+            rel = abs(grad) / sc
             if rel > worst:
                 worst = rel
     return worst
-
-
-@numba.njit(parallel=True, cache=True)
-def _many_stochastic(U: np.ndarray, free: np.ndarray, seed: np.int64, tol: float, max_sweeps: int,
-                     theta: float, record_every: int, snaps: np.ndarray, sweeps: np.ndarray,
-                     degree_ext: np.ndarray, powers: np.ndarray, in_ptr: np.ndarray,
-                     in_idx: np.ndarray, in_val: np.ndarray, out_ptr: np.ndarray,
-                     out_idx: np.ndarray, out_val: np.ndarray, ahead: bool) -> None:
-    runs = U.shape[0]
-    n = U.shape[1]
-    P = powers.size
-    lead = PREFETCH_AHEAD if ahead else 0
-    for r in numba.prange(runs):
-        np.random.seed(seed + r)  # noqa: NPY002 (numba supports only the legacy API)
-        # the next ``lead`` units are drawn early (same stream) so their rows can be prefetched
-        upcoming = np.empty(lead + 1, dtype=np.int64)
-        for q in range(lead):
-            upcoming[q] = free[np.random.randint(0, free.size)]  # noqa: NPY002
-            _prefetch_unit(upcoming[q], in_ptr, in_idx, in_val, out_ptr, out_idx, out_val)
-        head = 0
-        u = U[r]
-        X = np.ones((P, n + 1))
-        Y = np.ones((P, n + 1))
-        for k in range(P):
-            for j in range(n):
-                X[k, j] = np.exp(-powers[k] * degree_ext[j] * u[j])
-                Y[k, j] = np.exp(powers[k] * u[j])
-        rec = 0
-        if record_every > 0:
-            snaps[r, 0, :] = u
-            rec = 1
-        done = -1
-        for sweep in range(1, max_sweeps + 1):
-            for _ in range(free.size):
-                drawn = free[np.random.randint(0, free.size)]  # noqa: NPY002
-                if lead > 0:
-                    _prefetch_unit(drawn, in_ptr, in_idx, in_val, out_ptr, out_idx, out_val)
-                upcoming[(head + lead) % (lead + 1)] = drawn
-                i = upcoming[head]
-                head = (head + 1) % (lead + 1)
-                _step(i, u, degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx,
-                      out_val, X, Y, theta)
-            if record_every > 0 and sweep % record_every == 0:
-                snaps[r, rec, :] = u
-                rec += 1
-            # a sample of the units first: if one of them is above tol, so is the maximum
-            if _max_rel(free[::SCREEN_STRIDE], degree_ext, powers, in_ptr, in_idx, in_val, out_ptr,
-                        out_idx, out_val, X, Y) <= tol and \
-                    _max_rel(free, degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx,
-                             out_val, X, Y) <= tol:
-                done = sweep
-                break
-        while record_every > 0 and rec < snaps.shape[1]:
-            snaps[r, rec, :] = u
-            rec += 1
-        sweeps[r] = done if done > 0 else -max_sweeps
