@@ -13,7 +13,7 @@ The flow. Let ``T_i(W) = ∂(S_u W)/∂u_i`` be the orbit direction of unit ``i`
     dW/dt = −∇L(W) + Σ_i ν_i(t) T_i(W),      with ν chosen so that  d g(W)/dt = 0,
 
 i.e. ``H ν = J_g ∇L`` with ``H = J_g T`` the Hessian of ``R`` along the orbit (the grounded
-Laplacian of :meth:`~synbal._problem.problem.BalanceProblem.hessian_vector`), positive definite on the
+Laplacian of :func:`~synbal._solvers.exact.hessian`), positive definite on the
 free units, so ``ν`` is unique. Because ``E`` is invariant, moving along ``T`` never changes
 ``E``: the flow descends ``L`` at least as fast as gradient flow does, and ``R`` stays the
 minimum over its orbit. We integrate it by *splitting*: one optimizer step on ``L``, then the
