@@ -89,6 +89,7 @@ def test_matrix_table_holds_its_matrices_and_refuses_views() -> None:
     mats = [np.ones((2, 3)), np.zeros((4, 1))]
     table = MatrixTable(mats)
     addresses, shapes, like = table.arrays
+    assert like.dtype == np.float64 and like.size == 0
     assert table.mats[0] is mats[0] and addresses[1] == mats[1].ctypes.data and shapes.tolist() == [[2, 3], [4, 1]]
     with pytest.raises(ValueError, match="C-contiguous"):
         MatrixTable([np.ones((3, 3))[:, ::2]])
