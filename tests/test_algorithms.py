@@ -92,7 +92,7 @@ def test_regularizer_never_increases_and_balancing_is_idempotent(seed, powers, b
     # idempotence: the exact state is a fixed point of every step
     exact = solve(prob, reg, "exact", SolveOptions(tol=1e-13))
     assert exact.converged
-    from synbal._compiled.kernels import UnitGraph
+    from synbal._compiled.unit_graph import UnitGraph
 
     u = exact.u.copy()
     UnitGraph.build(prob).run_steps(u, np.flatnonzero(prob.free_mask()), 1.0)
@@ -168,7 +168,8 @@ def test_unit_graph_prefetching_and_screened_check_change_nothing(bipu):
     """The prefetching step loops and the sampled convergence test give the plain kernel's results."""
     import dataclasses
 
-    from synbal._compiled.kernels import UnitGraph, graph_max_rel
+    from synbal._compiled.unit_graph import UnitGraph
+    from synbal._compiled.unit_steps import graph_max_rel
 
     prob = random_problem(np.random.default_rng(9), n=40, n_fixed=4, powers=(2.0,), bipu=bipu,
                           log10_range=1.0)

@@ -7,9 +7,8 @@ import pytest
 
 import synbal
 from problem_factory import random_problem
-from synbal._compiled.kernels import UnitGraph
 from synbal._compiled.lowlevel import MatrixTable
-from synbal._compiled.many_runs import many_stochastic
+from synbal._compiled.unit_graph import UnitGraph
 from synbal._problem.regularizers import parse_regularizer
 from synbal._solvers.operations import balance_units
 from synbal._solvers.steps import SetCosts, balance_in_order, closed_log_step, log_step, optimal_log_steps, step_set
@@ -78,8 +77,8 @@ def test_the_one_driver_serves_both_kernels_with_the_same_draws() -> None:
     free = np.flatnonzero(prob.free_mask())
     chain = step_kernel(prob)
     assert isinstance(chain, ChainSteps)
-    Uc, sc, snaps = many_stochastic(chain, np.zeros(prob.n), free, 3, 7, 1e-11, 5000, 1.0, record_every=2)
-    Ug, sg, _ = many_stochastic(UnitGraph.build(prob), np.zeros(prob.n), free, 3, 7, 1e-11, 5000, 1.0)
+    Uc, sc, snaps = chain.many_stochastic(np.zeros(prob.n), free, 3, 7, 1e-11, 5000, 1.0, record_every=2)
+    Ug, sg, _ = UnitGraph.build(prob).many_stochastic(np.zeros(prob.n), free, 3, 7, 1e-11, 5000, 1.0)
     assert (sc > 0).all() and sc.tolist() == sg.tolist()  # the same units drawn, the same sweeps
     np.testing.assert_allclose(Uc, Ug, atol=1e-10)
     assert snaps.shape == (3, 5000 // 2 + 1, prob.n) and np.array_equal(snaps[:, -1], Uc)

@@ -7,7 +7,7 @@ to and from fixed units (input, output, biases; see :mod:`synbal._compiled.chain
 outgoing column are copied next to each other into one buffer (twice the interior weights, in
 their own dtype; one large allocation, so it sits on huge pages). A step then reads one
 contiguous stretch with SIMD dot products, instead of gathering ``2·width`` neighbours through
-index arrays as the general :class:`~synbal._compiled.kernels.UnitGraph` kernel does.
+index arrays as the general :class:`~synbal._compiled.unit_graph.UnitGraph` kernel does.
 
 :func:`step_kernel` picks this kernel for chains with a single power and the general one
 otherwise; both offer ``run_steps`` and ``many_stochastic`` with the same meaning.
@@ -28,28 +28,24 @@ otherwise; both offer ``run_steps`` and ``many_stochastic`` with the same meanin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import numba
 import numpy as np
 
-from synbal._compiled.chain import Chain, _factors, chain_of
-from synbal._compiled.lowlevel import PREFETCH_AHEAD, PREFETCH_BYTES, prefetch
-from synbal._compiled.powermatrix import _pw
+from synbal._compiled.chain import Chain, chain_of
+from synbal._compiled.lowlevel import PREFETCH_BYTES
+from synbal._compiled.many_runs import many_stochastic
+from synbal._compiled.unit_graph import UnitGraph
+from synbal._compiled.unit_steps import CHAIN, NO_GRAPH, ChainArrays, chain_factors, chain_max_rel, run_steps
 from synbal._problem.problem import BalanceProblem
-from synbal._solvers.steps import closed_log_step
 
-__all__ = ["ChainArrays", "ChainSteps", "chain_factors_into", "chain_max_rel", "chain_prefetch", "chain_step",
-           "step_kernel"]
+__all__ = ["ChainSteps", "step_kernel"]
 
 
-def step_kernel(problem: BalanceProblem) -> Any:
+def step_kernel(problem: BalanceProblem) -> ChainSteps | UnitGraph:
     """The fastest single-unit step kernel for ``problem``: :class:`ChainSteps` or a ``UnitGraph``."""
     chain = chain_of(problem)
     if chain is not None:
         return ChainSteps.from_chain(chain)
-    from synbal._compiled.kernels import UnitGraph
-
     return UnitGraph.build(problem)
 
 
@@ -113,121 +109,21 @@ class ChainSteps:
 
     def run_steps(self, u: np.ndarray, order: np.ndarray, theta: float) -> None:
         """Balance the units in ``order`` one after the other, updating ``u`` in place."""
-        _run_chain_steps(np.ascontiguousarray(order, dtype=np.int64), u, theta, self.prefetch, self.arrays)
+        X, Y = chain_factors(u, self.arrays)
+        run_steps(CHAIN, np.ascontiguousarray(order, dtype=np.int64), u, X, Y, theta, self.prefetch, NO_GRAPH,
+                  self.arrays)
 
     def max_relative_deficit(self, u: np.ndarray, free: np.ndarray) -> float:
         """``max |IN − c·OUT| / (IN + c·OUT)`` over the units in ``free``."""
-        X, Y = _factors_of(u, self.chain.power, self.chain.c_unit)
-        return float(chain_max_rel(np.ascontiguousarray(free, dtype=np.int64), X, Y, self.arrays))
+        X, Y = chain_factors(u, self.arrays)
+        return float(chain_max_rel(np.ascontiguousarray(free, dtype=np.int64), X[0], Y[0], self.arrays))
 
     def many_stochastic(self, u0: np.ndarray, free: np.ndarray, runs: int, seed: int, tol: float,
                         max_sweeps: int, theta: float, record_every: int = 0
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``runs`` independent stochastic runs from ``u0`` in parallel threads
         (:func:`synbal._compiled.many_runs.many_stochastic`)."""
-        from synbal._compiled.many_runs import many_stochastic
-
-        return many_stochastic(self, u0, free, runs, seed, tol, max_sweeps, theta, record_every)
-
-
-#: ``(p, lo, hi, unit_layer, c_unit, const_in, const_out, rows, layer_geom, layer_power)``: the
-#: power, each hidden layer's unit range, each unit's layer and degree, its costs to and from
-#: fixed units, the stretch buffer, and per layer its stretch geometry and block (power, coefficient)s.
-ChainArrays = tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                    np.ndarray, np.ndarray]
+        return many_stochastic(CHAIN, NO_GRAPH, self.arrays, 0, u0, free, runs, seed, tol, max_sweeps, theta,
+                               record_every)
 
 
-@numba.njit(cache=True)
-def _factors_of(u, p, c_unit):  # type: ignore[no-untyped-def]
-    """``X = e^{−p c u}`` and ``Y = e^{p u}`` of every unit."""
-    X = np.empty(u.size)
-    Y = np.empty(u.size)
-    chain_factors_into(u, p, c_unit, X, Y)
-    return X, Y
-
-
-@numba.njit(cache=True)
-def chain_factors_into(u, p, c_unit, X, Y):  # type: ignore[no-untyped-def]
-    """``X = e^{−p c u}`` and ``Y = e^{p u}`` of every unit, written into ``X`` and ``Y``."""
-    for i in range(u.size):
-        Y[i], X[i] = _factors(p, c_unit[i], u[i])
-
-
-@numba.njit(cache=True, inline="always")
-def _stretch(i, lo, unit_layer, layer_geom):  # type: ignore[no-untyped-def]
-    """``(start, incoming length, outgoing length)`` of unit ``i``'s stretch of the buffer."""
-    h = unit_layer[i]
-    n_in = layer_geom[h, 1]
-    n_out = layer_geom[h, 2]
-    return layer_geom[h, 0] + (i - lo[h]) * (n_in + n_out), n_in, n_out
-
-
-@numba.njit(fastmath=True, cache=True)
-def _dot(row, q, f):  # type: ignore[no-untyped-def]
-    """``Σ_j |row_j|^q f_j`` in float64."""
-    acc = 0.0
-    for j in range(row.size):
-        acc += _pw(np.float64(row[j]), q) * f[j]
-    return acc
-
-
-@numba.njit(cache=True)
-def _costs(i, X, Y, k):  # type: ignore[no-untyped-def]
-    """``(IN_i, OUT_i)`` at the factors ``X = e^{−p c u}``, ``Y = e^{p u}``."""
-    _, lo, hi, unit_layer, _, const_in, const_out, rows, layer_geom, layer_power = k
-    h = unit_layer[i]
-    start, n_in, n_out = _stretch(i, lo, unit_layer, layer_geom)
-    a = const_in[i]
-    if n_in > 0:
-        a += layer_power[h, 1] * _dot(rows[start:start + n_in], layer_power[h, 0], X[lo[h - 1]:hi[h - 1]])
-    b = const_out[i]
-    if n_out > 0:
-        b += layer_power[h, 3] * _dot(rows[start + n_in:start + n_in + n_out], layer_power[h, 2],
-                                      Y[lo[h + 1]:hi[h + 1]])
-    return a * Y[i], b * X[i]
-
-
-@numba.njit(cache=True)
-def chain_step(i, u, X, Y, theta, k):  # type: ignore[no-untyped-def]
-    """Balance unit ``i`` (:mod:`synbal._solvers.steps`), refreshing its cached factors."""
-    a, b = _costs(i, X, Y, k)
-    if a <= 0.0 or b <= 0.0:
-        return  # dead unit: left alone
-    p = k[0]
-    c = k[4][i]
-    u[i] += theta * closed_log_step(a, b, c, p)
-    Y[i], X[i] = _factors(p, c, u[i])
-
-
-@numba.njit(cache=True)
-def chain_prefetch(i, k):  # type: ignore[no-untyped-def]
-    """Ask for unit ``i``'s stretch ahead of time (the schedule knows the next unit)."""
-    lo, unit_layer, rows, layer_geom = k[1], k[3], k[7], k[8]
-    start, n_in, n_out = _stretch(i, lo, unit_layer, layer_geom)
-    for j in range(start, start + n_in + n_out, 64 // rows.itemsize):
-        prefetch(rows, j)  # type: ignore[call-arg]  # numba supplies the typing context
-
-
-@numba.njit(cache=True)
-def _run_chain_steps(order, u, theta, ahead, k):  # type: ignore[no-untyped-def]
-    X, Y = _factors_of(u, k[0], k[4])
-    for q in range(min(PREFETCH_AHEAD, order.size) if ahead else 0):
-        chain_prefetch(order[q], k)
-    for q in range(order.size):
-        if ahead and q + PREFETCH_AHEAD < order.size:
-            chain_prefetch(order[q + PREFETCH_AHEAD], k)
-        chain_step(order[q], u, X, Y, theta, k)
-
-
-@numba.njit(cache=True)
-def chain_max_rel(free, X, Y, k):  # type: ignore[no-untyped-def]
-    """``max |IN − c·OUT| / (IN + c·OUT)`` over the units in ``free``."""
-    worst = 0.0
-    for q in range(free.size):
-        i = free[q]
-        a, b = _costs(i, X, Y, k)
-        c = k[4][i]
-        den = a + c * b
-        if den > 0.0:
-            worst = max(worst, abs(a - c * b) / den)
-    return worst

@@ -1,11 +1,12 @@
 """The many-runs driver: independent stochastic runs from one start, in parallel threads.
 
 Behind ``fig9`` (the distribution of stochastic balancing runs). One compiled driver serves both
-step kernels — the CSR unit graph (:class:`~synbal._compiled.kernels.UnitGraph`) and the dense
-chain (:class:`~synbal._compiled.chain_steps.ChainSteps`): it takes both kernels' array tuples
-and a ``kind`` saying which one is real (the other is an empty stand-in of the same types). numba
-could also take the step functions as arguments, but such a driver is compiled afresh in every
-process (its types name the functions' addresses, so the disk cache never hits).
+step-kernel layouts of :mod:`synbal._compiled.unit_steps` — the CSR unit graph and the dense
+chain: it takes both layouts' array tuples and a ``kind`` saying which one is real (the other is
+an empty stand-in of the same types). numba could also take the step functions as arguments,
+but such a driver is compiled afresh in every process (its types name the functions'
+addresses, so the disk cache never hits). The kernels' classes call it
+(``UnitGraph.many_stochastic``, ``ChainSteps.many_stochastic``).
 
 Each run seeds numba's generator with ``seed + run``, balances one uniformly random free unit
 per step and, after every sweep (``len(free)`` steps), tests a sample of every
@@ -19,7 +20,7 @@ so that their rows can be prefetched (the same units, in the same order).
 >>> from synbal._problem.regularizers import parse_regularizer
 >>> net = DenseNet([np.array([[4.0]]), np.array([[1.0]]), np.array([[0.25]])])
 >>> kernel = step_kernel(DenseNetAdapter(net).problem(parse_regularizer("l2")))
->>> U, sweeps, _ = many_stochastic(kernel, np.zeros(2), np.arange(2), 3, 0, 1e-12, 1000, 1.0)
+>>> U, sweeps, _ = kernel.many_stochastic(np.zeros(2), np.arange(2), 3, 0, 1e-12, 1000, 1.0)
 >>> np.round(np.exp(U), 6).tolist(), bool((sweeps > 0).all())
 ([[0.25, 0.25], [0.25, 0.25], [0.25, 0.25]], True)
 """
@@ -29,20 +30,26 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from synbal._compiled.chain_steps import ChainArrays, ChainSteps, chain_factors_into, chain_max_rel, chain_step
-from synbal._compiled.kernels import GraphArrays, UnitGraph, graph_factors, graph_max_rel, graph_prefetch, graph_step
-from synbal._compiled.lowlevel import PREFETCH_AHEAD, SCREEN_STRIDE
+from synbal._compiled.lowlevel import SCREEN_STRIDE
+from synbal._compiled.unit_steps import (
+    GRAPH,
+    ChainArrays,
+    GraphArrays,
+    chain_factors,
+    graph_factors,
+    max_rel,
+    prefetch_unit,
+    step,
+)
 
 __all__ = ["many_stochastic"]
 
-GRAPH = 0
-CHAIN = 1
 
-
-def many_stochastic(kernel: UnitGraph | ChainSteps, u0: np.ndarray, free: np.ndarray, runs: int, seed: int,
-                    tol: float, max_sweeps: int, theta: float, record_every: int = 0
+def many_stochastic(kind: int, graph: GraphArrays, chain: ChainArrays, lead: int, u0: np.ndarray, free: np.ndarray,
+                    runs: int, seed: int, tol: float, max_sweeps: int, theta: float, record_every: int = 0
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``runs`` independent stochastic runs of ``kernel`` from ``u0``.
+    """``runs`` independent stochastic runs from ``u0`` on the ``kind`` layout (``lead``: units
+    drawn ahead for prefetching, 0 for none).
 
     Returns ``(U, sweeps, snapshots)``: final log-scales ``(runs, n)``, sweeps used per run
     (negative if ``tol`` was not met), and, if ``record_every > 0``, log-scales every
@@ -54,37 +61,10 @@ def many_stochastic(kernel: UnitGraph | ChainSteps, u0: np.ndarray, free: np.nda
     U = np.tile(u0, (runs, 1))
     snaps = np.zeros((runs, n_rec, n))
     sweeps = np.zeros(runs, dtype=np.int64)
-    if isinstance(kernel, ChainSteps):
-        kind, graph, chain, lead = CHAIN, _NO_GRAPH, kernel.arrays, 0
-    else:
-        kind, graph, chain = GRAPH, kernel.arrays, _NO_CHAIN
-        lead = PREFETCH_AHEAD if kernel.prefetch else 0
     run = (np.ascontiguousarray(free, dtype=np.int64), np.int64(seed), float(tol), int(max_sweeps), float(theta),
            int(record_every))
     _many_runs(U, snaps, sweeps, run, kind, lead, graph, chain)
     return U, sweeps, snaps
-
-
-# the stand-ins for the kernel a call does not use (empty arrays of the real ones' types)
-_NO_GRAPH: GraphArrays = (np.zeros(0), np.zeros(0), np.zeros(1, np.int64), np.zeros(0, np.int32),
-                          np.zeros((0, 1)), np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros((0, 1)))
-_NO_CHAIN: ChainArrays = (1.0, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
-                          np.zeros(0), np.zeros(0), np.zeros(0), np.zeros((0, 3), np.int64), np.zeros((0, 4)))
-
-
-@numba.njit(cache=True)
-def _step(kind, i, u, X, Y, theta, graph, chain):  # type: ignore[no-untyped-def]
-    if kind == GRAPH:
-        graph_step(i, u, X, Y, theta, graph)
-    else:
-        chain_step(i, u, X[0], Y[0], theta, chain)
-
-
-@numba.njit(cache=True)
-def _max_rel(kind, free, X, Y, graph, chain):  # type: ignore[no-untyped-def]
-    if kind == GRAPH:
-        return graph_max_rel(free, X, Y, graph)
-    return chain_max_rel(free, X[0], Y[0], chain)
 
 
 @numba.njit(cache=True)
@@ -92,11 +72,7 @@ def _factors(kind, u, graph, chain):  # type: ignore[no-untyped-def]
     """The cached factors: ``(powers, n + 1)`` on the unit graph, ``(1, n)`` on a chain."""
     if kind == GRAPH:
         return graph_factors(u, graph)
-    n = u.size
-    X = np.empty((1, n))
-    Y = np.empty((1, n))
-    chain_factors_into(u, chain[0], chain[4], X[0], Y[0])
-    return X, Y
+    return chain_factors(u, chain)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -108,7 +84,7 @@ def _many_runs(U, snaps, sweeps, run, kind, lead, graph, chain):  # type: ignore
         upcoming = np.empty(lead + 1, dtype=np.int64)
         for q in range(lead):
             upcoming[q] = free[np.random.randint(0, free.size)]  # noqa: NPY002
-            graph_prefetch(upcoming[q], graph)
+            prefetch_unit(kind, upcoming[q], graph, chain)
         head = 0
         u = U[r]
         X, Y = _factors(kind, u, graph, chain)
@@ -121,17 +97,17 @@ def _many_runs(U, snaps, sweeps, run, kind, lead, graph, chain):  # type: ignore
             for _ in range(free.size):
                 drawn = free[np.random.randint(0, free.size)]  # noqa: NPY002
                 if lead > 0:
-                    graph_prefetch(drawn, graph)
+                    prefetch_unit(kind, drawn, graph, chain)
                 upcoming[(head + lead) % (lead + 1)] = drawn
                 i = upcoming[head]
                 head = (head + 1) % (lead + 1)
-                _step(kind, i, u, X, Y, theta, graph, chain)
+                step(kind, i, u, X, Y, theta, graph, chain)
             if record_every > 0 and sweep % record_every == 0:
                 snaps[r, rec, :] = u
                 rec += 1
             # a sample of the units first: if one of them is above tol, so is the maximum
-            if _max_rel(kind, free[::SCREEN_STRIDE], X, Y, graph, chain) <= tol and \
-                    _max_rel(kind, free, X, Y, graph, chain) <= tol:
+            if max_rel(kind, free[::SCREEN_STRIDE], X, Y, graph, chain) <= tol and \
+                    max_rel(kind, free, X, Y, graph, chain) <= tol:
                 done = sweep
                 break
         while record_every > 0 and rec < snaps.shape[1]:

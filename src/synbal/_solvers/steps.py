@@ -3,7 +3,7 @@
 Every caller balances through this module: the local schedules (:mod:`synbal._solvers.schedules`),
 the operations API (:func:`synbal._solvers.operations.balance_units`), the ``exact`` solver's
 parity steps and custom polish, and the compiled step kernels
-(:mod:`synbal._compiled.kernels`, :mod:`synbal._compiled.chain_steps`), which call the
+(:mod:`synbal._compiled.unit_steps`), which call the
 ``@njit`` functions below from their own loops.
 
 Scaling a unit of degree ``c`` by ``e^t`` multiplies its incoming costs (power ``p``) by
