@@ -41,6 +41,11 @@ def given_options(options: SolveOptions) -> dict[str, Any]:
     return {name: getattr(options, name) for name in SPECIFIC_OPTIONS}
 
 
+def _is_given(value: Any, default: Any) -> bool:
+    """Whether ``value`` differs from the option's "not given" value (``None``, or a scalar)."""
+    return value is not None if default is None else bool(value != default)
+
+
 class Method:
     """A balancing method: subclasses set ``name``, ``summary``, ``options`` and implement :meth:`run`."""
 
@@ -56,7 +61,7 @@ class Method:
         """Raise :class:`~synbal.errors.OptionError` for a given option this method does not take."""
         for key, default in SPECIFIC_OPTIONS.items():
             value = given.get(key, default)
-            if key not in self.options and not (value is default or value == default):
+            if key not in self.options and _is_given(value, default):
                 raise OptionError(
                     f"method {self.name!r} does not take {key}={value!r}; it takes {', '.join(self.accepted())}"
                 )
