@@ -37,6 +37,7 @@ def test_the_registry_maps_names_to_methods_with_their_options() -> None:
     ("exact", {"closed_form": True}), ("exact", {"theta": 0.5}), ("exact", {"sets": [["h1_0"]]}),
     ("stochastic", {"sets": [["h1_0", "h1_1"]]}), ("cyclic", {"closed_form": True}),
     ("layer", {"sets": [["h1_0"]]}), ("multiplicative", {"sets": [["h1_0"]]}),
+    ("cyclic", {"sets": np.array([["h1_0", "h1_1"]])}),
 ])
 def test_an_option_the_method_does_not_take_is_refused_naming_those_it_takes(method: str, option: dict) -> None:
     g = layered()
