@@ -123,7 +123,7 @@ class ChainSteps:
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``runs`` independent stochastic runs from ``u0`` in parallel threads
         (:func:`synbal._compiled.many_runs.many_stochastic`)."""
-        return many_stochastic(CHAIN, NO_GRAPH, self.arrays, 0, u0, free, runs, seed, tol, max_sweeps, theta,
-                               record_every)
+        return many_stochastic(CHAIN, NO_GRAPH, self.arrays, self.prefetch, u0, free, runs, seed, tol,
+                               max_sweeps, theta, record_every)
 
 

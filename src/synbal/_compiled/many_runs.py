@@ -11,8 +11,9 @@ addresses, so the disk cache never hits). The kernels' classes call it
 Each run seeds numba's generator with ``seed + run``, balances one uniformly random free unit
 per step and, after every sweep (``len(free)`` steps), tests a sample of every
 ``SCREEN_STRIDE``-th unit before the full max relative deficit (exact: the full test decides).
-On the unit graph the next units are drawn ``PREFETCH_AHEAD`` steps early from the same stream
-so that their rows can be prefetched (the same units, in the same order).
+A sweep's units are drawn before its steps (the same units in the same order as drawing each
+before its step), so that the step loop can prefetch the rows of the units ``PREFETCH_AHEAD``
+steps ahead.
 
 >>> import numpy as np
 >>> from synbal._adapters.dense import DenseNet, DenseNetAdapter
@@ -38,18 +39,17 @@ from synbal._compiled.unit_steps import (
     chain_factors,
     graph_factors,
     max_rel,
-    prefetch_unit,
-    step,
+    run_steps,
 )
 
 __all__ = ["many_stochastic"]
 
 
-def many_stochastic(kind: int, graph: GraphArrays, chain: ChainArrays, lead: int, u0: np.ndarray, free: np.ndarray,
-                    runs: int, seed: int, tol: float, max_sweeps: int, theta: float, record_every: int = 0
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``runs`` independent stochastic runs from ``u0`` on the ``kind`` layout (``lead``: units
-    drawn ahead for prefetching, 0 for none).
+def many_stochastic(kind: int, graph: GraphArrays, chain: ChainArrays, ahead: bool, u0: np.ndarray,
+                    free: np.ndarray, runs: int, seed: int, tol: float, max_sweeps: int, theta: float,
+                    record_every: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``runs`` independent stochastic runs from ``u0`` on the ``kind`` layout (``ahead``: prefetch
+    the next units' rows).
 
     Returns ``(U, sweeps, snapshots)``: final log-scales ``(runs, n)``, sweeps used per run
     (negative if ``tol`` was not met), and, if ``record_every > 0``, log-scales every
@@ -63,7 +63,7 @@ def many_stochastic(kind: int, graph: GraphArrays, chain: ChainArrays, lead: int
     sweeps = np.zeros(runs, dtype=np.int64)
     run = (np.ascontiguousarray(free, dtype=np.int64), np.int64(seed), float(tol), int(max_sweeps), float(theta),
            int(record_every))
-    _many_runs(U, snaps, sweeps, run, kind, lead, graph, chain)
+    _many_runs(U, snaps, sweeps, run, kind, ahead, graph, chain)
     return U, sweeps, snaps
 
 
@@ -76,16 +76,11 @@ def _factors(kind, u, graph, chain):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(parallel=True, cache=True)
-def _many_runs(U, snaps, sweeps, run, kind, lead, graph, chain):  # type: ignore[no-untyped-def]
+def _many_runs(U, snaps, sweeps, run, kind, ahead, graph, chain):  # type: ignore[no-untyped-def]
     free, seed, tol, max_sweeps, theta, record_every = run
     for r in numba.prange(U.shape[0]):
         np.random.seed(seed + r)  # noqa: NPY002 (numba supports only the legacy API)
-        # the next ``lead`` units are drawn early (same stream) so their rows can be prefetched
-        upcoming = np.empty(lead + 1, dtype=np.int64)
-        for q in range(lead):
-            upcoming[q] = free[np.random.randint(0, free.size)]  # noqa: NPY002
-            prefetch_unit(kind, upcoming[q], graph, chain)
-        head = 0
+        order = np.empty(free.size, dtype=np.int64)
         u = U[r]
         X, Y = _factors(kind, u, graph, chain)
         rec = 0
@@ -94,14 +89,9 @@ def _many_runs(U, snaps, sweeps, run, kind, lead, graph, chain):  # type: ignore
             rec = 1
         done = -1
         for sweep in range(1, max_sweeps + 1):
-            for _ in range(free.size):
-                drawn = free[np.random.randint(0, free.size)]  # noqa: NPY002
-                if lead > 0:
-                    prefetch_unit(kind, drawn, graph, chain)
-                upcoming[(head + lead) % (lead + 1)] = drawn
-                i = upcoming[head]
-                head = (head + 1) % (lead + 1)
-                step(kind, i, u, X, Y, theta, graph, chain)
+            for q in range(free.size):  # a sweep's units, drawn one by one from the run's stream
+                order[q] = free[np.random.randint(0, free.size)]  # noqa: NPY002
+            run_steps(kind, order, u, X, Y, theta, ahead, graph, chain)
             if record_every > 0 and sweep % record_every == 0:
                 snaps[r, rec, :] = u
                 rec += 1

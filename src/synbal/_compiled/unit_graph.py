@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from synbal._compiled.lowlevel import PREFETCH_AHEAD, PREFETCH_BYTES
+from synbal._compiled.lowlevel import PREFETCH_BYTES
 from synbal._compiled.many_runs import many_stochastic
 from synbal._compiled.unit_steps import GRAPH, NO_CHAIN, GraphArrays, run_steps
 from synbal._problem.problem import BalanceProblem
@@ -113,8 +113,7 @@ class UnitGraph:
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``runs`` independent stochastic runs from ``u0`` in parallel threads
         (:func:`synbal._compiled.many_runs.many_stochastic`)."""
-        lead = PREFETCH_AHEAD if self.prefetch else 0
-        return many_stochastic(GRAPH, self.arrays, NO_CHAIN, lead, u0, free, runs, seed, tol, max_sweeps, theta,
-                               record_every)
+        return many_stochastic(GRAPH, self.arrays, NO_CHAIN, self.prefetch, u0, free, runs, seed, tol,
+                               max_sweeps, theta, record_every)
 
 

@@ -11,8 +11,8 @@
 The step itself — closed form or bracketed Newton — is :mod:`synbal._solvers.steps`, shared
 with the Python schedules. :func:`run_steps` and the many-runs driver
 (:mod:`synbal._compiled.many_runs`) take both layouts' arrays and a ``kind`` saying which is
-real (the other is an empty stand-in, :data:`NO_GRAPH` or :data:`NO_CHAIN`): one compiled loop
-for both, which numba caches on disk (passing the step functions as arguments would not be).
+real (the other is an empty stand-in, :data:`NO_GRAPH` or :data:`NO_CHAIN`): one compiled
+function for both, which numba caches on disk (passing the step functions as arguments would not be).
 
 >>> import numpy as np
 >>> from synbal._compiled.unit_graph import UnitGraph
@@ -37,7 +37,7 @@ from synbal._compiled.powermatrix import _pw
 from synbal._solvers.steps import closed_log_step, log_step
 
 __all__ = ["CHAIN", "GRAPH", "NO_CHAIN", "NO_GRAPH", "ChainArrays", "GraphArrays", "chain_factors", "chain_max_rel",
-           "graph_factors", "graph_max_rel", "max_rel", "prefetch_unit", "run_steps", "step"]
+           "graph_factors", "graph_max_rel", "max_rel", "run_steps"]
 
 #: ``kind``: the unit graph's arrays are the real ones.
 GRAPH = 0
@@ -285,24 +285,6 @@ NO_CHAIN: ChainArrays = (1.0, np.zeros(0, np.int64), np.zeros(0, np.int64), np.z
 
 
 @numba.njit(cache=True)
-def step(kind, i, u, X, Y, theta, graph, chain):  # type: ignore[no-untyped-def]
-    """Balance unit ``i`` on the ``kind`` layout."""
-    if kind == GRAPH:
-        graph_step(i, u, X, Y, theta, graph)
-    else:
-        chain_step(i, u, X[0], Y[0], theta, chain)
-
-
-@numba.njit(cache=True)
-def prefetch_unit(kind, i, graph, chain):  # type: ignore[no-untyped-def]
-    """Ask for unit ``i``'s rows ahead of its step."""
-    if kind == GRAPH:
-        graph_prefetch(i, graph)
-    else:
-        chain_prefetch(i, chain)
-
-
-@numba.njit(cache=True)
 def max_rel(kind, free, X, Y, graph, chain):  # type: ignore[no-untyped-def]
     """``max |IN − c·OUT| / (IN + c·OUT)`` over the units in ``free``."""
     if kind == GRAPH:
@@ -312,10 +294,33 @@ def max_rel(kind, free, X, Y, graph, chain):  # type: ignore[no-untyped-def]
 
 @numba.njit(cache=True)
 def run_steps(kind, order, u, X, Y, theta, ahead, graph, chain):  # type: ignore[no-untyped-def]
-    """Balance the units in ``order`` one after the other (``ahead``: prefetch the next units' rows)."""
+    """Balance the units in ``order`` one after the other (``ahead``: prefetch the next units' rows).
+
+    The layout is chosen once, outside the loop: each layout's loop then calls its own step with
+    nothing between (a choice per step, or a view of the chain's factor row per step, costs as
+    much as a small step). These two loops are the one place the step loop is written twice.
+    """
+    if kind == GRAPH:
+        _graph_loop(order, u, X, Y, theta, ahead, graph)
+    else:
+        _chain_loop(order, u, X[0], Y[0], theta, ahead, chain)
+
+
+@numba.njit(cache=True)
+def _graph_loop(order, u, X, Y, theta, ahead, g):  # type: ignore[no-untyped-def]
     for q in range(min(PREFETCH_AHEAD, order.size) if ahead else 0):
-        prefetch_unit(kind, order[q], graph, chain)
+        graph_prefetch(order[q], g)
     for q in range(order.size):
         if ahead and q + PREFETCH_AHEAD < order.size:
-            prefetch_unit(kind, order[q + PREFETCH_AHEAD], graph, chain)
-        step(kind, order[q], u, X, Y, theta, graph, chain)
+            graph_prefetch(order[q + PREFETCH_AHEAD], g)
+        graph_step(order[q], u, X, Y, theta, g)
+
+
+@numba.njit(cache=True)
+def _chain_loop(order, u, X, Y, theta, ahead, k):  # type: ignore[no-untyped-def]
+    for q in range(min(PREFETCH_AHEAD, order.size) if ahead else 0):
+        chain_prefetch(order[q], k)
+    for q in range(order.size):
+        if ahead and q + PREFETCH_AHEAD < order.size:
+            chain_prefetch(order[q + PREFETCH_AHEAD], k)
+        chain_step(order[q], u, X, Y, theta, k)
