@@ -94,9 +94,12 @@ def _unit_costs(i: int, X: np.ndarray, Y: np.ndarray, g: GraphArrays) -> tuple[n
     return a, b, s
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def graph_step(i: int, u: np.ndarray, X: np.ndarray, Y: np.ndarray, theta: float, g: GraphArrays) -> None:
-    """Balance unit ``i`` (:mod:`synbal._solvers.steps`), refreshing its cached factors."""
+    """Balance unit ``i`` (:mod:`synbal._solvers.steps`), refreshing its cached factors.
+
+    Inlined into the step loop: as a call, taking the arrays out of ``g`` at every step costs
+    about a tenth of a step on nets of ~100 neighbours per unit."""
     degree_ext, powers, in_ptr, in_idx, in_val, out_ptr, out_idx, out_val = g
     c = degree_ext[i]
     if powers.size == 1:
