@@ -16,19 +16,19 @@ import torch
 
 from synbal.data import load_mnist
 from synbal.experiments import EXPERIMENTS, ExperimentContext, run_experiment
-from synbal.experiments.dynamics import Arm, flow_decay, summarise_arm, torch_threads
-from synbal.experiments.fig7 import verdict as fig7_verdict
-from synbal.experiments.fig8 import fig8_arms
-from synbal.experiments.fig8 import verdict as fig8_verdict
-from synbal.experiments.lc import STANDIN, mnist_as_cifar
-from synbal.experiments.models import (
+from synbal.experiments._arms import Arm, flow_decay, summarise_arm, torch_threads
+from synbal.experiments._fig7 import verdict as fig7_verdict
+from synbal.experiments._fig8 import fig8_arms
+from synbal.experiments._fig8 import verdict as fig8_verdict
+from synbal.experiments._models import (
     SPEED_ARCHITECTURES,
     fc_classifier,
     lc_cifar_net,
     lc_hidden_sizes,
     mnist_autoencoder,
 )
-from synbal.experiments.speed import epochs_to_reach
+from synbal.experiments._speed import epochs_to_reach
+from synbal.experiments._tasks import STANDIN, mnist_as_cifar
 from synbal.training import ModelBalance
 
 TINY = {
@@ -118,7 +118,7 @@ def test_fig7_verdict_rule() -> None:
 
 
 def test_fig7_verdict_is_not_fooled_by_weight_shrinkage() -> None:
-    from synbal.experiments.fig7 import BALANCED_FRACTION, PLAIN_KEEPS
+    from synbal.experiments._fig7 import BALANCED_FRACTION, PLAIN_KEEPS
 
     ok = BALANCED_FRACTION * 0.5
     shrunk = {"E": _summary(1.0), "E+L2": _summary(ok, free=BALANCED_FRACTION * 3), "E+L1": _summary(ok)}
@@ -130,7 +130,7 @@ def test_fig7_verdict_is_not_fooled_by_weight_shrinkage() -> None:
 
 
 def test_fig8_verdict_rule() -> None:
-    from synbal.experiments.fig8 import LOST_FACTOR
+    from synbal.experiments._fig8 import LOST_FACTOR
 
     arms = fig8_arms()
 
@@ -180,7 +180,7 @@ def test_autoencoder_experiments_tiny(name: str, tmp_path: Path) -> None:
     if name == "fig8":  # every arm starts balanced
         starts = [np.array(a["overall_deficit"], dtype=float)[:, 0] for a in series.values()]
         assert max(float(s.max()) for s in starts) < 1e-6
-    from synbal.experiments.models import DEFAULT_INIT
+    from synbal.experiments._models import DEFAULT_INIT
 
     assert payload["settings"]["init"] == DEFAULT_INIT and DEFAULT_INIT in md  # type: ignore[index]
     for arm in series.values():  # the scale-free deficit is in the series: D / ‖W‖_F⁴
@@ -195,13 +195,13 @@ def test_lc_experiments_tiny_state_the_standin(name: str, tmp_path: Path) -> Non
     payload = _outputs(tmp_path, name)
     assert STANDIN in (tmp_path / f"{name}.md").read_text()
     assert STANDIN in str(payload["settings"]) and STANDIN in result["data"]  # type: ignore[operator]
-    from synbal.experiments.models import LC_INIT
+    from synbal.experiments._models import LC_INIT
 
     assert payload["settings"]["init"] == LC_INIT  # type: ignore[index]  # He-uniform, as it ran
 
 
 def test_lc_experiment_resumes_from_its_run_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import synbal.experiments.dynamics as dynamics
+    import synbal.experiments._arms as dynamics
 
     ctx = ExperimentContext(out_dir=tmp_path, quick=True, progress=False, extra=dict(TINY["fig8-lc"]))
     first = run_experiment("fig8-lc", ctx)
@@ -235,7 +235,7 @@ def test_speed_tiny(tmp_path: Path) -> None:
 
 
 def test_speed_resumes_from_its_run_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import synbal.experiments.speed as speed
+    import synbal.experiments._speed as speed
 
     extra = dict(TINY["speed"], seeds=1, epochs_1pct=4, eval_every_1pct=2)
     first = run_experiment("speed", ExperimentContext(out_dir=tmp_path, quick=True, progress=False, extra=extra))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import synbal.experiments.quant as quant
+import synbal.experiments._quant as quant
 from synbal.experiments import ExperimentContext, run_experiment
-from synbal.experiments.quant_verdict import verdict
+from synbal.experiments._quant_verdict import verdict
 
 TINY = {"models": ["mlp"], "seeds": 1, "epochs": 1, "train_size": 200, "test_size": 100, "bits": [8, 4],
         "arms": ["none", "torch-equalize", "synbal-linf"], "datasets": ["MNIST"]}

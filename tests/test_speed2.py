@@ -12,7 +12,7 @@ import torch
 
 from synbal.errors import SynbalError
 from synbal.experiments import EXPERIMENTS, ExperimentContext, run_experiment
-from synbal.experiments.speed2_rules import MIN_GAIN_POINTS, MIN_SPEEDUP, NULL_BAND_POINTS, mean_ci, paired_decision
+from synbal.experiments._speed2_rules import MIN_GAIN_POINTS, MIN_SPEEDUP, NULL_BAND_POINTS, mean_ci, paired_decision
 
 SEEDS = 5
 
@@ -58,8 +58,8 @@ def test_paired_decision_supported_by_speed() -> None:
 
 
 def test_weights_only_balancing_leaves_biases_and_balances_every_layer() -> None:
-    from synbal.experiments.models import fc_classifier
-    from synbal.experiments.speed2_train import balance_weights_only
+    from synbal.experiments._models import fc_classifier
+    from synbal.experiments._speed2_train import balance_weights_only
 
     net = fc_classifier([6, 5, 4, 3], seed=1)
     biases = [m.bias.detach().clone() for m in net if isinstance(m, torch.nn.Linear)]
@@ -75,7 +75,7 @@ def test_weights_only_balancing_leaves_biases_and_balances_every_layer() -> None
 
 
 def test_split_and_steps() -> None:
-    from synbal.experiments.speed2 import steps_to, stratified_split
+    from synbal.experiments._speed2 import steps_to, stratified_split
 
     labels = np.repeat(np.arange(10), 50)
     tr, va = stratified_split(labels, 0.1, seed=3)

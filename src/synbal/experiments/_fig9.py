@@ -50,15 +50,15 @@ from synbal._problem.regularizers import parse_regularizer
 from synbal._solvers import SolveOptions, solve
 from synbal.data._dataset import ImageDataset
 from synbal.errors import SynbalError
+from synbal.experiments._report import ExperimentContext
+from synbal.experiments._tasks import cifar_or_standin
 from synbal.experiments.cache import BatchRecord
-from synbal.experiments.report import ExperimentContext
 
 __all__ = [
     "Ensemble",
     "Fig9Settings",
     "WeightSpace",
     "analyse_problem",
-    "cifar10_standin",
     "endpoint_spread",
     "reproduce",
     "run",
@@ -432,7 +432,7 @@ def analyse_problem(problem: BalanceProblem, settings: Fig9Settings, *, progress
 # ---------------------------------------------------------------------------- outputs
 def plot_ensemble(ens: Ensemble, title: str) -> Any:
     """Figure 9 in the paper's style: distance to ``W_balanced`` and ``‖W‖_F``, mean ± 1 std."""
-    from synbal.experiments.report import new_figure, plot_mean_std
+    from synbal.experiments._report import new_figure, plot_mean_std
 
     fig, (ax_dist, ax_norm) = new_figure(ncols=2)
     sweeps = ens.sweep_grid
@@ -547,42 +547,10 @@ def settings_for(ctx: ExperimentContext, name: str) -> Fig9Settings:
     return replace(chosen, runs=ctx.n_seeds(full.runs, quick.runs))
 
 
-def cifar10_standin() -> ImageDataset:
-    """The stand-in for CIFAR-10 when no files are given: embedded MNIST digits as colour images.
-
-    Each 28×28 digit is zero-padded to 32×32 and copied into three channels, so the images have
-    CIFAR-10's shape (32×32×3) and ten classes; it is *not* CIFAR-10 (grey digits on black),
-    and every output says so.
-
-    >>> ds = cifar10_standin()
-    >>> ds.image_shape, ds.num_classes
-    ((32, 32, 3), 10)
-    """
+def _dataset(net: _Network, ctx: ExperimentContext) -> ImageDataset:
     from synbal.data import load_mnist
 
-    mnist = load_mnist()
-
-    def colour(images: np.ndarray) -> np.ndarray:
-        padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
-        return np.ascontiguousarray(np.repeat(padded[..., None], 3, axis=3))
-
-    return ImageDataset(
-        name="cifar10-standin",
-        train_images=colour(mnist.train_images),
-        train_labels=mnist.train_labels,
-        test_images=colour(mnist.test_images),
-        test_labels=mnist.test_labels,
-        source="STAND-IN for CIFAR-10 (no --data given): embedded MNIST digits zero-padded to "
-        "32x32 and copied into 3 channels — not CIFAR-10",
-    )
-
-
-def _dataset(net: _Network, ctx: ExperimentContext) -> ImageDataset:
-    from synbal.data import load_cifar10, load_mnist
-
-    if net is _AE:
-        return load_mnist(ctx.data)
-    return load_cifar10(ctx.data) if ctx.data is not None else cifar10_standin()
+    return load_mnist(ctx.data) if net is _AE else cifar_or_standin(ctx.data)
 
 
 def _trained_problem(net: _Network, ctx: ExperimentContext, settings: Fig9Settings
@@ -591,8 +559,8 @@ def _trained_problem(net: _Network, ctx: ExperimentContext, settings: Fig9Settin
     import torch
 
     from synbal._adapters.protocol import adapter_for
-    from synbal.experiments import models
-    from synbal.experiments.models import lc_cifar_net, mnist_autoencoder
+    from synbal.experiments import _models as models
+    from synbal.experiments._models import lc_cifar_net, mnist_autoencoder
     from synbal.training import TrainConfig, train
 
     dataset = _dataset(net, ctx)
@@ -644,7 +612,7 @@ def reproduce(ctx: ExperimentContext, name: str, settings: Fig9Settings | None =
     end points included), so an interrupted reproduction started again with the same ``--out``
     and settings resumes; that folder can be deleted once the outputs are written.
     """
-    from synbal.experiments.report import write_outputs
+    from synbal.experiments._report import write_outputs
 
     nets = {"fig9": _AE, "fig9-lc": _LC}
     if name not in nets:

@@ -36,12 +36,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from synbal.data import ImageDataset, load_fashion_mnist, load_mnist
-from synbal.errors import DataError, SynbalError
+from synbal.data import ImageDataset
+from synbal.experiments._arms import torch_threads
+from synbal.experiments._models import SPEED_ARCHITECTURES, fc_classifier
+from synbal.experiments._report import ExperimentContext, new_figure, plot_mean_std, write_outputs
+from synbal.experiments._tasks import image_datasets
 from synbal.experiments.cache import RunCache
-from synbal.experiments.dynamics import torch_threads
-from synbal.experiments.models import SPEED_ARCHITECTURES, fc_classifier
-from synbal.experiments.report import ExperimentContext, new_figure, plot_mean_std, write_outputs
 from synbal.training import BalanceSchedule, TrainConfig, train
 
 __all__ = ["ARMS", "THRESHOLDS", "SpeedArm", "epochs_to_reach", "run"]
@@ -94,26 +94,6 @@ def epochs_to_reach(curve: np.ndarray, threshold: float) -> float:
     """
     hits = np.flatnonzero(np.asarray(curve) >= threshold)
     return float(hits[0]) if hits.size else math.nan
-
-
-DATASETS = ("MNIST", "Fashion-MNIST")
-
-
-def _datasets(ctx: ExperimentContext) -> tuple[list[tuple[str, ImageDataset]], list[str]]:
-    wanted = list(ctx.extra.get("datasets", DATASETS))
-    unknown = sorted(set(wanted) - set(DATASETS))
-    if unknown:
-        raise SynbalError(f"speed: unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
-    notes = []
-    sets = []
-    if "MNIST" in wanted:
-        sets.append(("MNIST", load_mnist(ctx.data)))
-    if "Fashion-MNIST" in wanted:
-        try:
-            sets.append(("Fashion-MNIST", load_fashion_mnist(ctx.extra.get("fashion"))))
-        except DataError as exc:
-            notes.append(f"Fashion-MNIST skipped: {exc}")
-    return sets, notes
 
 
 def _train_arm(widths: list[int], seed: int, reg: str | None, arm: SpeedArm, data: ImageDataset,
@@ -204,7 +184,7 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     eval_every_small = int(ctx.extra.get("eval_every_1pct", 1 if ctx.quick else 5))
     train_size = ctx.extra.get("train_size", 5000 if ctx.quick else None)
     nets = {k: v for k, v in SPEED_ARCHITECTURES.items() if k in ctx.extra.get("nets", SPEED_ARCHITECTURES)}
-    datasets, notes = _datasets(ctx)
+    datasets, notes = image_datasets(ctx, NAME)
     variants = []
     for name, ds in datasets:
         full = ds.subset(int(train_size), seed=0) if train_size and int(train_size) < ds.n_train else ds

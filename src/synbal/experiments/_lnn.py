@@ -21,7 +21,7 @@ initialization, full-batch gradient descent on ``(1/2m) Σ ‖ŷ − y‖²`` wi
    gated differently on the same sample, and the paper's cross-sample expression evaluated
    literally, compared with the exact rate.
 
-``synbal reproduce lnn-relu`` (:mod:`synbal.experiments.lnn_relu`) — a 7-layer bias-free ReLU MLP
+``synbal reproduce lnn-relu`` (:mod:`synbal.experiments._lnn_relu`) — a 7-layer bias-free ReLU MLP
 784-100×6-10 on MNIST: layer norms over training (Fig. 2), the per-neuron deficit monitor, and
 the test of Conjecture 4 (upper layers' Gram rates match: ``‖d(W_{l+1}ᵀW_{l+1})/dt −
 d(W_lW_lᵀ)/dt‖_F → 0``; growth rates of upper-layer norms become similar).
@@ -50,9 +50,9 @@ from tqdm.auto import tqdm
 
 from synbal.dynamics import GramMonitor, glorot_init, gram_rates
 from synbal.errors import SynbalError
-from synbal.experiments import lnn_verdicts as words
-from synbal.experiments.lnn_verdicts import transition_sharpness
-from synbal.experiments.report import ExperimentContext, new_figure, plot_mean_std, write_outputs
+from synbal.experiments import _lnn_verdicts as words
+from synbal.experiments._lnn_verdicts import transition_sharpness
+from synbal.experiments._report import ExperimentContext, new_figure, plot_mean_std, write_outputs
 
 __all__ = [
     "MixtureTask",

@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 
 from synbal.dynamics import GramMonitor, gram_rates, layer_norms, linear_layers
 from synbal.errors import SynbalError
-from synbal.experiments import lnn_verdicts as words
-from synbal.experiments.report import ExperimentContext, new_figure, plot_mean_std, write_outputs
+from synbal.experiments import _lnn_verdicts as words
+from synbal.experiments._report import ExperimentContext, new_figure, plot_mean_std, write_outputs
 
 __all__ = ["ReluSettings", "relu_mlp", "run", "spread_of_slopes", "train_and_record"]
 

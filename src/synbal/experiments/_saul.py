@@ -50,7 +50,7 @@ from synbal._problem.problem import BalanceProblem, CostBlock
 from synbal._problem.regularizers import parse_regularizer
 from synbal._solvers import SolveOptions, solve
 from synbal._solvers.flows import WeightBalancingFlow
-from synbal.experiments.report import ExperimentContext, new_figure, write_outputs
+from synbal.experiments._report import ExperimentContext, new_figure, write_outputs
 
 #: Summary thresholds (fixed before any run): largest relative increase of the norm per update
 #: still counted as "monotone" (rounding), largest |ratio − exact| counted as "the same minimum",
