@@ -9,14 +9,16 @@ by ``fig7-lc``, ``fig8-lc`` and ``fig9-lc`` when no ``--data`` is given),
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from synbal.data import ImageDataset, load_cifar10, load_fashion_mnist, load_mnist
 from synbal.errors import DataError, SynbalError
 from synbal.experiments._arms import Task
-from synbal.experiments._models import LC_INIT, lc_cifar_net, mnist_autoencoder
+from synbal.experiments._models import DEFAULT_INIT, LC_INIT, lc_cifar_net, mnist_autoencoder
 from synbal.experiments._report import ExperimentContext
 
 __all__ = ["DATASETS", "STANDIN", "autoencoder_task", "cifar10_standin", "cifar_or_standin", "image_datasets",
@@ -114,6 +116,16 @@ def image_datasets(ctx: ExperimentContext, experiment: str) -> tuple[list[tuple[
     return sets, notes
 
 
+def _image_task(ctx: ExperimentContext, name: str, ds: ImageDataset, model_factory: Callable[[int], nn.Module], *,
+                autoencoder: bool, batch_size: int, epochs: int) -> Task:
+    """A task on ``ds``'s training images: reconstruct them (sum of squares) or classify them."""
+    x, y = ds.tensors("train", flatten=autoencoder)
+    return Task(name=name, model_factory=model_factory, train_data=(x, x) if autoencoder else (x, y),
+                loss="sse" if autoencoder else "cross_entropy", batch_size=batch_size,
+                epochs=int(ctx.extra.get("epochs", epochs)), data_source=ds.source,
+                example_inputs=None if autoencoder else x[:2], init=DEFAULT_INIT if autoencoder else LC_INIT)
+
+
 def autoencoder_task(ctx: ExperimentContext, name: str, *, epochs: int) -> Task:
     """The MNIST autoencoder task (sum of squares, batch 200); ``--set epochs=N`` overrides ``epochs``.
 
@@ -122,17 +134,8 @@ def autoencoder_task(ctx: ExperimentContext, name: str, *, epochs: int) -> Task:
     >>> task.epochs, task.steps_per_epoch, task.loss
     (3, 2, 'sse')
     """
-    ds = training_mnist(ctx)
-    x, _ = ds.tensors("train")
-    return Task(
-        name=name,
-        model_factory=lambda seed: mnist_autoencoder(seed=seed),
-        train_data=(x, x),
-        loss="sse",
-        batch_size=200,
-        epochs=int(ctx.extra.get("epochs", epochs)),
-        data_source=ds.source,
-    )
+    return _image_task(ctx, name, training_mnist(ctx), lambda seed: mnist_autoencoder(seed=seed), autoencoder=True,
+                       batch_size=200, epochs=epochs)
 
 
 def lc_task(ctx: ExperimentContext, name: str) -> Task:
@@ -147,16 +150,5 @@ def lc_task(ctx: ExperimentContext, name: str) -> Task:
     """
     ds = cifar_or_standin(ctx.data)
     size = int(ctx.extra.get("train_size", 500 if ctx.quick else 5000))
-    ds = ds.subset(min(size, ds.n_train), seed=0)
-    x, y = ds.tensors("train", flatten=False)
-    return Task(
-        name=name,
-        model_factory=lambda seed: lc_cifar_net(seed=seed),
-        train_data=(x, y),
-        loss="cross_entropy",
-        batch_size=5,
-        epochs=int(ctx.extra.get("epochs", 4 if ctx.quick else 10)),
-        data_source=ds.source,
-        example_inputs=x[:2],
-        init=LC_INIT,
-    )
+    return _image_task(ctx, name, ds.subset(min(size, ds.n_train), seed=0), lambda seed: lc_cifar_net(seed=seed),
+                       autoencoder=False, batch_size=5, epochs=4 if ctx.quick else 10)
