@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from synbal.data import load_mnist
+from synbal.errors import SynbalError
 from synbal.experiments import EXPERIMENTS, ExperimentContext, run_experiment
 from synbal.experiments._arms import Arm, flow_decay, summarise_arm, torch_threads
 from synbal.experiments._fig7 import verdict as fig7_verdict
@@ -201,7 +202,7 @@ def test_lc_experiments_tiny_state_the_standin(name: str, tmp_path: Path) -> Non
 
 
 def test_lc_experiment_resumes_from_its_run_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import synbal.experiments._arms as dynamics
+    import synbal.experiments._arms as arms
 
     ctx = ExperimentContext(out_dir=tmp_path, quick=True, progress=False, extra=dict(TINY["fig8-lc"]))
     first = run_experiment("fig8-lc", ctx)
@@ -210,7 +211,7 @@ def test_lc_experiment_resumes_from_its_run_record(tmp_path: Path, monkeypatch: 
     def no_training(*args: object) -> None:
         raise AssertionError("a recorded run was trained again")
 
-    monkeypatch.setattr(dynamics, "_train_one", no_training)
+    monkeypatch.setattr(arms, "_train_one", no_training)
     again = run_experiment("fig8-lc", ctx)
     assert again["summaries"] == first["summaries"]
     # other settings are other runs: nothing recorded fits them
@@ -251,7 +252,7 @@ def test_speed_resumes_from_its_run_record(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(speed, "_train_arm", no_training)
     again = run_experiment("speed", ExperimentContext(out_dir=tmp_path, quick=True, progress=False, extra=extra))
     assert again["table"] == first["table"]
-    with pytest.raises(Exception, match="unknown dataset"):
+    with pytest.raises(SynbalError, match="unknown dataset"):
         run_experiment("speed", ExperimentContext(out_dir=tmp_path, quick=True, progress=False,
                                                   extra=dict(extra, datasets=["SVHN"])))
 
