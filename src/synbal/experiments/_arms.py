@@ -1,4 +1,4 @@
-"""Balance dynamics during training — the machinery shared by fig7, fig8 and their ``-lc`` variants.
+"""Arms and tasks: the training harness of fig7, fig8 and their ``-lc`` variants (balance dynamics).
 
 A *task* is a network family, data and a training recipe; an *arm* is one way of training it
 (learning rate, regularizer ``β·R``, optional balancing before training). :func:`run_arms`
