@@ -275,15 +275,21 @@ def _check_arm_summaries(summaries: dict[str, dict[str, float]]) -> None:
     assert max(norms) == pytest.approx(min(norms), rel=1e-9)
 
 
+def _quick_arms_run(name: str, tmp_path: Path) -> tuple[dict, str]:
+    """Run the real ``--quick`` variant; its results and the explanation written with its verdict."""
+    result = run_experiment(name, ExperimentContext(out_dir=tmp_path, quick=True, progress=False))
+    payload = _outputs(tmp_path, name)
+    _check_arm_summaries(result["summaries"])
+    return result, payload["results"]["explanation"]  # type: ignore[index]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["fig7", "fig7-lc"])
 def test_real_quick_variant_fig7(name: str, tmp_path: Path) -> None:
     """The verdict is what the rule gives on the reported numbers; R makes the deficit fall, E alone does not."""
-    result = run_experiment(name, ExperimentContext(out_dir=tmp_path, quick=True, progress=False))
-    payload = _outputs(tmp_path, name)
+    result, explanation = _quick_arms_run(name, tmp_path)
     summaries = result["summaries"]
-    _check_arm_summaries(summaries)
-    assert fig7_verdict(summaries) == (result["verdict"], payload["results"]["explanation"])  # type: ignore[index]
+    assert fig7_verdict(summaries) == (result["verdict"], explanation)
     word = result["verdict"]
     assert word.startswith(("supported", "partly supported", "inconclusive"))
     for label in ("E+L2", "E+L1"):  # what each of these words needs of the regularized arms
@@ -299,12 +305,10 @@ def test_real_quick_variant_fig7(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["fig8", "fig8-lc"])
 def test_real_quick_variant_fig8(name: str, tmp_path: Path) -> None:
     """Balanced starts; the verdict is the rule's on the reported numbers; the large rate loses balance."""
-    result = run_experiment(name, ExperimentContext(out_dir=tmp_path, quick=True, progress=False))
-    payload = _outputs(tmp_path, name)
+    result, explanation = _quick_arms_run(name, tmp_path)
     summaries = result["summaries"]
-    _check_arm_summaries(summaries)
     arms = fig8_arms(large=0.02, small=0.001, beta=5e-3) if name == "fig8-lc" else fig8_arms()
-    assert fig8_verdict(arms, summaries) == (result["verdict"], payload["results"]["explanation"])  # type: ignore[index]
+    assert fig8_verdict(arms, summaries) == (result["verdict"], explanation)
     for s in summaries.values():  # balanced to max relative deficit <= 1e-8, then rounded to float32 weights
         assert s["max_relative_deficit_initial"] < 1e-6
     large, _, small = (summaries[a.label] for a in arms)
