@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from synbal.algorithms.base import HistoryEntry, SolveOptions, SolveResult, check_range
 from synbal.algorithms.chain import solve_chain
 from synbal.algorithms.custom import custom_unit_steps
+from synbal.algorithms.far_steps import far_unit_steps
 from synbal.algorithms.local import optimal_log_steps
 from synbal.problem import BalanceProblem, CostBlock
 from synbal.regularizers import Regularizer
@@ -139,10 +140,14 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
             u, grad, scale, rel = u + step, full_grad, full_scale, full_rel
         else:
             alpha = _line_search(problem, u, step, float(grad @ step))
-            if alpha == 0.0:
-                break
             u = u + alpha * step
             grad, scale = problem.gradient_parts(u)
+            # units far from balance on a scale R's rounding hides: balance them exactly
+            moved = far_unit_steps(problem, u, _rel(grad, scale), free)
+            if moved:
+                grad, scale = problem.gradient_parts(u)
+            elif alpha == 0.0:
+                break
             rel = _max_rel(grad, scale, free)
         if guard:
             check_range(problem, u)
@@ -267,9 +272,12 @@ def _line_search(problem: BalanceProblem, u: np.ndarray, step: np.ndarray, slope
     return lo
 
 
+def _rel(grad: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return np.divide(np.abs(grad), scale, out=np.zeros_like(grad), where=scale > 0)
+
+
 def _max_rel(grad: np.ndarray, scale: np.ndarray, free: np.ndarray) -> float:
-    rel = np.divide(np.abs(grad), scale, out=np.zeros_like(grad), where=scale > 0)
-    return float(rel[free].max()) if free.any() else 0.0
+    return float(_rel(grad, scale)[free].max()) if free.any() else 0.0
 
 
 # ---------------------------------------------------------------------- two-level sweeps
