@@ -14,14 +14,17 @@ so they are available for every source synbal can extract.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 
 from synbal.problem import BalanceProblem
 
-__all__ = ["DeficitReport", "LayerBalance", "UnitBalance", "deficit_report"]
+__all__ = ["DeficitReport", "LayerBalance", "Records", "UnitBalance", "deficit_report"]
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)  # a plain record: slots make building one per unit of a large net cheap
@@ -48,6 +51,47 @@ class LayerBalance:
     max_relative_deficit: float
 
 
+class Records(Sequence[T], Generic[T]):
+    """A read-only sequence whose items are made on access by ``make(i)``: a report on 100,000
+    units builds no record nobody reads. Compares equal to a list of the same records.
+
+    >>> recs = Records(3, lambda i: i * i)
+    >>> len(recs), recs[2], recs[-1], recs[:2], recs == [0, 1, 4]
+    (3, 4, 4, [0, 1], True)
+    """
+
+    def __init__(self, count: int, make: Callable[[int], T]) -> None:
+        self._count = int(count)
+        self._make = make
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return [self._make(i) for i in range(*index.indices(self._count))]
+        i = int(index) + (self._count if int(index) < 0 else 0)
+        if not 0 <= i < self._count:
+            raise IndexError(f"record {index} out of range for {self._count}")
+        return self._make(i)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, Records)):
+            return len(other) == self._count and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Records({self._count})"
+
+
 @dataclass
 class DeficitReport:
     """Per-unit and overall balance of a network for one regularizer.
@@ -57,12 +101,12 @@ class DeficitReport:
     """
 
     regularizer: str
-    units: list[UnitBalance]
+    units: Sequence[UnitBalance]
     regularizer_value: float
     overall_deficit: float
     max_relative_deficit: float
     frobenius_norm: float | None
-    layers: list[LayerBalance] = field(default_factory=list)
+    layers: Sequence[LayerBalance] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -120,11 +164,10 @@ def _record(obj: UnitBalance | LayerBalance) -> dict[str, Any]:
     return {name: getattr(obj, name) for name in obj.__slots__}
 
 
-def _status(problem: BalanceProblem) -> list[str]:
+def _status(problem: BalanceProblem) -> np.ndarray:
     floating, pinned = problem.grounding()
-    status = np.select([problem.dead_mask(), floating, pinned, problem.drifting_mask()],
-                       ["dead", "floating", "pinned", "drifting"], "free")
-    return [str(s) for s in status.tolist()]
+    return np.select([problem.dead_mask(), floating, pinned, problem.drifting_mask()],
+                     ["dead", "floating", "pinned", "drifting"], "free")
 
 
 def deficit_report(
@@ -143,15 +186,15 @@ def deficit_report(
     names = problem.names or []
     c = problem.degree
     deficits = (IN - c * OUT) ** 2
-    units = [
-        UnitBalance(name=name, IN=a, OUT=b, degree=d, deficit=e, relative_deficit=r, status=st)
-        for name, a, b, d, e, r, st in zip(names, IN.tolist(), OUT.tolist(), c.tolist(), deficits.tolist(),
-                                           rel.tolist(), status, strict=True)
-    ]
+
+    def unit(i: int) -> UnitBalance:
+        return UnitBalance(name=names[i], IN=float(IN[i]), OUT=float(OUT[i]), degree=float(c[i]),
+                           deficit=float(deficits[i]), relative_deficit=float(rel[i]), status=str(status[i]))
+
     free = problem.free_mask()
     return DeficitReport(
         regularizer=regularizer,
-        units=units,
+        units=Records(problem.n, unit),
         regularizer_value=problem.value(u),
         overall_deficit=float(np.sum(deficits)),
         max_relative_deficit=float(rel[free].max()) if free.any() else 0.0,
@@ -161,7 +204,8 @@ def deficit_report(
     )
 
 
-def _layer_balance(layers: list[np.ndarray], IN: np.ndarray, OUT: np.ndarray, rel: np.ndarray) -> list[LayerBalance]:
+def _layer_balance(layers: list[np.ndarray], IN: np.ndarray, OUT: np.ndarray, rel: np.ndarray
+                   ) -> Sequence[LayerBalance]:
     """Per layer: its size, summed IN and OUT, and the largest relative deficit of its free units
     (``rel`` is 0 for the others); one pass over all units, whatever the number of layers."""
     if not layers:
@@ -173,6 +217,9 @@ def _layer_balance(layers: list[np.ndarray], IN: np.ndarray, OUT: np.ndarray, re
     outs = np.bincount(layer_of, OUT[members], minlength=len(layers))
     worst = np.zeros(len(layers))
     np.maximum.at(worst, layer_of, rel[members])
-    return [LayerBalance(index=k, units=int(n), IN=float(a), OUT=float(b), max_relative_deficit=float(m))
-            for k, (n, a, b, m) in enumerate(zip(sizes.tolist(), ins.tolist(), outs.tolist(), worst.tolist(),
-                                                 strict=True))]
+
+    def layer(k: int) -> LayerBalance:
+        return LayerBalance(index=k, units=int(sizes[k]), IN=float(ins[k]), OUT=float(outs[k]),
+                            max_relative_deficit=float(worst[k]))
+
+    return Records(len(layers), layer)

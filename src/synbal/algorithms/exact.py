@@ -40,6 +40,7 @@ from synbal.algorithms.chain import solve_chain
 from synbal.algorithms.custom import custom_unit_steps
 from synbal.algorithms.far_steps import far_unit_steps
 from synbal.algorithms.local import optimal_log_steps
+from synbal.algorithms.sparse_cg import conjugate_gradients
 from synbal.problem import BalanceProblem, CostBlock
 from synbal.regularizers import Regularizer
 
@@ -184,7 +185,7 @@ def _newton_direction(Hs: sp.csr_array, rhs: np.ndarray, direct: bool, rtol: flo
     """Solve ``Hs z = rhs`` (symmetric positive definite, unit diagonal); an iterative solve stops at
     relative residual ``rtol`` (inexact Newton: loose far from the minimum, tight near it)."""
     if not direct:
-        z = _conjugate_gradients(Hs, rhs, rtol=rtol)
+        z = conjugate_gradients(Hs, rhs, rtol=rtol)
         if z is not None:
             return z
     try:  # Hs is symmetric: its CSR arrays are also its CSC arrays
@@ -192,32 +193,6 @@ def _newton_direction(Hs: sp.csr_array, rhs: np.ndarray, direct: bool, rtol: flo
                                        permc_spec="MMD_AT_PLUS_A"))
     except RuntimeError:  # singular (should not happen once floating components are pinned)
         return np.asarray(spla.lsqr(Hs, rhs, atol=1e-14, btol=1e-14)[0])
-
-
-def _conjugate_gradients(A: sp.csr_array, b: np.ndarray, rtol: float = 1e-12,
-                         maxiter: int = 2_000) -> np.ndarray | None:
-    """Plain conjugate gradients on an SPD matrix (already Jacobi-scaled); ``None`` if not converged.
-
-    (scipy's ``cg`` costs tens of milliseconds per iteration of bookkeeping at 100,000 unknowns;
-    a step here is one product and a few vector updates.)
-    """
-    x = np.zeros_like(b)
-    r = b.copy()
-    p = r.copy()
-    rr = float(r @ r)
-    stop = (rtol * float(np.linalg.norm(b))) ** 2
-    for _ in range(maxiter):
-        if rr <= stop:
-            return x
-        q = A @ p
-        alpha = rr / float(p @ q)
-        x += alpha * p
-        r -= alpha * q
-        rr_new = float(r @ r)
-        p *= rr_new / rr
-        p += r
-        rr = rr_new
-    return x if rr <= stop else None
 
 
 def _jacobi_scaled(H: sp.csr_array, dinv: np.ndarray) -> sp.csr_array:
