@@ -39,6 +39,7 @@ from typing import Any, TypeAlias, overload
 import numpy as np
 import scipy.sparse as sp
 
+from synbal._problem.drift import positive_flow_exists
 from synbal.errors import GraphFormatError
 
 __all__ = ["BalanceProblem", "CostBlock", "CustomCosts", "GeneratedNames", "Matrix"]
@@ -98,6 +99,18 @@ def _repeats(idx: np.ndarray) -> bool:
         return False  # all fixed, or increasing
     real = idx[idx >= 0]
     return bool(real.size) and int(np.bincount(real).max()) > 1
+
+
+def _components(adjacency: sp.csr_array, members: np.ndarray) -> list[np.ndarray]:
+    """The connected parts (unit indices) of the units in the mask ``members`` of a symmetric unit graph."""
+    from scipy.sparse.csgraph import connected_components
+
+    idx = np.flatnonzero(members)
+    if idx.size == 0:
+        return []
+    count, labels = connected_components(adjacency[idx][:, idx], directed=False)
+    order = np.argsort(labels, kind="stable")
+    return np.split(idx[order], np.flatnonzero(np.diff(labels[order])) + 1) if count > 1 else [idx]
 
 
 def _closure(graph: sp.csr_array, seeds: np.ndarray, size: int) -> np.ndarray:
@@ -558,7 +571,7 @@ class BalanceProblem:
         return ~self.dead_mask() & ~floating & ~pinned & ~self.drifting_mask()
 
     def drifting_mask(self) -> np.ndarray:
-        """BiLU units whose cost has no minimum over the scales: they would drift to scale 0 or ∞.
+        """Units whose cost has no minimum over the scales: they would drift to scale 0 or ∞.
 
         ``R(u) = Σ_e A_e e^{p(u_i − u_j)}`` (``c = 1``) has a minimiser iff no direction ``d``
         lowers some term and raises none, i.e. ``d_i ≤ d_j`` on every edge ``j → i`` of non-zero
@@ -567,8 +580,11 @@ class BalanceProblem:
         such a direction's support — scale it and everything that reaches it up (resp. it and
         everything it reaches down) and only the edges leaving (entering) that set change, all
         downwards. A cycle fed by the inputs with no path to an output is the typical case. Such
-        units are left alone, like dead units (Remark 5.5 of the paper). Only closures made of
-        ``c = 1`` units are flagged: with BiPUs inside, ``d_i − c_j d_j`` may grow on inner edges.
+        units are left alone, like dead units (Remark 5.5 of the paper). With BiPUs inside a
+        closure, ``d_i − c_j d_j`` may grow on inner edges, so reachability alone does not decide:
+        each connected part of the closure with a BiPU is flagged when no strictly positive flow,
+        conserved with the units' gains, covers its weights (:mod:`synbal._problem.drift`).
+        (Gain cycles among units that both reach and are reached by ground are not examined.)
         """
         cached = self._cache.get("drifting")
         if cached is None and self.layers is not None:
@@ -604,9 +620,11 @@ class BalanceProblem:
             seeds = np.flatnonzero(unreached[:n] & ~ground)
             if seeds.size == 0:
                 continue
-            closure = _closure(g, seeds, n + 1)
-            if not (closure & bipu).any():
-                out |= closure[:n] & ~ground
+            closure = _closure(g, seeds, n + 1)[:n] & ~ground
+            for members in _components(self.unit_adjacency(), closure):
+                # all BiLU: drifts; with BiPUs the gains may still balance it (see synbal._problem.drift)
+                if not bipu[members].any() or not positive_flow_exists(members, r, c, self.degree):
+                    out[members] = True
         return out
 
     def colouring(self) -> list[np.ndarray]:
