@@ -43,8 +43,9 @@ import copy
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -53,6 +54,7 @@ import scipy.sparse as sp
 
 from synbal._adapters.graph_arrays import edge_arrays
 from synbal._adapters.protocol import register_adapter
+from synbal._compiled.depths import longest_path_depths
 from synbal._io import atomic_write_text
 from synbal._jsonsafe import check_json_value, read_json
 from synbal._problem.activations import MAX_DEGREE, MIN_DEGREE, Activation, parse_activation
@@ -387,17 +389,18 @@ class Graph:
 
     def _checked_index(self) -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`validate`, returning :meth:`_index`'s arrays (one pass over the edges for both)."""
-        if not all(isinstance(u, Unit) for u in self.units):
+        if not all(map(isinstance, self.units, repeat(Unit))):
             bad = next(u for u in self.units if not isinstance(u, Unit))
             raise GraphFormatError(f"units must be synbal._adapters.graph.Unit objects, got {bad!r}")
-        roles = {u.name: u.role for u in self.units}
-        if len(roles) != len(self.units):
+        index = {u.name: k for k, u in enumerate(self.units)}
+        if len(index) != len(self.units):
             seen_names: set[str] = set()
             for u in self.units:
                 if u.name in seen_names:
                     raise GraphFormatError(f"duplicate unit name {u.name!r}")
                 seen_names.add(u.name)
-        arrays = edge_arrays(self.units, self.edges, check=True)
+        arrays = edge_arrays(self.units, self.edges, check=True, index=index)
+        roles = _Roles(self.units, index)
         for name, b in self.biases.items():
             self._check_biased(name, "bias", roles)
             if not math.isfinite(b):
@@ -559,26 +562,26 @@ def _runs(keys: np.ndarray, width: int) -> list[tuple[tuple[int, int], np.ndarra
             for k, a, b in zip(sorted_keys[starts].tolist(), starts.tolist(), ends, strict=True)]
 
 
+class _Roles(Mapping[str, str]):
+    """Unit name → role, read through the name index (no second dict of every unit)."""
+
+    def __init__(self, units: Sequence[Unit], index: dict[str, int]) -> None:
+        self._units, self._index = units, index
+
+    def __getitem__(self, name: str) -> str:
+        return self._units[self._index[name]].role
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
 def _depths(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
     """Longest-path depth of each unit from the sources (Kahn's algorithm); ``None`` on a cycle."""
-    order = np.argsort(src, kind="stable")
-    starts = np.searchsorted(src[order], np.arange(n + 1)).tolist()
-    targets = dst[order].tolist()  # plain lists: element access on them is far cheaper than on arrays
-    indeg = np.bincount(dst, minlength=n).tolist()
-    depth = [0] * n
-    frontier = [k for k in range(n) if indeg[k] == 0]
-    done = 0
-    while frontier:
-        j = frontier.pop()
-        done += 1
-        dj = depth[j] + 1
-        for i in targets[starts[j]:starts[j + 1]]:
-            if depth[i] < dj:
-                depth[i] = dj
-            indeg[i] -= 1
-            if indeg[i] == 0:
-                frontier.append(i)
-    return np.array(depth, dtype=np.int64) if done == n else None
+    depth, acyclic = longest_path_depths(n, src, dst)
+    return depth if acyclic else None
 
 
 def function_gap(a: Graph, b: Graph, inputs: np.ndarray, steps: int | None = None) -> float:
@@ -679,7 +682,8 @@ class GraphAdapter:
         self.graph = graph
         n_units = len(graph.units)
         # one pass over the units: the degree of every scalable unit, NaN for the others
-        degrees = np.array([u.act.degree if u.role == "hidden" and u.act.degree is not None else np.nan
+        # (a hidden unit's activation is always parsed; None becomes NaN)
+        degrees = np.array([u.activation.degree if u.role == "hidden" else None  # type: ignore[union-attr]
                             for u in graph.units], dtype=np.float64)
         scalable = ~np.isnan(degrees)
         self._scalable = scalable

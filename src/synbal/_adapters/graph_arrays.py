@@ -53,13 +53,15 @@ def _weights(edges: Sequence[Sequence[Any]], weights: tuple[Any, ...]) -> np.nda
 
 
 def edge_arrays(units: Sequence[Any], edges: Sequence[Sequence[Any]], *, check: bool = False,
-                ) -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]:
+                index: dict[str, int] | None = None) -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]:
     """``(index, src, dst, w)``: unit index by name, and per edge its source and destination index and weight.
 
     With ``check`` every edge is validated (see the module docstring); without it only unknown
-    unit names are refused (a :class:`~synbal.errors.GraphFormatError`).
+    unit names are refused (a :class:`~synbal.errors.GraphFormatError`). ``index`` may pass the
+    name index when the caller has built it.
     """
-    index = {u.name: k for k, u in enumerate(units)}
+    if index is None:
+        index = {u.name: k for k, u in enumerate(units)}
     m = len(edges)
     if m and set(map(len, edges)) != {3}:
         bad = next(e for e in edges if len(e) != 3)
