@@ -42,6 +42,7 @@ from synbal._problem.regularizers import Regularizer
 from synbal._solvers.base import HistoryEntry, SolveOptions, SolveResult, check_range
 from synbal._solvers.custom import custom_unit_steps
 from synbal._solvers.far_steps import far_unit_steps
+from synbal._solvers.hessian_pattern import HessianPattern
 from synbal._solvers.local import optimal_log_steps
 
 __all__ = ["hessian", "solve_exact"]
@@ -119,16 +120,15 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
     bar = tqdm(desc="exact balancing", disable=not options.progress, leave=False)
     it = 0
     direct: bool | None = None
-    while rel > options.tol and it < max(options.max_sweeps, 1) and idx.size:
+    pattern = HessianPattern(problem, idx) if idx.size else None
+    while rel > options.tol and it < max(options.max_sweeps, 1) and pattern is not None:
         it += 1
-        H = hessian(problem, u)
-        if idx.size < problem.n:
-            H = H[idx][:, idx]
+        H = pattern.at(u)
         d = np.sqrt(np.maximum(H.diagonal(), np.finfo(float).tiny))
         Hs = _jacobi_scaled(H, 1.0 / d)
         if direct is None:
             direct = _direct_pays(Hs)
-        z = _newton_direction(Hs, -grad[idx] / d, direct, rtol=min(0.1, max(1e-12, rel * rel)))
+        z = _newton_direction(Hs, -grad[idx] / d, direct, rtol=_forcing(rel, options.tol))
         step = np.zeros(problem.n)
         step[idx] = z / d
         # The full step first, judged by the relative deficits: R's directional derivative is
@@ -165,6 +165,13 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
 #: Up to this many units, or this reverse-Cuthill–McKee bandwidth, Newton steps use a direct solve.
 DIRECT_UNITS = 2_000
 DIRECT_BANDWIDTH = 64
+
+
+def _forcing(rel: float, tol: float) -> float:
+    """Relative residual for an iterative Newton solve (inexact Newton): ``rel²`` keeps the
+    convergence quadratic, but no tighter than a hundredth of what the last step needs to reach
+    ``tol`` (the next deficit is about ``residual·rel``), within ``[1e-12, 0.1]``."""
+    return min(0.1, max(1e-12, rel * rel, 0.01 * tol / max(rel, tol)))
 
 
 def _direct_pays(H: sp.csr_array) -> bool:
