@@ -39,6 +39,7 @@ from synbal._compiled.chain import solve_chain
 from synbal._compiled.sparse_cg import conjugate_gradients
 from synbal._problem.problem import BalanceProblem, CostBlock
 from synbal._problem.regularizers import Regularizer
+from synbal._solvers.banded import BandedSolver
 from synbal._solvers.base import HistoryEntry, SolveOptions, SolveResult, check_range
 from synbal._solvers.custom import custom_unit_steps
 from synbal._solvers.far_steps import far_unit_steps
@@ -119,7 +120,7 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
     history = [HistoryEntry(0, value, rel)]
     bar = tqdm(desc="exact balancing", disable=not options.progress, leave=False)
     it = 0
-    direct: bool | None = None
+    direct: BandedSolver | bool | None = None
     pattern = HessianPattern(problem, idx) if idx.size else None
     while rel > options.tol and it < max(options.max_sweeps, 1) and pattern is not None:
         it += 1
@@ -128,7 +129,9 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
         Hs = _jacobi_scaled(H, 1.0 / d)
         if direct is None:
             direct = _direct_pays(Hs)
-        z = _newton_direction(Hs, -grad[idx] / d, direct, rtol=_forcing(rel, options.tol))
+        banded = direct.solve(Hs, -grad[idx] / d) if isinstance(direct, BandedSolver) else None
+        z = banded if banded is not None else _newton_direction(Hs, -grad[idx] / d, bool(direct),
+                                                                rtol=_forcing(rel, options.tol))
         step = np.zeros(problem.n)
         step[idx] = z / d
         # The full step first, judged by the relative deficits: R's directional derivative is
@@ -165,6 +168,8 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
 #: Up to this many units, or this reverse-Cuthill–McKee bandwidth, Newton steps use a direct solve.
 DIRECT_UNITS = 2_000
 DIRECT_BANDWIDTH = 64
+#: Up to this bandwidth (a chain has 1) the direct solve is a banded Cholesky in the RCM order.
+BANDED_WIDTH = 8
 
 
 def _forcing(rel: float, tol: float) -> float:
@@ -174,18 +179,14 @@ def _forcing(rel: float, tol: float) -> float:
     return min(0.1, max(1e-12, rel * rel, 0.01 * tol / max(rel, tol)))
 
 
-def _direct_pays(H: sp.csr_array) -> bool:
+def _direct_pays(H: sp.csr_array) -> BandedSolver | bool:
     """Whether a sparse direct factorisation of ``H`` stays cheap: small, or of small bandwidth
-    once reordered (chains, trees of layers). Random sparse graphs fill in: CG is used there."""
+    once reordered (chains, trees of layers). Random sparse graphs fill in: CG is used there.
+    Beyond ``DIRECT_UNITS`` a narrow band is returned as its :class:`BandedSolver`."""
     if H.shape[0] <= DIRECT_UNITS:
         return True
-    from scipy.sparse.csgraph import reverse_cuthill_mckee
-
-    perm = reverse_cuthill_mckee(H, symmetric_mode=True)
-    rank = np.empty_like(perm)
-    rank[perm] = np.arange(perm.size)
-    rows = np.repeat(np.arange(H.shape[0]), np.diff(H.indptr))
-    return int(np.abs(rank[rows] - rank[H.indices]).max(initial=0)) <= DIRECT_BANDWIDTH
+    banded = BandedSolver(H)
+    return banded if banded.bandwidth <= BANDED_WIDTH else banded.bandwidth <= DIRECT_BANDWIDTH
 
 
 def _newton_direction(Hs: sp.csr_array, rhs: np.ndarray, direct: bool, rtol: float = 1e-12) -> np.ndarray:
