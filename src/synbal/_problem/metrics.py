@@ -14,17 +14,16 @@ so they are available for every source synbal can extract.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, overload
+from typing import Any
 
 import numpy as np
 
-from synbal._problem.problem import BalanceProblem
+from synbal._problem.problem import BalanceProblem, Records
 
-__all__ = ["DeficitReport", "LayerBalance", "Records", "UnitBalance", "deficit_report"]
+__all__ = ["DeficitReport", "LayerBalance", "UnitBalance", "deficit_report"]
 
-T = TypeVar("T")
 
 
 @dataclass(slots=True)  # a plain record: slots make building one per unit of a large net cheap
@@ -49,47 +48,6 @@ class LayerBalance:
     IN: float
     OUT: float
     max_relative_deficit: float
-
-
-class Records(Sequence[T], Generic[T]):
-    """A read-only sequence whose items are made on access by ``make(i)``: a report on 100,000
-    units builds no record nobody reads. Compares equal to a list of the same records.
-
-    >>> recs = Records(3, lambda i: i * i)
-    >>> len(recs), recs[2], recs[-1], recs[:2], recs == [0, 1, 4]
-    (3, 4, 4, [0, 1], True)
-    """
-
-    def __init__(self, count: int, make: Callable[[int], T]) -> None:
-        self._count = int(count)
-        self._make = make
-
-    def __len__(self) -> int:
-        return self._count
-
-    @overload
-    def __getitem__(self, index: int) -> T: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[T]: ...
-
-    def __getitem__(self, index: int | slice) -> T | list[T]:
-        if isinstance(index, slice):
-            return [self._make(i) for i in range(*index.indices(self._count))]
-        i = int(index) + (self._count if int(index) < 0 else 0)
-        if not 0 <= i < self._count:
-            raise IndexError(f"record {index} out of range for {self._count}")
-        return self._make(i)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, (list, tuple, Records)):
-            return len(other) == self._count and all(a == b for a, b in zip(self, other, strict=True))
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"Records({self._count})"
 
 
 @dataclass
