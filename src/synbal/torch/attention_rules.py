@@ -46,7 +46,7 @@ from synbal.torch.values import Ids, ParamRef, compress, per_channel, result_sha
 if TYPE_CHECKING:
     from synbal.torch.discovery import Walker
 
-__all__ = ["ATTENTION_FUNCTIONS", "VALUE_KIND", "addmm", "multihead_attention", "matmul", "sdpa", "to_cast"]
+__all__ = ["ATTENTION_FUNCTIONS", "VALUE_KIND", "addmm", "matmul", "multihead_attention", "sdpa", "to_cast"]
 
 Rule = Callable[["Walker", fx.Node, Any], Any]
 aten = torch.ops.aten
@@ -187,7 +187,8 @@ def multihead_attention(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -
     v = w.table.new(f"{path}.v", (e,))
     w.table.note_kind(v, VALUE_KIND)
     zero = np.zeros(1, dtype=np.int64)
-    cols = [_features(w, node, i, kw, d) for i, kw, d in ((0, "query", e), (1, "key", mod.kdim), (2, "value", mod.vdim))]
+    inputs = ((0, "query", e), (1, "key", mod.kdim), (2, "value", mod.vdim))
+    cols = [_features(w, node, i, kw, d) for i, kw, d in inputs]
     if mod._qkv_same_embed_dim:
         same = all(np.array_equal(c, cols[0]) for c in cols)
         col = cols[0][None, :] if same else np.concatenate([np.broadcast_to(c[None, :], (e, e)) for c in cols])

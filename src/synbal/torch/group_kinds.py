@@ -7,8 +7,9 @@ to its first component ending in a number: ``model.layers.0``, ``encoder.block.1
 * ``V/O dims`` — an attention value dimension (a row of the V projection, with its bias) against
   the output projection's column; the attention rules mark these units;
 * ``norm dims`` — the gain (and bias) of a LayerNorm/RMSNorm dimension against the input columns
-  of every layer that reads it (a 1-D gain owned by a module whose class name contains ``Norm``);
-* ``layer scale`` — any other per-channel gain (ConvNeXt, CaiT) against the rows before it;
+  of every layer that reads it (a per-channel gain owned by a module whose class name contains ``Norm``);
+* ``layer scale`` — any other per-channel gain (ConvNeXt, CaiT), or the rows of the layer before it
+  that scale against it;
 * ``MLP units`` — the output units of a Linear or convolution (a ReLU MLP's hidden units, a
   gated MLP's ``up`` rows against the ``down`` columns);
 * ``Q/K pairs`` — not found by this version (queries and keys stay fixed), always 0.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import torch
 from torch import nn
 
 from synbal.torch.discovery import Discovery
@@ -45,6 +47,11 @@ def block_of(prefix: str) -> str:
     return m.group(1) if m else "<top>"
 
 
+def _is_gain(p: torch.Tensor) -> bool:
+    """A per-channel vector (``(C,)``, or ConvNeXt's ``(C, 1, 1)``) rather than a matrix."""
+    return p.dim() >= 1 and sum(int(s) > 1 for s in p.shape) == 1 and not isinstance(p, nn.UninitializedParameter)
+
+
 def _owner_kind(model: nn.Module, param: str) -> str:
     """``norm dims`` when the module owning the 1-D gain ``param`` is a norm, else ``layer scale``."""
     owner = param.rpartition(".")[0]
@@ -59,10 +66,13 @@ def group_kinds(d: Discovery, model: nn.Module) -> dict[str, dict[str, int]]:
     """``{block: {kind: count}}`` over the groups of ``d`` (see the module docstring)."""
     gains: dict[int, str] = {}
     for use in d.uses.values():
-        if not use.bias and d.params[use.name].dim() == 1:
+        if not use.bias and _is_gain(d.params[use.name]):
             kind = _owner_kind(model, use.name)
             for g in np.unique(d.group_of_slot[use.row]).tolist():
                 if g >= 0:
+                    gains.setdefault(g, kind)
+            for g in np.unique(d.group_of_slot[use.col]).tolist():  # the rows a layer scale multiplies
+                if g >= 0 and kind == "layer scale":
                     gains.setdefault(g, kind)
     out: dict[str, dict[str, int]] = {}
     for g, slots in enumerate(d.groups):

@@ -30,8 +30,8 @@ from typing import Any
 from torch import fx, nn
 
 from synbal.errors import ModelError
-from synbal.torch.hf_models import export_ready
 from synbal.nn import LocallyConnected2d
+from synbal.torch.hf_models import export_ready
 
 __all__ = ["trace"]
 
