@@ -41,8 +41,8 @@ def transformers_module() -> ModuleType | None:
     return transformers
 
 
-def _config(T: Any, name: str, hidden: int, layers: int) -> Any:
-    common = {"vocab_size": VOCAB}
+def _config(T: Any, name: str, hidden: int, layers: int, vocab: int) -> Any:
+    common = {"vocab_size": vocab}
     if name == "gpt2":
         return T.GPT2Config(n_embd=hidden, n_layer=layers, n_head=2, n_positions=32, **common)
     if name == "bert":
@@ -59,14 +59,14 @@ def _config(T: Any, name: str, hidden: int, layers: int) -> Any:
                head_dim=hidden // 4, intermediate_size=2 * hidden, max_position_embeddings=32, **common)
 
 
-def tiny(name: str, hidden: int = 16, layers: int = 2, seed: int = 0) -> nn.Module:
+def tiny(name: str, hidden: int = 16, layers: int = 2, seed: int = 0, vocab: int = VOCAB) -> nn.Module:
     """A randomly initialised ``name`` model (one of :data:`MODELS`) in eval mode."""
     T = transformers_module()
     assert T is not None
     cls = {"gpt2": T.GPT2LMHeadModel, "bert": T.BertModel, "opt": T.OPTForCausalLM, "llama": T.LlamaForCausalLM,
            "t5": T.T5ForConditionalGeneration, "qwen3": T.Qwen3ForCausalLM}[name]
     torch.manual_seed(seed)
-    model = cls(_config(T, name, hidden, layers))
+    model = cls(_config(T, name, hidden, layers, vocab))
     with torch.no_grad():  # random (not zero) biases and norm gains, so no symmetry is balanced by accident
         for pname, p in model.named_parameters():
             if p.dim() == 1:
@@ -74,11 +74,11 @@ def tiny(name: str, hidden: int = 16, layers: int = 2, seed: int = 0) -> nn.Modu
     return model.eval()
 
 
-def example(name: str, seed: int, length: int = 7) -> tuple[torch.Tensor, ...]:
+def example(name: str, seed: int, length: int = 7, vocab: int = VOCAB) -> tuple[torch.Tensor, ...]:
     """Token ids (and, for T5, ``attention_mask=None`` and decoder ids) as positional inputs."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, VOCAB, (2, length), generator=g)
-    return (ids, None, torch.randint(0, VOCAB, (2, length - 2), generator=g)) if name == "t5" else (ids,)
+    ids = torch.randint(0, vocab, (2, length), generator=g)
+    return (ids, None, torch.randint(0, vocab, (2, length - 2), generator=g)) if name == "t5" else (ids,)
 
 
 def logits(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
