@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 
 import torch
-
-import synbal
 from bench_torch import _status
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from transformers_compat import MODELS, example, transformers_module
+import synbal
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from synbal.torch import discover
+from transformers_compat import MODELS, example, transformers_module
 
 VOCAB = 1000
 
