@@ -28,7 +28,7 @@
 ...         return self.o(a.transpose(1, 2).reshape(1, -1, 8))
 >>> groups = synbal.inspect(Attn(), torch.zeros(1, 3, 8)).groups
 >>> len(groups), groups[0].incoming[:2], groups[0].outgoing[:1]
-(8, ['v.weight[0,0]', 'v.weight[0,1]'], ['o.weight[0,0]'])
+(8, ['v.weight[0, :]', 'v.bias[0]'], ['o.weight[:, 0]'])
 """
 
 from __future__ import annotations

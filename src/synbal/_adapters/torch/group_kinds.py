@@ -47,9 +47,10 @@ def block_of(prefix: str) -> str:
     return m.group(1) if m else "<top>"
 
 
-def _is_gain(p: torch.Tensor) -> bool:
-    """A per-channel vector (``(C,)``, or ConvNeXt's ``(C, 1, 1)``) rather than a matrix."""
-    return p.dim() >= 1 and sum(int(s) > 1 for s in p.shape) == 1 and not isinstance(p, nn.UninitializedParameter)
+def _is_gain(p: torch.Tensor, row: np.ndarray) -> bool:
+    """A per-channel vector (``(C,)``, or ConvNeXt's ``(C, 1, 1)``) whose entries are distinct units."""
+    long = [a for a, s in enumerate(p.shape) if int(s) > 1]
+    return len(long) == 1 and row.shape[long[0]] == p.shape[long[0]]
 
 
 def _owner_kind(model: nn.Module, param: str) -> str:
@@ -66,7 +67,7 @@ def group_kinds(d: Discovery, model: nn.Module) -> dict[str, dict[str, int]]:
     """``{block: {kind: count}}`` over the groups of ``d`` (see the module docstring)."""
     gains: dict[int, str] = {}
     for use in d.uses.values():
-        if not use.bias and _is_gain(d.params[use.name]):
+        if not use.bias and _is_gain(d.params[use.name], use.row):
             kind = _owner_kind(model, use.name)
             for g in np.unique(d.group_of_slot[use.row]).tolist():
                 if g >= 0:
