@@ -33,6 +33,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -209,7 +210,7 @@ def multihead_attention(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -
 ATTENTION_FUNCTIONS: dict[Any, Rule] = {
     aten.to.dtype: to_cast, aten.to.dtype_layout: to_cast, aten.to.device: to_cast, aten.to.other: to_cast,
     aten.type_as.default: to_cast,
-    aten.addmm.default: addmm,
+    aten.addmm.default: addmm, torch.addmm: addmm, operator.matmul: matmul,
     aten.matmul.default: matmul, aten.bmm.default: matmul, torch.matmul: matmul, torch.bmm: matmul,
     aten.scaled_dot_product_attention.default: sdpa, torch.where: where, aten.where.self: where,
     aten.where.ScalarOther: where, aten.where.ScalarSelf: where, aten.where.Scalar: where,
