@@ -19,9 +19,11 @@ from torch import nn
 from synbal.adapters import register_adapter
 from synbal.torch.adapter import TorchAdapter
 from synbal.torch.discovery import Discovery, discover
+from synbal.torch.distributed import distributed_adapter, is_distributed
 from synbal.torch.fold import fold_batchnorm
 from synbal.torch.inspection import GroupInfo, ModelInspection, inspect
 
 __all__ = ["Discovery", "GroupInfo", "ModelInspection", "TorchAdapter", "discover", "fold_batchnorm", "inspect"]
 
+register_adapter(lambda s: isinstance(s, nn.Module) and is_distributed(s), distributed_adapter)
 register_adapter(lambda s: isinstance(s, nn.Module), TorchAdapter)

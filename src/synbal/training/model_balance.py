@@ -28,6 +28,7 @@ from torch import nn
 from synbal.api import BalanceResult, balance, deficit
 from synbal.errors import ModelError
 from synbal.regularizers import RegularizerSpec, parse_regularizer
+from synbal.torch.distributed import unwrapped_mlp_route
 from synbal.training.optimizer_state import Policy, rescale_optimizer_state
 from synbal.training.views import mlp_discovery
 
@@ -70,7 +71,7 @@ class ModelBalance:
     @property
     def fast(self) -> bool:
         """Whether the model takes the adapter's MLP fast path (no tracing)."""
-        return mlp_discovery(self.model) is not None
+        return mlp_discovery(self.model) is not None or unwrapped_mlp_route(self.model)
 
     def _source(self) -> tuple[Any, dict[str, Any]]:
         # Decided on every call: the model may have been changed since.
