@@ -155,3 +155,39 @@ def test_bad_collective_timeout_is_refused(monkeypatch):
     with pytest.raises(DistributedError, match="not a number"):
         Collective.default_timeout()
     assert issubclass(DistributedError, SynbalError)
+
+
+def _example():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "distributed_train.py"
+    spec = importlib.util.spec_from_file_location("distributed_train_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, path
+
+
+def test_example_check_fails_on_any_difference(monkeypatch, capsys):
+    example, _ = _example()
+    params = {"w": torch.tensor([1.0, 2.0], dtype=torch.float64)}
+    assert example.compare("same", (params, [0.5, 0.25]), (params, [0.5, 0.25]))
+    assert not example.compare("param", ({"w": params["w"] * (1 + 1e-9)}, [0.5, 0.25]), (params, [0.5, 0.25]))
+    assert not example.compare("loss", (params, [0.5, 0.25 * (1 + 1e-9)]), (params, [0.5, 0.25]))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert example.main(["--train", "200", "--epochs", "1", "--widths", "784-16-10"]) == 0
+    assert "single process, per-epoch losses:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_example_under_torchrun_equals_single_process():
+    import subprocess
+    import sys
+
+    _, path = _example()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(path),
+           "--check", "--train", "400", "--epochs", "2", "--widths", "784-32-16-10"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("-> equal") == 2
