@@ -57,6 +57,11 @@ def run_experiment(name: str, ctx: ExperimentContext) -> dict[str, Any]:
     if unknown:
         listed = ", ".join(sorted(options)) or "none"
         raise SynbalError(f"{name} has no option {', '.join(map(repr, unknown))}; its options: {listed}")
+    if ctx.backend is not None and not getattr(module, "GRID", False):
+        grids = ", ".join(sorted(n for n in EXPERIMENTS if getattr(importlib.import_module(EXPERIMENTS[n][0]),
+                                                                    "GRID", False)))
+        raise SynbalError(f"{name} does not run on the {ctx.backend.name} backend (its runs are not split into "
+                          f"independent tasks); grids that do: {grids}")
     result: dict[str, Any] = module.run(ctx)
     return result
 

@@ -32,6 +32,7 @@ class ExperimentContext:
 
     ``data`` is a user path to real data (``None``: the embedded default or a stated stand-in),
     ``quick`` selects the few-minute variant, ``seeds`` overrides the number of seeds.
+    Grid experiments (``GRID = True`` in their module) run their independent runs on ``backend``.
     """
 
     out_dir: Path
@@ -40,6 +41,8 @@ class ExperimentContext:
     data: Path | None = None
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    #: where a grid's independent runs execute (:mod:`synbal.experiments.backend`; ``None``: in-process)
+    backend: Any = None
 
     def n_seeds(self, full: int, quick: int) -> int:
         """The number of seeds to use: the user's choice, else ``quick`` or ``full``."""

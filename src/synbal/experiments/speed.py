@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from synbal.data import ImageDataset, load_fashion_mnist, load_mnist
 from synbal.errors import DataError, SynbalError
+from synbal.experiments.backend import RunSpec, run_grid
 from synbal.experiments.cache import RunCache
 from synbal.experiments.dynamics import torch_threads
 from synbal.experiments.models import SPEED_ARCHITECTURES, fc_classifier
@@ -47,6 +47,7 @@ from synbal.training import BalanceSchedule, TrainConfig, train
 __all__ = ["ARMS", "THRESHOLDS", "SpeedArm", "epochs_to_reach", "run"]
 
 NAME = "speed"
+GRID = True  # its runs are independent: any backend may run them (synbal reproduce speed --backend ray)
 OPTIONS = {"datasets": 'JSON list, e.g. ["MNIST"] (default both)', "epochs": "epochs on the full training set",
            "epochs_1pct": "epochs on the 1% subset", "eval_every_1pct": "test every k epochs on the 1% subset",
            "train_size": "use a subset of this many training images", "nets": "JSON list of net names",
@@ -114,6 +115,21 @@ def _datasets(ctx: ExperimentContext) -> tuple[list[tuple[str, ImageDataset]], l
         except DataError as exc:
             notes.append(f"Fashion-MNIST skipped: {exc}")
     return sets, notes
+
+
+def _run_key(variant: str, data: ImageDataset, net: str, reg: str, arm: SpeedArm, seed: int, epochs: int,
+             eval_every: int) -> dict[str, Any]:
+    """Everything that sets one run's result (its key in ``speed-runs.jsonl``)."""
+    return {"variant": variant, "data": data.source, "train_examples": data.n_train, "net": net, "reg": reg,
+            "arm": arm.label, "seed": seed, "epochs": epochs, "eval_every": eval_every, "lr": LR, "batch": BATCH,
+            "beta": BETA}
+
+
+def train_arm(widths: list[int], seed: int, reg: str | None, arm: SpeedArm, data: ImageDataset,
+              epochs: int, eval_every: int = 1, threads: int = 1) -> list[float]:
+    """One run of the grid (a pure function of its arguments, run by any backend): the test-accuracy curve."""
+    with torch_threads(threads):
+        return _train_arm(widths, seed, reg, arm, data, epochs, eval_every)
 
 
 def _train_arm(widths: list[int], seed: int, reg: str | None, arm: SpeedArm, data: ImageDataset,
@@ -205,48 +221,40 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     train_size = ctx.extra.get("train_size", 5000 if ctx.quick else None)
     nets = {k: v for k, v in SPEED_ARCHITECTURES.items() if k in ctx.extra.get("nets", SPEED_ARCHITECTURES)}
     datasets, notes = _datasets(ctx)
+    threads = int(ctx.extra.get("threads", 1))
     variants = []
     for name, ds in datasets:
         full = ds.subset(int(train_size), seed=0) if train_size and int(train_size) < ds.n_train else ds
         variants.append((name, f"{name}, full training set", full, epochs_full, 1))
         variants.append((name, f"{name}, 1% of the training set", ds.subset(0.01, seed=0), epochs_small,
                          eval_every_small))
-    total = len(variants) * len(nets) * len(REGS) * len(ARMS) * seeds
+    specs = [RunSpec(_run_key(variant, data, net, reg_name, arm, seed, epochs, eval_every),
+                     (widths, seed, REGS[reg_name], arm, data, epochs, eval_every, threads))
+             for _, variant, data, epochs, eval_every in variants for net, widths in nets.items()
+             for reg_name in REGS for arm in ARMS for seed in range(seeds)]
     cache = RunCache(ctx.out_dir / f"{NAME}-runs.jsonl")
-    bar = tqdm(total=total, desc=NAME, unit="run", disable=not ctx.progress)
+    values = iter(run_grid(train_arm, specs, cache, ctx.backend, progress=ctx.progress, desc=NAME))
     table: dict[str, Any] = {}
     curves_all: dict[str, Any] = {}
     figures = {}
-    with torch_threads(int(ctx.extra.get("threads", 1))):
-        for name, variant, data, epochs, eval_every in variants:
-            table[variant] = {"data": data.source, "train_examples": data.n_train, "epochs": epochs,
-                              "eval_every": eval_every}
-            curves: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-            for net, widths in nets.items():
-                curves[net] = {}
-                table[variant][net] = {}
-                for reg_name, reg in REGS.items():
-                    curves[net][reg_name] = {}
-                    table[variant][net][reg_name] = {}
-                    for arm in ARMS:
-                        rows = []
-                        for seed in range(seeds):
-                            run_key = {"variant": variant, "data": data.source, "train_examples": data.n_train,
-                                   "net": net, "reg": reg_name, "arm": arm.label, "seed": seed, "epochs": epochs,
-                                   "eval_every": eval_every, "lr": LR, "batch": BATCH, "beta": BETA}
-                            curve = cache.get(run_key)
-                            if curve is None:
-                                curve = _train_arm(widths, seed, reg, arm, data, epochs, eval_every)
-                                cache.put(run_key, curve)
-                            rows.append([math.nan if v is None else v for v in curve])
-                            bar.update(1)
-                        runs = np.array(rows, dtype=np.float64)
-                        curves[net][reg_name][arm.label] = runs
-                        table[variant][net][reg_name][arm.label] = _cell_summary(runs, THRESHOLDS[name])
-            curves_all[variant] = curves
-            key = variant.replace(", ", "_").replace(" ", "-").replace("%", "pct")
-            figures[key] = _plot(variant, epochs, curves)
-    bar.close()
+    for name, variant, data, epochs, eval_every in variants:  # the specs' order
+        table[variant] = {"data": data.source, "train_examples": data.n_train, "epochs": epochs,
+                          "eval_every": eval_every}
+        curves: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+        for net in nets:
+            curves[net] = {}
+            table[variant][net] = {}
+            for reg_name in REGS:
+                curves[net][reg_name] = {}
+                table[variant][net][reg_name] = {}
+                for arm in ARMS:
+                    rows = [[math.nan if v is None else v for v in next(values)] for _ in range(seeds)]
+                    runs = np.array(rows, dtype=np.float64)
+                    curves[net][reg_name][arm.label] = runs
+                    table[variant][net][reg_name][arm.label] = _cell_summary(runs, THRESHOLDS[name])
+        curves_all[variant] = curves
+        key = variant.replace(", ", "_").replace(" ", "-").replace("%", "pct")
+        figures[key] = _plot(variant, epochs, curves)
     text, gains = _aaai_comparison(table)
     md = _markdown(table, seeds, notes, text)
     settings = {"lr": LR, "batch_size": BATCH, "beta": BETA, "optimizer": "SGD (no momentum)",
