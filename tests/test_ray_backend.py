@@ -62,7 +62,7 @@ def test_backend_options_are_checked(tmp_path, capsys):
 
 
 def test_a_non_grid_experiment_refuses_a_backend(tmp_path):
-    with pytest.raises(SynbalError, match="fig7 does not run on the failing backend .* grids that do: speed"):
+    with pytest.raises(SynbalError, match=r"fig7 does not run on the failing backend .* grids that do: speed"):
         run_experiment("fig7", ExperimentContext(out_dir=tmp_path, backend=Failing(bad=-1)))
 
 
@@ -85,7 +85,6 @@ def test_local_ray_with_two_workers_gives_the_in_process_numbers(tmp_path):
 def test_killing_a_ray_worker_mid_grid_loses_no_finished_run(tmp_path, monkeypatch):
     pytest.importorskip("ray")
     from ray_tasks import square_or_die
-
     from synbal.experiments.backend import RayBackend
 
     tests = str(Path(__file__).parent)

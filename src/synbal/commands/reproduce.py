@@ -1,7 +1,8 @@
 """``synbal reproduce``: rerun one of the papers' simulations.
 
 ``synbal reproduce NAME [--data PATH] [--out DIR] [--quick] [--seeds N] [--set KEY=VALUE ...]
-[--no-progress] [--backend inprocess|ray [--address ADDR]]`` runs :func:`synbal.experiments.run_experiment`, which writes ``NAME.json`` (every number and
+[--no-progress] [--backend inprocess|ray [--address ADDR]]`` runs
+:func:`synbal.experiments.run_experiment`, which writes ``NAME.json`` (every number and
 setting), ``NAME.md`` (a summary) and ``NAME_*.png`` plots into ``DIR``;
 ``synbal reproduce --list`` lists the experiments, the claim each one checks and its options.
 ``--set`` passes an experiment's own options (an unknown one is an error); VALUE is read as
