@@ -72,11 +72,12 @@ class InProcess:
             yield i, fn(*spec.args)
 
 
-def run_grid(fn: Callable[..., Any], specs: Sequence[RunSpec], cache: RunCache, backend: Backend | None = None,
-             *, progress: bool = True, desc: str = "runs") -> list[Any]:
-    """Every spec's value: from the record, else computed by ``backend`` and recorded as it arrives."""
+def run_grid(fn: Callable[..., Any], specs: Sequence[RunSpec], cache: RunCache | None,
+             backend: Backend | None = None, *, progress: bool = True, desc: str = "runs") -> list[Any]:
+    """Every spec's value: from the record, else computed by ``backend`` and recorded as it arrives
+    (``cache=None``: nothing is recorded or reused)."""
     backend = backend or InProcess()
-    values: list[Any] = [cache.get(spec.key) for spec in specs]
+    values: list[Any] = [None if cache is None else cache.get(spec.key) for spec in specs]
     todo = [i for i, v in enumerate(values) if v is None]
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc=desc, unit="run", disable=not progress)
     failures: list[tuple[int, BaseException]] = []
@@ -86,16 +87,18 @@ def run_grid(fn: Callable[..., Any], specs: Sequence[RunSpec], cache: RunCache, 
             if isinstance(value, BaseException):
                 failures.append((i, value))
                 continue
-            cache.put(specs[i].key, value)
+            if cache is not None:
+                cache.put(specs[i].key, value)
             values[i] = value
             bar.update(1)
     finally:
         bar.close()
     if failures:
         i, exc = failures[0]
+        where = f"recorded in {cache.path}, rerun the same command to do the rest" if cache else "not recorded"
         raise GridError(f"{len(failures)} of {len(specs)} runs failed on the {backend.name} backend (first: "
                         f"{specs[i].key}: {type(exc).__name__}: {exc}); the {len(specs) - len(failures)} finished "
-                        f"runs are recorded in {cache.path}, rerun the same command to do the rest")
+                        f"runs are {where}")
     return values
 
 

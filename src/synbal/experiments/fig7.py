@@ -26,6 +26,7 @@ from dataclasses import asdict
 from typing import Any
 
 from synbal.data import ImageDataset, load_mnist
+from synbal.experiments.cache import RunCache
 from synbal.experiments.dynamics import Arm, Task, plot_arms, run_arms, summarise_arm, torch_threads
 from synbal.experiments.models import mnist_autoencoder
 from synbal.experiments.report import ExperimentContext, write_outputs
@@ -33,6 +34,7 @@ from synbal.experiments.report import ExperimentContext, write_outputs
 __all__ = ["autoencoder_task", "fig7_arms", "run", "verdict"]
 
 NAME = "fig7"
+GRID = True  # its seeds × arms runs are independent: any backend may run them
 #: ``--set`` options (``ctx.extra`` keys) and what they change.
 OPTIONS = {"epochs": "training epochs", "train_size": "use a subset of this many training images",
            "seeds": "number of seeds", "threads": "torch threads (default 1)"}
@@ -158,8 +160,9 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     task = autoencoder_task(ctx, NAME, epochs=20 if ctx.quick else 60)
     seeds = int(ctx.extra.get("seeds", ctx.n_seeds(full=5, quick=2)))
     arms = fig7_arms()
-    with torch_threads(int(ctx.extra.get("threads", 1))):
-        results = run_arms(task, arms, seeds, progress=ctx.progress)
+    with torch_threads(int(ctx.extra.get("threads", 1))):  # each finished run is recorded; a rerun resumes
+        results = run_arms(task, arms, seeds, progress=ctx.progress, backend=ctx.backend,
+                           cache=RunCache(ctx.out_dir / f"{NAME}-runs.jsonl"))
     summaries = {arm.label: summarise_arm(results[arm.label]) for arm in arms}
     word, text = verdict(summaries)
     fig = plot_arms(task, arms, results, ["overall_deficit", "scale_free_deficit", "train_loss", "frobenius_norm"],

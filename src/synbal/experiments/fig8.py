@@ -25,6 +25,7 @@ from dataclasses import asdict
 from typing import Any
 
 from synbal.experiments import fig7
+from synbal.experiments.cache import RunCache
 from synbal.experiments.dynamics import Arm, plot_arms, run_arms, summarise_arm, torch_threads
 from synbal.experiments.fig7 import autoencoder_task, summary_markdown
 from synbal.experiments.report import ExperimentContext, write_outputs
@@ -32,6 +33,7 @@ from synbal.experiments.report import ExperimentContext, write_outputs
 __all__ = ["fig8_arms", "run", "verdict"]
 
 NAME = "fig8"
+GRID = True  # its seeds × arms runs are independent: any backend may run them
 OPTIONS = {**fig7.OPTIONS, "large_lr": "the large learning rate", "small_lr": "the small learning rate",
            "beta": "weight of the regularizer"}
 CLAIM = "even from a balanced start, SGD with a non-infinitesimal learning rate loses balance without R"
@@ -88,8 +90,9 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     seeds = int(ctx.extra.get("seeds", ctx.n_seeds(full=5, quick=2)))
     arms = fig8_arms(float(ctx.extra.get("large_lr", LARGE_LR)), float(ctx.extra.get("small_lr", SMALL_LR)),
                      float(ctx.extra.get("beta", BETA)))
-    with torch_threads(int(ctx.extra.get("threads", 1))):
-        results = run_arms(task, arms, seeds, progress=ctx.progress)
+    with torch_threads(int(ctx.extra.get("threads", 1))):  # each finished run is recorded; a rerun resumes
+        results = run_arms(task, arms, seeds, progress=ctx.progress, backend=ctx.backend,
+                           cache=RunCache(ctx.out_dir / f"{NAME}-runs.jsonl"))
     summaries = {arm.label: summarise_arm(results[arm.label]) for arm in arms}
     word, text = verdict(arms, summaries)
     fig = plot_arms(task, arms, results, ["overall_deficit", "scale_free_deficit", "train_loss", "frobenius_norm"],
