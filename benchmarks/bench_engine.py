@@ -20,10 +20,10 @@ import tracemalloc
 
 import numpy as np
 
-from synbal.algorithms import SolveOptions, solve
-from synbal.algorithms.chain_steps import step_kernel
-from synbal.dense import DenseNet, DenseNetAdapter
-from synbal.regularizers import parse_regularizer
+from synbal._adapters.dense import DenseNet, DenseNetAdapter
+from synbal._compiled.chain_steps import step_kernel
+from synbal._problem.regularizers import parse_regularizer
+from synbal._solvers import SolveOptions, solve
 
 L2 = parse_regularizer("l2")
 TOL = 1e-10
@@ -211,7 +211,7 @@ def main() -> None:
     print(f"\n{args.runs} stochastic runs on mnist-ae to {TOL:g}: {many['seconds']:.1f} s, "
           f"all converged: {many['all_converged']}")
     if args.out:
-        from synbal.io import atomic_write_json
+        from synbal._io import atomic_write_json
 
         atomic_write_json(args.out, {"rows": rows, "many_stochastic": many})
 

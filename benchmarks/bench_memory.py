@@ -17,7 +17,7 @@ import time
 import numba
 import numpy as np
 
-from synbal.algorithms.lowlevel import prefetch
+from synbal._compiled.lowlevel import prefetch
 
 CHUNK = 1024  # float32 values: 4 KB, one unit's two rows at width 512
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 import synbal
-from synbal.graph import Graph
+from synbal._adapters.graph import Graph
 
 
 def relu_chain(n: int, seed: int = 0) -> Graph:

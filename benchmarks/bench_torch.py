@@ -17,7 +17,7 @@ paths interleaved so that they share the machine's load):
    kind (compiled kernels and torch machinery loaded), resets the peak RSS
    (``/proc/self/clear_refs``), then balances and reads ``VmHWM``. An in-place balance with
    verification keeps what rolls a failed check back exactly (issue 11, item 6): 4 bits per
-   float32/float64 weight (``synbal.torch.undo``), a copy of any other parameter. ``inplace=True``
+   float32/float64 weight (``synbal._adapters.torch.undo``), a copy of any other parameter. ``inplace=True``
    is measured with and without ``verify``.
 3. ``vgg11_bn`` (torchvision, 133 M parameters, float32, one 224×224 input): ``exact`` with
    verification in under 5 s. float64 ``vgg11_bn`` and ``alexnet`` are timed too (no threshold).
@@ -42,9 +42,9 @@ import torch
 from torch import nn
 
 import synbal
-from synbal.algorithms import SolveOptions, solve
-from synbal.dense import DenseNet
-from synbal.regularizers import parse_regularizer
+from synbal._adapters.dense import DenseNet
+from synbal._problem.regularizers import parse_regularizer
+from synbal._solvers import SolveOptions, solve
 from synbal.torch import TorchAdapter, discover
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

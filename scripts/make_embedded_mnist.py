@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from synbal.data.idx import write_idx
-from synbal.data.mnist import EMBEDDED_DIR, IDX_FILES, load_idx_dataset
-from synbal.io import atomic_write_text
+from synbal._io import atomic_write_text
+from synbal.data._idx import write_idx
+from synbal.data._mnist import EMBEDDED_DIR, IDX_FILES, load_idx_dataset
 
 
 def main() -> None:

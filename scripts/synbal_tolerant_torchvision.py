@@ -8,7 +8,7 @@ quant``) imports torchvision, so on such a machine run the reproduction through 
     python scripts/synbal_tolerant_torchvision.py reproduce quant --data DIR --out results/quant
 
 It imports torchvision through the tests' helper (``tests/torchvision_compat.py``), then calls
-``synbal.cli.main`` with the remaining arguments.
+``synbal._cli.main.main`` with the remaining arguments.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from synbal.cli import main
+from synbal._cli.main import main
 from torchvision_compat import torchvision_models
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synbal.cli import main
+from synbal._cli.main import main
 
 __all__ = ["CliResult", "assert_strict_json", "check_contract", "check_json_file", "run_cli"]
 
@@ -59,7 +59,7 @@ def run_cli(argv: Sequence[str], *, in_process: bool = True, timeout: float = 12
     if not in_process:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:
-            proc = subprocess.run([sys.executable, "-m", "synbal.cli", *args], capture_output=True, text=True,
+            proc = subprocess.run([sys.executable, "-m", "synbal._cli.main", *args], capture_output=True, text=True,
                                   timeout=timeout, cwd=cwd, env=env, errors="backslashreplace")
         except subprocess.TimeoutExpired as exc:
             return CliResult(args, None, str(exc.stdout or ""), f"timed out after {timeout} s")
@@ -84,7 +84,7 @@ def assert_strict_json(text: str) -> Any:
 
 
 def _output_problems(path: Path, kind: str) -> list[str]:
-    from synbal.graph import Graph
+    from synbal._adapters.graph import Graph
 
     if not path.exists():
         return [f"exit 0 but {path.name} was not written"]
@@ -102,7 +102,7 @@ def check_contract(result: CliResult, outputs: dict[Path, str] | None = None, *,
                    strict: bool = False) -> list[str]:
     """Violations of the contract by ``result``; ``outputs`` maps files the run may write to a kind.
 
-    Kinds: ``"graph"`` (must load with :meth:`synbal.graph.Graph.load`), ``"json"`` (strict JSON),
+    Kinds: ``"graph"`` (must load with :meth:`synbal._adapters.graph.Graph.load`), ``"json"`` (strict JSON),
     ``"stdout-json"`` is checked on the captured standard output instead of a file.
     """
     problems: list[str] = []

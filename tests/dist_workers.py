@@ -113,7 +113,7 @@ def case_train(wrap: str, dtype: str = "float64") -> Result:
 def case_ddp_loop(wrap: str = "ddp") -> Result:
     """synbal.balance(model, inplace=True) in a hand-written SGD loop; counts solver calls per rank."""
     import synbal
-    import synbal.torch.replicated as replicated
+    import synbal._adapters.torch.replicated as replicated
     from synbal.training import ModelBalance, rescale_optimizer_state
 
     calls = [0]
@@ -196,8 +196,8 @@ def case_fail(kind: str, timeout: float) -> Result:
     """Rank 1 fails in the middle of balancing and stays alive without joining (or rank 0 fails
     before broadcasting, ``kind="ddp_root"``); the others must raise DistributedError in time."""
     import synbal
-    import synbal.torch.replicated as replicated
-    import synbal.torch.sharded as sharded
+    import synbal._adapters.torch.replicated as replicated
+    import synbal._adapters.torch.sharded as sharded
 
     model = WRAPS["fsdp" if kind == "fsdp" else "ddp"](mlp())
     rank = dist.get_rank()

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 import synbal
+from synbal._adapters.graph import Graph, verify_same_function
 from synbal.errors import SynbalError, VerificationError
-from synbal.graph import Graph, verify_same_function
 
 __all__ = ["HANG_SECONDS", "OUTCOMES", "fuzz_case", "fuzz_graph", "run_case", "run_many"]
 

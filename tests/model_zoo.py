@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from synbal.nn import LocallyConnected2d
+from synbal._adapters.torch.locally_connected import LocallyConnected2d
 
 __all__ = ["ZOO", "ZooModel", "build", "outputs", "same_state"]
 

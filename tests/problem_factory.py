@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from synbal.problem import BalanceProblem, CostBlock
+from synbal._problem.problem import BalanceProblem, CostBlock
 
 
 def random_problem(

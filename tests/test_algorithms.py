@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from problem_factory import layered_problem, random_problem
-from synbal.algorithms import SolveOptions, solve
-from synbal.algorithms.local import delta_r_closed_form, optimal_log_steps
-from synbal.algorithms.schedules import tied_layer_closed_form
-from synbal.regularizers import parse_regularizer
+from synbal._problem.regularizers import parse_regularizer
+from synbal._solvers import SolveOptions, solve
+from synbal._solvers.local import delta_r_closed_form, optimal_log_steps
+from synbal._solvers.schedules import tied_layer_closed_form
 
 L2 = parse_regularizer("l2")
 
@@ -92,7 +92,7 @@ def test_regularizer_never_increases_and_balancing_is_idempotent(seed, powers, b
     # idempotence: the exact state is a fixed point of every step
     exact = solve(prob, reg, "exact", SolveOptions(tol=1e-13))
     assert exact.converged
-    from synbal.algorithms.kernels import UnitGraph
+    from synbal._compiled.kernels import UnitGraph
 
     u = exact.u.copy()
     UnitGraph.build(prob).run_steps(u, np.flatnonzero(prob.free_mask()), 1.0)
@@ -143,7 +143,7 @@ def test_tied_matches_iteration_and_corrected_closed_form():
 
 
 def test_dead_and_floating_units_are_left_alone():
-    from synbal.problem import BalanceProblem, CostBlock
+    from synbal._problem.problem import BalanceProblem, CostBlock
 
     # unit 0: normal; unit 1: no outgoing weights (dead); units 2, 3: a closed BiLU cycle
     A = np.zeros((5, 5))
@@ -168,7 +168,7 @@ def test_unit_graph_prefetching_and_screened_check_change_nothing(bipu):
     """The prefetching step loops and the sampled convergence test give the plain kernel's results."""
     import dataclasses
 
-    from synbal.algorithms.kernels import UnitGraph, _max_rel
+    from synbal._compiled.kernels import UnitGraph, _max_rel
 
     prob = random_problem(np.random.default_rng(9), n=40, n_fixed=4, powers=(2.0,), bipu=bipu,
                           log10_range=1.0)

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 import synbal
-from synbal.algorithms import SolveOptions, solve
-from synbal.algorithms.chain import chain_of, solve_chain
-from synbal.algorithms.exact import _newton, _two_level
-from synbal.dense import DenseNetAdapter, _all_finite
-from synbal.graph import GraphAdapter
-from synbal.problem import BalanceProblem, CostBlock
-from synbal.regularizers import parse_regularizer
+from synbal._adapters.dense import DenseNetAdapter, _all_finite
+from synbal._adapters.graph import GraphAdapter
+from synbal._compiled.chain import chain_of, solve_chain
+from synbal._problem.problem import BalanceProblem, CostBlock
+from synbal._problem.regularizers import parse_regularizer
+from synbal._solvers import SolveOptions, solve
+from synbal._solvers.exact import _newton, _two_level
 
 
 def _net(widths: list[int], seed: int = 0, dtype: type = np.float64, activation: object = "relu",
@@ -127,8 +127,8 @@ def test_dense_names_and_finite_check() -> None:
 
 # ----------------------------------------------------------------------------- single-unit steps
 def test_chain_steps_follow_the_general_kernel_step_for_step() -> None:
-    from synbal.algorithms.chain_steps import ChainSteps, step_kernel
-    from synbal.algorithms.kernels import UnitGraph
+    from synbal._compiled.chain_steps import ChainSteps, step_kernel
+    from synbal._compiled.kernels import UnitGraph
 
     for activation in ("relu", {"type": "bipu", "c": 2.0, "C": 1.0, "D": 0.0}):
         problem = DenseNetAdapter(_net([5, 7, 6, 8, 3], seed=6, dtype=np.float32, activation=activation)
@@ -149,8 +149,8 @@ def test_chain_steps_follow_the_general_kernel_step_for_step() -> None:
 
 
 def test_chain_many_stochastic_runs_reach_the_exact_state() -> None:
-    from synbal.algorithms.chain_steps import step_kernel
-    from synbal.algorithms.kernels import UnitGraph
+    from synbal._compiled.chain_steps import step_kernel
+    from synbal._compiled.kernels import UnitGraph
 
     problem = DenseNetAdapter(_net([4, 6, 5, 6, 3], seed=7)).problem(parse_regularizer("l2"))
     free = np.arange(problem.n)
@@ -165,7 +165,7 @@ def test_chain_many_stochastic_runs_reach_the_exact_state() -> None:
 
 
 def test_dead_units_are_left_alone_by_chain_steps() -> None:
-    from synbal.algorithms.chain_steps import step_kernel
+    from synbal._compiled.chain_steps import step_kernel
 
     net = _net([4, 5, 5, 3], seed=8, biases=False)
     net.weights[1][:, 2] = 0.0

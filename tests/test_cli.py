@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 import synbal
-import synbal.commands.balance as balance_command
+import synbal._cli.commands.balance as balance_command
 from graph_factory import function_gap, random_inputs
-from synbal.cli import main
+from synbal._adapters.graph import Graph
+from synbal._cli.main import main
 from synbal.examples import example_path
 from synbal.experiments import EXPERIMENTS
-from synbal.graph import Graph
 from test_graph_errors import BAD_DOCUMENTS, BASE
 
 REPORT_FIELDS = {"regularizer_before", "regularizer_after", "max_relative_deficit", "converged", "sweeps", "seconds"}
@@ -180,7 +180,7 @@ def test_console_process_exit_code_and_stderr(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(synbal.__file__).parents[1]),
                                                         os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from synbal.cli import main; sys.exit(main())",
+        [sys.executable, "-c", "import sys; from synbal._cli.main import main; sys.exit(main())",
          "balance", str(bad), "-o", str(tmp_path / "out.json")],
         capture_output=True, text=True, env=env, timeout=120, check=False,
     )
@@ -271,14 +271,14 @@ def test_output_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
              "edges": [["x", h, 1.0 + i % 7] for i, h in enumerate(hidden)] + [[h, "y", 0.5] for h in hidden]}
     path = tmp_path / "wide.json"
     path.write_text(json.dumps(graph))
-    proc = subprocess.run(f"{sys.executable} -m synbal.cli inspect {path} | head -n 1", shell=True,
+    proc = subprocess.run(f"{sys.executable} -m synbal._cli.main inspect {path} | head -n 1", shell=True,
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.stdout.count("\n") == 1
     assert proc.stderr == ""
 
 
 def test_written_files_get_ordinary_permissions(tmp_path: Path) -> None:
-    from synbal.io import atomic_write_text
+    from synbal._io import atomic_write_text
 
     mask = os.umask(0o022)
     try:

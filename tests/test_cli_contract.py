@@ -74,12 +74,12 @@ def test_a_valid_network_keeps_the_contract_in_process_and_as_a_process(tmp_path
 
 
 def test_an_escaping_exception_is_recorded(monkeypatch) -> None:
-    import synbal.cli
+    import synbal._cli.main
 
     def explode(argv):
         raise SystemExit("boom")
 
-    monkeypatch.setattr(synbal.cli, "main", explode)
+    monkeypatch.setattr(synbal._cli.main, "main", explode)
     import cli_contract
 
     monkeypatch.setattr(cli_contract, "main", explode)

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-import synbal.commands.balance as balance_command
+import synbal._cli.commands.balance as balance_command
 from cli_contract import assert_strict_json, run_cli
-from synbal.data.idx import read_idx
+from synbal._adapters.graph import Graph
+from synbal._io import PAUSE_ENV, atomic_write_text
+from synbal.data._idx import read_idx
 from synbal.errors import ActivationError, DataError, GraphFormatError, InvalidWeightError
-from synbal.graph import Graph
-from synbal.io import PAUSE_ENV, atomic_write_text
 from test_graph_errors import BASE
 
 HUGE = "1" + "0" * 400  # 10**400: beyond float64
@@ -185,7 +185,7 @@ def test_a_signal_mid_write_leaves_no_temporary_file(tmp_path: Path, sig: int, c
     net, out, flag = tmp_path / "net.json", tmp_path / "out.json", tmp_path / "paused"
     net.write_text(json.dumps(BASE))
     env = {**os.environ, PAUSE_ENV: str(flag), "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "synbal.cli", "balance", str(net), "-o", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "synbal._cli.main", "balance", str(net), "-o", str(out),
                              "--report", str(tmp_path / "r.json")], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -202,7 +202,7 @@ def test_a_signal_mid_write_leaves_no_temporary_file(tmp_path: Path, sig: int, c
 
 def test_a_model_that_fails_its_check_writes_nothing(tmp_path: Path, monkeypatch) -> None:
     torch = pytest.importorskip("torch")
-    import synbal.torch.cli_support as cli_support
+    import synbal._cli.torch_files as cli_support
     from synbal.errors import VerificationError
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-import synbal.data.mnist as mnist_module
+import synbal.data._mnist as mnist_module
 from synbal.data import ImageDataset, load_cifar10, load_fashion_mnist, load_mnist
-from synbal.data.cifar import read_cifar_batch
-from synbal.data.idx import read_idx, write_idx
-from synbal.data.mnist import IDX_FILES, load_idx_dataset
+from synbal.data._cifar import read_cifar_batch
+from synbal.data._idx import read_idx, write_idx
+from synbal.data._mnist import IDX_FILES, load_idx_dataset
 from synbal.errors import DataError
 
 FULL_MNIST = Path("/work/shared/data/mnist")

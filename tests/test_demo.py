@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from synbal import demo as demo_module
-from synbal.cli import main
-from synbal.demo import DemoConfig, run_demo
+from synbal._cli import demo as demo_module
+from synbal._cli.demo import DemoConfig, run_demo
+from synbal._cli.main import main
 from synbal.errors import SynbalError, VerificationError
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import synbal
+from synbal._compiled.powermatrix import PowerMatrix
 from synbal.errors import GraphFormatError, InvalidWeightError
-from synbal.powermatrix import PowerMatrix
 
 
 def make(rng, widths, dtype=np.float64):

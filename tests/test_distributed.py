@@ -132,7 +132,7 @@ def test_ddp_root_failure_is_told_to_the_other_ranks(tmp_path):
 
 
 def test_without_a_process_group_a_sharded_balance_is_refused():
-    from synbal.torch.collective import Collective
+    from synbal._adapters.torch.collective import Collective
 
     assert not dist.is_initialized()
     with pytest.raises(DistributedError, match="initialised"):
@@ -140,7 +140,7 @@ def test_without_a_process_group_a_sharded_balance_is_refused():
 
 
 def test_plain_models_do_not_take_the_distributed_route():
-    from synbal.torch.distributed import is_distributed
+    from synbal._adapters.torch.distributed import is_distributed
 
     model = mlp()
     assert not is_distributed(model)
@@ -149,7 +149,7 @@ def test_plain_models_do_not_take_the_distributed_route():
 
 
 def test_bad_collective_timeout_is_refused(monkeypatch):
-    from synbal.torch.collective import TIMEOUT_ENV, Collective
+    from synbal._adapters.torch.collective import TIMEOUT_ENV, Collective
 
     monkeypatch.setenv(TIMEOUT_ENV, "soon")
     with pytest.raises(DistributedError, match="not a number"):

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import synbal
-from synbal.dense import DenseNet
+from synbal._adapters.dense import DenseNet
 from synbal.dynamics import (
     GramMonitor,
     balanced_init,
@@ -57,7 +57,7 @@ def test_diag_c_equals_deficit_of_densenet() -> None:
 @given(widths=widths_strategy, seed=st.integers(0, 1000))
 @settings(max_examples=25, deadline=None)
 def test_diag_c_equals_deficit_of_graph(widths: list[int], seed: int) -> None:
-    from synbal.graph import Graph
+    from synbal._adapters.graph import Graph
 
     if len(widths) < 3:
         widths = [*widths, 2]

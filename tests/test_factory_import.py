@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import save_model
 
+from synbal._adapters.torch.files import load_factory
 from synbal.errors import ModelError
-from synbal.torch.files import load_factory
 
 
 def _synbal(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # -P: like the `synbal` console script, the working directory is not put on sys.path by Python
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and p != str(cwd))}
-    return subprocess.run([sys.executable, "-P", "-m", "synbal.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-P", "-m", "synbal._cli.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -67,7 +67,7 @@ def test_the_working_directory_is_on_sys_path_only_for_the_import(tmp_path: Path
 
 
 def test_help_says_factory_runs_code(capsys) -> None:
-    from synbal.cli import main
+    from synbal._cli.main import main
 
     assert main(["balance", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())

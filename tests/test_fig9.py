@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from problem_factory import layered_problem
+from synbal._problem.problem import BalanceProblem, CostBlock
 from synbal.errors import SynbalError
 from synbal.experiments import fig9
 from synbal.experiments.fig9 import (
@@ -17,7 +18,6 @@ from synbal.experiments.fig9 import (
     endpoint_spread,
     stochastic_ensemble,
 )
-from synbal.problem import BalanceProblem, CostBlock
 
 
 def _direct_weights(problem: BalanceProblem, u: np.ndarray) -> np.ndarray:
@@ -220,7 +220,7 @@ def test_reproduce_fig9_lc_standin(tmp_path) -> None:  # type: ignore[no-untyped
 
 
 def test_weight_space_reads_matrix_free_blocks() -> None:
-    from synbal.powermatrix import PowerMatrix
+    from synbal._compiled.powermatrix import PowerMatrix
 
     rng = np.random.default_rng(4)
     W1 = rng.normal(size=(3, 4)).astype(np.float32)

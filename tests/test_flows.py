@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from synbal.algorithms.multiplicative import UnitNorms
-from synbal.dense import DenseNetAdapter
+from synbal._adapters.dense import DenseNetAdapter
+from synbal._adapters.torch.plain_mlp import mlp_view
+from synbal._problem.lpq import LpqRegularizer
+from synbal._problem.regularizers import CustomRegularizer, parse_regularizer
+from synbal._solvers.flows import WeightBalancingFlow, aggregation_regularizer, balance_stationarity, lpq_penalty
+from synbal._solvers.multiplicative import UnitNorms
 from synbal.errors import ModelError, RegularizerError
-from synbal.flows import WeightBalancingFlow, aggregation_regularizer, balance_stationarity, lpq_penalty
-from synbal.lpq import LpqRegularizer
-from synbal.regularizers import CustomRegularizer, parse_regularizer
-from synbal.training.penalty import regularizer_penalty
-from synbal.training.views import mlp_view
+from synbal.training._penalty import regularizer_penalty
 
 
 @pytest.fixture(autouse=True)

@@ -49,7 +49,7 @@ def test_generator_is_deterministic_and_varied() -> None:
 def test_checker_flags_a_changed_function() -> None:
     """The checker is not blind: a balanced net whose weights were tampered with is 'changed'."""
     import synbal
-    from synbal.graph import Graph
+    from synbal._adapters.graph import Graph
 
     case = {"graph": {"format": "synbal.graph/1",
                       "units": [{"name": "x", "role": "input"}, {"name": "h", "role": "hidden", "activation": "relu"},

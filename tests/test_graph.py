@@ -11,10 +11,10 @@ from hypothesis import given, settings
 
 import synbal
 from graph_factory import function_gap, graph_seeds, random_graph, random_inputs, random_layered_graph
+from synbal._adapters.graph import Graph, GraphAdapter, Unit
+from synbal._problem.regularizers import CustomRegularizer, parse_regularizer
 from synbal.errors import SynbalError
 from synbal.examples import example_names, example_path, load_example
-from synbal.graph import Graph, GraphAdapter, Unit
-from synbal.regularizers import CustomRegularizer, parse_regularizer
 
 ISSUE_EXAMPLE = {
     "format": "synbal.graph/1",

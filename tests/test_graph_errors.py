@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import synbal
+from synbal._adapters.graph import Graph, GraphAdapter, Unit
 from synbal.errors import ActivationError, GraphFormatError, InvalidWeightError, RegularizerError, SynbalError
-from synbal.graph import Graph, GraphAdapter, Unit
 
 BASE: dict[str, Any] = {
     "format": "synbal.graph/1",

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 import synbal
-from synbal.adapters import adapter_for
+from synbal._adapters.protocol import adapter_for
+from synbal._linf import MaxGraph, lexmin_lp, local_sweeps, max_balance_unit_degree, parse_linf
+from synbal._linf.front import max_problem
 from synbal.errors import RegularizerError, SynbalError
-from synbal.linf import MaxGraph, lexmin_lp, local_sweeps, max_balance_unit_degree, parse_linf
-from synbal.linf.front import max_problem
 
 
 def _graph(edges, hidden, biases=None, act="relu"):

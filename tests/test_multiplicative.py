@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 
 from problem_factory import layered_problem, random_problem
-from synbal.algorithms import SolveOptions, solve
-from synbal.algorithms.multiplicative import UnitNorms, as_lpq, lpq_max_stationarity, lpq_norm, solve_multiplicative
+from synbal._problem.lpq import LpqRegularizer
+from synbal._problem.problem import BalanceProblem, CostBlock
+from synbal._problem.regularizers import CustomRegularizer, parse_regularizer
+from synbal._solvers import SolveOptions, solve
+from synbal._solvers.multiplicative import UnitNorms, as_lpq, lpq_max_stationarity, lpq_norm, solve_multiplicative
 from synbal.errors import RegularizerError
-from synbal.lpq import LpqRegularizer
-from synbal.problem import BalanceProblem, CostBlock
-from synbal.regularizers import CustomRegularizer, parse_regularizer
 
 PQ = [(1, 1), (2, 2), (1, 2), (2, 1), (2, 4), (1, math.inf), (2, math.inf)]
 PQ_IDS = [f"l{p},{q}" for p, q in PQ]

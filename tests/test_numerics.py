@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import synbal
-from synbal.conditioning import condition, needs_conditioning, scale_weights
+from synbal._adapters.graph import Graph, GraphAdapter, Unit, function_gap, verify_same_function
+from synbal._problem.conditioning import condition, needs_conditioning, scale_weights
+from synbal._problem.regularizers import parse_regularizer
 from synbal.errors import ActivationError, NumericRangeError, VerificationError
-from synbal.graph import Graph, GraphAdapter, Unit, function_gap, verify_same_function
-from synbal.regularizers import parse_regularizer
 
 METHODS = ("exact", "stochastic", "cyclic", "layer")
 
@@ -123,7 +123,7 @@ def test_bipu_degree_range_is_validated() -> None:
     for c in (0.01, 100.0):
         res = synbal.balance(chain(2.0, 0.5, activation={"type": "bipu", "c": c}), "l2")
         assert res.converged and res.scales["h0"] > 0 and math.isfinite(res.scales["h0"])
-    from synbal.activations import Activation
+    from synbal._problem.activations import Activation
 
     with pytest.raises(ActivationError, match="degree c"):
         Unit("h", "hidden", Activation("odd", 1e-320, lambda x: x))
@@ -221,7 +221,7 @@ def test_drift_towards_infinity_and_bipu_closures() -> None:
 
 def test_dense_chain_at_1e150_does_not_divide_by_zero() -> None:
     """The compiled chain path hands extreme costs to the general solver (was ZeroDivisionError)."""
-    from synbal.dense import DenseNet
+    from synbal._adapters.dense import DenseNet
 
     net = DenseNet([np.full((2, 1), 1e150), np.full((1, 2), 1e-150)])
     res = synbal.balance(net, "l2")

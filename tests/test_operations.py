@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 import synbal
 from graph_factory import random_graph, random_inputs
+from synbal._solvers.operations import balance_units, scale_units
 from synbal.errors import SynbalError
-from synbal.operations import balance_units, scale_units
 
 
 def weights(g):

@@ -19,9 +19,9 @@ import pytest
 import torch
 from torch.export.pt2_archive._package import PT2ArchiveReader, PT2ArchiveWriter
 
+from synbal._adapters.torch.files import load_exported
+from synbal._adapters.torch.pt2 import check_program, read_program
 from synbal.errors import ModelError, UnsafeFileError
-from synbal.torch.files import load_exported
-from synbal.torch.pt2 import check_program, read_program
 
 Records = dict[str, bytes]
 _SKIP = (".data/version", ".data/serialization_id", "byteorder")
@@ -131,7 +131,7 @@ def test_cli_refuses_pickled_archive_in_one_line_as_a_process(tmp_path: Path) ->
     _exported(src)
     bad = _tamper(src, tmp_path / "bad.pt2", _pickled_weight(marker))
     for cmd in (["inspect", str(bad)], ["balance", str(bad), "-o", str(tmp_path / "out.pt2")]):
-        proc = subprocess.run([sys.executable, "-m", "synbal.cli", *cmd], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "synbal._cli.main", *cmd], capture_output=True, text=True,
                               cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count("\n") == 1 and "refuses" in proc.stderr

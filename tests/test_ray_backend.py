@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from synbal.cli import main
+from synbal._cli.main import main
 from synbal.errors import SynbalError
 from synbal.experiments import ExperimentContext, run_experiment
 from synbal.experiments.backend import GridError, InProcess, RunSpec, make_backend, run_grid

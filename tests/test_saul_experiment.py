@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from synbal._problem.lpq import LpqRegularizer
 from synbal.experiments import EXPERIMENTS, ExperimentContext, run_experiment
 from synbal.experiments.saul import SaulSettings, he_mlp_problems, run_settings
-from synbal.lpq import LpqRegularizer
 
 
 def test_he_problems_share_weights_across_powers() -> None:

@@ -16,15 +16,15 @@ from torch import nn
 
 import synbal
 from model_zoo import ZOO, build
-from synbal.algorithms.chain import chain_of
+from synbal._adapters.torch.apply import factor_arrays, scale_parameter
+from synbal._adapters.torch.extract import build_problem
+from synbal._adapters.torch.plain_mlp import mlp_discovery
+from synbal._compiled.chain import chain_of
+from synbal._compiled.powermatrix import PowerMatrix
+from synbal._problem.problem import BalanceProblem
+from synbal._problem.regularizers import parse_regularizer
 from synbal.errors import InvalidWeightError
-from synbal.powermatrix import PowerMatrix
-from synbal.problem import BalanceProblem
-from synbal.regularizers import parse_regularizer
 from synbal.torch import TorchAdapter, discover
-from synbal.torch.apply import factor_arrays, scale_parameter
-from synbal.torch.extract import build_problem
-from synbal.training.views import mlp_discovery
 
 
 class _Flat(nn.Module):

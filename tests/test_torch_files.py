@@ -13,9 +13,9 @@ from safetensors.torch import load_model, save_model
 
 import synbal
 from model_zoo import ZOO, build
+from synbal._cli.torch_files import balance_model_file, inspect_model_file
 from synbal.errors import ModelError, SynbalError
 from synbal.torch import discover
-from synbal.torch.cli_support import balance_model_file, inspect_model_file
 
 
 def _args(**kw: Any) -> argparse.Namespace:

@@ -87,7 +87,7 @@ def test_every_method_balances_the_mlp() -> None:
     entry = ZOO[0]
     model, x = build(entry)
     reference = synbal.balance(model, "l2", "exact", example_inputs=(x,))
-    for method in sorted(synbal.algorithms.METHODS):
+    for method in sorted(synbal._solvers.METHODS):
         if method == "tied":
             continue  # one λ per layer: a different (coarser) optimum
         res = synbal.balance(model, "l2", method, example_inputs=(x,), seed=0)
@@ -276,7 +276,7 @@ def test_every_method_on_models(name: str) -> None:
     model, x = build(next(z for z in ZOO if z.name == name))
     adapter = TorchAdapter(model, example_inputs=(x,))
     reference = synbal.balance(model, "l2", "exact", example_inputs=(x,))
-    for method in sorted(synbal.algorithms.METHODS):
+    for method in sorted(synbal._solvers.METHODS):
         if method == "tied":
             continue
         if method == "alternating" and adapter.discovery.layers is None:
@@ -290,7 +290,7 @@ def test_every_method_on_models(name: str) -> None:
 
 def test_discovery_falls_back_to_real_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
     """If an op cannot run on fake tensors, discovery walks the graph on the real inputs instead."""
-    import synbal.torch.discovery as discovery
+    import synbal._adapters.torch.discovery as discovery
 
     def no_fake(*args: object, **kwargs: object) -> None:
         raise RuntimeError("fake tensors unsupported here")
@@ -335,8 +335,8 @@ def test_layernorm_attention_and_softmax_block_units() -> None:
 @pytest.mark.parametrize(("kernel", "stride", "padding"), [((3, 2), (2, 1), (1, 0)), ((2, 2), (1, 2), (1, 1))])
 def test_locally_connected_column_slots_match_unfold(kernel: tuple[int, int], stride: tuple[int, int],
                                                      padding: tuple[int, int]) -> None:
-    from synbal.nn import LocallyConnected2d
-    from synbal.torch.rules import _unfold_ids
+    from synbal._adapters.torch.locally_connected import LocallyConnected2d
+    from synbal._adapters.torch.rules import _unfold_ids
 
     layer = LocallyConnected2d(2, 3, (5, 6), kernel, stride, padding)
     ids = np.arange(1, 2 * 5 * 6 + 1).reshape(2, 5, 6)
@@ -354,7 +354,7 @@ def test_locally_connected_column_slots_match_unfold(kernel: tuple[int, int], st
 def test_locally_connected_forward_and_gradients_match_the_definition(
         kernel: int | tuple[int, int], stride: int | tuple[int, int], padding: int | tuple[int, int]) -> None:
     """out[n, o, l] = Σ_k patch[n, k, l] · weight[l, o, k] (+ bias), with exact gradients."""
-    from synbal.nn import LocallyConnected2d
+    from synbal._adapters.torch.locally_connected import LocallyConnected2d
 
     layer = LocallyConnected2d(2, 3, (7, 6), kernel, stride, padding).double()
     x = torch.randn(4, 2, 7, 6, dtype=torch.float64, requires_grad=True)

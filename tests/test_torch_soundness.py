@@ -22,12 +22,12 @@ import synbal
 from model_zoo import ZOO, Recurrent, ZooModel, build, tanh_mlp
 from model_zoo import outputs as _out
 from model_zoo import same_state as _same_state
-from synbal.api import NO_SCALABLE_UNITS
-from synbal.cli import main
+from synbal._adapters.torch.apply import scale_parameters_undoably
+from synbal._adapters.torch.undo import ScaledMatrixUndo
+from synbal._cli.main import main
+from synbal._front import NO_SCALABLE_UNITS
 from synbal.errors import ModelError, UnsupportedOperationError, VerificationError
 from synbal.torch import TorchAdapter, discover
-from synbal.torch.apply import scale_parameters_undoably
-from synbal.torch.undo import ScaledMatrixUndo
 
 IDS = [z.name for z in ZOO]
 

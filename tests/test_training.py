@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 import synbal
-from synbal.dense import DenseNet
+from synbal._adapters.dense import DenseNet
+from synbal._adapters.torch.plain_mlp import mlp_view
+from synbal._problem.regularizers import CustomRegularizer
 from synbal.errors import ModelError, RegularizerError, SynbalError
-from synbal.regularizers import CustomRegularizer
 from synbal.training import (
     BalanceSchedule,
     ModelBalance,
@@ -26,7 +27,6 @@ from synbal.training import (
     rescale_optimizer_state,
     train,
 )
-from synbal.training.views import mlp_view
 
 
 def _mlp(widths: list[int], act: type[nn.Module] = nn.ReLU, seed: int = 0, dtype: torch.dtype = torch.float64,

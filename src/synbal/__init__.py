@@ -4,7 +4,7 @@ Balance networks of positively homogeneous units (BiLU, BiPU) for any additive r
 measure their balance, and reproduce the papers' simulations.
 
 >>> import synbal
->>> sorted(synbal.algorithms.METHODS)[:3]
+>>> sorted(synbal.METHODS)[:3]
 ['alternating', 'cyclic', 'exact']
 """
 
@@ -12,15 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from synbal import algorithms, errors
-from synbal.api import BalanceResult, balance, deficit
+from synbal import errors
+from synbal._front import BalanceResult, balance, deficit
+from synbal._problem.metrics import DeficitReport
+from synbal._problem.regularizers import CustomRegularizer, PowerRegularizer, parse_regularizer
+from synbal._solvers import METHODS
 from synbal.errors import SynbalError
-from synbal.metrics import DeficitReport
-from synbal.regularizers import CustomRegularizer, PowerRegularizer, parse_regularizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "METHODS",
     "BalanceResult",
     "CustomRegularizer",
     "DeficitReport",
@@ -29,7 +31,6 @@ __all__ = [
     "PowerRegularizer",
     "SynbalError",
     "__version__",
-    "algorithms",
     "balance",
     "deficit",
     "errors",
@@ -42,15 +43,15 @@ def __getattr__(name: str) -> Any:
     # Imported on first use so that `import synbal` stays light (PyTorch is loaded only when a
     # model is balanced or inspected).
     if name == "DenseNet":
-        from synbal.dense import DenseNet
+        from synbal._adapters.dense import DenseNet
 
         return DenseNet
     if name == "Graph":
-        from synbal.graph import Graph
+        from synbal._adapters.graph import Graph
 
         return Graph
     if name == "inspect":
-        from synbal.torch import inspect
+        from synbal._adapters.torch import inspect
 
         return inspect
     raise AttributeError(f"module 'synbal' has no attribute {name!r}")

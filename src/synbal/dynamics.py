@@ -15,7 +15,7 @@ Gradient descent with step ``η`` changes ``C_l`` per step by exactly
 training time ``T = kη`` the drift of ``C_l`` shrinks in proportion to ``η``.
 
 What is here: :func:`layer_weights` reads the matrices of a model (``nn.Sequential`` of
-``nn.Linear`` with optional activations, a :class:`~synbal.dense.DenseNet`, or a list of
+``nn.Linear`` with optional activations, a :class:`~synbal._adapters.dense.DenseNet`, or a list of
 matrices); :func:`layer_norms`, :func:`gram_differences`, :func:`neuron_deficits`,
 :func:`gram_rates` (the gradient-flow rate of ``C_l`` from the current gradients);
 :class:`GramMonitor` (records norms and the drift of ``C_l`` during training, ``update(model,
@@ -99,12 +99,12 @@ def layer_weights(model: Any) -> list[np.ndarray]:
     """The weight matrices ``W_1 … W_L`` of ``model`` as float64 copies (shape ``(out, in)``).
 
     ``model`` is a torch layered model (see :func:`linear_layers`), a
-    :class:`~synbal.dense.DenseNet`, or a sequence of 2-D arrays / tensors.
+    :class:`~synbal._adapters.dense.DenseNet`, or a sequence of 2-D arrays / tensors.
 
     >>> [W.shape for W in layer_weights([np.ones((3, 2)), np.ones((1, 3))])]
     [(3, 2), (1, 3)]
     """
-    from synbal.dense import DenseNet
+    from synbal._adapters.dense import DenseNet
 
     if isinstance(model, DenseNet):
         mats: Sequence[Any] = model.weights

@@ -17,8 +17,8 @@ Every loader returns an :class:`ImageDataset`; missing, truncated or malformed f
 
 from __future__ import annotations
 
-from synbal.data.cifar import load_cifar10
-from synbal.data.dataset import ImageDataset
-from synbal.data.mnist import load_fashion_mnist, load_mnist
+from synbal.data._cifar import load_cifar10
+from synbal.data._dataset import ImageDataset
+from synbal.data._mnist import load_fashion_mnist, load_mnist
 
 __all__ = ["ImageDataset", "load_cifar10", "load_fashion_mnist", "load_mnist"]

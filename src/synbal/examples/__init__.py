@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from synbal.errors import SynbalError
 
 if TYPE_CHECKING:
-    from synbal.graph import Graph
+    from synbal._adapters.graph import Graph
 
 __all__ = ["example_names", "example_path", "load_example"]
 
@@ -42,7 +42,7 @@ def example_path(name: str) -> Path:
 
 
 def load_example(name: str) -> Graph:
-    """Load example ``name`` as a :class:`~synbal.graph.Graph`."""
-    from synbal.graph import Graph
+    """Load example ``name`` as a :class:`~synbal._adapters.graph.Graph`."""
+    from synbal._adapters.graph import Graph
 
     return Graph.load(example_path(name))

@@ -33,14 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from synbal.algorithms import SolveOptions, solve
-from synbal.algorithms.schedules import tied_layer_closed_form
+from synbal._adapters.graph import Graph, GraphAdapter
+from synbal._problem.problem import BalanceProblem
+from synbal._problem.regularizers import parse_regularizer
+from synbal._solvers import SolveOptions, solve
+from synbal._solvers.schedules import tied_layer_closed_form
 from synbal.errors import SynbalError
 from synbal.experiments.random_graphs import random_weights
 from synbal.experiments.report import ExperimentContext, new_figure, write_outputs
-from synbal.graph import Graph, GraphAdapter
-from synbal.problem import BalanceProblem
-from synbal.regularizers import parse_regularizer
 
 __all__ = ["AGREE", "printed_eq_12_7", "run", "verdict"]
 

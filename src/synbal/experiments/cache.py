@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from synbal._io import atomic_write_bytes
 from synbal.experiments.report import to_jsonable
-from synbal.io import atomic_write_bytes
 
 __all__ = ["BatchRecord", "RunCache"]
 

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from synbal.api import balance
+from synbal._front import balance
 from synbal.errors import SynbalError
 from synbal.experiments.dynamics import scale_free, torch_threads
 from synbal.experiments.models import DEFAULT_INIT, fc_classifier

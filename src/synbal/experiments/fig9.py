@@ -20,7 +20,7 @@ Everything is computed on the extracted problem — weights are ``w·exp(u_dst �
 log-scales ``u`` — so no model tensor is touched during the 1,000 runs.
 
 >>> import numpy as np
->>> from synbal.problem import BalanceProblem, CostBlock
+>>> from synbal._problem.problem import BalanceProblem, CostBlock
 >>> # x -> h -> y with weights 2 and 0.5 (L2 costs 4 and 0.25): balanced at λ = 1/2
 >>> prob = BalanceProblem(np.ones(1), [CostBlock(2.0, [0], [-1], [[4.0]]),
 ...                                   CostBlock(2.0, [-1], [0], [[0.25]])])
@@ -45,13 +45,13 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from synbal.algorithms import SolveOptions, solve
-from synbal.data.dataset import ImageDataset
+from synbal._problem.problem import BalanceProblem
+from synbal._problem.regularizers import parse_regularizer
+from synbal._solvers import SolveOptions, solve
+from synbal.data._dataset import ImageDataset
 from synbal.errors import SynbalError
 from synbal.experiments.cache import BatchRecord
 from synbal.experiments.report import ExperimentContext
-from synbal.problem import BalanceProblem
-from synbal.regularizers import parse_regularizer
 
 __all__ = [
     "Ensemble",
@@ -213,7 +213,7 @@ class Ensemble:
 
 def _many_runs(problem: BalanceProblem) -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The compiled many-runs stochastic kernel for ``problem`` (one seeded stream per run)."""
-    from synbal.algorithms.chain_steps import step_kernel
+    from synbal._compiled.chain_steps import step_kernel
 
     graph = step_kernel(problem)
     free = np.flatnonzero(problem.free_mask())
@@ -249,7 +249,7 @@ def stochastic_ensemble(
     resumes where it stopped.
 
     >>> import numpy as np
-    >>> from synbal.problem import BalanceProblem, CostBlock
+    >>> from synbal._problem.problem import BalanceProblem, CostBlock
     >>> prob = BalanceProblem(np.ones(2), [CostBlock(2.0, [0], [-1], [[4.0]]),
     ...     CostBlock(2.0, [1], [0], [[1.0]]), CostBlock(2.0, [-1], [1], [[0.25]])])
     >>> ens = stochastic_ensemble(prob, WeightSpace(prob, np.log([0.5, 0.5])), runs=3)
@@ -590,7 +590,7 @@ def _trained_problem(net: _Network, ctx: ExperimentContext, settings: Fig9Settin
     """Build the network, train it briefly, and extract its L2 balance problem."""
     import torch
 
-    from synbal.adapters import adapter_for
+    from synbal._adapters.protocol import adapter_for
     from synbal.experiments import models
     from synbal.experiments.models import lc_cifar_net, mnist_autoencoder
     from synbal.training import TrainConfig, train

@@ -5,7 +5,7 @@
 * :func:`lc_cifar_net` — the paper's locally connected CIFAR-10 net with layer sizes
   3072-5000-2592-1296-300-100-10, leaky ReLU hidden units, logits for a softmax/cross-entropy.
   The paper gives only the sizes; the kernels here are chosen to produce exactly them
-  (stride 1, no padding, unshared weights, :class:`synbal.nn.LocallyConnected2d`):
+  (stride 1, no padding, unshared weights, :class:`synbal._adapters.torch.locally_connected.LocallyConnected2d`):
 
   ======  ===================  ============  ==========================
   layer   input                kernel        output (= units)
@@ -32,7 +32,7 @@ import math
 import torch
 from torch import nn
 
-from synbal.nn import LocallyConnected2d
+from synbal._adapters.torch.locally_connected import LocallyConnected2d
 
 __all__ = [
     "AUTOENCODER_WIDTHS",

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from synbal._io import atomic_write_json
 from synbal.data import ImageDataset
 from synbal.errors import SynbalError
 from synbal.experiments.cache import RunCache
@@ -54,7 +55,6 @@ from synbal.experiments.quant_verdict import verdict
 from synbal.experiments.report import ExperimentContext, write_outputs
 from synbal.experiments.speed import DATASETS
 from synbal.experiments.speed import _datasets as speed_datasets
-from synbal.io import atomic_write_json
 from synbal.quantize import GRANULARITIES, quantize_activations, quantize_weights
 
 __all__ = ["run"]

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 import synbal
-from synbal.adapters import adapter_for
+from synbal._adapters.protocol import adapter_for
 from synbal.clip import make_clips_balanceable, restore_clips
 from synbal.experiments.quant_models import ModelSpec
 
@@ -76,7 +76,7 @@ def peer_status(arms: tuple[str, ...] = PEERS) -> dict[str, str | None]:
 
 def fold(model: nn.Module) -> nn.Module:
     """A copy with every BatchNorm folded into the preceding convolution (eval mode)."""
-    from synbal.torch.fold import fold_batchnorm
+    from synbal._adapters.torch.fold import fold_batchnorm
 
     out = copy.deepcopy(model).eval()
     fold_batchnorm(out)

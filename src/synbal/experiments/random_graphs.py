@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from synbal.graph import Graph, Unit
+from synbal._adapters.graph import Graph, Unit
 
 __all__ = ["BILU_SPECS", "BIPU_DEGREES", "NON_SCALABLE", "random_graph", "random_weights"]
 

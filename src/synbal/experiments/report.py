@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from synbal.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from synbal._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = ["ExperimentContext", "environment", "new_figure", "plot_mean_std", "to_jsonable", "write_outputs"]
 

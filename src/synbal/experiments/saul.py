@@ -19,7 +19,7 @@ layer, output units identified by ``fixed_ids`` — so no PyTorch is involved):
    the same tolerance on the same nets (sweeps — every unit updated once, on average — and
    single-unit or single-layer updates), next to the multiplicative updates.
 
-3. the weight-balancing *flow* (:mod:`synbal.flows`) on a small MNIST net 784-100-100-10:
+3. the weight-balancing *flow* (:mod:`synbal._solvers.flows`) on a small MNIST net 784-100-100-10:
    for ``L2`` (control), ``L1`` and ``ℓ_{2,1}``, train by SGD on ``E + βR`` from one He init
    (a) plainly, (b) plainly but from the balanced init, (c) with the flow (each step followed
    by the orbit motion back to minimal ``R``); record the balance residual (max relative
@@ -45,12 +45,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from synbal.algorithms import SolveOptions, solve
+from synbal._problem.lpq import LpqRegularizer
+from synbal._problem.problem import BalanceProblem, CostBlock
+from synbal._problem.regularizers import parse_regularizer
+from synbal._solvers import SolveOptions, solve
+from synbal._solvers.flows import WeightBalancingFlow
 from synbal.experiments.report import ExperimentContext, new_figure, write_outputs
-from synbal.flows import WeightBalancingFlow
-from synbal.lpq import LpqRegularizer
-from synbal.problem import BalanceProblem, CostBlock
-from synbal.regularizers import parse_regularizer
 
 #: Summary thresholds (fixed before any run): largest relative increase of the norm per update
 #: still counted as "monotone" (rounding), largest |ratio − exact| counted as "the same minimum",
@@ -550,7 +550,7 @@ def _summary(settings: SaulSettings, results: dict[str, Any]) -> str:
         f"- p = q: multiplicative, layer, stochastic and exact reach the same minimum: "
         f"**{'yes' if agree else 'NO'}** (to {AGREE_TOLERANCE:g} in the norm ratio).",
         "- No learning rate anywhere: each update is a closed-form ratio per unit "
-        "(see `synbal.algorithms.multiplicative`).",
+        "(see `synbal._solvers.multiplicative`).",
         *_sweep_comparison(settings, results),
     ]
     return "\n".join(lines)

@@ -38,12 +38,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from synbal.algorithms import SolveOptions, solve
+from synbal._adapters.graph import GraphAdapter
+from synbal._problem.regularizers import parse_regularizer
+from synbal._solvers import SolveOptions, solve
 from synbal.errors import SynbalError
 from synbal.experiments.random_graphs import random_graph
 from synbal.experiments.report import ExperimentContext, new_figure, write_outputs
-from synbal.graph import GraphAdapter
-from synbal.regularizers import parse_regularizer
 
 __all__ = ["FAMILIES", "SAME_STATE", "UniquenessSettings", "run", "run_cell", "verdict"]
 

@@ -1,29 +1,40 @@
 """PyTorch support: find every rescaling symmetry of an ``nn.Module`` and balance it.
 
-Importing this package registers :class:`TorchAdapter` for ``torch.nn.Module`` sources, so
-``synbal.balance(model, reg, method, example_inputs=...)`` and ``synbal.deficit(model, ...)``
-work on models; :func:`inspect` prints the discovered groups. See
-:mod:`synbal.torch.discovery` for the tracing choice and its limits.
+Importing :mod:`synbal.torch` (done for you by :func:`synbal.balance` when it meets a torch
+object) registers the PyTorch adapter, so ``synbal.balance(model, reg, method,
+example_inputs=...)`` and ``synbal.deficit(model, ...)`` work on models. The implementation
+lives in ``synbal._adapters.torch`` beside the graph and dense adapters; this module is its
+public face.
 
 >>> import torch, synbal
 >>> from torch import nn
 >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
->>> len(synbal.inspect(model, torch.zeros(1, 3)).groups)
+>>> len(synbal.torch.inspect(model, torch.zeros(1, 3)).groups)
 4
 """
 
 from __future__ import annotations
 
-from torch import nn
+from synbal._adapters.torch import (
+    Discovery,
+    GroupInfo,
+    ModelInspection,
+    TorchAdapter,
+    discover,
+    fold_batchnorm,
+    inspect,
+)
+from synbal._adapters.torch.files import load_exported
+from synbal._adapters.torch.locally_connected import LocallyConnected2d
 
-from synbal.adapters import register_adapter
-from synbal.torch.adapter import TorchAdapter
-from synbal.torch.discovery import Discovery, discover
-from synbal.torch.distributed import distributed_adapter, is_distributed
-from synbal.torch.fold import fold_batchnorm
-from synbal.torch.inspection import GroupInfo, ModelInspection, inspect
-
-__all__ = ["Discovery", "GroupInfo", "ModelInspection", "TorchAdapter", "discover", "fold_batchnorm", "inspect"]
-
-register_adapter(lambda s: isinstance(s, nn.Module) and is_distributed(s), distributed_adapter)
-register_adapter(lambda s: isinstance(s, nn.Module), TorchAdapter)
+__all__ = [
+    "Discovery",
+    "GroupInfo",
+    "LocallyConnected2d",
+    "ModelInspection",
+    "TorchAdapter",
+    "discover",
+    "fold_batchnorm",
+    "inspect",
+    "load_exported",
+]

@@ -11,11 +11,11 @@
 
 from __future__ import annotations
 
-from synbal.training.history import TrainingHistory
-from synbal.training.loop import BalanceSchedule, TrainConfig, evaluate, sum_of_squares, train
-from synbal.training.model_balance import BalanceStep, ModelBalance
-from synbal.training.optimizer_state import rescale_optimizer_state
-from synbal.training.penalty import apply_decoupled_decay, regularized_parameters, regularizer_penalty
+from synbal.training._history import TrainingHistory
+from synbal.training._loop import BalanceSchedule, TrainConfig, evaluate, sum_of_squares, train
+from synbal.training._model_balance import BalanceStep, ModelBalance
+from synbal.training._optimizer_state import rescale_optimizer_state
+from synbal.training._penalty import apply_decoupled_decay, regularized_parameters, regularizer_penalty
 
 __all__ = [
     "BalanceSchedule",

@@ -1,0 +1,621 @@
+"""Discovery: trace an ``nn.Module`` and find every rescaling symmetry in it.
+
+**Tracing choice.** synbal traces with :mod:`torch.fx` (``symbolic_trace`` with a tracer that
+keeps ``torch.nn`` layers and :class:`~synbal.torch.LocallyConnected2d` as leaves; a model fx cannot
+follow is exported with ``torch.export``, see :mod:`synbal._adapters.torch.tracing`) and runs the traced
+graph once on the example inputs (an :class:`torch.fx.Interpreter`) to learn every tensor's
+shape — on fake tensors (``FakeTensorMode``: shapes only, no arithmetic), falling back to the
+real inputs for operations fake tensors cannot run. Models that already are ``fx.GraphModule`` s —
+in particular ``torch.export`` programs'
+``.module()`` — are walked as they are, so ATen-level graphs (``aten.conv2d``,
+``aten.batch_norm``, …) are understood too. fx was chosen over ``torch.export`` for ordinary
+modules because it keeps module paths and parameter names exactly, needs no compilation, and
+is fast (a ResNet-18 traces in milliseconds).
+
+**Soundness.** An operation passes scales only through an exact rule (:mod:`synbal._adapters.torch.rules`,
+:mod:`~synbal._adapters.torch.layout_rules`, :mod:`~synbal._adapters.torch.affine_rules`); an operation without one
+is a barrier or an error unless none of its inputs carries a scale. Weights computed by
+parametrizations are handled by :mod:`synbal._adapters.torch.reparam`; quantization-aware-training modules
+are refused up front; a ``torch.compile`` wrapper is looked through.
+
+**Limits.** Python control flow that depends on tensor values cannot be traced (neither by fx nor
+by torch.export); modules called with ``PackedSequence`` are
+not supported; every operation synbal does not know raises
+:class:`~synbal.errors.UnsupportedOperationError` naming the node, the op and the module path
+— or, with ``barriers=True``, fixes every unit that reaches it. Pooling over positions that have
+different scales (after a locally connected layer) ties those positions for the whole channel,
+which is a valid but coarser symmetry than per-window ties.
+
+**Result.** Slots (see :mod:`synbal._adapters.torch.slots`) are merged along ties into *groups*: each
+group has one scale ``λ``; a parameter entry whose row slot is in group ``g`` and column slot
+in group ``h`` is multiplied by ``λ_g / λ_h``. Groups fixed by the model (inputs, outputs,
+non-homogeneous consumers, BatchNorm normalisation, barriers) are *excluded*, each with its
+reason.
+
+>>> import torch
+>>> from torch import nn
+>>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+>>> d = discover(model, (torch.zeros(1, 3),))
+>>> len(d.groups), d.names[:2], d.excluded
+(4, ['0[0]', '0[1]'], {'2[0]..2[1] (2 units)': 'model output'})
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+from torch.nn.utils import parametrize
+
+from synbal._adapters.torch import rules
+from synbal._adapters.torch.reparam import refuse_quantized, weight_source
+from synbal._adapters.torch.slots import SlotTable, label_pairs
+from synbal._adapters.torch.tracing import trace
+from synbal._adapters.torch.values import Ids, ParamRef, zeros_like_shape
+from synbal._problem.problem import GeneratedNames
+from synbal.errors import InvalidWeightError, ModelError, SynbalError, UnsupportedOperationError
+
+__all__ = ["Discovery", "ParamUse", "Walker", "build_discovery", "check_finite", "discover", "eval_mode", "trace",
+           "unwrap_compiled"]
+
+
+@dataclass
+class ParamUse:
+    """How one parameter scales: entry ``[idx]`` is multiplied by ``λ[row[idx]] / λ[col[idx]]``.
+
+    ``row`` and ``col`` hold slots and broadcast to the parameter's shape (same number of
+    dimensions). ``bias`` marks a bias (its column is the constant unit).
+    """
+
+    name: str
+    row: np.ndarray
+    col: np.ndarray
+    bias: bool = False
+    nodes: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block and restore every submodule's mode after."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        try:
+            model.eval()
+        except NotImplementedError:  # torch.export modules refuse eval(); their graph is fixed anyway
+            for m, _ in modes:
+                m.training = False
+        yield model
+    finally:
+        for m, was_training in modes:
+            m.training = was_training
+
+
+def _canonical_names(model: nn.Module) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Map every parameter alias to the first name of its tensor; the tensors by canonical name."""
+    canon: dict[str, str] = {}
+    by_id: dict[int, str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        first = by_id.setdefault(id(p), name)
+        canon[name] = first
+        tensors.setdefault(first, p)
+    return canon, tensors
+
+
+def _has_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_has_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_tensor(v) for v in value.values())
+    return False
+
+
+def _op_name(node: fx.Node, gm: fx.GraphModule | None = None) -> str:
+    if node.op == "call_module" and gm is not None:
+        return f"nn.{type(gm.get_submodule(str(node.target))).__name__}"
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        return f"aten.{target.__name__}"
+    mod = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", str(target))
+    if mod in ("_operator", "operator"):
+        return f"operator.{name}"
+    if mod.startswith("torch"):
+        return f"{mod.replace('torch.nn.functional', 'F')}.{name}"
+    return name
+
+
+class Walker:
+    """Walks an fx graph in order, applying :mod:`synbal._adapters.torch.rules` to every node."""
+
+    def __init__(self, gm: fx.GraphModule, root: nn.Module, *, barriers: bool) -> None:
+        self.gm = gm
+        self.barriers = barriers
+        self.table = SlotTable()
+        self.uses: dict[str, ParamUse] = {}
+        self.env: dict[fx.Node, Any] = {}
+        self.data_used: dict[str, str] = {}
+        self.root = root
+        self.canon, self.params = _canonical_names(root)
+        self.shared: dict[str, list[str]] = {}
+
+    # ------------------------------------------------------------------ for rules
+    def param_shape(self, name: str) -> tuple[int, ...]:
+        """Shape of a parameter — or of a computed weight or buffer a layer uses as its weight."""
+        if name in self.canon:
+            return tuple(int(s) for s in self.params[self.canon[name]].shape)
+        owner, _, attr = name.rpartition(".")
+        try:
+            tensor = getattr(self.root.get_submodule(owner) if owner else self.root, attr, None)
+        except AttributeError:
+            tensor = None
+        if not isinstance(tensor, torch.Tensor):
+            raise ModelError(f"{name!r} is not a parameter of the model")
+        return tuple(int(s) for s in tensor.shape)
+
+    def prefix(self, param_name: str) -> str:
+        name = self.canon.get(param_name, param_name)
+        return name.rsplit(".", 1)[0] if "." in name else name
+
+    def use(self, name: str, row: np.ndarray, col: np.ndarray, node: fx.Node, *, bias: bool = False) -> None:
+        """Record that parameter ``name`` scales by ``λ[row] / λ[col]`` (ties a shared parameter's uses)."""
+        if name not in self.canon:
+            self._use_computed(name, row, col, node, bias)
+            return
+        canonical = self.canon[name]
+        shape = self.param_shape(name)
+        row = np.asarray(row, dtype=np.int64)
+        col = np.asarray(col, dtype=np.int64)
+        for arr in (row, col):
+            if arr.ndim != len(shape) or any(a not in (1, s) for a, s in zip(arr.shape, shape, strict=True)):
+                raise ModelError(f"internal: slots of shape {arr.shape} do not fit parameter {name} {shape}")
+        previous = self.uses.get(canonical)
+        if previous is None:
+            self.uses[canonical] = ParamUse(canonical, row, col, bias, [node.name])
+            return
+        # a shared parameter: both places must scale it the same way, so their units are tied
+        self.table.tie(previous.row, row)
+        self.table.tie(previous.col, col)
+        previous.nodes.append(node.name)
+        self.shared[canonical] = previous.nodes
+
+    def _use_computed(self, name: str, row: np.ndarray, col: np.ndarray, node: fx.Node, bias: bool) -> None:
+        """A layer's weight that is not a parameter: weight-normalised, otherwise computed, or a buffer."""
+        src = weight_source(self.root, name)
+        if src is None:
+            raise ModelError(f"node {node.name!r}: {name!r} is not a parameter of the model")
+        if src.kind == "weight_norm":  # W = g·v/‖v‖: scale W through g, constant along the norm's axes
+            row, col = np.asarray(row), np.asarray(col)
+            shape = src.shape if src.shape else (1,) * row.ndim  # a scalar g (dim=None) scales all of W
+            axes = [a for a, size in enumerate(shape) if size == 1]
+            row, col = self.collapse(row, axes), self.collapse(col, axes)
+            if not src.shape:
+                row, col = row.reshape(()), col.reshape(())
+            self.use(src.scaled_by, row, col, node, bias=bias)
+            return
+        for original in src.originals:
+            self.data_used.setdefault(original, node.name)
+        if src.kind == "unscalable":
+            self.unsupported(node, None, src.reason)  # raises unless barriers=True
+        reason = src.reason if src.kind == "buffer" else f"barrier: {src.reason}"
+        self.table.fix(np.asarray(row), reason)
+        self.table.fix(np.asarray(col), reason)
+
+    def collapse(self, arr: np.ndarray, axes: list[int]) -> np.ndarray:
+        """Tie ``arr``'s slots along each of ``axes``; return them with those axes of size 1."""
+        for ax in axes:
+            if arr.shape[ax] == 1:
+                continue
+            first = np.take(arr, [0], axis=ax)
+            self.table.tie(arr, first)
+            arr = first
+        return arr
+
+    def keep_axes(self, x: Ids, axes: list[int], node: fx.Node) -> np.ndarray:
+        """Tie ``x``'s slots along every axis not in ``axes``; return them with those axes of size 1."""
+        keep = {a % x.ndim for a in axes} if x.ndim else set()
+        return self.collapse(x.ids, [ax for ax in range(x.ndim) if ax not in keep])
+
+    def value(self, node: fx.Node, pos: int, kw: str | None = None, default: Any = None) -> Any:
+        """What discovery knows about argument ``pos`` (or keyword ``kw``) of ``node``."""
+        if pos >= 0 and len(node.args) > pos:
+            arg = node.args[pos]
+        elif kw is not None and kw in node.kwargs:
+            arg = node.kwargs[kw]
+        else:
+            return default
+        return fx.node.map_aggregate(arg, lambda a: self.env.get(a) if isinstance(a, fx.Node) else a)
+
+    def literal(self, node: fx.Node, pos: int, kw: str | None = None, default: Any = None) -> Any:
+        return self.value(node, pos, kw, default)
+
+    def as_ids(self, value: Any, node: fx.Node) -> Ids | None:
+        """The slots of a tensor value; a parameter read as data must keep its values (scale 1)."""
+        if isinstance(value, Ids):
+            return value
+        if isinstance(value, ParamRef):
+            self._read_as_data(value, node)
+            return zeros_like_shape(value.shape)
+        return None
+
+    def _read_as_data(self, ref: ParamRef, node: fx.Node) -> None:
+        """A parameter (or the parameters behind a computed weight) read as data keeps its values."""
+        for name in (ref.name,) if ref.is_parameter else ref.originals:
+            self.data_used.setdefault(name, node.name)
+
+    def param_arg(self, node: fx.Node, pos: int, kw: str) -> str | None:
+        """The name of the stored weight passed as argument ``pos``/``kw`` (``None`` if absent).
+
+        A weight computed in the graph is not supported (a barrier with ``barriers=True``).
+        """
+        value = self.value(node, pos, kw)
+        if value is None:
+            return None
+        if isinstance(value, ParamRef):
+            return value.name
+        self.unsupported(node, None, f"its {kw!r} argument is computed, not a stored parameter")
+        return None
+
+    def input_ids(self, node: fx.Node, pos: int, kw: str | None = None) -> Ids | None:
+        return self.as_ids(self.value(node, pos, kw), node)
+
+    def tensor_input(self, node: fx.Node, pos: int, kw: str | None = None) -> Ids:
+        """Like :meth:`input_ids`, for arguments that must be tensors."""
+        x = self.input_ids(node, pos, kw)
+        if x is None:
+            raise ModelError(f"node {node.name!r} ({self.op_name(node)}): argument {pos} is not a tensor "
+                             "(PackedSequence and other containers are not supported)")
+        return x
+
+    def fixed_like(self, result: Any) -> Any:
+        """Scale-1 values mirroring ``result``'s structure."""
+        if isinstance(result, torch.Tensor):
+            return zeros_like_shape(tuple(int(s) for s in result.shape))
+        if isinstance(result, (tuple, list)):
+            return tuple(self.fixed_like(r) for r in result)
+        return None
+
+    def no_tensor(self, node: fx.Node, result: Any) -> Any:
+        return self.fixed_like(result)
+
+    def fix_inputs(self, node: fx.Node, reason: str) -> None:
+        def visit(a: fx.Node) -> fx.Node:
+            v = self.env.get(a)
+            fx.node.map_aggregate(v, lambda x: self._fix_value(x, reason, node))
+            return a
+
+        fx.node.map_arg((node.args, node.kwargs), visit)
+
+    def _fix_value(self, v: Any, reason: str, node: fx.Node) -> Any:
+        if isinstance(v, Ids):
+            self.table.fix(v.ids, reason)
+        elif isinstance(v, ParamRef):
+            self._read_as_data(v, node)
+        return v
+
+    def op_name(self, node: fx.Node) -> str:
+        return _op_name(node, self.gm)
+
+    def module_path(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            return str(node.target)
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            path = list(stack.values())[-1][0]
+            return str(path) or "<root>"
+        return "<root>"
+
+    def unsupported(self, node: fx.Node, result: Any, detail: str) -> Any:
+        op = self.op_name(node)
+        where = self.module_path(node)
+        if self.barriers:
+            self.fix_inputs(node, f"barrier: unsupported {op} at node {node.name!r} ({detail})")
+            return self.fixed_like(result)
+        raise UnsupportedOperationError(
+            f"node {node.name!r}: operation {op} in module {where!r} is not supported ({detail}); "
+            "synbal does not know how positive rescaling passes through it. Pass barriers=True to "
+            "treat such nodes as barriers (units touching them are not scaled)"
+        )
+
+    # ------------------------------------------------------------------ the walk
+    def visit(self, node: fx.Node, result: Any) -> Any:
+        if node.op == "placeholder":
+            return self.fixed_like(result)
+        if node.op == "get_attr":
+            target = str(node.target)
+            if isinstance(result, torch.Tensor) and target in self.canon:
+                return ParamRef(self.canon[target], tuple(int(s) for s in result.shape), True)
+            if isinstance(result, torch.Tensor):
+                return ParamRef(target, tuple(int(s) for s in result.shape), False)
+            return None
+        if node.op == "output":
+            self.fix_inputs(node, "model output")
+            return None
+        if node.op == "call_module":
+            return self._visit_module(node, result)
+        if not self._has_tensor_input(node):  # built from constants and shapes only (torch.zeros, arange, …)
+            return self.fixed_like(result)
+        rule = rules.rule_for(node)
+        if rule is not None:
+            return rule(self, node, result)
+        if self._constant_inputs(node):  # an unknown op on constants (e.g. a bias table): a constant
+            self.fix_inputs(node, "constant")
+            return self.fixed_like(result)
+        return self.unsupported(node, result, "no rescaling rule for this operation")
+
+    def _visit_module(self, node: fx.Node, result: Any) -> Any:
+        mod = self.gm.get_submodule(str(node.target))
+        if isinstance(mod, parametrize.ParametrizationList):  # a parametrized weight, read as a tensor
+            owner = str(node.target).split(".parametrizations.")
+            name = f"{owner[0]}.{owner[1]}" if len(owner) == 2 else str(node.target)
+            originals = tuple(f"{node.target}.{n}" for n, _ in mod.named_parameters())
+            return ParamRef(name, tuple(int(s) for s in result.shape), False, originals)
+        mrule = rules.module_rule(mod)
+        if mrule is not None:
+            return mrule(self, node, mod, result)
+        if not _has_tensor(result) and not any(True for _ in mod.parameters()):
+            return None
+        return self.unsupported(node, result, f"unknown module type {type(mod).__name__}")
+
+    def _input_values(self, node: fx.Node) -> list[Any]:
+        values: list[Any] = []
+
+        def keep(v: Any) -> Any:
+            values.append(v)
+            return v
+
+        def collect(a: fx.Node) -> fx.Node:
+            fx.node.map_aggregate(self.env.get(a), keep)
+            return a
+
+        fx.node.map_arg((node.args, node.kwargs), collect)
+        return values
+
+    def _has_tensor_input(self, node: fx.Node) -> bool:
+        return any(isinstance(v, (Ids, ParamRef)) for v in self._input_values(node))
+
+    def _constant_inputs(self, node: fx.Node) -> bool:
+        """No input carries a scale: parameters, buffers, and values fixed at scale 1 for good."""
+        return all(not isinstance(v, Ids) or v.all_fixed() for v in self._input_values(node))
+
+
+class _NodeFailedError(Exception):
+    """The model's own computation failed at a node (not synbal's analysis of it)."""
+
+    def __init__(self, node: fx.Node, where: str, exc: BaseException) -> None:
+        super().__init__(f"{type(exc).__name__}: {exc}")
+        self.node, self.where, self.exc = node, where, exc
+
+
+class _Runner(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, walker: Walker) -> None:
+        super().__init__(gm)
+        self.walker = walker
+        self.extra_traceback = False  # no "While executing … Original traceback … tlparse" in messages
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n) if n.op != "output" else None
+        except SynbalError:
+            raise
+        except Exception as exc:
+            where = f"{self.walker.op_name(n)} in module {self.walker.module_path(n)!r}"
+            raise _NodeFailedError(n, where, exc) from exc
+        try:
+            self.walker.env[n] = self.walker.visit(n, result)
+        except SynbalError:
+            raise
+        except Exception as exc:  # a defect of synbal's rules: say so rather than blame the model
+            raise ModelError(
+                f"internal error while analysing node {n.name!r} ({self.walker.op_name(n)} in module "
+                f"{self.walker.module_path(n)!r}): {type(exc).__name__}: {exc}; please report it"
+            ) from exc
+        if n.op == "output":
+            return super().run_node(n)
+        return result
+
+
+@dataclass
+class Discovery:
+    """The scalable groups of a model and how each parameter scales with them.
+
+    ``groups[k]`` lists the slots of group ``k`` (its tied neurons), ``names[k]`` its name (the
+    first slot's label). ``group_of_slot[s]`` is the group of slot ``s`` (``-1`` fixed).
+    ``uses`` maps each canonical parameter name to its :class:`ParamUse`; ``unused`` lists
+    parameters no rule scaled (counted in ``R`` as fixed costs, never changed). ``excluded``
+    maps unit ranges to the reason they are not scaled. ``layers`` are independent sets of groups
+    in graph order (``None`` when some producer's groups are joined by a weight, e.g. RNNs).
+    """
+
+    table: SlotTable
+    uses: dict[str, ParamUse]
+    group_of_slot: np.ndarray
+    groups: list[np.ndarray]
+    names: Sequence[str]
+    excluded: dict[str, str]
+    layers: list[np.ndarray] | None
+    unused: list[str]
+    shared: dict[str, list[str]]
+    params: dict[str, torch.Tensor]
+
+    @property
+    def n(self) -> int:
+        return len(self.groups)
+
+
+def check_finite(name: str, p: torch.Tensor) -> None:
+    """Raise :class:`~synbal.errors.InvalidWeightError` if parameter ``p`` has NaN or Inf entries."""
+    if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+        bad = int((~torch.isfinite(p)).sum())
+        raise InvalidWeightError(f"parameter {name!r} has {bad} NaN or infinite entries")
+
+
+def _check_batchnorm(model: nn.Module) -> None:
+    for path, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None):
+            why = "is in training mode" if m.training else "has no running statistics"
+            raise ModelError(
+                f"BatchNorm {path!r} {why}: it normalises with batch statistics, so rescaling is not "
+                "a symmetry of the model; call model.eval() before balancing"
+            )
+
+
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module behind a ``torch.compile`` wrapper (``_orig_mod``); any other model as it is."""
+    inner = getattr(model, "_orig_mod", None)
+    if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule":
+        return unwrap_compiled(inner)
+    return model
+
+
+def discover(model: nn.Module, example_inputs: tuple[Any, ...], *, barriers: bool = False) -> Discovery:
+    """Trace ``model``, run it once on ``example_inputs``, and return its scalable groups."""
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    model = unwrap_compiled(model)
+    refuse_quantized(model)
+    _check_batchnorm(model)
+    with torch.no_grad(), eval_mode(model):
+        gm = trace(model, example_inputs)
+        with eval_mode(gm):
+            try:
+                walker = _walk_fake(gm, model, example_inputs, barriers)
+            except SynbalError:
+                raise
+            except Exception:  # an op fake tensors cannot run: walk again on the real inputs
+                walker = Walker(gm, model, barriers=barriers)
+                try:
+                    _Runner(gm, walker).run(*example_inputs)
+                except _NodeFailedError as failed:
+                    raise ModelError(
+                        f"running {type(model).__name__} on the example inputs failed at node "
+                        f"{failed.node.name!r} ({failed.where}): {failed}"
+                    ) from failed.exc
+                except SynbalError:
+                    raise
+                except Exception as exc:
+                    raise ModelError(f"running {type(model).__name__} on the example inputs failed "
+                                     f"({type(exc).__name__}: {exc})") from exc
+    return _finish(walker)
+
+
+def _walk_fake(gm: fx.GraphModule, model: nn.Module, example_inputs: tuple[Any, ...], barriers: bool) -> Walker:
+    """Walk the graph on fake tensors: only shapes are computed (no FLOPs, no memory)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    walker = Walker(gm, model, barriers=barriers)
+    quiet = logging.getLogger("torch._subclasses.fake_tensor")  # a failure here is retried on real tensors
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            fake = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
+            _Runner(gm, walker).run(*fake)
+    finally:
+        quiet.setLevel(level)
+    return walker
+
+
+def _finish(w: Walker) -> Discovery:
+    return build_discovery(w.table, w.uses, w.params, data_used=w.data_used, shared=w.shared)
+
+
+def build_discovery(table: SlotTable, uses: dict[str, ParamUse], params: dict[str, torch.Tensor], *,
+                    data_used: dict[str, str] | None = None,
+                    shared: dict[str, list[str]] | None = None) -> Discovery:
+    """Resolve the ties and fixes recorded in ``table`` into groups (also used without tracing, by
+    :func:`synbal._adapters.torch.plain_mlp.mlp_discovery`). ``params`` are all parameters by canonical name."""
+    for name in data_used or {}:
+        use = uses.get(name)
+        if use is not None:  # read as data elsewhere: its values must not change
+            table.tie(use.row, use.col)
+    res = table.resolve()
+    comp = res.component
+    ncomp = res.n_components
+    has_out = np.zeros(ncomp, dtype=bool)
+    for use in uses.values():
+        rc, cc, product = label_pairs(comp[use.row], comp[use.col])
+        if product and rc.size:  # every row meets every column
+            has_out[cc if rc.size > 1 else cc[cc != rc[0]]] = True
+        elif not product:
+            has_out[cc[rc != cc]] = True
+    reasons = dict(res.reasons)
+    keep = ~res.fixed & has_out
+    for k in np.flatnonzero(~res.fixed & ~has_out).tolist():
+        members = np.flatnonzero(comp == k)
+        soft = next((table.soft_reasons[int(s)] for s in members if int(s) in table.soft_reasons), None)
+        reasons[k] = soft or "no outgoing weights: its scale changes no later parameter"
+    group_of_comp = np.full(ncomp, -1, dtype=np.int64)
+    group_of_comp[keep] = np.arange(int(keep.sum()))
+    group_of_slot = group_of_comp[comp]
+    group_of_slot[0] = -1
+    order = np.argsort(group_of_slot, kind="stable")
+    counts = np.bincount(group_of_slot[group_of_slot >= 0], minlength=int(keep.sum()))
+    start = int((group_of_slot < 0).sum())  # the stable sort keeps every group's slots increasing
+    bounds = (start + np.concatenate([[0], np.cumsum(counts)])).tolist()
+    groups = [order[a:b] for a, b in pairwise(bounds)]
+    names = GeneratedNames(len(groups), lambda k: table.label(int(groups[k][0])))
+    excluded = _excluded(table, comp, group_of_slot, reasons)
+    layers = _layers(table, groups, group_of_slot, uses)
+    unused = [n for n, p in params.items() if n not in uses and p.is_floating_point()]
+    return Discovery(table, uses, group_of_slot, groups, names, excluded, layers, unused,
+                     dict(shared or {}), params)
+
+
+def _excluded(table: SlotTable, comp: np.ndarray, group_of_slot: np.ndarray,
+              reasons: dict[int, str]) -> dict[str, str]:
+    """Fixed producer outputs, as runs of consecutive units with the same reason."""
+    out: dict[str, str] = {}
+    for _prefix, start, shape in table.ranges():
+        size = int(np.prod(shape))
+        slots = np.arange(start, start + size)
+        fixed = group_of_slot[slots] < 0
+        if not fixed.any():
+            continue
+        why = [reasons.get(int(comp[s]), "fixed") if f else None for s, f in zip(slots, fixed, strict=True)]
+        k = 0
+        while k < size:
+            if why[k] is None:
+                k += 1
+                continue
+            j = k
+            while j + 1 < size and why[j + 1] == why[k]:
+                j += 1
+            key = table.label(int(slots[k])) if j == k else (
+                f"{table.label(int(slots[k]))}..{table.label(int(slots[j]))} ({j - k + 1} units)")
+            out[key] = str(why[k])
+            k = j + 1
+    return out
+
+
+def _layers(table: SlotTable, groups: list[np.ndarray], group_of_slot: np.ndarray,
+            uses: dict[str, ParamUse]) -> list[np.ndarray] | None:
+    """Groups bucketed by the producer of their first slot, when every bucket is an independent set."""
+    if not groups:
+        return None
+    starts = np.array([start for _, start, _ in table.ranges()], dtype=np.int64)
+    bucket = np.searchsorted(starts, np.array([g[0] for g in groups]), side="right") - 1
+    for use in uses.values():
+        r, c, product = label_pairs(group_of_slot[use.row], group_of_slot[use.col])
+        if product:
+            r, c = r[r >= 0], c[c >= 0]
+            for b in np.intersect1d(bucket[r], bucket[c]).tolist():  # r × c joins two groups of bucket b
+                rb, cb = r[bucket[r] == b], c[bucket[c] == b]
+                if rb.size > 1 or cb.size > 1 or rb[0] != cb[0]:
+                    return None
+            continue
+        m = (r >= 0) & (c >= 0) & (r != c)
+        if np.any(bucket[r[m]] == bucket[c[m]]):
+            return None
+    return [np.flatnonzero(bucket == b) for b in np.unique(bucket)]

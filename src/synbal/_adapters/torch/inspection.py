@@ -1,0 +1,138 @@
+"""``synbal.inspect(model, example_inputs)``: the rescaling symmetries of a model, readably.
+
+>>> import torch
+>>> from torch import nn
+>>> model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
+>>> info = inspect(model, torch.zeros(1, 3))
+>>> print(info)  # doctest: +NORMALIZE_WHITESPACE
+Sequential: 2 scalable groups (2 neurons), 1 excluded unit range
+group 0[0]: 1 neuron, degree 1
+    in : 0.weight[0, :]  0.bias[0]
+    out: 2.weight[0, 0]
+group 0[1]: 1 neuron, degree 1
+    in : 0.weight[1, :]  0.bias[1]
+    out: 2.weight[0, 1]
+excluded:
+    2[0]: model output
+>>> info.groups[1].members
+['0[1]']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from synbal._adapters.torch.discovery import Discovery, ParamUse, discover
+
+__all__ = ["GroupInfo", "ModelInspection", "inspect"]
+
+
+def _fmt_indices(idx: np.ndarray, size: int) -> str:
+    if idx.size == size and size > 1:
+        return ":"
+    if idx.size == 1:
+        return str(int(idx[0]))
+    if np.all(np.diff(idx) == 1):
+        return f"{int(idx[0])}:{int(idx[-1]) + 1}"
+    shown = ", ".join(str(int(i)) for i in idx[:6])
+    return f"[{shown}{', …' if idx.size > 6 else ''}]"
+
+
+def describe_slice(name: str, mask: np.ndarray, shape: tuple[int, ...]) -> str:
+    """``name[i, j:k, :]`` for the entries where ``mask`` (broadcastable to ``shape``) is true."""
+    parts = []
+    box = 1
+    for ax, size in enumerate(shape):
+        if mask.shape[ax] == 1:
+            parts.append(":" if size > 1 else "0")
+            continue
+        other = tuple(a for a in range(mask.ndim) if a != ax)
+        idx = np.flatnonzero(mask.any(axis=other))
+        box *= idx.size
+        parts.append(_fmt_indices(idx, size))
+    text = f"{name}[{', '.join(parts)}]" if shape else name
+    count = int(mask.sum())
+    if count != box:
+        text += f" ({count} of these)"
+    return text
+
+
+@dataclass
+class GroupInfo:
+    """One scalable group: its name, tied neurons, and the parameter slices it scales."""
+
+    name: str
+    members: list[str]
+    incoming: list[str]
+    outgoing: list[str]
+    degree: float = 1.0
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+
+@dataclass
+class ModelInspection:
+    """What :func:`inspect` returns; ``str()`` prints it (at most ``max_groups`` groups)."""
+
+    model_name: str
+    groups: list[GroupInfo]
+    excluded: dict[str, str]
+    shared: dict[str, list[str]] = field(default_factory=dict)
+    unscaled_parameters: list[str] = field(default_factory=list)
+    max_groups: int = 50
+
+    def __str__(self) -> str:
+        neurons = sum(g.size for g in self.groups)
+        lines = [f"{self.model_name}: {len(self.groups)} scalable groups ({neurons} neurons), "
+                 f"{len(self.excluded)} excluded unit range{'s' if len(self.excluded) != 1 else ''}"]
+        for g in self.groups[: self.max_groups]:
+            tied = f" tied: {', '.join(g.members[:8])}{' …' if g.size > 8 else ''}" if g.size > 1 else ""
+            lines.append(f"group {g.name}: {g.size} neuron{'s' if g.size != 1 else ''}, degree {g.degree:g}{tied}")
+            lines.append(f"    in : {'  '.join(g.incoming) or '-'}")
+            lines.append(f"    out: {'  '.join(g.outgoing) or '-'}")
+        if len(self.groups) > self.max_groups:
+            lines.append(f"… {len(self.groups) - self.max_groups} more groups")
+        if self.excluded:
+            lines.append("excluded:")
+            lines.extend(f"    {k}: {v}" for k, v in self.excluded.items())
+        if self.shared:
+            lines.append("shared parameters (their units are tied):")
+            lines.extend(f"    {k}: used at {', '.join(v)}" for k, v in self.shared.items())
+        if self.unscaled_parameters:
+            lines.append(f"parameters never scaled: {', '.join(self.unscaled_parameters)}")
+        return "\n".join(lines)
+
+
+def _slices(d: Discovery, use: ParamUse, side: np.ndarray, g: int) -> str:
+    shape = tuple(int(s) for s in d.params[use.name].shape)
+    return describe_slice(use.name, d.group_of_slot[side] == g, shape)
+
+
+def inspection_of(d: Discovery, model_name: str) -> ModelInspection:
+    """Build a :class:`ModelInspection` from a discovery result."""
+    incoming: list[list[str]] = [[] for _ in range(d.n)]
+    outgoing: list[list[str]] = [[] for _ in range(d.n)]
+    for use in d.uses.values():
+        rows = d.group_of_slot[use.row]
+        cols = d.group_of_slot[use.col]
+        for g in np.unique(rows[rows >= 0]).tolist():
+            incoming[g].append(_slices(d, use, use.row, g))
+        for g in np.unique(cols[cols >= 0]).tolist():
+            mask = (cols == g) & (np.broadcast_to(rows, np.broadcast_shapes(rows.shape, cols.shape)) != g)
+            if mask.any():
+                outgoing[g].append(_slices(d, use, use.col, g))
+    groups = [GroupInfo(d.names[k], [d.table.label(int(s)) for s in d.groups[k]], incoming[k], outgoing[k])
+              for k in range(d.n)]
+    return ModelInspection(model_name, groups, dict(d.excluded), dict(d.shared), list(d.unused))
+
+
+def inspect(model: nn.Module, example_inputs: Any, *, barriers: bool = False) -> ModelInspection:
+    """Discover the scalable groups and excluded units of ``model`` (see the module docstring)."""
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    return inspection_of(discover(model, inputs, barriers=barriers), type(model).__name__)

@@ -1,0 +1,51 @@
+"""``synbal inspect``: the per-unit balance of a network.
+
+``synbal inspect IN.json [--reg SPEC] [--json]`` prints each scalable unit's IN and OUT cost,
+degree, relative deficit and status (free, dead, …), per-layer sums for layered nets, and the
+totals (regularizer, overall deficit, max relative deficit, Frobenius norm); ``--json`` prints
+the same as strict JSON (non-finite numbers as ``null``, listed with their values under
+``non_finite``). PyTorch model inputs go to
+:func:`synbal._cli.torch_files.inspect_model_file`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from synbal._adapters.graph import Graph
+from synbal._cli.commands import add_model_options, add_network_arguments, input_path, is_model_input, model_support
+from synbal._front import deficit
+from synbal._jsonsafe import json_text
+from synbal.errors import SynbalError
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``inspect`` subcommand."""
+    p = subparsers.add_parser(
+        "inspect",
+        help="print the per-unit balance table and totals",
+        description="Measure how balanced a network is: per-unit IN/OUT costs and relative deficits "
+        "|IN - c*OUT| / (IN + c*OUT), and totals.",
+    )
+    add_network_arguments(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--max-rows", type=int, default=None, help="show at most this many units in the table")
+    add_model_options(p, verify=False)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the balance report of the input; the exit status."""
+    if args.max_rows is not None and args.max_rows < 0:
+        raise SynbalError(f"--max-rows must be >= 0, got {args.max_rows}")
+    if is_model_input(args):
+        return int(model_support().inspect_model_file(args))
+    report = deficit(Graph.load(input_path(args)), args.reg)
+    if args.json:
+        print(json_text(report.as_dict()), end="")
+    else:
+        print(report.format_table(args.max_rows))
+    return 0

@@ -1,0 +1,166 @@
+"""What ``synbal balance`` and ``synbal inspect`` do with PyTorch model files.
+
+* ``synbal balance MODEL.pt2 -o OUT.pt2`` — a ``torch.export`` program: its module is balanced and
+  the program is saved with the balanced parameter values.
+* ``synbal balance --factory pkg.module:function --weights W.safetensors -o OUT.safetensors`` —
+  the factory builds the model, the weights are loaded with safetensors, the balanced state is
+  saved with safetensors.
+
+Example inputs come from the program (when stored) or ``--example-shape``. Unless
+``--no-verify``, the written file is read back and run on the example inputs, and must compute
+the same function as the input. Bad input raises a :class:`~synbal.errors.SynbalError`
+subclass (the CLI exits with status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from synbal._adapters.torch.apply import run_model, verify_outputs
+from synbal._adapters.torch.files import (
+    LoadedModel,
+    load_exported,
+    load_factory,
+    model_writer,
+    parse_shape,
+)
+from synbal._adapters.torch.inspection import inspect
+from synbal._front import balance, deficit
+from synbal._io import atomic_write_all, ensure_not_input
+from synbal._jsonsafe import json_text
+from synbal.errors import SynbalError
+
+__all__ = ["balance_model_file", "inspect_model_file", "load_model_file"]
+
+
+def _opt(args: argparse.Namespace, name: str, default: Any = None) -> Any:
+    return getattr(args, name, default)
+
+
+def _inputs_of(args: argparse.Namespace) -> list[str]:
+    return [str(p) for p in (_opt(args, "input"), _opt(args, "weights")) if p]
+
+
+def load_model_file(args: argparse.Namespace) -> LoadedModel:
+    """The model named by ``args`` (``input`` .pt2, or ``factory`` + ``weights``)."""
+    shape = parse_shape(_opt(args, "example_shape"))
+    seed = _opt(args, "seed")
+    factory = _opt(args, "factory")
+    if factory:
+        weights = _opt(args, "weights")
+        source = _opt(args, "input")
+        if weights is None and source and str(source).lower().endswith(".safetensors"):
+            weights = source
+        return load_factory(factory, weights, shape, seed)
+    source = _opt(args, "input")
+    if source is None:
+        raise SynbalError("no model: give MODEL.pt2, or --factory pkg.module:function with --weights W.safetensors")
+    if Path(source).suffix.lower() != ".pt2":
+        raise SynbalError(
+            f"cannot read model file {source!r}: use a torch.export program (.pt2), or "
+            "--factory pkg.module:function with --weights W.safetensors (pickled .pt/.pth files are "
+            "never loaded)"
+        )
+    return load_exported(source, shape, seed, trust_pickle=bool(_opt(args, "trust_pickle", False)))
+
+
+def _check_output(args: argparse.Namespace, loaded: LoadedModel) -> Path:
+    output = _opt(args, "output")
+    if not output:
+        raise SynbalError("give the output file with -o")
+    out = Path(output)
+    wanted = ".pt2" if loaded.program is not None else ".safetensors"
+    if out.suffix.lower() != wanted:
+        raise SynbalError(f"output {output!r} must be a {wanted} file for this input")
+    ensure_not_input(out, *_inputs_of(args))
+    report = _opt(args, "report")
+    if report:
+        ensure_not_input(report, *_inputs_of(args), out)
+    return out
+
+
+def _read_back(loaded: LoadedModel, out: Path) -> Any:
+    if loaded.program is not None:
+        return load_exported(out).model
+    import copy
+
+    from safetensors.torch import load_model
+
+    model = copy.deepcopy(loaded.model)
+    load_model(model, str(out), strict=True)
+    return model
+
+
+def balance_model_file(args: argparse.Namespace) -> int:
+    """Balance a model file and write the balanced one (see the module docstring); returns 0."""
+    loaded = load_model_file(args)
+    out = _check_output(args, loaded)
+    verify = not _opt(args, "no_verify", False)
+    before = run_model(loaded.model, loaded.example_inputs) if verify else None
+    result = balance(
+        loaded.model,
+        _opt(args, "reg", "l2"),
+        _opt(args, "method", "exact"),
+        tol=_opt(args, "tol", 1e-10),
+        max_sweeps=_opt(args, "max_sweeps", 10_000),
+        seed=_opt(args, "seed"),
+        theta=_opt(args, "theta", 1.0),
+        progress=bool(_opt(args, "progress", False)),
+        example_inputs=loaded.example_inputs,
+        verify=verify,
+    )
+    write_model = model_writer(loaded, result.net)
+
+    def write_checked(tmp: Path) -> None:  # the file as written must compute the same function
+        write_model(tmp)
+        if before is not None:
+            verify_outputs(before, run_model(_read_back(loaded, tmp), loaded.example_inputs), f"written file {out}")
+
+    outputs: list[tuple[str | Path, Callable[[Path], object]]] = [(out, write_checked)]
+    report = _opt(args, "report")
+    if report:
+        data = result.report()
+        data.update(input=_inputs_of(args), output=str(out), verified=verify, scales=result.scales)
+        text = json_text(data)
+        outputs.append((report, lambda tmp: tmp.write_text(text, encoding="utf-8")))
+    atomic_write_all(outputs)  # nothing appears unless the check passed and every file is written
+    change = (100.0 * (result.regularizer_after - result.regularizer_before) / result.regularizer_before
+              if result.regularizer_before > 0 else 0.0)
+    status = "converged" if result.converged else "NOT converged"
+    print(f"balanced {', '.join(_inputs_of(args)) or _opt(args, 'factory')} -> {out}: "
+          f"{result.problem.n} scalable groups, method {result.method}, regularizer {result.regularizer}")
+    print(f"  regularizer {result.regularizer_before:.10g} -> {result.regularizer_after:.10g} ({change:+.2f}%)")
+    print(f"  max relative deficit {result.max_relative_deficit:.3e}: {status} after {result.sweeps} sweeps "
+          f"in {result.seconds:.3g} s; function {'verified' if verify else 'not checked (--no-verify)'}")
+    if result.excluded:
+        print(f"  excluded units: {len(result.excluded)} ranges (see synbal inspect)")
+    for note in result.notes:
+        print(f"  {note}")
+    return 0
+
+
+def inspect_model_file(args: argparse.Namespace) -> int:
+    """Print a model file's scalable groups, excluded units, and per-group balance; returns 0."""
+    loaded = load_model_file(args)
+    info = inspect(loaded.model, loaded.example_inputs)
+    info.model_name = str(_opt(args, "factory") or Path(str(_opt(args, "input"))).name)
+    report = deficit(loaded.model, _opt(args, "reg", "l2"), example_inputs=loaded.example_inputs, verify=False)
+    if _opt(args, "json", False):
+        print(json_text({
+            "groups": [{"name": g.name, "size": g.size, "members": g.members, "incoming": g.incoming,
+                        "outgoing": g.outgoing, "degree": g.degree} for g in info.groups],
+            "excluded": info.excluded,
+            "shared": info.shared,
+            "balance": report.as_dict(),
+        }), end="")
+        return 0
+    max_rows = _opt(args, "max_rows")
+    if max_rows is not None:
+        info.max_groups = int(max_rows)
+    print(info)
+    print()
+    print(report.format_table(max_rows))
+    return 0
