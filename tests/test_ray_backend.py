@@ -62,8 +62,9 @@ def test_backend_options_are_checked(tmp_path, capsys):
 
 
 def test_a_non_grid_experiment_refuses_a_backend(tmp_path):
-    with pytest.raises(SynbalError, match=r"fig7 does not run on the failing backend .* grids that do: speed"):
-        run_experiment("fig7", ExperimentContext(out_dir=tmp_path, backend=Failing(bad=-1)))
+    with pytest.raises(SynbalError, match=r"lnn does not run on the failing backend .* grids that do: fig7, fig7-lc, "
+                                          r"fig8, fig8-lc, speed"):
+        run_experiment("lnn", ExperimentContext(out_dir=tmp_path, backend=Failing(bad=-1)))
 
 
 @pytest.mark.slow

@@ -34,7 +34,6 @@ from synbal.experiments.report import ExperimentContext, write_outputs
 __all__ = ["autoencoder_task", "fig7_arms", "run", "verdict"]
 
 NAME = "fig7"
-GRID = True  # its seeds × arms runs are independent: any backend may run them
 #: ``--set`` options (``ctx.extra`` keys) and what they change.
 OPTIONS = {"epochs": "training epochs", "train_size": "use a subset of this many training images",
            "seeds": "number of seeds", "threads": "torch threads (default 1)"}

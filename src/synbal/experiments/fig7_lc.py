@@ -6,5 +6,3 @@ from synbal.experiments.lc import OPTIONS
 from synbal.experiments.lc import run_fig7_lc as run
 
 __all__ = ["OPTIONS", "run"]
-
-GRID = True  # its seeds × arms runs are independent: any backend may run them

@@ -33,7 +33,6 @@ from synbal.experiments.report import ExperimentContext, write_outputs
 __all__ = ["fig8_arms", "run", "verdict"]
 
 NAME = "fig8"
-GRID = True  # its seeds × arms runs are independent: any backend may run them
 OPTIONS = {**fig7.OPTIONS, "large_lr": "the large learning rate", "small_lr": "the small learning rate",
            "beta": "weight of the regularizer"}
 CLAIM = "even from a balanced start, SGD with a non-infinitesimal learning rate loses balance without R"

@@ -32,7 +32,7 @@ class ExperimentContext:
 
     ``data`` is a user path to real data (``None``: the embedded default or a stated stand-in),
     ``quick`` selects the few-minute variant, ``seeds`` overrides the number of seeds.
-    Grid experiments (``GRID = True`` in their module) run their independent runs on ``backend``.
+    Grid experiments (:data:`synbal.experiments.GRIDS`) run their independent runs on ``backend``.
     """
 
     out_dir: Path

@@ -47,7 +47,6 @@ from synbal.training import BalanceSchedule, TrainConfig, train
 __all__ = ["ARMS", "THRESHOLDS", "SpeedArm", "epochs_to_reach", "run"]
 
 NAME = "speed"
-GRID = True  # its runs are independent: any backend may run them (synbal reproduce speed --backend ray)
 OPTIONS = {"datasets": 'JSON list, e.g. ["MNIST"] (default both)', "epochs": "epochs on the full training set",
            "epochs_1pct": "epochs on the 1% subset", "eval_every_1pct": "test every k epochs on the 1% subset",
            "train_size": "use a subset of this many training images", "nets": "JSON list of net names",
