@@ -39,7 +39,7 @@ def _timed(out: Path, extra: dict[str, object], backend: RayBackend | None) -> t
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train-size", type=int, default=3000)
+    ap.add_argument("--train-size", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--out", type=Path, help="write the measurements as JSON")
     args = ap.parse_args()
