@@ -34,7 +34,6 @@ from torch import nn
 
 from synbal.data import load_mnist
 from synbal.errors import SynbalError
-from synbal.experiments.models import fc_classifier
 from synbal.training import ModelBalance
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
@@ -61,6 +60,15 @@ def load(args: argparse.Namespace) -> Tensors:
     return x[: args.train], y[: args.train]
 
 
+def mlp(widths: list[int], seed: int) -> nn.Sequential:
+    """Linear layers of the given widths with ReLU between them (PyTorch's default initialisation)."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for k in range(len(widths) - 1):
+        layers += [nn.Linear(widths[k], widths[k + 1])] + ([nn.ReLU()] if k < len(widths) - 2 else [])
+    return nn.Sequential(*layers)
+
+
 def ddp(model: nn.Module) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
@@ -81,7 +89,7 @@ def train(args: argparse.Namespace, data: Tensors, wrap: Callable[[nn.Module], n
           rank: int, world: int) -> tuple[nn.Module, list[float]]:
     """SGD with momentum, each rank on ``batch[rank::world]``; one layer sweep of balancing per epoch."""
     widths = [int(w) for w in args.widths.split("-")]
-    model = fc_classifier(widths, seed=args.seed).double()
+    model = mlp(widths, args.seed).double()
     model = wrap(model) if wrap is not None else model
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     balancer = ModelBalance(model)
