@@ -79,7 +79,8 @@ def balance(net: Any, reg: RegularizerSpec = "l2", method: str = "exact", *, tol
     problem = adapter.problem(regularizer)
     notes = list(getattr(adapter, "notes", list)())  # optional adapter hook (e.g. BatchNorm folded)
     options.sets = _resolve_sets(problem, sets) if problem.n else None
-    result = solve(problem, regularizer, method, options) if problem.n else _nothing_to_do(problem, regularizer, notes)
+    solver = getattr(adapter, "solve", solve)  # distributed adapters solve collectively or on one rank
+    result = solver(problem, regularizer, method, options) if problem.n else _nothing_to_do(problem, regularizer, notes)
     final = _final_state(problem, regularizer, result, round_scales)
     return BalanceResult(
         net=adapter.apply(final.u, inplace=inplace), scales=final.scales, log_scales=final.u,

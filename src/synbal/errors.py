@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "ActivationError",
     "DataError",
+    "DistributedError",
     "GraphFormatError",
     "InvalidWeightError",
     "ModelError",
@@ -77,3 +78,10 @@ class VerificationError(SynbalError):
 
 class DataError(SynbalError):
     """A data file is missing, truncated, corrupt or of the wrong shape."""
+
+
+class DistributedError(SynbalError):
+    """A collective step of distributed balancing failed: a rank did not join in time, or left.
+
+    Raised on every rank still waiting, instead of hanging until the process group's own timeout.
+    """

@@ -135,7 +135,8 @@ class _SetSchedule(Schedule):
 
     def sweeper(self, problem: BalanceProblem, options: SolveOptions) -> tuple[Sweep, Measure]:
         sets = self.sets(problem, options)
-        costs = SetCosts(problem)
+        # a problem may supply its own (a sharded one reads its summed IN/OUT costs)
+        costs = problem.set_evaluator() if hasattr(problem, "set_evaluator") else SetCosts(problem)
 
         def sweep(u: np.ndarray) -> int:
             for s in sets:

@@ -92,7 +92,8 @@ def log_step(a: np.ndarray, b: np.ndarray, s: np.ndarray, c: float, powers: np.n
     bt = b.sum()
     if not (at > 0.0 and bt > 0.0):
         return 0.0
-    t = closed_log_step(at, bt, c, powers.max())
+    # logs of each factor: b/a under- or overflows for costs far apart (1e-293 / 1e293)
+    t = (np.log(c) + np.log(bt) - np.log(at)) / (powers.max() * (1.0 + c))
     if powers.size == 1 and (s[0] == 0.0 or c == 1.0):
         return t
     lo = t
