@@ -48,7 +48,11 @@ LossSpec = Literal["cross_entropy", "sse", "mse"] | Callable[[torch.Tensor, torc
 
 
 def sum_of_squares(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum of squared errors over output units, averaged over the batch."""
+    """Sum of squared errors over output units, averaged over the batch.
+
+    >>> sum_of_squares(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.zeros(2, 2))  # (5 + 0) / 2
+    tensor(2.5000)
+    """
     return (output - target).pow(2).reshape(output.shape[0], -1).sum(dim=1).mean()
 
 
@@ -74,6 +78,13 @@ class BalanceSchedule:
     ``max_sweeps`` sweeps — ``method="layer", max_sweeps=1`` is one layer sweep ("partial
     balancing"), ``method="exact"`` a full balance. ``optimizer_state``: ``"rescale"`` its
     moments (see :mod:`synbal.training._optimizer_state`) or ``"reset"`` them.
+
+    >>> BalanceSchedule(at_start="exact", every=100, unit="step").method  # one layer sweep per 100 steps
+    'layer'
+    >>> BalanceSchedule(every=-1)
+    Traceback (most recent call last):
+    ...
+    synbal.errors.SynbalError: invalid balance schedule: every=-1 (>= 0), unit='epoch' (epoch/step), max_sweeps=1 (>= 1)
     """
 
     reg: RegularizerSpec = "l2"
@@ -106,6 +117,14 @@ class TrainConfig:
     only). ``log_every_steps``: also log the minibatch loss every k steps (0: never).
     ``eval_every``: evaluate ``eval_data`` after every k-th epoch only (and always before
     training and after the last epoch); the other epochs' records carry no test columns.
+
+    >>> config = TrainConfig(epochs=10, batch_size=64, reg="l1", beta=1e-4, reg_mode="decoupled")
+    >>> config.loss, config.monitor_reg
+    ('cross_entropy', 'l2')
+    >>> TrainConfig(epochs=1, batch_size=8, reg="l0")
+    Traceback (most recent call last):
+    ...
+    synbal.errors.RegularizerError: regularizer 'l0': power must be > 0, got p=0
     """
 
     epochs: int
@@ -144,7 +163,17 @@ def _device_of(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss: LossSpec = "cross_entropy",
              batch_size: int = 2048) -> dict[str, float]:
-    """Mean loss and (for integer targets) accuracy of ``model`` on ``data`` (train mode kept)."""
+    """Mean loss and (for integer targets) accuracy of ``model`` on ``data`` (train mode kept).
+
+    >>> model = nn.Linear(2, 2, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.eye(2))
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]]); y = torch.tensor([0, 1, 1])
+    >>> evaluate(model, (x, y))["accuracy"]
+    0.6666666666666666
+    >>> evaluate(model, (x, x), loss="sse")
+    {'loss': 0.0}
+    """
     x, y = data
     fn = _loss_function(loss)
     device = _device_of(model)
@@ -198,6 +227,17 @@ def train(
     monitoring a model that is not a plain MLP. ``on_step(model, step)`` is called after every
     optimizer step (and decoupled decay), e.g. a :class:`synbal.dynamics.GramMonitor`. Training stops early, with
     ``history.settings["diverged"] = True``, if the loss becomes NaN or infinite.
+
+    >>> torch.manual_seed(0) and None
+    >>> x = torch.randn(32, 4)
+    >>> autoencoder = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+    >>> opt = torch.optim.SGD(autoencoder.parameters(), lr=0.01)
+    >>> hist = train(autoencoder, opt, (x, x), TrainConfig(epochs=2, batch_size=8, loss="sse", progress=False),
+    ...              balance=BalanceSchedule(reg="l2", every=1, method="exact", max_sweeps=100))
+    >>> [e["at"] for e in hist.balance_events], hist.epochs()[-1]["max_relative_deficit"] < 1e-6
+    (['epoch', 'epoch'], True)
+    >>> hist.column("train_loss")[-1] < hist.column("train_loss")[0]
+    True
     """
     from tqdm.auto import tqdm
 
