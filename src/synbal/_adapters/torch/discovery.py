@@ -132,6 +132,11 @@ class Discovery:
     parameters no rule scaled (counted in ``R`` as fixed costs, never changed). ``excluded``
     maps unit ranges to the reason they are not scaled. ``layers`` are independent sets of groups
     in graph order (``None`` when some producer's groups are joined by a weight, e.g. RNNs).
+
+    >>> model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    >>> d = discover(model, (torch.zeros(1, 3),))
+    >>> d.n, [layer.tolist() for layer in d.layers], d.group_of_slot.tolist()  # slot 0: the constant unit
+    (4, [[0, 1], [2, 3]], [-1, 0, 1, 2, 3, -1])
     """
 
     table: SlotTable
@@ -176,7 +181,13 @@ def unwrap_compiled(model: nn.Module) -> nn.Module:
 
 
 def discover(model: nn.Module, example_inputs: tuple[Any, ...], *, barriers: bool = False) -> Discovery:
-    """Trace ``model``, run it once on ``example_inputs``, and return its scalable groups."""
+    """Trace ``model``, run it once on ``example_inputs``, and return its scalable groups.
+
+    >>> model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1))
+    >>> d = discover(model, (torch.zeros(1, 1, 4, 4),))
+    >>> d.n, list(d.names), sorted(d.uses), d.excluded
+    (2, ['0[0]', '0[1]'], ['0.bias', '0.weight', '3.bias', '3.weight'], {'3[0]': 'model output'})
+    """
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     model = unwrap_compiled(model)
