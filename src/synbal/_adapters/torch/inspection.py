@@ -168,8 +168,10 @@ def inspect(model: nn.Module, example_inputs: Any, *, barriers: bool = False) ->
     >>> import torch
     >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
     >>> info = inspect(model, torch.zeros(1, 3))
-    >>> [g.name for g in info.groups], info.excluded  # tanh is not homogeneous: its inputs stay fixed
-    (['0[0]', '0[1]', '0[2]', '0[3]'], {'2[0]..2[3] (4 units)': "feeds nn.Tanh at node '_3' (not positively homogeneous)", '4[0]': 'model output'})
+    >>> [g.name for g in info.groups]
+    ['0[0]', '0[1]', '0[2]', '0[3]']
+    >>> info.excluded["2[0]..2[3] (4 units)"]  # tanh is not homogeneous: its inputs stay fixed
+    "feeds nn.Tanh at node '_3' (not positively homogeneous)"
     """
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     return inspection_of(discover(model, inputs, barriers=barriers), type(model).__name__)
