@@ -94,7 +94,7 @@ class ModelInspection:
     Sequential: 0 scalable groups (0 neurons), 2 excluded unit ranges
     excluded:
         0[0]..0[1] (2 units): model input or constant
-        0#2[0]..0#2[1] (2 units): model output
+        0#2[0]..0#2[1] (2 units): model input or constant
     shared parameters (their units are tied):
         0.weight: used at _0, _0_1
         0.bias: used at _0, _0_1
