@@ -118,7 +118,7 @@ def _output_gap(model_a: Any, model_b: Any, x: Any) -> dict[str, float]:
 def _plot(layers: list[dict[str, Any]], path: Path) -> None:
     """Per-layer deficits before and after balancing (log scale), written atomically."""
     from synbal._io import atomic_write_bytes
-    from synbal.experiments.report import new_figure
+    from synbal.experiments._report import new_figure
 
     fig, (ax_def, ax_rel) = new_figure(ncols=2, size=(5.2, 3.8))
     idx = np.arange(len(layers))
@@ -222,7 +222,7 @@ def _train(config: DemoConfig, x_train: Any, x_test: Any, progress: bool,
     """Step 1: brief training on the reconstruction error alone; the model and its history."""
     import torch
 
-    from synbal.experiments.models import mnist_autoencoder
+    from synbal.experiments._models import mnist_autoencoder
     from synbal.training import TrainConfig, train
 
     model = mnist_autoencoder(seed=config.seed)
@@ -308,7 +308,7 @@ def _check_outputs(model: Any, balanced: _Balanced, x_test: Any, echo: Callable[
 def _numbers(config: DemoConfig, data: str | Path | None, source: str, history: Any, balanced: _Balanced,
              outputs: dict[str, Any], n_test: int) -> dict[str, Any]:
     """Every number and setting of the run, as written to ``demo.json``."""
-    from synbal.experiments.report import environment
+    from synbal.experiments._report import environment
 
     result, result64 = balanced.result, balanced.result64
     return {
@@ -338,7 +338,7 @@ def _finish(numbers: dict[str, Any], balanced: _Balanced, outputs: dict[str, Any
             echo: Callable[[str], None]) -> DemoResult:
     """Write ``demo.json`` and the plot, print the verdict; refuse changed outputs."""
     from synbal._io import atomic_write_json
-    from synbal.experiments.report import to_jsonable
+    from synbal.experiments._report import to_jsonable
 
     numbers["seconds"] = time.perf_counter() - t_start
     json_path = out / "demo.json"
