@@ -43,8 +43,6 @@ KNOWN_LONG = {
     "_solvers/exact.py:_two_level",  # core15
     "_compiled/chain.py:chain_of",  # core15
 }
-#: Folders whose long functions belong to another helper's work (exp15: the experiments).
-KNOWN_LONG_FOLDERS = ("experiments/",)
 
 #: Public names without a docstring example yet, by owner (core15: _front, _problem, _solvers).
 KNOWN_WITHOUT_EXAMPLE = {
@@ -182,7 +180,7 @@ def test_no_function_longer_than_60_lines() -> None:
     found = dict(_long_functions())
     for name, lines in sorted(found.items()):
         print(f"{lines:4d} lines: {name}")
-    new = {n: k for n, k in found.items() if n not in KNOWN_LONG and not n.startswith(KNOWN_LONG_FOLDERS)}
+    new = {n: k for n, k in found.items() if n not in KNOWN_LONG}
     gone = sorted(KNOWN_LONG - set(found))
     assert not new, f"functions longer than 60 lines: {new}"
     assert not gone, f"known long functions that are short now (remove them from KNOWN_LONG): {gone}"
