@@ -14,6 +14,8 @@ group 0[1]: 1 neuron, degree 1
     out: 2.weight[0, 1]
 excluded:
     2[0]: model output
+groups per block (MLP units, V/O dims, Q/K pairs, norm dims, layer scale):
+    0: 2, 0, 0, 0, 0
 >>> info.groups[1].members
 ['0[1]']
 """
@@ -27,6 +29,7 @@ import numpy as np
 from torch import nn
 
 from synbal._adapters.torch.discovery import Discovery, ParamUse, discover
+from synbal._adapters.torch.group_kinds import KINDS, group_kinds
 
 __all__ = ["GroupInfo", "ModelInspection", "inspect"]
 
@@ -116,6 +119,7 @@ class ModelInspection:
     shared: dict[str, list[str]] = field(default_factory=dict)
     unscaled_parameters: list[str] = field(default_factory=list)
     max_groups: int = 50
+    blocks: dict[str, dict[str, int]] = field(default_factory=dict)  # {block: {kind: groups}}, see group_kinds
 
     def __str__(self) -> str:
         neurons = sum(g.size for g in self.groups)
@@ -134,6 +138,9 @@ class ModelInspection:
         if self.shared:
             lines.append("shared parameters (their units are tied):")
             lines.extend(f"    {k}: used at {', '.join(v)}" for k, v in self.shared.items())
+        if self.blocks:
+            lines.append("groups per block (" + ", ".join(KINDS) + "):")
+            lines.extend(f"    {b}: " + ", ".join(str(c[k]) for k in KINDS) for b, c in self.blocks.items())
         if self.unscaled_parameters:
             lines.append(f"parameters never scaled: {', '.join(self.unscaled_parameters)}")
         return "\n".join(lines)
@@ -174,4 +181,7 @@ def inspect(model: nn.Module, example_inputs: Any, *, barriers: bool = False) ->
     "feeds nn.Tanh at node '_3' (not positively homogeneous)"
     """
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    return inspection_of(discover(model, inputs, barriers=barriers), type(model).__name__)
+    d = discover(model, inputs, barriers=barriers)
+    info = inspection_of(d, type(model).__name__)
+    info.blocks = group_kinds(d, model)
+    return info

@@ -22,6 +22,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import fx, nn
 
 from synbal._adapters.torch.affine_rules import AFFINE_FUNCTIONS, module_norm, scaled_by_parameter, swin_attention
+from synbal._adapters.torch.attention_rules import ATTENTION_FUNCTIONS, multihead_attention
 from synbal._adapters.torch.layout_rules import LAYOUT_FUNCTIONS, LAYOUT_METHODS, LAYOUT_MODULES
 from synbal._adapters.torch.locally_connected import LocallyConnected2d
 from synbal._adapters.torch.values import Ids, ParamRef, compress, full, reshape_ids, zeros_like_shape
@@ -608,6 +609,7 @@ FUNCTION_RULES.update({
 })
 FUNCTION_RULES.update(LAYOUT_FUNCTIONS)
 FUNCTION_RULES.update(AFFINE_FUNCTIONS)
+FUNCTION_RULES.update(ATTENTION_FUNCTIONS)
 
 _METHOD_IDENTITY = {"relu", "relu_", "abs", "neg", "clone", "contiguous", "detach", "cpu", "cuda"}
 _METHOD_CAST = {"float", "double", "half", "bfloat16", "to", "type", "type_as", "long", "int", "short", "bool",
@@ -753,6 +755,8 @@ def module_rule(mod: nn.Module) -> ModuleRule | None:
     for cls, dims in _POOLS.items():
         if isinstance(mod, cls):
             return _module_as_function(channelwise(dims))
+    if isinstance(mod, nn.MultiheadAttention):
+        return multihead_attention
     if isinstance(mod, _BLOCKING_MODULES):
         return _module_blocking
     return None

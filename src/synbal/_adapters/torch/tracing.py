@@ -37,6 +37,7 @@ from typing import Any
 from torch import fx, nn
 from torch.nn.modules import module as module_hooks
 
+from synbal._adapters.torch.hf_models import export_ready
 from synbal._adapters.torch.locally_connected import LocallyConnected2d
 from synbal.errors import ModelError
 
@@ -107,7 +108,7 @@ def _first_line(exc: BaseException) -> str:
 def _export(model: nn.Module, example_inputs: tuple[Any, ...]) -> fx.GraphModule:
     import torch
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), export_ready(model):  # a transformers model: no key/value cache
         warnings.simplefilter("ignore")
         program = torch.export.export(model, example_inputs, strict=False)
     gm = program.module()
