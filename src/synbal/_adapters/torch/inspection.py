@@ -111,6 +111,8 @@ class ModelInspection:
     … 2 more groups
     excluded:
         2[0]: model output
+    groups per block (MLP units, V/O dims, Q/K pairs, norm dims, layer scale):
+        0: 3, 0, 0, 0, 0
     """
 
     model_name: str
