@@ -160,7 +160,9 @@ def balance(
     else:
         options = SolveOptions(tol=tol, max_sweeps=max_sweeps, theta=theta, seed=seed,
                                sets=_resolve_sets(problem, sets), closed_form=closed_form, progress=progress)
-        result = solve(problem, regularizer, method, options)
+        # distributed adapters solve collectively (sharded) or on one rank (replicated)
+        solver = getattr(adapter, "solve", solve)
+        result = solver(problem, regularizer, method, options)
     # The solvers record R at their start (u = 0) and at their final state; reuse those values
     # (each costs a read of every weight) where they are the additive R. Anything measured here
     # must be measured before applying: matrix-free problems read the source's weights, which

@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "ActivationError",
     "DataError",
+    "DistributedError",
     "GraphFormatError",
     "InvalidWeightError",
     "ModelError",
@@ -184,4 +185,18 @@ class DataError(SynbalError):
     ... except DataError as exc:
     ...     print(exc)
     MNIST: data directory '/no/such/dir' does not exist
+    """
+
+
+class DistributedError(SynbalError):
+    """A collective step of distributed balancing failed: a rank did not join in time, or left.
+
+    Raised on every rank still waiting, instead of hanging until the process group's own timeout.
+
+    >>> from synbal._adapters.torch.collective import Collective
+    >>> try:  # no torch.distributed process group in this process
+    ...     Collective()
+    ... except DistributedError as exc:
+    ...     print(exc)
+    distributed balancing needs an initialised torch.distributed process group
     """

@@ -63,7 +63,8 @@ def optimal_log_steps(costs: Costs, degree: np.ndarray, theta: float = 1.0) -> n
     if len(costs) == 1:
         ((p, (a, b, s)),) = costs.items()
         simple = live & ((s == 0) | (c == 1.0))
-        t[simple] = np.log(c[simple] * b[simple] / a[simple]) / (p * (1.0 + c[simple]))
+        # logs of each factor: b/a under- or overflows for costs far apart (1e-293 / 1e293)
+        t[simple] = (np.log(c[simple]) + np.log(b[simple]) - np.log(a[simple])) / (p * (1.0 + c[simple]))
         hard = live & ~simple
     else:
         hard = live
@@ -78,7 +79,7 @@ def _newton(costs: Costs, c: np.ndarray, iters: int = 200) -> np.ndarray:
     pmax = max(costs)
     a = sum((v[0] for v in costs.values()), np.zeros_like(c))
     b = sum((v[1] for v in costs.values()), np.zeros_like(c))
-    t = np.log(c * b / a) / (pmax * (1.0 + c))
+    t = (np.log(c) + np.log(b) - np.log(a)) / (pmax * (1.0 + c))
     lo = t.copy()
     hi = t.copy()
     step = np.ones_like(t)

@@ -159,7 +159,8 @@ def _run(name: str, problem: BalanceProblem, reg: Regularizer, options: SolveOpt
         from synbal._compiled.chain_steps import step_kernel
 
         unit_graph = step_kernel(problem)
-    evaluator = SetEvaluator(problem)
+    # a problem may supply its own (a sharded one reads its summed IN/OUT costs)
+    evaluator = problem.set_evaluator() if hasattr(problem, "set_evaluator") else SetEvaluator(problem)
 
     def deficit_of(v: np.ndarray) -> float:
         if name == "tied":

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from synbal._adapters.torch.distributed import unwrapped_mlp_route
 from synbal._adapters.torch.plain_mlp import mlp_discovery
 from synbal._front import BalanceResult, balance, deficit
 from synbal._problem.regularizers import RegularizerSpec, parse_regularizer
@@ -93,7 +94,7 @@ class ModelBalance:
     @property
     def fast(self) -> bool:
         """Whether the model takes the adapter's MLP fast path (no tracing)."""
-        return mlp_discovery(self.model) is not None
+        return mlp_discovery(self.model) is not None or unwrapped_mlp_route(self.model)
 
     def _source(self) -> tuple[Any, dict[str, Any]]:
         # Decided on every call: the model may have been changed since.
