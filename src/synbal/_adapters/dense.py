@@ -40,6 +40,14 @@ class DenseNet:
 
     The input and output layers are visible; every hidden unit uses ``activation`` (a BiLU or
     BiPU spec, default ReLU). ``biases[l]`` may be ``None``.
+
+    >>> import synbal
+    >>> net = DenseNet([np.array([[4.0, 0.0], [0.0, 1.0]]), np.array([[1.0, 9.0]])], [np.array([2.0, 0.0]), None])
+    >>> net.widths
+    [2, 2, 1]
+    >>> res = synbal.balance(net, "l2")  # unit 0: in 4² + 2² = 20, out 1 → λ⁴ = 1/20
+    >>> [round(s, 6) for s in res.scales.values()], res.net.forward([[1.0, 1.0]]).round(9).tolist()
+    ([0.472871, 3.0], [[15.0]])
     """
 
     weights: list[np.ndarray]

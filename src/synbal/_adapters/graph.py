@@ -231,6 +231,17 @@ class Graph:
     ``edges`` (a list, file order) and ``biases`` (unit name → bias) are plain attributes; call
     :meth:`validate` after editing them by hand. ``edge_costs`` / ``bias_costs`` hold per-weight
     regularizer coefficients (missing = 1); ``extra`` unknown top-level JSON fields.
+
+    >>> import synbal
+    >>> g = Graph([Unit("x", "input"), Unit("h", "hidden", "relu"), Unit("y", "output")],
+    ...           [("x", "h", 8.0), ("h", "h", 0.5), ("h", "y", 2.0)])  # a self-loop: recurrent
+    >>> g.is_recurrent, g.inputs, g.outputs
+    (True, ['x'], ['y'])
+    >>> balanced = synbal.balance(g, "l2").net  # the self-loop is unchanged, 8 and 2 meet at 4
+    >>> [(a, b, round(w, 9)) for a, b, w in balanced.edges]
+    [('x', 'h', 4.0), ('h', 'h', 0.5), ('h', 'y', 4.0)]
+    >>> Graph.from_dict(balanced.to_dict()) == balanced
+    True
     """
 
     def __init__(

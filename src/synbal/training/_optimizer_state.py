@@ -93,6 +93,16 @@ def rescale_optimizer_state(
     """Transform ``optimizer``'s per-parameter state for ``w' = factors[w] ⊙ w``.
 
     ``factors`` maps a parameter to its elementwise multiplier (broadcastable to its shape).
+
+    >>> w = torch.nn.Parameter(torch.ones(2))
+    >>> opt = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    >>> w.grad = torch.tensor([1.0, 2.0]); opt.step()
+    >>> rescale_optimizer_state(opt, {w: torch.tensor([2.0, 4.0])})  # momentum = Σ gradients → / s
+    >>> opt.state[w]["momentum_buffer"].tolist()
+    [0.5, 0.5]
+    >>> rescale_optimizer_state(opt, {w: torch.tensor(2.0)}, policy="reset")
+    >>> dict(opt.state[w])
+    {}
     """
     if policy not in ("rescale", "reset"):
         raise SynbalError(f"optimizer state policy must be 'rescale' or 'reset', got {policy!r}")

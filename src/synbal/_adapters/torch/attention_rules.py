@@ -45,7 +45,7 @@ from synbal._adapters.torch.values import Ids, ParamRef, compress, per_channel, 
 from synbal.errors import ModelError
 
 if TYPE_CHECKING:
-    from synbal._adapters.torch.discovery import Walker
+    from synbal._adapters.torch.walker import Walker
 
 __all__ = ["ATTENTION_FUNCTIONS", "VALUE_KIND", "addmm", "matmul", "multihead_attention", "sdpa", "to_cast"]
 

@@ -1,6 +1,6 @@
 """How positive rescaling passes through each supported layer and operation.
 
-Every rule receives the :class:`~synbal._adapters.torch.discovery.Walker` (slot table, parameter uses,
+Every rule receives the :class:`~synbal._adapters.torch.walker.Walker` (slot table, parameter uses,
 values seen so far), the graph node, and the node's real result (for shapes), and returns the
 :class:`~synbal._adapters.torch.values.Ids` of its output. *Producers* (Linear, Conv, ConvTranspose,
 BatchNorm's affine, LocallyConnected2d, RNN, Embedding) allocate new slots for their output
@@ -33,7 +33,7 @@ from synbal._adapters.torch.values import result_shape as _shape
 from synbal.errors import ModelError
 
 if TYPE_CHECKING:
-    from synbal._adapters.torch.discovery import Walker
+    from synbal._adapters.torch.walker import Walker
 
 __all__ = ["FUNCTION_RULES", "METHOD_RULES", "NAMED_RULES", "module_rule", "rule_for"]
 
