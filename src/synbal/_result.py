@@ -24,6 +24,11 @@ class BalanceResult:
     ``max_relative_deficit`` are those of the rounded scales, and ``rounding_cost`` is what the
     rounding adds to ``R`` (relative to the unrounded optimum). ``notes`` says anything else worth
     knowing (no scalable units, which model ``R`` refers to, …).
+
+    >>> import numpy as np, synbal
+    >>> res = synbal.balance(synbal.Graph.from_layers([np.array([[4.0]]), np.array([[0.25]])]), "l2")
+    >>> res.converged, res.regularizer_before, round(res.regularizer_after, 12), res.report()["units"]
+    (True, 16.0625, 2.0, 1)
     """
 
     net: Any

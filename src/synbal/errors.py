@@ -144,7 +144,15 @@ class UnsafeFileError(ModelError):
 
 class OptionError(SynbalError):
     """An option the chosen method or source does not take (a misspelt keyword, ``sets=`` with
-    ``method="stochastic"``, …); the message names the options it does take."""
+    ``method="stochastic"``, …); the message names the options it does take.
+
+    >>> import numpy as np, synbal
+    >>> g = synbal.Graph.from_layers([np.array([[4.0]]), np.array([[0.25]])])
+    >>> synbal.balance(g, "l2", "exact", closed_form=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    synbal.errors.OptionError: method 'exact' does not take closed_form=True; it takes tol, max_sweeps, seed, progress
+    """
 
 
 class NumericRangeError(SynbalError):

@@ -29,7 +29,12 @@ class PowerTerm:
 
 @dataclass(frozen=True)
 class PowerRegularizer(RegularizerBehaviour):
-    """``R(W) = Σ_k coef_k Σ_w |w|^{p_k}``; ``terms`` are sorted by power, merged, coef > 0."""
+    """``R(W) = Σ_k coef_k Σ_w |w|^{p_k}``; ``terms`` are sorted by power, merged, coef > 0.
+
+    >>> reg = PowerRegularizer((PowerTerm(1.0, 2.0), PowerTerm(0.5, 1.0)))
+    >>> str(reg), reg.powers, float(reg.cost(-2.0))
+    ('l2+0.5*l1', (2.0, 1.0), 5.0)
+    """
 
     terms: tuple[PowerTerm, ...]
 

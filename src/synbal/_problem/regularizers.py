@@ -89,6 +89,9 @@ def parse_regularizer(spec: RegularizerSpec) -> Regularizer:
     """Turn ``"l2"``, ``"l0.5"``, ``"1*l2+0.01*l1"``, ``"linf"`` (or a regularizer object) into a regularizer.
 
     Raises :class:`~synbal.errors.RegularizerError` naming the bad term.
+
+    >>> str(parse_regularizer("1*l2 + 0.01*l1")), str(parse_regularizer("l2,1")), str(parse_regularizer("linf"))
+    ('l2+0.01*l1', 'l2,1', 'linf')
     """
     if isinstance(spec, RegularizerBehaviour):
         return spec  # every regularizer type carries the behaviour
