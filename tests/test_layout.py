@@ -31,29 +31,16 @@ REGISTERED = {"synbal._adapters.dense", "synbal._adapters.graph", "synbal._adapt
 
 #: Import cycles not fixed yet, each the set of modules of one strongly connected component.
 KNOWN_CYCLES = {
-    # core15 (regularizers carry their behaviour): lpq imports PowerTerm back from regularizers
-    frozenset({"synbal._problem.lpq", "synbal._problem.regularizers"}),
-    # core15 (_front): _linf.front returns _front.BalanceResult, _front calls _linf.front
-    frozenset({"synbal._front", "synbal._linf.front"}),
     # dist (merged into main, not fixed here): dense imports dense_range, which imports DenseNetAdapter back
     # (type-only)
     frozenset({"synbal._adapters.dense", "synbal._adapters.dense_range"}),
 }
 
 #: Functions longer than 60 lines, by "module-path:function", not shortened yet.
-KNOWN_LONG = {
-    "_front.py:balance",  # core15
-    "_solvers/exact.py:_two_level",  # core15
-    "_compiled/chain.py:chain_of",  # core15
-}
+KNOWN_LONG: set[str] = set()
 
 #: Public names without a docstring example yet, by owner (core15: _front, _problem, _solvers).
-KNOWN_WITHOUT_EXAMPLE = {
-    "synbal.BalanceResult",  # core15 (_front)
-    "synbal.DeficitReport",  # core15 (_problem.metrics)
-    "synbal.PowerRegularizer",  # core15 (_problem.regularizers)
-    "synbal.parse_regularizer",  # core15 (_problem.regularizers)
-}
+KNOWN_WITHOUT_EXAMPLE: set[str] = set()
 PUBLIC_MODULES = ("synbal", "synbal.torch", "synbal.training", "synbal.data", "synbal.dynamics",
                   "synbal.quantize", "synbal.clip", "synbal.errors")
 

@@ -19,6 +19,7 @@ __all__ = [
     "InvalidWeightError",
     "ModelError",
     "NumericRangeError",
+    "OptionError",
     "RegularizerError",
     "SynbalError",
     "UnsafeFileError",
@@ -138,6 +139,19 @@ class UnsafeFileError(ModelError):
     ... except UnsafeFileError as exc:
     ...     print(str(exc).split(": ", 1)[1].split(",")[0])
     member 'data/aotinductor/model/model.so' holds compiled AOTInductor code
+    """
+
+
+class OptionError(SynbalError):
+    """An option the chosen method or source does not take (a misspelt keyword, ``sets=`` with
+    ``method="stochastic"``, …); the message names the options it does take.
+
+    >>> import numpy as np, synbal
+    >>> g = synbal.Graph.from_layers([np.array([[4.0]]), np.array([[0.25]])])
+    >>> synbal.balance(g, "l2", "exact", closed_form=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    synbal.errors.OptionError: method 'exact' does not take closed_form=True; it takes tol, max_sweeps, seed, progress
     """
 
 

@@ -17,7 +17,6 @@ weights' own dtype.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -221,12 +220,6 @@ class DenseNetAdapter:
 
     def excluded(self) -> dict[str, str]:
         return {}
-
-
-def dense_from_matrices(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray | None] | None = None,
-                        activation: str = "relu") -> DenseNet:
-    """Build a :class:`DenseNet` (copies nothing: the arrays are used as given)."""
-    return DenseNet(list(weights), list(biases) if biases is not None else [], activation)
 
 
 register_adapter(lambda s: isinstance(s, DenseNet), DenseNetAdapter)

@@ -56,6 +56,11 @@ class DeficitReport:
 
     ``overall_deficit`` is the paper's measure (sum of ``(IN − c·OUT)²`` over hidden units);
     ``max_relative_deficit`` is the scale-free one used for tolerances (free units only).
+
+    >>> import numpy as np, synbal
+    >>> rep = synbal.deficit(synbal.Graph.from_layers([np.array([[2.0]]), np.array([[1.0]])]), "l2")
+    >>> rep.regularizer_value, rep.overall_deficit, rep.max_relative_deficit
+    (5.0, 9.0, 0.6)
     """
 
     regularizer: str

@@ -423,27 +423,6 @@ class BalanceProblem:
         rel = self.relative_deficit(u, m)
         return float(rel.max()) if rel.size else 0.0
 
-    def hessian_vector(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Hessian of ``R`` at ``u`` times ``v`` (two products with each block)."""
-        ue, ce = self._ext(u)
-        ve = np.append(np.asarray(v, dtype=np.float64), 0.0)
-        res = np.zeros(self.n + 1)
-        for b in self.blocks:
-            p = b.power
-            cs = ce[b.src]
-            x = np.exp(-p * cs * ue[b.src])
-            y = np.exp(p * ue[b.dst])
-            vd = ve[b.dst]
-            cv = cs * ve[b.src]
-            # edge values V_rk = y_r A_rk x_k; H v = Σ p² V_rk (v_r − c_k v_k)(e_r − c_k e_k)
-            row_all = b.matrix @ x
-            row_cv = b.matrix @ (x * cv)
-            res[b.dst] += p * p * y * (vd * row_all - row_cv)
-            col_yv = b.matrix.T @ (y * vd)
-            col_all = b.matrix.T @ y
-            res[b.src] += -p * p * cs * x * (col_yv - cv * col_all)
-        return res[:-1]
-
     def hessian_diagonal(self, u: np.ndarray) -> np.ndarray:
         """Diagonal of the Hessian: ``Σ_p p² (IN + c² OUT)`` corrected for self-loops."""
         diag = np.zeros(self.n)

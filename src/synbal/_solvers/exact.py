@@ -41,10 +41,9 @@ from synbal._problem.problem import BalanceProblem, CostBlock
 from synbal._problem.regularizers import Regularizer
 from synbal._solvers.banded import BandedSolver
 from synbal._solvers.base import HistoryEntry, SolveOptions, SolveResult, check_range
-from synbal._solvers.custom import custom_unit_steps
 from synbal._solvers.far_steps import far_unit_steps
 from synbal._solvers.hessian_pattern import HessianPattern
-from synbal._solvers.local import optimal_log_steps
+from synbal._solvers.steps import balance_in_order, optimal_log_steps
 
 __all__ = ["hessian", "solve_exact"]
 
@@ -308,6 +307,24 @@ def _coarse_problem(problem: BalanceProblem, totals: np.ndarray, block_layers: n
     return BalanceProblem(degree, blocks, names=[f"layer{k}" for k in range(len(layers))])
 
 
+def _read_costs(problem: BalanceProblem, u: np.ndarray, degree_ext: np.ndarray
+                ) -> tuple[dict[float, np.ndarray], dict[float, np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """One read of every weight: per power IN and OUT of every unit (fixed unit last), and per
+    block its rows' incoming and its columns' outgoing costs."""
+    ue = np.append(u, 0.0)
+    IN = {p: np.zeros(problem.n + 1) for p in problem.powers}
+    OUT = {p: np.zeros(problem.n + 1) for p in problem.powers}
+    rins: list[np.ndarray] = []
+    routs: list[np.ndarray] = []
+    for b, (r, s) in zip(problem.blocks, problem.block_products(u), strict=True):
+        x, y = b.factors(ue, degree_ext)
+        rins.append(y * r)
+        routs.append(x * s)
+        IN[b.power][b.dst] += rins[-1]
+        OUT[b.power][b.src] += routs[-1]
+    return IN, OUT, rins, routs
+
+
 def _two_level(problem: BalanceProblem, options: SolveOptions, limit: int | None = None) -> SolveResult:
     """Alternating (odd/even layer) balancing with an exact tied coarse correction.
 
@@ -336,18 +353,7 @@ def _two_level(problem: BalanceProblem, options: SolveOptions, limit: int | None
     it = 0
     rel = np.inf
     while True:
-        ue = np.append(u, 0.0)
-        IN = {p: np.zeros(problem.n + 1) for p in powers}
-        OUT = {p: np.zeros(problem.n + 1) for p in powers}
-        rins: list[np.ndarray] = []
-        routs: list[np.ndarray] = []
-        for b, (r, s) in zip(problem.blocks, problem.block_products(u), strict=True):
-            p = b.power
-            x, y = b.factors(ue, degree_ext)
-            rins.append(y * r)
-            routs.append(x * s)
-            IN[p][b.dst] += rins[-1]
-            OUT[p][b.src] += routs[-1]
+        IN, OUT, rins, routs = _read_costs(problem, u, degree_ext)
         grad = sum((p * (IN[p][:-1] - problem.degree * OUT[p][:-1]) for p in powers), np.zeros(problem.n))
         scale = sum((p * (IN[p][:-1] + problem.degree * OUT[p][:-1]) for p in powers), np.zeros(problem.n))
         rel = _max_rel(grad, scale, free)
@@ -403,6 +409,6 @@ def _solve_custom(problem: BalanceProblem, options: SolveOptions) -> SolveResult
     sweep = 1
     while history[-1].max_relative_deficit > options.tol and sweep < options.max_sweeps:
         sweep += 1
-        custom_unit_steps(problem, u, idx, 1.0)
+        balance_in_order(problem, u, idx, 1.0)
         history.append(HistoryEntry(sweep, problem.value(u), problem.max_relative_deficit(u)))
     return SolveResult(u, history[-1].max_relative_deficit <= options.tol, history, steps=sweep)

@@ -5,7 +5,7 @@ Far from its minimum a unit's cost is dominated by one exponential (``IN·e^{pt}
 of degree 100 under ``l0.5`` advances ``0.02`` per step. A line search on ``R`` cannot lengthen
 that step when the unit's costs are far below the rounding level of ``R`` (``1e73`` next to
 ``1e299``): its directional derivative is noise there. The exact balancing step of the unit
-(:func:`~synbal._solvers.local.optimal_log_steps`) does not care about other units' scale,
+(:func:`~synbal._solvers.steps.optimal_log_steps`) does not care about other units' scale,
 and steps of *independent* units (no weight between any two of them) do not interact, so
 taking them together is block coordinate descent: ``R`` cannot increase.
 
@@ -30,8 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from synbal._problem.problem import BalanceProblem
-from synbal._solvers.local import optimal_log_steps
-from synbal._solvers.schedules import SetEvaluator
+from synbal._solvers.steps import SetCosts, optimal_log_steps
 
 __all__ = ["FAR", "far_unit_steps", "independent_subset"]
 
@@ -74,7 +73,7 @@ def far_unit_steps(problem: BalanceProblem, u: np.ndarray, rel: np.ndarray, free
     if not far.any():
         return 0
     members = np.flatnonzero(independent_subset(problem.unit_adjacency(), far, rel))
-    costs = SetEvaluator(problem).costs(u, members)
+    costs = SetCosts(problem).costs(u, members)
     step = optimal_log_steps(costs, problem.degree[members])
     moved = np.isfinite(step) & (step != 0)
     u[members[moved]] += step[moved]

@@ -31,7 +31,7 @@ from synbal._problem.problem import BalanceProblem
 from synbal._problem.regularizers import PowerRegularizer, Regularizer
 from synbal._solvers import solve
 from synbal._solvers.base import SolveOptions, SolveResult
-from synbal._solvers.schedules import SetEvaluator
+from synbal._solvers.steps import SetCosts
 from synbal.errors import RegularizerError, SynbalError
 
 __all__ = ["SHARDED_METHODS", "ShardedAdapter", "ShardedProblem"]
@@ -82,12 +82,13 @@ class ShardedProblem(BalanceProblem):
         """``R`` of the whole model (summed over ranks, with the IN/OUT sums of ``u``)."""
         return self._reduced(u)[1]
 
-    def set_evaluator(self) -> SetEvaluator:
+    def set_evaluator(self) -> SetCosts:
         return _ReducedSetEvaluator(self)
 
 
-class _ReducedSetEvaluator(SetEvaluator):
-    """A set's costs from the reduced IN/OUT sums (self-loops removed as in :class:`SetEvaluator`)."""
+class _ReducedSetEvaluator(SetCosts):
+    """A set's costs from the reduced IN/OUT sums (self-loops removed as in
+    :class:`~synbal._solvers.steps.SetCosts`)."""
 
     def costs(self, u: np.ndarray, members: np.ndarray) -> dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         prob = self.problem
