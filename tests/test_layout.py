@@ -30,11 +30,7 @@ REGISTRY = "synbal._adapters.protocol"
 REGISTERED = {"synbal._adapters.dense", "synbal._adapters.graph", "synbal._adapters.torch"}
 
 #: Import cycles not fixed yet, each the set of modules of one strongly connected component.
-KNOWN_CYCLES = {
-    # dist (merged into main, not fixed here): dense imports dense_range, which imports DenseNetAdapter back
-    # (type-only)
-    frozenset({"synbal._adapters.dense", "synbal._adapters.dense_range"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 #: Functions longer than 60 lines, by "module-path:function", not shortened yet.
 KNOWN_LONG: set[str] = set()

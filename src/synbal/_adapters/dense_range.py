@@ -22,7 +22,8 @@ balanced state is usually well inside the range. As for graphs (:mod:`synbal._pr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numba
 import numpy as np
@@ -33,11 +34,30 @@ from synbal._problem.problem import BalanceProblem, CostBlock
 from synbal.errors import NumericRangeError
 
 if TYPE_CHECKING:
-    from synbal._adapters.dense import DenseNetAdapter
     from synbal._problem.lpq import LpqRegularizer
     from synbal._problem.regularizers import PowerRegularizer
 
 __all__ = ["conditioned_problem", "log_extremes", "scaled_layer", "scaling_is_safe"]
+
+
+class _Layers(Protocol):
+    @property
+    def weights(self) -> Sequence[np.ndarray]: ...
+    @property
+    def biases(self) -> Sequence[np.ndarray | None]: ...
+
+
+class DenseNetAdapter(Protocol):
+    """What the conditioning reads of the dense adapter (a protocol, so this module needs no import of it)."""
+
+    @property
+    def net(self) -> _Layers: ...
+    @property
+    def index(self) -> Sequence[np.ndarray]: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def names(self) -> Sequence[str]: ...
 
 
 @numba.njit(cache=True, fastmath=True)

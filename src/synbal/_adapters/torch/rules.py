@@ -554,13 +554,13 @@ _SHAPE_ONLY_FNS: list[Any] = [torch._assert, aten.sym_size.int, aten._assert_ten
                               aten.zeros_like.default, aten.ones_like.default, aten.empty_like.default,
                               aten.full_like.default]
 
-FUNCTION_RULES: dict[Any, Rule] = {}
-for _f in _IDENTITY_FNS:
-    FUNCTION_RULES[_f] = identity
-for _f in _NON_HOMOGENEOUS_FNS:
-    FUNCTION_RULES[_f] = blocking
-for _f in _SHAPE_ONLY_FNS:
-    FUNCTION_RULES[_f] = output_shape_only
+def _rule_table(*groups: tuple[Any, Rule]) -> dict[Any, Rule]:
+    """One rule for every key of each ``(keys, rule)`` group."""
+    return {key: rule for keys, rule in groups for key in keys}
+
+
+FUNCTION_RULES: dict[Any, Rule] = _rule_table(
+    (_IDENTITY_FNS, identity), (_NON_HOMOGENEOUS_FNS, blocking), (_SHAPE_ONLY_FNS, output_shape_only))
 FUNCTION_RULES.update({
     operator.add: add, operator.iadd: add, torch.add: add, operator.sub: add, operator.isub: add,
     torch.sub: add, aten.add.Tensor: add, aten.add_.Tensor: add, aten.sub.Tensor: add,
@@ -621,17 +621,9 @@ _METHOD_NON_HOMOGENEOUS = {"tanh", "sigmoid", "softmax", "log_softmax", "exp", "
 _METHOD_SHAPE = {"size", "dim", "numel", "nelement", "get_device", "is_contiguous", "new_zeros", "new_ones",
                  "new_empty", "new_full", "new_tensor"}
 
-METHOD_RULES: dict[str, Rule] = {}
-for _m in _METHOD_IDENTITY:
-    METHOD_RULES[_m] = identity
-for _m in _METHOD_RESHAPE:
-    METHOD_RULES[_m] = reshape
-for _m in _METHOD_NON_HOMOGENEOUS:
-    METHOD_RULES[_m] = blocking
-for _m in _METHOD_SHAPE:
-    METHOD_RULES[_m] = output_shape_only
-for _m in _METHOD_CAST:
-    METHOD_RULES[_m] = cast
+METHOD_RULES: dict[str, Rule] = _rule_table(
+    (_METHOD_IDENTITY, identity), (_METHOD_RESHAPE, reshape), (_METHOD_NON_HOMOGENEOUS, blocking),
+    (_METHOD_SHAPE, output_shape_only), (_METHOD_CAST, cast))
 METHOD_RULES.update({
     "add": add, "add_": add, "sub": add, "sub_": add, "mul": mul(False), "mul_": mul(False),
     "div": mul(True), "div_": mul(True), "permute": permute, "transpose": transpose, "t": transpose,
