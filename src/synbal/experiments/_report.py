@@ -33,12 +33,12 @@ class ExperimentContext:
 
     ``data`` is a user path to real data (``None``: the embedded default or a stated stand-in),
     ``quick`` selects the few-minute variant, ``seeds`` overrides the number of seeds, and
-    ``extra`` holds the experiment's own options (``--set KEY=VALUE``).
+    ``extra`` holds the experiment's own options (``--set KEY=VALUE``). Grid experiments
+    (:data:`synbal.experiments.GRIDS`) run their independent runs on ``backend``.
 
     >>> ctx = ExperimentContext(out_dir=Path("out"), quick=True)
     >>> ctx.n_seeds(full=5, quick=2), ExperimentContext(Path("out"), seeds=7).n_seeds(full=5, quick=2)
     (2, 7)
-    Grid experiments (:data:`synbal.experiments.GRIDS`) run their independent runs on ``backend``.
     """
 
     out_dir: Path
