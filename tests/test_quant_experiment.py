@@ -109,3 +109,14 @@ def test_full_run_settings_use_the_whole_data_and_the_schedule():
     s = quant._settings(ExperimentContext(out_dir=Path("."), quick=False, progress=False))
     assert s["train_size"] is None and s["test_size"] is None and s["seeds"] == 5
     assert s["epochs"] == quant.EPOCHS == 3 and "one-cycle" in s["optimizer"]
+
+
+def test_a_second_process_can_take_the_later_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    later = _run(tmp_path, seeds=2, first_seed=1)  # seed 0 is left to another process
+    assert {r["seed"] for r in later["rows"]} == {1}
+    assert "not run yet (left out): mlp, MNIST, seed 0" in (tmp_path / "quant.md").read_text()
+    ran = []
+    one_run = quant._one_run
+    monkeypatch.setattr(quant, "_one_run", lambda *a, **k: ran.append(a[3]) or one_run(*a, **k))
+    both = _run(tmp_path, seeds=2)
+    assert ran == [0] and {r["seed"] for r in both["rows"]} == {0, 1}

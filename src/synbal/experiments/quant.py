@@ -72,7 +72,9 @@ OPTIONS = {"datasets": 'JSON list, e.g. ["MNIST"] (default both)', "models": "JS
            "powers": "JSON list of p for the synbal-l<p> arms", "arms": "JSON list of arms (default all)",
            "act_bits": "also quantize activations to this many bits (calibrated on 4 batches)",
            "threads": "torch threads (default 1)", "fashion": "directory of the Fashion-MNIST IDX files",
-           "assemble_only": "true: build the outputs from the run record alone, listing runs not yet done"}
+           "assemble_only": "true: build the outputs from the run record alone, listing runs not yet done",
+           "first_seed": "run seeds from this one on, earlier ones from the record only (a second process "
+                         "sharing the record can take the later seeds)"}
 
 
 def _settings(ctx: ExperimentContext) -> dict[str, Any]:
@@ -159,6 +161,7 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     notes += [f"{arm} skipped: {why}" for arm, why in status.items() if why and arm in s["arms"]]
     cache = RunCache(ctx.out_dir / f"{NAME}-runs.jsonl")
     assemble_only = bool(ctx.extra.get("assemble_only", False))
+    first_seed = int(ctx.extra.get("first_seed", 0))
     collected: dict[str, list[Any]] = {"rows": [], "float_rows": [], "failures": []}
     with torch_threads(int(ctx.extra.get("threads", 1))):
         for seed in range(s["seeds"]):  # seed-major: a run stopped early still covers every cell
@@ -166,8 +169,9 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
                 for model_name in s["models"]:
                     key = {**{k: v for k, v in s.items() if k != "seeds"}, "data": data.source,
                            "model": model_name, "dataset": ds_name, "seed": seed, "usable": usable}
+                    cache.reload()  # another process may share the record
                     done = cache.get(key)
-                    if done is None and assemble_only:
+                    if done is None and (assemble_only or seed < first_seed):
                         notes.append(f"not run yet (left out): {model_name}, {ds_name}, seed {seed}")
                         continue
                     if done is None:
