@@ -27,12 +27,14 @@ recorded in ``OUT/quant-runs.jsonl``; a rerun into the same ``--out`` skips it.
 
 Full run: 5 seeds, 3 epochs on the full training set (one-cycle schedule, so the nets end near
 convergence rather than mid-descent), the full 10,000 test images, p ∈ {2, 4}. Evaluating the 98
-equalized and quantized variants of a CNN costs about five training epochs, so a CNN takes roughly
-10 min per seed on one loaded core here. Runs go seed by seed, so a run stopped early covers every
-model and dataset with fewer seeds; ``--set assemble_only=true --set seeds=N`` then writes the
-outputs of the first ``N`` seeds from the record alone (listing what is missing). ``--quick``:
-embedded MNIST, 1 seed, 2 epochs (same schedule) on 6,000 images, 1,000 test images, p = 2, MLP
-and MobileNet.
+equalized and quantized variants of a CNN costs about as much as four training epochs (twelve for
+the ReLU6 MobileNet, whose rescaled and synbal copies run per-channel clips); on this machine,
+shared with a dozen other jobs, a CNN took 8–22 min per seed and dataset. Runs go seed by seed, so
+a run stopped early covers every model and dataset with fewer seeds; a second process given
+``--set first_seed=K`` takes the seeds from ``K`` on into the same record; ``--set
+assemble_only=true`` then writes the outputs from the record alone (listing what is missing).
+``--quick``: embedded MNIST, 1 seed, 2 epochs (same schedule) on 6,000 images, 1,000 test images,
+p = 2, MLP and MobileNet.
 """
 
 from __future__ import annotations
