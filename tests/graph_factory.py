@@ -3,7 +3,7 @@
 ``random_graph`` draws general networks — non-layered DAGs or recurrent graphs (cycles,
 self-loops), mixed activations, BiPU units, biases; ``random_layered_graph`` dense MLPs;
 ``graph_seeds`` a hypothesis strategy of seeds; ``function_gap`` (re-exported from
-:mod:`synbal._adapters.graph`). ``random_graph`` lives in :mod:`synbal.experiments.random_graphs` (the
+:mod:`synbal._adapters.graph`). ``random_graph`` lives in :mod:`synbal.experiments._random_graphs` (the
 ``uniqueness`` reproduction uses it too). compares two networks' functions on the same inputs.
 """
 
@@ -15,13 +15,13 @@ import numpy as np
 from hypothesis import strategies as st
 
 from synbal._adapters.graph import Graph, function_gap
-from synbal.experiments.random_graphs import (
+from synbal.experiments._random_graphs import (
     BILU_SPECS,
     BIPU_DEGREES,
     NON_SCALABLE,
     random_graph,
 )
-from synbal.experiments.random_graphs import random_weights as _weights
+from synbal.experiments._random_graphs import random_weights as _weights
 
 __all__ = [
     "BILU_SPECS",

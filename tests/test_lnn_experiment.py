@@ -11,8 +11,9 @@ import torch
 
 from synbal.dynamics import glorot_init, gram_rates
 from synbal.errors import SynbalError
-from synbal.experiments import EXPERIMENTS, lnn
-from synbal.experiments.report import ExperimentContext
+from synbal.experiments import EXPERIMENTS
+from synbal.experiments import _lnn as lnn
+from synbal.experiments._report import ExperimentContext
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,7 @@ def test_loglog_slope() -> None:
 
 
 def test_quick_reproduction_end_to_end(tmp_path: Path) -> None:
-    assert EXPERIMENTS["lnn"][0] == "synbal.experiments.lnn"
+    assert EXPERIMENTS["lnn"].load() is lnn.run
     ctx = ExperimentContext(out_dir=tmp_path, quick=True, seeds=2, progress=False)
     res = lnn.run(ctx)
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -154,7 +155,7 @@ def test_quick_reproduction_end_to_end(tmp_path: Path) -> None:
 
 def test_relu_mlp_shape_and_init() -> None:
     from synbal.dynamics import layer_weights
-    from synbal.experiments import lnn_relu
+    from synbal.experiments import _lnn_relu as lnn_relu
 
     net = lnn_relu.relu_mlp(seed=0)
     Ws = layer_weights(net)
@@ -165,7 +166,7 @@ def test_relu_mlp_shape_and_init() -> None:
 
 
 def test_spread_of_slopes() -> None:
-    from synbal.experiments import lnn_relu
+    from synbal.experiments import _lnn_relu as lnn_relu
 
     t = np.arange(5.0)
     vals = np.stack([2.0 * t, 2.0 * t + 1.0, 4.0 * t], axis=1)
@@ -176,9 +177,9 @@ def test_spread_of_slopes() -> None:
 
 
 def test_lnn_relu_quick_reproduction(tmp_path: Path) -> None:
-    from synbal.experiments import lnn_relu
+    from synbal.experiments import _lnn_relu as lnn_relu
 
-    assert EXPERIMENTS["lnn-relu"][0] == "synbal.experiments.lnn_relu"
+    assert EXPERIMENTS["lnn-relu"].load() is lnn_relu.run
     threads = torch.get_num_threads()
     res = lnn_relu.run(ExperimentContext(out_dir=tmp_path, quick=True, seeds=1, progress=False))
     assert torch.get_num_threads() == threads  # restored

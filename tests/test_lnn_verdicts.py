@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synbal.experiments import lnn_verdicts as w
+from synbal.experiments import _lnn_verdicts as w
 
 
 def test_conservation_verdict_and_sentence_flip_at_the_slope_tolerance() -> None:

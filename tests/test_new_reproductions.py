@@ -33,7 +33,7 @@ def test_uniqueness_tiny_run_agrees_with_the_exact_state(tmp_path: Path) -> None
 
 
 def test_uniqueness_verdict_flips() -> None:
-    from synbal.experiments.uniqueness import SAME_STATE, verdict
+    from synbal.experiments._uniqueness import SAME_STATE, verdict
 
     assert verdict(5, 5, SAME_STATE / 2)[0] == "supported"
     assert verdict(5, 5, SAME_STATE * 2)[0] == "not supported"
@@ -53,7 +53,7 @@ def test_diagnostic_tiny_run(tmp_path: Path) -> None:
 
 
 def test_diagnostic_judge_and_verdict_flip_at_thresholds() -> None:
-    from synbal.experiments.diagnostic import FLAG_FACTOR, MAX_FINAL_RATIO, judge_seed, verdict
+    from synbal.experiments._diagnostic import FLAG_FACTOR, MAX_FINAL_RATIO, judge_seed, verdict
 
     steps = np.arange(0, 101, 10, dtype=float)
     grad = np.exp(-steps / 10)
@@ -79,7 +79,7 @@ def test_appendixb_tiny_run_confirms_the_corrected_form(tmp_path: Path) -> None:
 
 
 def test_appendixb_verdict_words() -> None:
-    from synbal.experiments.appendixb import AGREE, verdict
+    from synbal.experiments._appendixb import AGREE, verdict
 
     assert verdict({"corrected": AGREE / 2, "printed": AGREE / 2})[0] == "both forms agree with the iterated state"
     assert verdict({"corrected": AGREE * 2, "printed": AGREE / 2})[0].startswith("the printed eq. 12.7 agrees")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import synbal.experiments.quant as quant
+import synbal.experiments._quant as quant
 from synbal.experiments import ExperimentContext, run_experiment
-from synbal.experiments.quant_models import build_model, train_model
-from synbal.experiments.quant_verdict import verdict
+from synbal.experiments._quant_models import build_model, train_model
+from synbal.experiments._quant_verdict import verdict
 
 TINY = {"models": ["mlp"], "seeds": 1, "epochs": 1, "train_size": 200, "test_size": 100, "bits": [8, 4],
         "arms": ["none", "torch-equalize", "synbal-linf"], "datasets": ["MNIST"]}
@@ -80,8 +80,20 @@ def test_quick_variant_runs_in_under_three_minutes(tmp_path: Path):
     start = time.perf_counter()
     run_experiment("quant", ExperimentContext(out_dir=tmp_path, quick=True, progress=False))
     assert time.perf_counter() - start < 180
-    rows = json.loads((tmp_path / "quant.json").read_text())["rows"]
+    payload = json.loads((tmp_path / "quant.json").read_text())
+    rows = payload["rows"]
     assert {r["model"] for r in rows} == {"mlp", "mobilenet"}
+    assert all(0.0 <= r["accuracy"] <= 100.0 for r in rows)  # percent
+    # the stored goals are the verdict rules applied to the stored rows
+    peers = [p for p in quant.PEERS if payload["settings"]["peers"].get(p) == "used"]
+    goals = verdict(rows, payload["results"]["float_rows"], peers)
+    assert json.loads(json.dumps(goals)) == payload["results"]["goals"]
+    # the canonical (L-infinity) balancing does not see the random rescaling, and keeps the float function
+    by = {(r["model"], r["seed"], r["arm"], r["bits"], r["granularity"], r["rescaled"]): r["accuracy"] for r in rows}
+    for (model, seed, arm, bits, gran, rescaled), acc in by.items():
+        if arm == "synbal-linf" and rescaled:
+            assert acc == by[(model, seed, arm, bits, gran, False)]
+    assert payload["results"]["goals"]["fp32"]["met"] is True
 
 
 def _lrs_seen(monkeypatch: pytest.MonkeyPatch, one_cycle: bool) -> list[float]:

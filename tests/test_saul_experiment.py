@@ -11,7 +11,7 @@ import pytest
 
 from synbal._problem.lpq import LpqRegularizer
 from synbal.experiments import EXPERIMENTS, ExperimentContext, run_experiment
-from synbal.experiments.saul import SaulSettings, he_mlp_problems, run_settings
+from synbal.experiments._saul import SaulSettings, he_mlp_problems, run_settings
 
 
 def test_he_problems_share_weights_across_powers() -> None:
@@ -84,7 +84,7 @@ def test_full_reproduction(tmp_path: Path) -> None:
 
 
 def test_gap_sentence_flips_at_its_threshold() -> None:
-    from synbal.experiments.saul import MOST_OF_THE_GAP, _gap_sentence
+    from synbal.experiments._saul import MOST_OF_THE_GAP, _gap_sentence
 
     def runs(balanced: float) -> dict[str, dict[str, float]]:
         return {"flow": {"final_objective": 0.0}, "gd": {"final_objective": 1.0},

@@ -12,7 +12,7 @@ import torch
 
 from synbal.errors import SynbalError
 from synbal.experiments import EXPERIMENTS, ExperimentContext, run_experiment
-from synbal.experiments.speed2_rules import MIN_GAIN_POINTS, MIN_SPEEDUP, NULL_BAND_POINTS, mean_ci, paired_decision
+from synbal.experiments._speed2_rules import MIN_GAIN_POINTS, MIN_SPEEDUP, NULL_BAND_POINTS, mean_ci, paired_decision
 
 SEEDS = 5
 
@@ -58,8 +58,8 @@ def test_paired_decision_supported_by_speed() -> None:
 
 
 def test_weights_only_balancing_leaves_biases_and_balances_every_layer() -> None:
-    from synbal.experiments.models import fc_classifier
-    from synbal.experiments.speed2_train import balance_weights_only
+    from synbal.experiments._models import fc_classifier
+    from synbal.experiments._speed2_train import balance_weights_only
 
     net = fc_classifier([6, 5, 4, 3], seed=1)
     biases = [m.bias.detach().clone() for m in net if isinstance(m, torch.nn.Linear)]
@@ -75,7 +75,7 @@ def test_weights_only_balancing_leaves_biases_and_balances_every_layer() -> None
 
 
 def test_split_and_steps() -> None:
-    from synbal.experiments.speed2 import steps_to, stratified_split
+    from synbal.experiments._speed2 import steps_to, stratified_split
 
     labels = np.repeat(np.arange(10), 50)
     tr, va = stratified_split(labels, 0.1, seed=3)
@@ -109,4 +109,27 @@ def test_speed2_quick_variant(tmp_path: Path) -> None:
     assert set(res) >= {"A", "B", "C"}
     b = res["B"]["MNIST"]["nets"]["784-256-10"]
     assert set(b["best_lr"]) == set(res["A"]["nets"]["784-256-10"]["final_test_accuracy"])
+    # part A: accuracies are percentages, and every decision is the rule's on the recorded curves
+    from synbal.experiments._speed2 import PART_A_THRESHOLD, steps_to
+
+    a = res["A"]["nets"]["784-256-10"]
+    assert all(0.0 <= cell["mean"] <= 100.0 for cell in a["final_test_accuracy"].values())
+    plain = a["curves"]["plain"]
+    for arm, decision in a["decisions"].items():
+        runs = a["curves"][arm]
+        again = paired_decision([100 * r["test"][-1] for r in plain], [100 * r["test"][-1] for r in runs],
+                                [steps_to(r, "test", PART_A_THRESHOLD) for r in plain],
+                                [steps_to(r, "test", PART_A_THRESHOLD) for r in runs])
+        assert again["decision"] == decision["decision"] in ("Supported", "Refuted", "Inconclusive"), arm
+    # part B: each arm's learning rate is the best of its sweep (ties to the smaller rate)
+    for arm, lr in b["best_lr"].items():
+        sweep = {float(k): v for k, v in b["sweep_val_accuracy"][arm].items()}
+        assert sweep[float(lr)] == max(sweep.values())
+        assert float(lr) == min(k for k, v in sweep.items() if v == sweep[float(lr)])
+    # part C: "match" is the interval of the difference lying inside the band
+    from synbal.experiments._speed2_report import MATCH_BAND
+
+    for arm, cell in res["C"]["match"].items():
+        diff = cell["difference"]
+        assert cell["match"] == (diff["low"] >= -MATCH_BAND and diff["high"] <= MATCH_BAND), arm
     assert "**Part B: " in (tmp_path / "speed2.md").read_text()

@@ -118,7 +118,7 @@ def _output_gap(model_a: Any, model_b: Any, x: Any) -> dict[str, float]:
 def _plot(layers: list[dict[str, Any]], path: Path) -> None:
     """Per-layer deficits before and after balancing (log scale), written atomically."""
     from synbal._io import atomic_write_bytes
-    from synbal.experiments.report import new_figure
+    from synbal.experiments._report import new_figure
 
     fig, (ax_def, ax_rel) = new_figure(ncols=2, size=(5.2, 3.8))
     idx = np.arange(len(layers))
@@ -181,7 +181,7 @@ def run_demo(
     import synbal
     from synbal._io import atomic_write_json
     from synbal.data import load_mnist
-    from synbal.experiments.models import mnist_autoencoder
+    from synbal.experiments._models import mnist_autoencoder
     from synbal.training import TrainConfig, train
 
     config = config or DemoConfig()
@@ -281,7 +281,7 @@ def run_demo(
                     "unchanged": bool(ok64 and ok32)},
         "layers": layers,
     }
-    from synbal.experiments.report import environment, to_jsonable
+    from synbal.experiments._report import environment, to_jsonable
 
     numbers["environment"] = environment()
     numbers["seconds"] = time.perf_counter() - t_start

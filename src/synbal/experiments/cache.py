@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from synbal._io import atomic_write_bytes
-from synbal.experiments.report import to_jsonable
+from synbal.experiments._report import to_jsonable
 
 __all__ = ["BatchRecord", "RunCache"]
 

@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         if not EXPERIMENTS:
             print("no experiments are registered")
-        for name, (_, claim) in sorted(EXPERIMENTS.items()):
-            print(f"{name:<20} {claim}")
+        for name, entry in sorted(EXPERIMENTS.items()):
+            print(f"{name:<20} {entry.claim}")
             for option, meaning in sorted(experiment_options(name).items()):
                 print(f"{'':<22}--set {option}=...  {meaning}")
         return 0

@@ -14,7 +14,7 @@ Settings (full run): 5 seeds, 60 epochs, SGD lr 0.02 without momentum, β = 0.01
 Verdict rule (thresholds :data:`BALANCED_FRACTION`, :data:`HALVED`, :data:`PLAIN_KEEPS`): *supported*
 when every regularized arm's own overall deficit fell to ≤ 10 % of its start — both the raw
 deficit and the scale-free one (deficit / R², unchanged by weight shrinkage; see
-:mod:`synbal.experiments.dynamics`) — and was still falling over the second half, while the
+:mod:`synbal.experiments._arms`) — and was still falling over the second half, while the
 E-alone deficit stayed ≥ 50 % of its start (raw and scale-free); *partly supported* when the
 regularized deficits (raw and scale-free) fell below 50 % but not that far;
 *inconclusive* when they are falling but have not yet halved (too short a run).
@@ -25,40 +25,17 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from synbal.data import ImageDataset, load_mnist
-from synbal.experiments.dynamics import Arm, Task, plot_arms, run_arms, summarise_arm, torch_threads
-from synbal.experiments.models import mnist_autoencoder
-from synbal.experiments.report import ExperimentContext, write_outputs
+from synbal.experiments._arms import Arm, Task, plot_arms, run_arms, summarise_arm, torch_threads
+from synbal.experiments._report import ExperimentContext, write_outputs
+from synbal.experiments._tasks import autoencoder_task
 
-__all__ = ["autoencoder_task", "fig7_arms", "run", "verdict"]
+__all__ = ["fig7_arms", "run", "verdict"]
 
 NAME = "fig7"
 #: ``--set`` options (``ctx.extra`` keys) and what they change.
 OPTIONS = {"epochs": "training epochs", "train_size": "use a subset of this many training images",
            "seeds": "number of seeds", "threads": "torch threads (default 1)"}
 CLAIM = "SGD on E alone does not converge to a balanced state; SGD on E + R (L2, L1) does"
-
-
-def load_training_mnist(ctx: ExperimentContext) -> ImageDataset:
-    """MNIST from ``ctx.data`` if given, else the embedded subset; ``train_size`` subsamples."""
-    ds = load_mnist(ctx.data)
-    size = ctx.extra.get("train_size")
-    return ds.subset(int(size), seed=0) if size else ds
-
-
-def autoencoder_task(ctx: ExperimentContext, name: str, *, epochs: int) -> Task:
-    """The MNIST autoencoder task (sum of squares, batch 200), epochs overridable by ``ctx.extra``."""
-    ds = load_training_mnist(ctx)
-    x, _ = ds.tensors("train")
-    return Task(
-        name=name,
-        model_factory=lambda seed: mnist_autoencoder(seed=seed),
-        train_data=(x, x),
-        loss="sse",
-        batch_size=200,
-        epochs=int(ctx.extra.get("epochs", epochs)),
-        data_source=ds.source,
-    )
 
 
 def fig7_arms(lr: float = 0.02) -> list[Arm]:
@@ -80,7 +57,7 @@ def verdict(summaries: dict[str, dict[str, float]]) -> tuple[str, str]:
     """``(word, explanation)`` from the arms' summaries (see the module docstring).
 
     Each arm is judged on both the raw deficit and the scale-free one (deficit / R², see
-    :mod:`synbal.experiments.dynamics`): a regularized arm counts by the larger of its two
+    :mod:`synbal.experiments._arms`): a regularized arm counts by the larger of its two
     final/initial ratios, E alone by the smaller, so weight shrinkage alone cannot pass.
     """
     e = summaries["E"]

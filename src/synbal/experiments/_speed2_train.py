@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from synbal.errors import SynbalError
-from synbal.experiments.models import fc_classifier
+from synbal.experiments._models import fc_classifier
 
 __all__ = ["RunSpec", "balance_weights_only", "normalise", "train_run"]
 

@@ -1,7 +1,7 @@
 """Equalization arms of the ``quant`` experiment: none, the three peers, synbal.
 
 Peers are benchmark dependencies (extra ``bench``): ``torch.ao.quantization._equalize.equalize``
-(with the hand-listed layer pairs of :mod:`synbal.experiments.quant_models`), Brevitas
+(with the hand-listed layer pairs of :mod:`synbal.experiments._quant_models`), Brevitas
 ``EqualizeGraph`` (defaults: 10 iterations, threshold 0.05, bias merged into the ranges) and
 AIMET's cross-layer equalization (``equalize_model``). An arm whose package is missing is
 skipped with the reason (see :func:`peer_status`). Every arm gets the same float model with
@@ -28,7 +28,7 @@ from torch import nn
 import synbal
 from synbal._adapters.protocol import adapter_for
 from synbal.clip import make_clips_balanceable, restore_clips
-from synbal.experiments.quant_models import ModelSpec
+from synbal.experiments._quant_models import ModelSpec
 
 __all__ = ["PEERS", "apply_arm", "arm_names", "fold", "peer_status", "rescale"]
 

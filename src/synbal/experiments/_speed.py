@@ -36,12 +36,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from synbal.data import ImageDataset, load_fashion_mnist, load_mnist
-from synbal.errors import DataError, SynbalError
+from synbal.data import ImageDataset
+from synbal.experiments._arms import torch_threads
+from synbal.experiments._models import SPEED_ARCHITECTURES, fc_classifier
+from synbal.experiments._report import ExperimentContext, new_figure, plot_mean_std, write_outputs
+from synbal.experiments._tasks import image_datasets
 from synbal.experiments.cache import RunCache
-from synbal.experiments.dynamics import torch_threads
-from synbal.experiments.models import SPEED_ARCHITECTURES, fc_classifier
-from synbal.experiments.report import ExperimentContext, new_figure, plot_mean_std, write_outputs
 from synbal.training import BalanceSchedule, TrainConfig, train
 
 __all__ = ["ARMS", "THRESHOLDS", "SpeedArm", "epochs_to_reach", "run"]
@@ -94,26 +94,6 @@ def epochs_to_reach(curve: np.ndarray, threshold: float) -> float:
     """
     hits = np.flatnonzero(np.asarray(curve) >= threshold)
     return float(hits[0]) if hits.size else math.nan
-
-
-DATASETS = ("MNIST", "Fashion-MNIST")
-
-
-def _datasets(ctx: ExperimentContext) -> tuple[list[tuple[str, ImageDataset]], list[str]]:
-    wanted = list(ctx.extra.get("datasets", DATASETS))
-    unknown = sorted(set(wanted) - set(DATASETS))
-    if unknown:
-        raise SynbalError(f"speed: unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
-    notes = []
-    sets = []
-    if "MNIST" in wanted:
-        sets.append(("MNIST", load_mnist(ctx.data)))
-    if "Fashion-MNIST" in wanted:
-        try:
-            sets.append(("Fashion-MNIST", load_fashion_mnist(ctx.extra.get("fashion"))))
-        except DataError as exc:
-            notes.append(f"Fashion-MNIST skipped: {exc}")
-    return sets, notes
 
 
 def _train_arm(widths: list[int], seed: int, reg: str | None, arm: SpeedArm, data: ImageDataset,
@@ -196,70 +176,87 @@ def _aaai_comparison(table: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return text, gains
 
 
-def run(ctx: ExperimentContext) -> dict[str, Any]:
-    """Train every (dataset, variant, net, R, arm, seed) and write the table, curves and verdict."""
-    seeds = int(ctx.extra.get("seeds", ctx.n_seeds(full=5, quick=2)))
-    epochs_full = int(ctx.extra.get("epochs", 3 if ctx.quick else 10))
-    epochs_small = int(ctx.extra.get("epochs_1pct", 15 if ctx.quick else 100))
-    eval_every_small = int(ctx.extra.get("eval_every_1pct", 1 if ctx.quick else 5))
-    train_size = ctx.extra.get("train_size", 5000 if ctx.quick else None)
-    nets = {k: v for k, v in SPEED_ARCHITECTURES.items() if k in ctx.extra.get("nets", SPEED_ARCHITECTURES)}
-    datasets, notes = _datasets(ctx)
+def _variants(datasets: list[tuple[str, ImageDataset]], train_size: Any, epochs_full: int, epochs_small: int,
+              eval_every_small: int) -> list[tuple[str, str, ImageDataset, int, int]]:
+    """``(dataset, variant, data, epochs, eval_every)``: each dataset whole (or ``train_size``) and 1 %."""
     variants = []
     for name, ds in datasets:
         full = ds.subset(int(train_size), seed=0) if train_size and int(train_size) < ds.n_train else ds
         variants.append((name, f"{name}, full training set", full, epochs_full, 1))
         variants.append((name, f"{name}, 1% of the training set", ds.subset(0.01, seed=0), epochs_small,
                          eval_every_small))
-    total = len(variants) * len(nets) * len(REGS) * len(ARMS) * seeds
+    return variants
+
+
+def _arm_runs(cache: RunCache, bar: Any, seeds: int, key: dict[str, Any], widths: list[int], reg: str | None,
+              arm: SpeedArm, data: ImageDataset) -> np.ndarray:
+    """One cell's test-accuracy curves, one row per seed (from the run record where it has them)."""
+    rows = []
+    for seed in range(seeds):
+        run_key = {**key, "arm": arm.label, "seed": seed, "lr": LR, "batch": BATCH, "beta": BETA}
+        curve = cache.get(run_key)
+        if curve is None:
+            curve = _train_arm(widths, seed, reg, arm, data, key["epochs"], key["eval_every"])
+            cache.put(run_key, curve)
+        rows.append([math.nan if v is None else v for v in curve])
+        bar.update(1)
+    return np.array(rows, dtype=np.float64)
+
+
+def _run_variant(cache: RunCache, bar: Any, seeds: int, nets: dict[str, list[int]], name: str, variant: str,
+                 data: ImageDataset, epochs: int, eval_every: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(table, curves)`` of one variant: every net, regularizer and arm."""
+    table: dict[str, Any] = {"data": data.source, "train_examples": data.n_train, "epochs": epochs,
+                             "eval_every": eval_every}
+    curves: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for net, widths in nets.items():
+        curves[net], table[net] = {}, {}
+        for reg_name, reg in REGS.items():
+            curves[net][reg_name], table[net][reg_name] = {}, {}
+            for arm in ARMS:
+                key = {"variant": variant, "data": data.source, "train_examples": data.n_train, "net": net,
+                       "reg": reg_name, "epochs": epochs, "eval_every": eval_every}
+                runs = _arm_runs(cache, bar, seeds, key, widths, reg, arm, data)
+                curves[net][reg_name][arm.label] = runs
+                table[net][reg_name][arm.label] = _cell_summary(runs, THRESHOLDS[name])
+    return table, curves
+
+
+def run(ctx: ExperimentContext) -> dict[str, Any]:
+    """Train every (dataset, variant, net, R, arm, seed) and write the table, curves and verdict."""
+    seeds = int(ctx.extra.get("seeds", ctx.n_seeds(full=5, quick=2)))
+    epochs_full = int(ctx.extra.get("epochs", 3 if ctx.quick else 10))
+    epochs_small = int(ctx.extra.get("epochs_1pct", 15 if ctx.quick else 100))
+    eval_every_small = int(ctx.extra.get("eval_every_1pct", 1 if ctx.quick else 5))
+    nets = {k: v for k, v in SPEED_ARCHITECTURES.items() if k in ctx.extra.get("nets", SPEED_ARCHITECTURES)}
+    datasets, notes = image_datasets(ctx, NAME)
+    train_size = ctx.extra.get("train_size", 5000 if ctx.quick else None)
+    variants = _variants(datasets, train_size, epochs_full, epochs_small, eval_every_small)
     cache = RunCache(ctx.out_dir / f"{NAME}-runs.jsonl")
-    bar = tqdm(total=total, desc=NAME, unit="run", disable=not ctx.progress)
+    bar = tqdm(total=len(variants) * len(nets) * len(REGS) * len(ARMS) * seeds, desc=NAME, unit="run",
+               disable=not ctx.progress)
     table: dict[str, Any] = {}
     curves_all: dict[str, Any] = {}
     figures = {}
     with torch_threads(int(ctx.extra.get("threads", 1))):
         for name, variant, data, epochs, eval_every in variants:
-            table[variant] = {"data": data.source, "train_examples": data.n_train, "epochs": epochs,
-                              "eval_every": eval_every}
-            curves: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-            for net, widths in nets.items():
-                curves[net] = {}
-                table[variant][net] = {}
-                for reg_name, reg in REGS.items():
-                    curves[net][reg_name] = {}
-                    table[variant][net][reg_name] = {}
-                    for arm in ARMS:
-                        rows = []
-                        for seed in range(seeds):
-                            run_key = {"variant": variant, "data": data.source, "train_examples": data.n_train,
-                                   "net": net, "reg": reg_name, "arm": arm.label, "seed": seed, "epochs": epochs,
-                                   "eval_every": eval_every, "lr": LR, "batch": BATCH, "beta": BETA}
-                            curve = cache.get(run_key)
-                            if curve is None:
-                                curve = _train_arm(widths, seed, reg, arm, data, epochs, eval_every)
-                                cache.put(run_key, curve)
-                            rows.append([math.nan if v is None else v for v in curve])
-                            bar.update(1)
-                        runs = np.array(rows, dtype=np.float64)
-                        curves[net][reg_name][arm.label] = runs
-                        table[variant][net][reg_name][arm.label] = _cell_summary(runs, THRESHOLDS[name])
-            curves_all[variant] = curves
+            table[variant], curves_all[variant] = _run_variant(cache, bar, seeds, nets, name, variant, data, epochs,
+                                                               eval_every)
             key = variant.replace(", ", "_").replace(" ", "-").replace("%", "pct")
-            figures[key] = _plot(variant, epochs, curves)
+            figures[key] = _plot(variant, epochs, curves_all[variant])
     bar.close()
     text, gains = _aaai_comparison(table)
-    md = _markdown(table, seeds, notes, text)
     settings = {"lr": LR, "batch_size": BATCH, "beta": BETA, "optimizer": "SGD (no momentum)",
                 "loss": "cross_entropy", "seeds": seeds, "epochs": epochs_full, "epochs_1pct": epochs_small,
                 "eval_every_1pct": eval_every_small,
-                "train_size": train_size, "nets": nets, "regularizers": REGS,
-                "arms": [arm.__dict__ for arm in ARMS], "thresholds": THRESHOLDS,
+                "train_size": train_size, "nets": nets,
+                "regularizers": REGS, "arms": [arm.__dict__ for arm in ARMS], "thresholds": THRESHOLDS,
                 "balancing": "start: method='exact' (tol 1e-10); per epoch: method='layer', max_sweeps=1; "
                              "for the arm's R (L2 when none)", "notes": notes,
                 "deviations_from_aaai": list(DEVIATIONS)}
     write_outputs(ctx, NAME, results={"aaai_comparison": text, "gains_points": gains, "table": table,
                                       "test_accuracy_curves": curves_all},
-                  settings=settings, summary_md=md, figures=figures)
+                  settings=settings, summary_md=_markdown(table, seeds, notes, text), figures=figures)
     return {"aaai_comparison": text, "gains_points": gains, "table": table}
 
 

@@ -50,7 +50,7 @@ from synbal._problem.problem import BalanceProblem, CostBlock
 from synbal._problem.regularizers import parse_regularizer
 from synbal._solvers import SolveOptions, solve
 from synbal._solvers.flows import WeightBalancingFlow
-from synbal.experiments.report import ExperimentContext, new_figure, write_outputs
+from synbal.experiments._report import ExperimentContext, new_figure, table_head, write_outputs
 
 #: Summary thresholds (fixed before any run): largest relative increase of the norm per update
 #: still counted as "monotone" (rounding), largest |ratio − exact| counted as "the same minimum",
@@ -365,9 +365,8 @@ def _flow_summary(settings: FlowSettings, flows: dict[str, Any]) -> str:
         f"{flows['train_size']} training images ({flows['data_source']}). Balanced = max relative "
         f"stationarity ≤ {settings.balanced_threshold:g}.",
         "",
-        "| reg | β | run | final E | final βR | final E+βR | test acc | stationarity at end | "
-        "max stationarity after step 0 | balanced from step |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *table_head("reg", "β", "run", "final E", "final βR", "final E+βR", "test acc", "stationarity at end",
+                    "max stationarity after step 0", "balanced from step"),
     ]
     for reg, runs in flows["runs"].items():
         for mode in ("gd", "gd_balanced_start", "flow"):
@@ -491,16 +490,37 @@ def _sweep_comparison(settings: SaulSettings, results: dict[str, Any]) -> list[s
 
 
 def _summary(settings: SaulSettings, results: dict[str, Any]) -> str:
+    pq_rows, monotone = _pq_table(settings, results)
+    schedule_rows, agree = _schedule_table(settings, results)
     lines = [
         "# Saul (TMLR 2023): ℓ_{p,q} balancing by parallel multiplicative updates",
         "",
         f"He-initialised ReLU MLPs, zero biases, {settings.seeds} seed(s); stop at relative "
         f"stationarity ≤ {settings.tol:g} (at most {settings.max_updates} updates).",
         "",
+        *pq_rows,
+        "",
+        *schedule_rows,
+        "",
+        "## Verdict",
+        "",
+        f"- Monotone decrease at every update: **{'yes' if monotone else 'NO'}** "
+        f"(largest relative increase per update in the first table; tolerance {MONOTONE_TOLERANCE:g}).",
+        f"- p = q: multiplicative, layer, stochastic and exact reach the same minimum: "
+        f"**{'yes' if agree else 'NO'}** (to {AGREE_TOLERANCE:g} in the norm ratio).",
+        "- No learning rate anywhere: each update is a closed-form ratio per unit "
+        "(see `synbal._solvers.multiplicative`).",
+        *_sweep_comparison(settings, results),
+    ]
+    return "\n".join(lines)
+
+
+def _pq_table(settings: SaulSettings, results: dict[str, Any]) -> tuple[list[str], bool]:
+    """The (p, q) section, and whether every run decreased at every update."""
+    lines = [
         "## ‖W‖_{p,q} / ‖W0‖_{p,q} after balancing, and updates needed",
         "",
-        "| net | (p,q) | final ratio | updates | converged | largest relative increase |",
-        "|---|---|---|---|---|---|",
+        *table_head("net", "(p,q)", "final ratio", "updates", "converged", "largest relative increase"),
     ]
     monotone = True
     for net in settings.nets:
@@ -513,17 +533,19 @@ def _summary(settings: SaulSettings, results: dict[str, Any]) -> str:
                 f"| {res['net']} | {label} | {_fmt(res['final_ratio'][label])} | "
                 f"{_fmt(res['updates'][label])} | {all(res['converged'][label])} | {rise:.1e} |"
             )
-    lines += [
-        "",
+    return lines, monotone
+
+
+def _schedule_table(settings: SaulSettings, results: dict[str, Any]) -> tuple[list[str], bool]:
+    """The p = q section (schedules vs multiplicative updates), and whether all reach the exact minimum."""
+    lines = [
         "## p = q: multiplicative updates vs the classical schedules",
         "",
         "Sweeps: every unit updated once (multiplicative: one parallel update; layer: each layer "
         "balanced once; stochastic: n random single-unit updates). Ratio = ‖W‖_p/‖W0‖_p at the end.",
         "",
-        "| net | reg | exact ratio | multiplicative sweeps | "
-        + " | ".join(f"{s} sweeps (updates)" for s in settings.schedules)
-        + " | largest |ratio − exact| |",
-        "|---|---|---|---|" + "---|" * len(settings.schedules) + "---|",
+        *table_head("net", "reg", "exact ratio", "multiplicative sweeps",
+                    *(f"{s} sweeps (updates)" for s in settings.schedules), "largest |ratio − exact|"),
     ]
     agree = True
     for net in settings.nets:
@@ -541,16 +563,4 @@ def _summary(settings: SaulSettings, results: dict[str, Any]) -> str:
                 f"| {res['net']} | {key} | {_fmt(rows['exact_ratio'])} | "
                 f"{_fmt(rows['multiplicative_sweeps'])} | " + " | ".join(cells) + f" | {gap:.1e} |"
             )
-    lines += [
-        "",
-        "## Verdict",
-        "",
-        f"- Monotone decrease at every update: **{'yes' if monotone else 'NO'}** "
-        f"(largest relative increase per update in the first table; tolerance {MONOTONE_TOLERANCE:g}).",
-        f"- p = q: multiplicative, layer, stochastic and exact reach the same minimum: "
-        f"**{'yes' if agree else 'NO'}** (to {AGREE_TOLERANCE:g} in the norm ratio).",
-        "- No learning rate anywhere: each update is a closed-form ratio per unit "
-        "(see `synbal._solvers.multiplicative`).",
-        *_sweep_comparison(settings, results),
-    ]
-    return "\n".join(lines)
+    return lines, agree

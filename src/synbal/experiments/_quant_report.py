@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from synbal.experiments.quant_verdict import (
+from synbal.experiments._quant_verdict import (
     FP32_RTOL,
     GOAL_4BIT_MODELS,
     GOAL_4BIT_POINTS,
@@ -14,7 +14,7 @@ from synbal.experiments.quant_verdict import (
     RESCALED_POINTS,
     means,
 )
-from synbal.experiments.report import new_figure, plot_mean_std
+from synbal.experiments._report import new_figure, plot_mean_std
 
 __all__ = ["figures", "markdown"]
 

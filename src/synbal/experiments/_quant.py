@@ -21,7 +21,7 @@ balancing); the peers get them as they are.
 
 Outputs: ``quant.json`` (``rows``: one per model, dataset, seed, bits, granularity, arm,
 rescaled; ``float_rows``: float accuracy and output change per arm), ``quant.md`` with the
-verdict computed by :mod:`synbal.experiments.quant_verdict`, and plots of accuracy against bits
+verdict computed by :mod:`synbal.experiments._quant_verdict`, and plots of accuracy against bits
 (mean ± std over seeds, float accuracy for reference). Every finished (model, dataset, seed) is
 recorded in ``OUT/quant-runs.jsonl``; a rerun into the same ``--out`` skips it.
 
@@ -51,15 +51,14 @@ import torch
 from synbal._io import atomic_write_json
 from synbal.data import ImageDataset
 from synbal.errors import SynbalError
+from synbal.experiments._arms import torch_threads
+from synbal.experiments._quant_arms import PEERS, apply_arm, arm_names, fold, peer_status, rescale
+from synbal.experiments._quant_models import MODELS, build_model, train_model
+from synbal.experiments._quant_report import figures, markdown
+from synbal.experiments._quant_verdict import verdict
+from synbal.experiments._report import ExperimentContext, write_outputs
+from synbal.experiments._tasks import DATASETS, image_datasets
 from synbal.experiments.cache import RunCache
-from synbal.experiments.dynamics import torch_threads
-from synbal.experiments.quant_arms import PEERS, apply_arm, arm_names, fold, peer_status, rescale
-from synbal.experiments.quant_models import MODELS, build_model, train_model
-from synbal.experiments.quant_report import figures, markdown
-from synbal.experiments.quant_verdict import verdict
-from synbal.experiments.report import ExperimentContext, write_outputs
-from synbal.experiments.speed import DATASETS
-from synbal.experiments.speed import _datasets as speed_datasets
 from synbal.quantize import GRANULARITIES, quantize_activations, quantize_weights
 
 __all__ = ["run"]
@@ -159,7 +158,7 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     s = _settings(ctx)
     status = peer_status(tuple(s["arms"]))
     usable = [a for a in s["arms"] if status.get(a) is None]
-    datasets, notes = speed_datasets(dataclasses.replace(ctx, extra={**ctx.extra, "datasets": s["datasets"]}))
+    datasets, notes = image_datasets(dataclasses.replace(ctx, extra={**ctx.extra, "datasets": s["datasets"]}), NAME)
     notes += [f"{arm} skipped: {why}" for arm, why in status.items() if why and arm in s["arms"]]
     cache = RunCache(ctx.out_dir / f"{NAME}-runs.jsonl")
     assemble_only = bool(ctx.extra.get("assemble_only", False))

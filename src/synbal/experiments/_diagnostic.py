@@ -17,7 +17,7 @@ stratified subset of MNIST (embedded, or ``--data``), full-batch gradient descen
 cross-entropy + ``β·L2`` (lr 0.1, β = 5e-3) from the raw initialisation and from the same weights
 balanced exactly (L2) at step 0, and ``E`` alone from the raw initialisation as a control. Every
 ``record_every`` steps: the gradient norm ``‖∇(E + βR)‖`` (the convergence measure), the loss,
-the scale-free deficit ``Σ_i (IN_i − OUT_i)² / ‖W‖_F⁴`` (see :mod:`synbal.experiments.dynamics`)
+the scale-free deficit ``Σ_i (IN_i − OUT_i)² / ‖W‖_F⁴`` (see :mod:`synbal.experiments._arms`)
 and the max relative deficit. The "run that has not converged" is the same run stopped at
 :data:`EARLY_FRACTION` of its steps.
 
@@ -44,9 +44,9 @@ from tqdm.auto import tqdm
 
 from synbal._front import balance
 from synbal.errors import SynbalError
-from synbal.experiments.dynamics import scale_free, torch_threads
-from synbal.experiments.models import DEFAULT_INIT, fc_classifier
-from synbal.experiments.report import ExperimentContext, new_figure, plot_mean_std, write_outputs
+from synbal.experiments._arms import scale_free, torch_threads
+from synbal.experiments._models import DEFAULT_INIT, fc_classifier
+from synbal.experiments._report import ExperimentContext, new_figure, plot_mean_std, write_outputs
 from synbal.training import ModelBalance, regularizer_penalty
 
 __all__ = ["DiagnosticSettings", "judge_seed", "run", "spearman", "verdict"]

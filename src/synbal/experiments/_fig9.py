@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -50,15 +50,15 @@ from synbal._problem.regularizers import parse_regularizer
 from synbal._solvers import SolveOptions, solve
 from synbal.data._dataset import ImageDataset
 from synbal.errors import SynbalError
+from synbal.experiments._report import ExperimentContext
+from synbal.experiments._tasks import cifar_or_standin
 from synbal.experiments.cache import BatchRecord
-from synbal.experiments.report import ExperimentContext
 
 __all__ = [
     "Ensemble",
     "Fig9Settings",
     "WeightSpace",
     "analyse_problem",
-    "cifar10_standin",
     "endpoint_spread",
     "reproduce",
     "run",
@@ -226,17 +226,82 @@ def _many_runs(problem: BalanceProblem) -> Callable[..., tuple[np.ndarray, np.nd
     return runs_fn
 
 
-def stochastic_ensemble(
-    problem: BalanceProblem,
-    space: WeightSpace,
-    *,
-    runs: int,
-    seed: int = 0,
-    tol: float = 1e-10,
-    grid_points: int = 120,
-    progress: bool = False,
-    record: Path | None = None,
-) -> Ensemble:
+@dataclass(frozen=True)
+class _Plan:
+    """How an ensemble runs: sweep budget, recording grid, and runs per batch."""
+
+    max_sweeps: int
+    record_every: int
+    n_rec: int
+    batch: int
+
+
+def _plan(problem: BalanceProblem, runs_fn: Callable[..., Any], runs: int, seed: int, tol: float,
+          grid_points: int) -> _Plan:
+    """A pilot run (seed ``seed``) sets the budget: twice its sweeps plus 10; batches bound memory."""
+    _, pilot, _ = runs_fn(1, seed, tol, 100_000, 0)
+    needed = int(abs(pilot[0]))
+    max_sweeps = 2 * needed + 10
+    record_every = max(1, math.ceil(max_sweeps / grid_points))
+    n_rec = max_sweeps // record_every + 1
+    batch = max(1, min(runs, _MEMORY_FLOATS // max(1, n_rec * problem.n)))
+    threads = numba.get_num_threads()
+    if batch > threads:
+        batch -= batch % threads  # whole rounds of the parallel threads
+    return _Plan(max_sweeps, record_every, n_rec, batch)
+
+
+class _Runs:
+    """The ensemble's per-run arrays (one row per run), filled batch by batch."""
+
+    def __init__(self, runs: int, n_rec: int, n: int) -> None:
+        self.distance = np.empty((runs, n_rec))
+        self.norm = np.empty((runs, n_rec))
+        self.endpoints = np.empty((runs, n))
+        self.sweeps_used = np.empty(runs, dtype=np.int64)
+
+    def fill(self, rows: slice | int, distance: Any, norm: Any, endpoints: Any, sweeps_used: Any) -> None:
+        self.distance[rows], self.norm[rows], self.endpoints[rows] = distance, norm, endpoints
+        self.sweeps_used[rows] = sweeps_used
+
+    def saved(self, rows: slice) -> dict[str, np.ndarray]:
+        return {"distance": self.distance[rows], "norm": self.norm[rows], "endpoints": self.endpoints[rows],
+                "sweeps_used": self.sweeps_used[rows]}
+
+
+def _record(folder: Path, problem: BalanceProblem, space: WeightSpace, tol: float, plan: _Plan) -> BatchRecord:
+    """The run record in ``folder``, fingerprinted by the problem and every setting that sets a run."""
+    settings = f"{tol!r} {plan.max_sweeps} {plan.record_every} {plan.n_rec} {space.fingerprint}"
+    return BatchRecord(folder, hashlib.sha256(f"{problem.fingerprint()} {settings}".encode()).hexdigest())
+
+
+def _resume(store: BatchRecord, arrays: _Runs, runs: int, seed: int) -> list[int]:
+    """Fill the runs the record holds; the others (indices) are still to do."""
+    saved = store.load()
+    todo = []
+    for r in range(runs):
+        if seed + r in saved:
+            run = saved[seed + r]
+            arrays.fill(r, run["distance"], run["norm"], run["endpoints"], int(run["sweeps_used"]))
+        else:
+            todo.append(r)
+    return todo
+
+
+def _stretches(todo: list[int], batch: int) -> Iterator[tuple[int, int]]:
+    """``(first, count)``: the next stretch of consecutive runs of ``todo``, at most ``batch`` long."""
+    todo = list(todo)
+    while todo:
+        first = todo[0]
+        count = 1
+        while count < min(batch, len(todo)) and todo[count] == first + count:
+            count += 1
+        del todo[:count]
+        yield first, count
+
+
+def stochastic_ensemble(problem: BalanceProblem, space: WeightSpace, *, runs: int, seed: int = 0, tol: float = 1e-10,
+                        grid_points: int = 120, progress: bool = False, record: Path | None = None) -> Ensemble:
     """Run stochastic balancing ``runs`` times from the problem's weights (``u = 0``).
 
     A pilot run (seed ``seed``) measures how many sweeps convergence takes; every run then
@@ -262,71 +327,31 @@ def stochastic_ensemble(
         raise SynbalError(f"grid_points must be at least 2, got {grid_points}")
     start_time = time.perf_counter()
     runs_fn = _many_runs(problem)
-    free = int(problem.free_mask().sum())
-    _, pilot, _ = runs_fn(1, seed, tol, 100_000, 0)
-    needed = int(abs(pilot[0]))
-    max_sweeps = 2 * needed + 10
-    record_every = max(1, math.ceil(max_sweeps / grid_points))
-    n_rec = max_sweeps // record_every + 1
-    batch = max(1, min(runs, _MEMORY_FLOATS // max(1, n_rec * problem.n)))
-    threads = numba.get_num_threads()
-    if batch > threads:
-        batch -= batch % threads  # whole rounds of the parallel threads
-    distance = np.empty((runs, n_rec))
-    norm = np.empty((runs, n_rec))
-    endpoints = np.empty((runs, problem.n))
-    sweeps_used = np.empty(runs, dtype=np.int64)
-    todo = list(range(runs))
-    store = None
-    if record is not None:
-        settings = f"{tol!r} {max_sweeps} {record_every} {n_rec} {space.fingerprint}"
-        store = BatchRecord(record, hashlib.sha256(f"{problem.fingerprint()} {settings}".encode()).hexdigest())
-        saved = store.load()
-        todo = []
-        for r in range(runs):
-            if seed + r in saved:
-                run = saved[seed + r]
-                distance[r], norm[r], endpoints[r] = run["distance"], run["norm"], run["endpoints"]
-                sweeps_used[r] = int(run["sweeps_used"])
-            else:
-                todo.append(r)
+    plan = _plan(problem, runs_fn, runs, seed, tol, grid_points)
+    arrays = _Runs(runs, plan.n_rec, problem.n)
+    store = None if record is None else _record(record, problem, space, tol, plan)
+    todo = list(range(runs)) if store is None else _resume(store, arrays, runs, seed)
     resumed = runs - len(todo)
     bar = tqdm(total=runs, initial=resumed, desc="stochastic runs", unit="run", disable=not progress,
                leave=False)
     try:
-        while todo:
-            # the next stretch of consecutive missing runs, at most one batch long
-            first = todo[0]
-            count = 1
-            while count < min(batch, len(todo)) and todo[count] == first + count:
-                count += 1
-            del todo[:count]
-            U, used, snaps = runs_fn(count, seed + first, tol, max_sweeps, record_every)
-            dist, nrm = space.measure(snaps.reshape(count * n_rec, problem.n))
+        for first, count in _stretches(todo, plan.batch):
+            U, used, snaps = runs_fn(count, seed + first, tol, plan.max_sweeps, plan.record_every)
+            dist, nrm = space.measure(snaps.reshape(count * plan.n_rec, problem.n))
             rows = slice(first, first + count)
-            distance[rows] = dist.reshape(count, n_rec) / space.reference_norm
-            norm[rows] = nrm.reshape(count, n_rec)
-            endpoints[rows] = U
-            sweeps_used[rows] = used
+            arrays.fill(rows, dist.reshape(count, plan.n_rec) / space.reference_norm,
+                        nrm.reshape(count, plan.n_rec), U, used)
             if store is not None:
-                store.save(np.arange(seed + first, seed + first + count), distance=distance[rows], norm=norm[rows],
-                           endpoints=endpoints[rows], sweeps_used=sweeps_used[rows])
+                store.save(np.arange(seed + first, seed + first + count), **arrays.saved(rows))
             bar.update(count)
     finally:
         bar.close()
     # keep one grid point past the slowest run (later points only repeat the end states)
-    keep = min(n_rec, int(np.abs(sweeps_used).max()) // record_every + 2)
-    return Ensemble(
-        sweep_grid=np.arange(keep) * record_every,
-        steps_per_sweep=free,
-        distance=distance[:, :keep],
-        norm=norm[:, :keep],
-        endpoints=endpoints,
-        sweeps_used=sweeps_used,
-        max_sweeps=max_sweeps,
-        seconds=time.perf_counter() - start_time,
-        resumed=resumed,
-    )
+    keep = min(plan.n_rec, int(np.abs(arrays.sweeps_used).max()) // plan.record_every + 2)
+    return Ensemble(sweep_grid=np.arange(keep) * plan.record_every, steps_per_sweep=int(problem.free_mask().sum()),
+                    distance=arrays.distance[:, :keep], norm=arrays.norm[:, :keep], endpoints=arrays.endpoints,
+                    sweeps_used=arrays.sweeps_used, max_sweeps=plan.max_sweeps,
+                    seconds=time.perf_counter() - start_time, resumed=resumed)
 
 
 def endpoint_spread(problem: BalanceProblem, endpoints: np.ndarray) -> dict[str, float]:
@@ -355,31 +380,71 @@ def _max_spread_percent(distance: np.ndarray) -> float:
     return float(100.0 * (distance.std(axis=0)[moving] / mean[moving]).max())
 
 
+def _problem_numbers(problem: BalanceProblem, ens: Ensemble) -> dict[str, Any]:
+    return {
+        "units": problem.n,
+        "free_units": ens.steps_per_sweep,
+        "weight_entries": int(sum(b.matrix.nnz if b.is_sparse else np.count_nonzero(np.asarray(b.matrix))
+                                  for b in problem.blocks)),
+    }
+
+
+def _runs_numbers(ens: Ensemble) -> dict[str, Any]:
+    used = np.abs(ens.sweeps_used)
+    return {
+        "count": int(ens.sweeps_used.shape[0]),
+        "converged": int(ens.converged.sum()),
+        "sweeps_min": int(used.min()),
+        "sweeps_mean": float(used.mean()),
+        "sweeps_max": int(used.max()),
+        "sweep_budget": ens.max_sweeps,
+        "steps_per_sweep": ens.steps_per_sweep,
+        "seconds": ens.seconds,
+        "resumed_from_record": ens.resumed,
+    }
+
+
+def _final_numbers(problem: BalanceProblem, ens: Ensemble) -> dict[str, Any]:
+    final_dist = ens.distance[:, -1]
+    final_norm = ens.norm[:, -1]
+    initial_norm = float(ens.norm[0, 0])
+    return {
+        "max_relative_distance_to_balanced": float(final_dist.max()),
+        "mean_relative_distance_to_balanced": float(final_dist.mean()),
+        **endpoint_spread(problem, ens.endpoints),
+        "frobenius_norm_mean": float(final_norm.mean()),
+        "frobenius_norm_std": float(final_norm.std()),
+        "frobenius_norm_decrease_percent": 100.0 * (1.0 - float(final_norm.mean()) / initial_norm),
+        "max_distance_spread_percent": _max_spread_percent(ens.distance),
+        "norm_monotone_in_every_run": bool(np.all(np.diff(ens.norm, axis=1) <= 1e-12 * initial_norm)),
+    }
+
+
+def _curves(ens: Ensemble) -> dict[str, Any]:
+    return {
+        "sweeps": ens.sweep_grid,
+        "steps": ens.step_grid,
+        "relative_distance_mean": ens.distance.mean(axis=0),
+        "relative_distance_std": ens.distance.std(axis=0),
+        "frobenius_norm_mean": ens.norm.mean(axis=0),
+        "frobenius_norm_std": ens.norm.std(axis=0),
+    }
+
+
 def analyse_problem(problem: BalanceProblem, settings: Fig9Settings, *, progress: bool = False,
                     record: Path | None = None) -> tuple[dict[str, Any], Ensemble]:
     """Reference by the exact solver, the stochastic ensemble, and every summary number
     (``record``: the folder of :func:`stochastic_ensemble`'s resumable run record)."""
-    reg = parse_regularizer("l2")
     start = time.perf_counter()
-    exact = solve(problem, reg, "exact", SolveOptions(tol=min(settings.tol, 1e-12),
-                                                    max_sweeps=10_000, progress=progress))
+    exact = solve(problem, parse_regularizer("l2"), "exact",
+                  SolveOptions(tol=min(settings.tol, 1e-12), max_sweeps=10_000, progress=progress))
     exact_seconds = time.perf_counter() - start
     space = WeightSpace(problem, exact.u)
     ens = stochastic_ensemble(problem, space, runs=settings.runs, seed=settings.seed,
                               tol=settings.tol, grid_points=settings.grid_points,
                               progress=progress, record=record)
-    final_dist = ens.distance[:, -1]
-    final_norm = ens.norm[:, -1]
-    initial_norm = float(ens.norm[0, 0])
-    used = np.abs(ens.sweeps_used)
-    spread = endpoint_spread(problem, ens.endpoints)
     results: dict[str, Any] = {
-        "problem": {
-            "units": problem.n,
-            "free_units": ens.steps_per_sweep,
-            "weight_entries": int(sum(b.matrix.nnz if b.is_sparse else np.count_nonzero(np.asarray(b.matrix))
-                                      for b in problem.blocks)),
-        },
+        "problem": _problem_numbers(problem, ens),
         "reference": {
             "method": "exact",
             "converged": exact.converged,
@@ -388,42 +453,16 @@ def analyse_problem(problem: BalanceProblem, settings: Fig9Settings, *, progress
             "frobenius_norm": space.reference_norm,
         },
         "initial": {
-            "frobenius_norm": initial_norm,
+            "frobenius_norm": float(ens.norm[0, 0]),
             "relative_distance_to_balanced": float(ens.distance[0, 0]),
             "max_relative_deficit": problem.max_relative_deficit(np.zeros(problem.n)),
         },
-        "runs": {
-            "count": settings.runs,
-            "converged": int(ens.converged.sum()),
-            "sweeps_min": int(used.min()),
-            "sweeps_mean": float(used.mean()),
-            "sweeps_max": int(used.max()),
-            "sweep_budget": ens.max_sweeps,
-            "steps_per_sweep": ens.steps_per_sweep,
-            "seconds": ens.seconds,
-            "resumed_from_record": ens.resumed,
-        },
-        "final": {
-            "max_relative_distance_to_balanced": float(final_dist.max()),
-            "mean_relative_distance_to_balanced": float(final_dist.mean()),
-            **spread,
-            "frobenius_norm_mean": float(final_norm.mean()),
-            "frobenius_norm_std": float(final_norm.std()),
-            "frobenius_norm_decrease_percent": 100.0 * (1.0 - float(final_norm.mean()) / initial_norm),
-            "max_distance_spread_percent": _max_spread_percent(ens.distance),
-            "norm_monotone_in_every_run": bool(np.all(np.diff(ens.norm, axis=1) <= 1e-12 * initial_norm)),
-        },
-        "curves": {
-            "sweeps": ens.sweep_grid,
-            "steps": ens.step_grid,
-            "relative_distance_mean": ens.distance.mean(axis=0),
-            "relative_distance_std": ens.distance.std(axis=0),
-            "frobenius_norm_mean": ens.norm.mean(axis=0),
-            "frobenius_norm_std": ens.norm.std(axis=0),
-        },
+        "runs": _runs_numbers(ens),
+        "final": _final_numbers(problem, ens),
+        "curves": _curves(ens),
     }
     results["supports_claim"] = bool(
-        ens.converged.all() and final_dist.max() <= SAME_STATE_THRESHOLD
+        ens.converged.all() and results["final"]["max_relative_distance_to_balanced"] <= SAME_STATE_THRESHOLD
         and results["final"]["frobenius_norm_decrease_percent"] > 0.0
     )
     return results, ens
@@ -432,7 +471,7 @@ def analyse_problem(problem: BalanceProblem, settings: Fig9Settings, *, progress
 # ---------------------------------------------------------------------------- outputs
 def plot_ensemble(ens: Ensemble, title: str) -> Any:
     """Figure 9 in the paper's style: distance to ``W_balanced`` and ``‖W‖_F``, mean ± 1 std."""
-    from synbal.experiments.report import new_figure, plot_mean_std
+    from synbal.experiments._report import new_figure, plot_mean_std
 
     fig, (ax_dist, ax_norm) = new_figure(ncols=2)
     sweeps = ens.sweep_grid
@@ -547,42 +586,10 @@ def settings_for(ctx: ExperimentContext, name: str) -> Fig9Settings:
     return replace(chosen, runs=ctx.n_seeds(full.runs, quick.runs))
 
 
-def cifar10_standin() -> ImageDataset:
-    """The stand-in for CIFAR-10 when no files are given: embedded MNIST digits as colour images.
-
-    Each 28×28 digit is zero-padded to 32×32 and copied into three channels, so the images have
-    CIFAR-10's shape (32×32×3) and ten classes; it is *not* CIFAR-10 (grey digits on black),
-    and every output says so.
-
-    >>> ds = cifar10_standin()
-    >>> ds.image_shape, ds.num_classes
-    ((32, 32, 3), 10)
-    """
+def _dataset(net: _Network, ctx: ExperimentContext) -> ImageDataset:
     from synbal.data import load_mnist
 
-    mnist = load_mnist()
-
-    def colour(images: np.ndarray) -> np.ndarray:
-        padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
-        return np.ascontiguousarray(np.repeat(padded[..., None], 3, axis=3))
-
-    return ImageDataset(
-        name="cifar10-standin",
-        train_images=colour(mnist.train_images),
-        train_labels=mnist.train_labels,
-        test_images=colour(mnist.test_images),
-        test_labels=mnist.test_labels,
-        source="STAND-IN for CIFAR-10 (no --data given): embedded MNIST digits zero-padded to "
-        "32x32 and copied into 3 channels — not CIFAR-10",
-    )
-
-
-def _dataset(net: _Network, ctx: ExperimentContext) -> ImageDataset:
-    from synbal.data import load_cifar10, load_mnist
-
-    if net is _AE:
-        return load_mnist(ctx.data)
-    return load_cifar10(ctx.data) if ctx.data is not None else cifar10_standin()
+    return load_mnist(ctx.data) if net is _AE else cifar_or_standin(ctx.data)
 
 
 def _trained_problem(net: _Network, ctx: ExperimentContext, settings: Fig9Settings
@@ -591,8 +598,8 @@ def _trained_problem(net: _Network, ctx: ExperimentContext, settings: Fig9Settin
     import torch
 
     from synbal._adapters.protocol import adapter_for
-    from synbal.experiments import models
-    from synbal.experiments.models import lc_cifar_net, mnist_autoencoder
+    from synbal.experiments import _models as models
+    from synbal.experiments._models import lc_cifar_net, mnist_autoencoder
     from synbal.training import TrainConfig, train
 
     dataset = _dataset(net, ctx)
@@ -644,7 +651,7 @@ def reproduce(ctx: ExperimentContext, name: str, settings: Fig9Settings | None =
     end points included), so an interrupted reproduction started again with the same ``--out``
     and settings resumes; that folder can be deleted once the outputs are written.
     """
-    from synbal.experiments.report import write_outputs
+    from synbal.experiments._report import write_outputs
 
     nets = {"fig9": _AE, "fig9-lc": _LC}
     if name not in nets:

@@ -1,7 +1,7 @@
 """Figures 7 and 8 on the locally connected network (``fig7-lc``, ``fig8-lc``).
 
 The paper's second series (Figure 7 D–F, Figure 8 D–F): a net with three locally connected and
-three fully connected layers, 3072-5000-2592-1296-300-100-10 (:func:`~synbal.experiments.models.lc_cifar_net`),
+three fully connected layers, 3072-5000-2592-1296-300-100-10 (:func:`~synbal.experiments._models.lc_cifar_net`),
 leaky ReLU hidden units, softmax output with cross-entropy, SGD with batch 5, on CIFAR-10.
 
 Data: CIFAR-10 from ``--data`` (the directory of the python-format batch files). Without it a
@@ -11,8 +11,8 @@ claims are about balance dynamics, not about CIFAR accuracy). Batch 5 makes an e
 50,000 CIFAR images 10,000 steps, so the runs use a stratified training subset
 (full: 5,000 images, 10 epochs, 3 seeds; ``--quick``: 500 images, 4 epochs, 2 seeds).
 
-Arms and verdict rules are those of :mod:`synbal.experiments.fig7` and
-:mod:`synbal.experiments.fig8`: ``fig7-lc`` trains E, E + 5e-3·L2 and E + 5e-4·L1 at lr 0.01;
+Arms and verdict rules are those of :mod:`synbal.experiments._fig7` and
+:mod:`synbal.experiments._fig8`: ``fig7-lc`` trains E, E + 5e-3·L2 and E + 5e-4·L1 at lr 0.01;
 ``fig8-lc`` balances first (stochastic) and trains E at lr 0.02, E + 5e-3·L2 at lr 0.02 and E at
 lr 0.001.
 """
@@ -22,70 +22,16 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
-
-from synbal.data import ImageDataset, load_cifar10, load_mnist
-from synbal.experiments import fig7, fig8
+from synbal.experiments import _fig7 as fig7
+from synbal.experiments import _fig8 as fig8
+from synbal.experiments._arms import Arm, plot_arms, run_arms, summarise_arm, torch_threads
+from synbal.experiments._report import ExperimentContext, write_outputs
+from synbal.experiments._tasks import lc_task
 from synbal.experiments.cache import RunCache
-from synbal.experiments.dynamics import Arm, Task, plot_arms, run_arms, summarise_arm, torch_threads
-from synbal.experiments.models import LC_INIT, lc_cifar_net
-from synbal.experiments.report import ExperimentContext, write_outputs
 
-__all__ = ["OPTIONS", "cifar_or_standin", "lc_task", "mnist_as_cifar", "run_fig7_lc", "run_fig8_lc"]
+__all__ = ["OPTIONS", "run_fig7_lc", "run_fig8_lc"]
 
 OPTIONS = {**fig7.OPTIONS, "train_size": "training images (default 5000; 500 with --quick)"}
-
-STANDIN = ("stand-in for CIFAR-10 (no --data given): embedded MNIST digits zero-padded to 32×32 "
-           "with 3 identical channels")
-
-
-def mnist_as_cifar(ds: ImageDataset) -> ImageDataset:
-    """MNIST-format images as 32×32×3: 2-pixel zero padding, grey copied to 3 channels.
-
-    >>> import numpy as np
-    >>> small = ImageDataset("m", np.ones((2, 28, 28), np.uint8), np.array([0, 1]),
-    ...                      np.ones((1, 28, 28), np.uint8), np.array([1]), source="s")
-    >>> out = mnist_as_cifar(small)
-    >>> out.image_shape, int(out.train_images[0, 0, 0, 0]), int(out.train_images[0, 2, 2, 1])
-    ((32, 32, 3), 0, 1)
-    """
-    def convert(images: np.ndarray) -> np.ndarray:
-        padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
-        return np.repeat(padded[..., None], 3, axis=3)
-
-    return ImageDataset(
-        name=f"{ds.name} as 32x32x3",
-        train_images=convert(ds.train_images),
-        train_labels=ds.train_labels,
-        test_images=convert(ds.test_images),
-        test_labels=ds.test_labels,
-        source=f"{STANDIN} ({ds.source})",
-    )
-
-
-def cifar_or_standin(ctx: ExperimentContext) -> ImageDataset:
-    """CIFAR-10 from ``ctx.data``, else the documented MNIST stand-in."""
-    return load_cifar10(ctx.data) if ctx.data is not None else mnist_as_cifar(load_mnist())
-
-
-def lc_task(ctx: ExperimentContext, name: str) -> Task:
-    """The locally connected net on a stratified training subset, batch 5, cross-entropy."""
-    ds = cifar_or_standin(ctx)
-    size = int(ctx.extra.get("train_size", 500 if ctx.quick else 5000))
-    ds = ds.subset(min(size, ds.n_train), seed=0)
-    x, y = ds.tensors("train", flatten=False)
-    return Task(
-        name=name,
-        model_factory=lambda seed: lc_cifar_net(seed=seed),
-        train_data=(x, y),
-        loss="cross_entropy",
-        batch_size=5,
-        epochs=int(ctx.extra.get("epochs", 4 if ctx.quick else 10)),
-        data_source=ds.source,
-        example_inputs=x[:2],
-        init=LC_INIT,
-    )
-
 
 def _run(ctx: ExperimentContext, name: str, claim: str, arms: list[Arm], metrics: list[str],
          verdict: Any, start_note: str = "") -> dict[str, Any]:

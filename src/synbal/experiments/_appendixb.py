@@ -39,8 +39,8 @@ from synbal._problem.regularizers import parse_regularizer
 from synbal._solvers import SolveOptions, solve
 from synbal._solvers.schedules import tied_layer_closed_form
 from synbal.errors import SynbalError
-from synbal.experiments.random_graphs import random_weights
-from synbal.experiments.report import ExperimentContext, new_figure, write_outputs
+from synbal.experiments._random_graphs import random_weights
+from synbal.experiments._report import ExperimentContext, new_figure, write_outputs
 
 __all__ = ["AGREE", "printed_eq_12_7", "run", "verdict"]
 

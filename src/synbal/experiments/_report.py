@@ -23,7 +23,8 @@ import numpy as np
 
 from synbal._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-__all__ = ["ExperimentContext", "environment", "new_figure", "plot_mean_std", "to_jsonable", "write_outputs"]
+__all__ = ["ExperimentContext", "environment", "new_figure", "plot_mean_std", "table_head", "to_jsonable",
+           "write_outputs"]
 
 
 @dataclass
@@ -31,7 +32,12 @@ class ExperimentContext:
     """Where and how an experiment runs.
 
     ``data`` is a user path to real data (``None``: the embedded default or a stated stand-in),
-    ``quick`` selects the few-minute variant, ``seeds`` overrides the number of seeds.
+    ``quick`` selects the few-minute variant, ``seeds`` overrides the number of seeds, and
+    ``extra`` holds the experiment's own options (``--set KEY=VALUE``).
+
+    >>> ctx = ExperimentContext(out_dir=Path("out"), quick=True)
+    >>> ctx.n_seeds(full=5, quick=2), ExperimentContext(Path("out"), seeds=7).n_seeds(full=5, quick=2)
+    (2, 7)
     """
 
     out_dir: Path
@@ -64,6 +70,15 @@ def environment() -> dict[str, str]:
         "torch": torch.__version__,
         "platform": platform.platform(),
     }
+
+
+def table_head(*cells: str) -> list[str]:
+    """The first two lines of a markdown table with these column titles.
+
+    >>> table_head("net", "ratio")
+    ['| net | ratio |', '|---|---|']
+    """
+    return ["| " + " | ".join(cells) + " |", "|" + "---|" * len(cells)]
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.6)) -> tuple[Any, Any]:

@@ -3,10 +3,10 @@
 Claim tested (synaptic-balance paper v3/v4; Alexos, Domingo & Baldi, AAAI 2025): balancing before
 or during training improves learning speed and final accuracy. ``speed`` (v1, results kept in
 ``results/speed/``) trained every arm at one untuned learning rate; ``speed2`` follows the AAAI
-recipe and decides with rules fixed in :mod:`synbal.experiments.speed2_rules` before any run
+recipe and decides with rules fixed in :mod:`synbal.experiments._speed2_rules` before any run
 (paired by seed, 5 seeds, 95 % intervals: Supported / Refuted / Inconclusive).
 
-Common recipe (:mod:`synbal.experiments.speed2_train`): fully connected ReLU nets 784-256-10,
+Common recipe (:mod:`synbal.experiments._speed2_train`): fully connected ReLU nets 784-256-10,
 784-256-128-10, 784-512-256-128-64-10 (PyTorch default init), inputs ``Normalize(0.5, 0.5)``,
 cross-entropy, batch 256; balancing is AAAI's weights-only balancing (biases neither counted nor
 rescaled). Arms (:data:`ARMS`): plain; full L2 balance at start; L1NB and L2NB (weights-only
@@ -47,13 +47,13 @@ from tqdm.auto import tqdm
 
 from synbal.data import ImageDataset, load_fashion_mnist, load_mnist
 from synbal.errors import SynbalError
+from synbal.experiments._arms import torch_threads
+from synbal.experiments._models import DEFAULT_INIT, SPEED_ARCHITECTURES
+from synbal.experiments._report import ExperimentContext, write_outputs
+from synbal.experiments._speed2_report import MATCH_BAND as MATCH_BAND_POINTS
+from synbal.experiments._speed2_rules import mean_ci, paired_decision
+from synbal.experiments._speed2_train import RunSpec, normalise, train_run
 from synbal.experiments.cache import RunCache
-from synbal.experiments.dynamics import torch_threads
-from synbal.experiments.models import DEFAULT_INIT, SPEED_ARCHITECTURES
-from synbal.experiments.report import ExperimentContext, write_outputs
-from synbal.experiments.speed2_report import MATCH_BAND as MATCH_BAND_POINTS
-from synbal.experiments.speed2_rules import mean_ci, paired_decision
-from synbal.experiments.speed2_train import RunSpec, normalise, train_run
 
 __all__ = ["ARMS", "Speed2Settings", "run", "steps_to", "stratified_split"]
 
@@ -288,7 +288,7 @@ def part_c(st: Speed2Settings, ctx: ExperimentContext, runner: _Runner) -> dict[
 
 def run(ctx: ExperimentContext) -> dict[str, Any]:
     """``synbal reproduce speed2`` (see the module docstring)."""
-    from synbal.experiments.speed2_report import figures, markdown
+    from synbal.experiments._speed2_report import figures, markdown
 
     st = Speed2Settings.for_context(ctx)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,10 +24,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from synbal.experiments import fig7
-from synbal.experiments.dynamics import Arm, plot_arms, run_arms, summarise_arm, torch_threads
-from synbal.experiments.fig7 import autoencoder_task, summary_markdown
-from synbal.experiments.report import ExperimentContext, write_outputs
+from synbal.experiments import _fig7 as fig7
+from synbal.experiments._arms import Arm, plot_arms, run_arms, summarise_arm, torch_threads
+from synbal.experiments._fig7 import summary_markdown
+from synbal.experiments._report import ExperimentContext, write_outputs
+from synbal.experiments._tasks import autoencoder_task
 
 __all__ = ["fig8_arms", "run", "verdict"]
 

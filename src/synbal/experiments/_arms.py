@@ -1,4 +1,4 @@
-"""Balance dynamics during training — the machinery shared by fig7, fig8 and their ``-lc`` variants.
+"""Arms and tasks: the training harness of fig7, fig8 and their ``-lc`` variants (balance dynamics).
 
 A *task* is a network family, data and a training recipe; an *arm* is one way of training it
 (learning rate, regularizer ``β·R``, optional balancing before training). :func:`run_arms`
@@ -38,8 +38,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from synbal.experiments._models import DEFAULT_INIT
 from synbal.experiments.cache import RunCache
-from synbal.experiments.models import DEFAULT_INIT
 from synbal.training import BalanceSchedule, TrainConfig, train
 
 __all__ = ["DERIVED_METRICS", "METRICS", "Arm", "Task", "flow_decay", "plot_arms", "run_arms", "scale_free",
@@ -230,7 +230,7 @@ _PANELS = {
 def plot_arms(task: Task, arms: Sequence[Arm], results: dict[str, Any], metrics: Sequence[str],
               *, theory: bool = True, title: str = "") -> Any:
     """One panel per metric, one mean ± 1 std curve per arm; dashed: the L2 flow prediction."""
-    from synbal.experiments.report import new_figure, plot_mean_std
+    from synbal.experiments._report import new_figure, plot_mean_std
 
     fig, axes = new_figure(ncols=len(metrics), size=(4.6, 3.6))
     axes = np.atleast_1d(axes)

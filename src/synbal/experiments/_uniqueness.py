@@ -5,7 +5,7 @@ network of BiLU/BiPU units and any Lp regularizer, shown in the paper's Figure 9
 nets with L2): stochastic balancing, run with many random orders from the same weights, converges
 to a single balanced state that depends only on the weights.
 
-Design: four families of random explicit networks (:func:`~synbal.experiments.random_graphs.random_graph`,
+Design: four families of random explicit networks (:func:`~synbal.experiments._random_graphs.random_graph`,
 biases included, weights log-uniform in [0.2, 2] with random signs) —
 
 * ``non-layered``: DAGs with skip connections, BiLU units of several slopes;
@@ -42,8 +42,8 @@ from synbal._adapters.graph import GraphAdapter
 from synbal._problem.regularizers import parse_regularizer
 from synbal._solvers import SolveOptions, solve
 from synbal.errors import SynbalError
-from synbal.experiments.random_graphs import random_graph
-from synbal.experiments.report import ExperimentContext, new_figure, write_outputs
+from synbal.experiments._random_graphs import random_graph
+from synbal.experiments._report import ExperimentContext, new_figure, write_outputs
 
 __all__ = ["FAMILIES", "SAME_STATE", "UniquenessSettings", "run", "run_cell", "verdict"]
 

@@ -21,7 +21,7 @@ initialization, full-batch gradient descent on ``(1/2m) Σ ‖ŷ − y‖²`` wi
    gated differently on the same sample, and the paper's cross-sample expression evaluated
    literally, compared with the exact rate.
 
-``synbal reproduce lnn-relu`` (:mod:`synbal.experiments.lnn_relu`) — a 7-layer bias-free ReLU MLP
+``synbal reproduce lnn-relu`` (:mod:`synbal.experiments._lnn_relu`) — a 7-layer bias-free ReLU MLP
 784-100×6-10 on MNIST: layer norms over training (Fig. 2), the per-neuron deficit monitor, and
 the test of Conjecture 4 (upper layers' Gram rates match: ``‖d(W_{l+1}ᵀW_{l+1})/dt −
 d(W_lW_lᵀ)/dt‖_F → 0``; growth rates of upper-layer norms become similar).
@@ -50,9 +50,9 @@ from tqdm.auto import tqdm
 
 from synbal.dynamics import GramMonitor, glorot_init, gram_rates
 from synbal.errors import SynbalError
-from synbal.experiments import lnn_verdicts as words
-from synbal.experiments.lnn_verdicts import transition_sharpness
-from synbal.experiments.report import ExperimentContext, new_figure, plot_mean_std, write_outputs
+from synbal.experiments import _lnn_verdicts as words
+from synbal.experiments._lnn_verdicts import transition_sharpness
+from synbal.experiments._report import ExperimentContext, new_figure, plot_mean_std, write_outputs
 
 __all__ = [
     "MixtureTask",
@@ -769,7 +769,7 @@ def _eq29_paragraph(eq29: dict[str, Any]) -> str:
                     max(float(np.max(e["paper_rhs_error"])) for e in eq29.values())))
 
 
-def _lnn_summary(res: dict[str, Any], st: LnnSettings) -> str:
+def _norms_section(res: dict[str, Any], st: LnnSettings) -> list[str]:
     nets = res["nets"]
     lines = [
         "# Layer dynamics of deep linear nets (Basu et al., Fig. 1)",
@@ -795,10 +795,12 @@ def _lnn_summary(res: dict[str, Any], st: LnnSettings) -> str:
             f"{_fmt(n['final_loss'])} | {_fmt(n['layer_norm_spread_at_init'])} | "
             f"{_fmt(n['layer_norm_spread_final'])} | {_fmt(n['layer_norm_spread_max'])} | "
             f"{_fmt(n['trace_C_change'])} | {_fmt(n['final_relative_drift_max'])} |")
-    lines += [
-        "",
-        _norms_paragraph(nets),
-        "",
+    lines += ["", _norms_paragraph(nets), ""]
+    return lines
+
+
+def _bound_section(nets: dict[str, Any]) -> list[str]:
+    lines = [
         "## The bound (17) with κ1, κ2 measured as in the paper",
         "",
         "| run | κ1 | κ2 | M = (2κ1+1)‖Σ_yx‖ | bound ≥ Π‖W_l‖ (fraction of t) | bound ≥ U |"
@@ -821,6 +823,12 @@ def _lnn_summary(res: dict[str, Any], st: LnnSettings) -> str:
         "the printed M).",
         "",
     ]
+    return lines
+
+
+def _depth_section(res: dict[str, Any]) -> list[str]:
+    nets = res["nets"]
+    lines: list[str] = []
     for init, dc in res["depth_comparison"].items():
         lines += [
             f"Fig. 1 iii, {init} init (2-layer constants, seed 0: κ1 = {dc['kappa1']:.3g}, "
@@ -840,7 +848,11 @@ def _lnn_summary(res: dict[str, Any], st: LnnSettings) -> str:
                          f"{printed} | {measured} |")
         lines.append("")
     lines += [_depth_sentence(res), ""]
-    lines += [
+    return lines
+
+
+def _conservation_section(res: dict[str, Any], st: LnnSettings) -> list[str]:
+    lines = [
         "## Conservation law vs learning rate (glorot init; drift after fixed time "
         f"T = {st.sweep_time}, η ∈ {list(st.sweep_lrs)})",
         "",
@@ -853,6 +865,12 @@ def _lnn_summary(res: dict[str, Any], st: LnnSettings) -> str:
         "",
         _conservation_paragraph(res["lr_sweep"]),
         "",
+    ]
+    return lines
+
+
+def _eq29_section(res: dict[str, Any], st: LnnSettings) -> list[str]:
+    lines = [
         f"## The ReLU symmetry-breaking term (eq. 29; seed 0, glorot init, t ∈ [0, {st.eq29_time}])",
         "",
         "| net | hidden layer | ‖dC_l/dt‖/‖d(W_lW_lᵀ)/dt‖ (t=0 → end) | max |diag dC_l/dt| | "
@@ -871,4 +889,9 @@ def _lnn_summary(res: dict[str, Any], st: LnnSettings) -> str:
         "",
         _eq29_paragraph(res["eq29"]),
     ]
-    return "\n".join(lines)
+    return lines
+
+
+def _lnn_summary(res: dict[str, Any], st: LnnSettings) -> str:
+    return "\n".join([*_norms_section(res, st), *_bound_section(res["nets"]), *_depth_section(res),
+                      *_conservation_section(res, st), *_eq29_section(res, st)])

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from synbal.experiments.report import new_figure, plot_mean_std
-from synbal.experiments.speed2_rules import MIN_GAIN_POINTS, MIN_SPEEDUP, NULL_BAND_POINTS
+from synbal.experiments._report import new_figure, plot_mean_std
+from synbal.experiments._speed2_rules import MIN_GAIN_POINTS, MIN_SPEEDUP, NULL_BAND_POINTS
 
 __all__ = ["BALANCING_ARMS", "figures", "markdown", "part_verdict"]
 

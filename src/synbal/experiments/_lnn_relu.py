@@ -30,7 +30,7 @@ the start, up to an O(η) drift of SGD; the norms themselves then grow at rates 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 
 from synbal.dynamics import GramMonitor, gram_rates, layer_norms, linear_layers
 from synbal.errors import SynbalError
-from synbal.experiments import lnn_verdicts as words
-from synbal.experiments.report import ExperimentContext, new_figure, plot_mean_std, write_outputs
+from synbal.experiments import _lnn_verdicts as words
+from synbal.experiments._report import ExperimentContext, new_figure, plot_mean_std, write_outputs
 
 __all__ = ["ReluSettings", "relu_mlp", "run", "spread_of_slopes", "train_and_record"]
 
@@ -54,12 +54,12 @@ LOWER = [0, 1, 2]  # layers 1–3
 class ReluSettings:
     """Settings of ``synbal reproduce lnn-relu``."""
 
-    seeds: int
-    steps: int = 5000
+    seeds: int  # nets trained, seeds 0, 1, …
+    steps: int = 5000  # SGD steps per net
     lr: float = 0.05
     batch_size: int = 100
-    record_every: int = 25
-    probe_size: int = 1000
+    record_every: int = 25  # steps between recordings (and the last step)
+    probe_size: int = 1000  # fixed training images on which the Gram rates are measured
 
     @classmethod
     def for_context(cls, ctx: ExperimentContext) -> ReluSettings:
@@ -92,64 +92,117 @@ def spread_of_slopes(values: np.ndarray, steps: np.ndarray, layers: Sequence[int
     return float((slopes.max() - slopes.min()) / abs(mean))
 
 
+class _Recorder:
+    """The recorded dynamics of one run: probe-batch rates, Gram records, and the exact step terms.
+
+    Exact finite-step bookkeeping: ``‖W − ηG‖² = ‖W‖² − 2η⟨W, G⟩ + η²‖G‖²``, and ``⟨W_l, G_l⟩`` is the
+    same for every layer (per neuron: ``diag(G_l W_lᵀ) = diag(W_{l+1}ᵀ G_{l+1})``) for bias-free BiLU
+    nets, so the norms minus the accumulated ``η²`` terms must move together (the residuals).
+    """
+
+    def __init__(self, net: torch.nn.Module, probe: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.net, self.probe = net, probe
+        self.layers = linear_layers(net)
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.monitor = GramMonitor(record_deficits=True)
+        self.steps: list[int] = []
+        self.asym: list[Any] = []
+        self.rate_scale: list[list[Any]] = []
+        self.losses: list[float] = []
+        self.step_sq = np.zeros(len(self.layers))
+        self.step_deficit = [np.zeros(m.out_features) for m in self.layers[:-1]]
+        self.sq_residual: list[float] = []
+        self.deficit_residual: list[list[float]] = []
+        self.sq0: np.ndarray | None = None
+        self.deficit0: list[np.ndarray] = []
+
+    def record(self, step: int) -> None:
+        """Rates on the probe batch, the Gram record, and the identities' residuals at ``step``."""
+        self.net.zero_grad()
+        probe_loss = self.loss_fn(self.net(self.probe[0]), self.probe[1])
+        probe_loss.backward()
+        rates = gram_rates(self.net)
+        self.steps.append(step)
+        self.asym.append(rates.relative_asymmetry())
+        self.rate_scale.append([np.linalg.norm(a) for a in rates.incoming])
+        self.losses.append(float(probe_loss.detach()))
+        rec = self.monitor.update(self.net, step)
+        if rec is None or rec.deficits is None:
+            raise SynbalError("GramMonitor skipped a recording step")
+        sq = rec.norms**2
+        if self.sq0 is None:
+            self.sq0, self.deficit0 = sq, list(rec.deficits)
+        corrected = sq - self.sq0 - self.step_sq  # = −2η Σ⟨W_l, G_l⟩: the same for every layer
+        self.sq_residual.append(float(np.ptp(corrected) / max(np.abs(sq - self.sq0).max(), 1e-300)))
+        self.deficit_residual.append([
+            float(np.max(np.abs(d - d0 - acc)) / max(np.max(np.abs(d - d0)), 1e-300))
+            for d, d0, acc in zip(rec.deficits, self.deficit0, self.step_deficit, strict=True)])
+
+    def add_step(self, lr: float) -> None:
+        """Accumulate the ``η²`` terms of the SGD step about to be taken (gradients in ``.grad``)."""
+        grads = [m.weight.grad.detach().numpy() for m in self.layers]
+        eta2 = lr**2
+        for k, G in enumerate(grads):
+            self.step_sq[k] += eta2 * float(np.sum(G * G))
+            if k < len(self.step_deficit):
+                self.step_deficit[k] += eta2 * (np.sum(G * G, axis=1) - np.sum(grads[k + 1] ** 2, axis=0))
+
+    def results(self, seed: int, accuracy: float) -> dict[str, Any]:
+        arr = self.monitor.as_arrays()
+        sq_growth = arr["norms"][-1] ** 2 - arr["norms"][0] ** 2
+        deficits = [r.deficits for r in self.monitor.history if r.deficits is not None]
+        deficit0 = deficits[0]
+        # largest change of a neuron's deficit, relative to the layer's mean incoming cost at that time
+        in_cost = [np.mean(np.sum(np.asarray(W) ** 2, axis=1)) for W in _weights(self.net)[:-1]]
+        deficit_drift = np.array([[np.max(np.abs(d[k] - deficit0[k])) for k in range(len(d))] for d in deficits])
+        return {
+            "seed": seed,
+            "steps": np.array(self.steps),
+            "norms": arr["norms"],
+            "relative_drift": arr["relative_drift"],
+            "deficit_drift": deficit_drift,
+            "deficit_drift_relative_final": deficit_drift[-1] / np.array(in_cost),
+            "asymmetry": np.array(self.asym),
+            "rate_scale": np.array(self.rate_scale),
+            "probe_loss": np.array(self.losses),
+            "test_accuracy": accuracy,
+            "final_norms": layer_norms(self.net),
+            "sq_norm_identity_residual": float(np.max(self.sq_residual)),
+            "deficit_identity_residual": np.max(np.array(self.deficit_residual), axis=0),
+            "step_term_share": float(np.max(self.step_sq / np.maximum(np.abs(sq_growth), 1e-300))),
+        }
+
+
+def _minibatches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Indices of consecutive minibatches of a random permutation, reshuffled when it runs out."""
+    perm, cursor = torch.randperm(n, generator=gen), 0
+    while True:
+        if cursor + batch_size > n:
+            perm, cursor = torch.randperm(n, generator=gen), 0
+        yield perm[cursor : cursor + batch_size]
+        cursor += batch_size
+
+
 def train_and_record(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                      st: ReluSettings, seed: int, bar: Any = None) -> dict[str, Any]:
     """Train one net with SGD; return the recorded dynamics (see the module docstring)."""
     net = relu_mlp(seed).double()
     x, x_test = x.double(), x_test.double()
-    layers = linear_layers(net)
     gen = torch.Generator().manual_seed(10_000 + seed)
     probe = torch.randperm(x.shape[0], generator=gen)[: st.probe_size]
-    xp, yp = x[probe], y[probe]
-    monitor = GramMonitor(record_deficits=True)
+    recorder = _Recorder(net, (x[probe], y[probe]))
     opt = torch.optim.SGD(net.parameters(), lr=st.lr)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    steps_rec, asym, rate_scale, losses = [], [], [], []
-    # exact finite-step bookkeeping: ‖W − ηG‖² = ‖W‖² − 2η⟨W, G⟩ + η²‖G‖², and ⟨W_l, G_l⟩ is the
-    # same for every layer (per neuron: diag(G_l W_lᵀ) = diag(W_{l+1}ᵀ G_{l+1})) for bias-free BiLU nets
-    step_sq = np.zeros(len(layers))
-    step_deficit = [np.zeros(m.out_features) for m in layers[:-1]]
-    sq_residual, deficit_residual = [], []
-    sq0: np.ndarray | None = None
-    deficit0: list[np.ndarray] = []
-    perm = torch.randperm(x.shape[0], generator=gen)
-    cursor = 0
+    batches = _minibatches(x.shape[0], st.batch_size, gen)
     for step in range(st.steps + 1):
         if step % st.record_every == 0 or step == st.steps:
-            net.zero_grad()
-            probe_loss = loss_fn(net(xp), yp)
-            probe_loss.backward()
-            rates = gram_rates(net)
-            steps_rec.append(step)
-            asym.append(rates.relative_asymmetry())
-            rate_scale.append([np.linalg.norm(a) for a in rates.incoming])
-            losses.append(float(probe_loss.detach()))
-            rec = monitor.update(net, step)
-            if rec is None or rec.deficits is None:
-                raise SynbalError("GramMonitor skipped a recording step")
-            sq = rec.norms**2
-            if sq0 is None:
-                sq0, deficit0 = sq, list(rec.deficits)
-            corrected = sq - sq0 - step_sq  # = −2η Σ⟨W_l, G_l⟩: the same for every layer
-            sq_residual.append(float(np.ptp(corrected) / max(np.abs(sq - sq0).max(), 1e-300)))
-            deficit_residual.append([
-                float(np.max(np.abs(d - d0 - acc)) / max(np.max(np.abs(d - d0)), 1e-300))
-                for d, d0, acc in zip(rec.deficits, deficit0, step_deficit, strict=True)])
+            recorder.record(step)
         if step == st.steps:
             break
-        if cursor + st.batch_size > x.shape[0]:
-            perm, cursor = torch.randperm(x.shape[0], generator=gen), 0
-        idx = perm[cursor : cursor + st.batch_size]
-        cursor += st.batch_size
+        idx = next(batches)
         opt.zero_grad()
-        loss = loss_fn(net(x[idx]), y[idx])
+        loss = recorder.loss_fn(net(x[idx]), y[idx])
         loss.backward()
-        grads = [m.weight.grad.detach().numpy() for m in layers]
-        eta2 = st.lr**2
-        for k, G in enumerate(grads):
-            step_sq[k] += eta2 * float(np.sum(G * G))
-            if k < len(step_deficit):
-                step_deficit[k] += eta2 * (np.sum(G * G, axis=1) - np.sum(grads[k + 1] ** 2, axis=0))
+        recorder.add_step(st.lr)
         opt.step()
         if not torch.isfinite(loss):
             raise SynbalError(f"SGD diverged at step {step} (lr={st.lr})")
@@ -157,29 +210,7 @@ def train_and_record(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_t
             bar.update()
     with torch.no_grad():
         accuracy = float((net(x_test).argmax(dim=1) == y_test).float().mean())
-    arr = monitor.as_arrays()
-    sq_growth = arr["norms"][-1] ** 2 - arr["norms"][0] ** 2
-    deficits = [r.deficits for r in monitor.history if r.deficits is not None]
-    deficit0 = deficits[0]
-    # largest change of a neuron's deficit, relative to the layer's mean incoming cost at that time
-    in_cost = [np.mean(np.sum(np.asarray(W) ** 2, axis=1)) for W in _weights(net)[:-1]]
-    deficit_drift = np.array([[np.max(np.abs(d[k] - deficit0[k])) for k in range(len(d))] for d in deficits])
-    return {
-        "seed": seed,
-        "steps": np.array(steps_rec),
-        "norms": arr["norms"],
-        "relative_drift": arr["relative_drift"],
-        "deficit_drift": deficit_drift,
-        "deficit_drift_relative_final": deficit_drift[-1] / np.array(in_cost),
-        "asymmetry": np.array(asym),
-        "rate_scale": np.array(rate_scale),
-        "probe_loss": np.array(losses),
-        "test_accuracy": accuracy,
-        "final_norms": layer_norms(net),
-        "sq_norm_identity_residual": float(np.max(sq_residual)),
-        "deficit_identity_residual": np.max(np.array(deficit_residual), axis=0),
-        "step_term_share": float(np.max(step_sq / np.maximum(np.abs(sq_growth), 1e-300))),
-    }
+    return recorder.results(seed, accuracy)
 
 
 def _weights(net: torch.nn.Module) -> list[np.ndarray]:
@@ -337,7 +368,6 @@ def _sc(stat: dict[str, Any], digits: int = 3) -> str:
 
 def _summary(res: dict[str, Any], st: ReluSettings, source: str) -> str:
     c4 = res["conjecture4"]
-    c4_text = c4["sentence"]
     lines = [
         "# Layer dynamics of a 7-layer ReLU MLP on MNIST (Basu et al., Fig. 2, Conjecture 4)",
         "",
@@ -363,6 +393,16 @@ def _summary(res: dict[str, Any], st: ReluSettings, source: str) -> str:
         f"Upper layers' norm growth rates match better than the lower ones': "
         f"**{c4['upper_layers_norm_growth_rates_match_better_than_lower']}**.",
         "",
+        _drive_paragraph(res),
+        "",
+        *_conjecture4_section(res),
+    ]
+    return "\n".join(lines)
+
+
+def _drive_paragraph(res: dict[str, Any]) -> str:
+    """Why the squared norms grow together: the per-step identity and its measured residual."""
+    return (
         ("What drives it is not the cross-sample cancellation the paper invokes (the identity below holds). "
          if res["sq_norm_identity_residual"]["mean"] <= words.ROUNDING_TOLERANCE else
          "The identity below fails here, so this run does not show what drives it. ")
@@ -374,8 +414,13 @@ def _summary(res: dict[str, Any], st: ReluSettings, source: str) -> str:
         + words.identity_sentence(float(res["sq_norm_identity_residual"]["mean"]),
                                   float(res["step_term_share"]["mean"])) + " "
         f"Relative change of ‖W_l‖² − ‖W_{{l+1}}‖² = trace C_l over training: "
-        f"{_vec(res['trace_C_change_relative'])}.",
-        "",
+        f"{_vec(res['trace_C_change_relative'])}."
+    )
+
+
+def _conjecture4_section(res: dict[str, Any]) -> list[str]:
+    c4 = res["conjecture4"]
+    return [
         "## Conjecture 4: ‖d(W_{l+1}ᵀW_{l+1})/dt − d(W_lW_lᵀ)/dt‖_F relative to ‖d(W_lW_lᵀ)/dt‖_F",
         "",
         "| hidden layer l | 1 | 2 | 3 | 4 | 5 | 6 |",
@@ -385,7 +430,7 @@ def _summary(res: dict[str, Any], st: ReluSettings, source: str) -> str:
         "| last 10% of training | " + " | ".join(f"{v:.3g}" for v in res["asymmetry_end"]["mean"]) + " |",
         "",
         f"Decreases during training (per layer): {c4['asymmetry_decreases_during_training']}. "
-        + c4_text,
+        + c4["sentence"],
         "",
         "## Per-neuron deficit monitor",
         "",
@@ -396,4 +441,3 @@ def _summary(res: dict[str, Any], st: ReluSettings, source: str) -> str:
                                       res["deficit_drift_relative_final"]["mean"],
                                       res["deficit_identity_residual"]["mean"]),
     ]
-    return "\n".join(lines)
