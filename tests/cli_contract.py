@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from synbal._cli.main import main
+from synbal.errors import SynbalError
 
 __all__ = ["CliResult", "assert_strict_json", "check_contract", "check_json_file", "run_cli"]
 
@@ -93,7 +94,7 @@ def _output_problems(path: Path, kind: str) -> list[str]:
             Graph.load(path)
         else:
             assert_strict_json(path.read_text(encoding="utf-8"))
-    except Exception as exc:  # any failure is a violation to report
+    except (SynbalError, OSError, ValueError) as exc:  # unreadable, malformed or not strict JSON
         return [f"{path.name} is not a valid {kind} output: {type(exc).__name__}: {exc}"[:300]]
     return []
 

@@ -181,7 +181,7 @@ def run_case(case: dict[str, Any], max_sweeps: int = 1000) -> tuple[str, str]:
                     detail = str(exc)
         except SynbalError as exc:
             outcome, detail = "typed", f"{type(exc).__name__}: {exc}"
-        except Exception as exc:
+        except Exception as exc:  # the outcome under test: an error that is not a SynbalError
             outcome, detail = "untyped", f"{type(exc).__name__}: {exc}"
     if time.perf_counter() - start > HANG_SECONDS:
         return "hang", f"{time.perf_counter() - start:.1f} s; {outcome}: {detail}"

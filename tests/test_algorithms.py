@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from problem_factory import layered_problem, random_problem
 from synbal._problem.regularizers import parse_regularizer
 from synbal._solvers import SolveOptions, solve
-from synbal._solvers.local import delta_r_closed_form, optimal_log_steps
 from synbal._solvers.schedules import tied_layer_closed_form
+from synbal._solvers.steps import delta_r_closed_form, optimal_log_steps
 
 L2 = parse_regularizer("l2")
 
@@ -92,7 +92,7 @@ def test_regularizer_never_increases_and_balancing_is_idempotent(seed, powers, b
     # idempotence: the exact state is a fixed point of every step
     exact = solve(prob, reg, "exact", SolveOptions(tol=1e-13))
     assert exact.converged
-    from synbal._compiled.kernels import UnitGraph
+    from synbal._compiled.unit_graph import UnitGraph
 
     u = exact.u.copy()
     UnitGraph.build(prob).run_steps(u, np.flatnonzero(prob.free_mask()), 1.0)
@@ -168,7 +168,8 @@ def test_unit_graph_prefetching_and_screened_check_change_nothing(bipu):
     """The prefetching step loops and the sampled convergence test give the plain kernel's results."""
     import dataclasses
 
-    from synbal._compiled.kernels import UnitGraph, _max_rel
+    from synbal._compiled.unit_graph import UnitGraph
+    from synbal._compiled.unit_steps import graph_max_rel
 
     prob = random_problem(np.random.default_rng(9), n=40, n_fixed=4, powers=(2.0,), bipu=bipu,
                           log10_range=1.0)
@@ -183,8 +184,7 @@ def test_unit_graph_prefetching_and_screened_check_change_nothing(bipu):
     np.testing.assert_array_equal(u1, u2)
     # the single-power convergence test is the problem's own max relative deficit (self-loops included)
     X, Y = plain.factors(u1)
-    got = _max_rel(free, plain.degree_ext, plain.powers, plain.in_ptr, plain.in_idx, plain.in_val,
-                   plain.out_ptr, plain.out_idx, plain.out_val, X, Y)
+    got = graph_max_rel(free, X, Y, plain.arrays)
     assert got == pytest.approx(prob.max_relative_deficit(u1), rel=1e-10)
     runs = [g.many_stochastic(np.zeros(prob.n), free, 4, 5, 1e-11, 20_000, 1.0) for g in (plain, ahead)]
     np.testing.assert_array_equal(runs[0][0], runs[1][0])

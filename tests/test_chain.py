@@ -128,7 +128,7 @@ def test_dense_names_and_finite_check() -> None:
 # ----------------------------------------------------------------------------- single-unit steps
 def test_chain_steps_follow_the_general_kernel_step_for_step() -> None:
     from synbal._compiled.chain_steps import ChainSteps, step_kernel
-    from synbal._compiled.kernels import UnitGraph
+    from synbal._compiled.unit_graph import UnitGraph
 
     for activation in ("relu", {"type": "bipu", "c": 2.0, "C": 1.0, "D": 0.0}):
         problem = DenseNetAdapter(_net([5, 7, 6, 8, 3], seed=6, dtype=np.float32, activation=activation)
@@ -150,7 +150,7 @@ def test_chain_steps_follow_the_general_kernel_step_for_step() -> None:
 
 def test_chain_many_stochastic_runs_reach_the_exact_state() -> None:
     from synbal._compiled.chain_steps import step_kernel
-    from synbal._compiled.kernels import UnitGraph
+    from synbal._compiled.unit_graph import UnitGraph
 
     problem = DenseNetAdapter(_net([4, 6, 5, 6, 3], seed=7)).problem(parse_regularizer("l2"))
     free = np.arange(problem.n)

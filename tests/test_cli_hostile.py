@@ -202,7 +202,7 @@ def test_a_signal_mid_write_leaves_no_temporary_file(tmp_path: Path, sig: int, c
 
 def test_a_model_that_fails_its_check_writes_nothing(tmp_path: Path, monkeypatch) -> None:
     torch = pytest.importorskip("torch")
-    import synbal._cli.torch_files as cli_support
+    import synbal._cli.commands.model_files as cli_support
     from synbal.errors import VerificationError
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))

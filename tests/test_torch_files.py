@@ -13,7 +13,7 @@ from safetensors.torch import load_model, save_model
 
 import synbal
 from model_zoo import ZOO, build
-from synbal._cli.torch_files import balance_model_file, inspect_model_file
+from synbal._cli.commands.model_files import balance_model_file, inspect_model_file
 from synbal.errors import ModelError, SynbalError
 from synbal.torch import discover
 

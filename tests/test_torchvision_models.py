@@ -26,6 +26,11 @@ def _small(name: str) -> nn.Module:
 
         return ConvNeXt([CNBlockConfig(8, 16, 2), CNBlockConfig(16, None, 1)], stochastic_depth_prob=0.1,
                         num_classes=5)
+    if name == "vit":
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        return VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16,
+                                 num_classes=5)
     if name == "swin":
         from torchvision.models.swin_transformer import SwinTransformer
 
@@ -48,7 +53,7 @@ def _check(model: nn.Module, x: torch.Tensor, rtol: float, barriers: bool = Fals
     return res
 
 
-@pytest.mark.parametrize("name", ["convnext", "swin", "efficientnet"])
+@pytest.mark.parametrize("name", ["convnext", "swin", "efficientnet", "vit"])
 def test_small_torchvision_architectures_balance_without_barriers(name: str) -> None:
     torch.manual_seed(0)
     model = _small(name)  # float32: float64 depthwise convolutions are very slow on CPU
@@ -79,6 +84,29 @@ def test_stochastic_depth_is_the_identity_for_scales() -> None:
     x = torch.randn(5, 3, dtype=torch.float64)
     assert discover(model, (x,)).names == [f"0[{i}]" for i in range(4)]
     _check(model, x, 1e-10)
+
+
+def test_vit_attention_values_and_norm_gains_scale() -> None:
+    info = synbal.inspect(_small("vit").eval(), torch.randn(1, 3, 16, 16))
+    layer = info.blocks["encoder.layers.encoder_layer_0"]
+    # ln_1's gains (read by the packed in-projection), 8 value features, ln_2's gains; GELU MLP: no units
+    assert (layer["norm dims"], layer["V/O dims"], layer["MLP units"]) == (16, 8, 0)
+    v = next(g for g in info.groups if g.name == "encoder.layers.encoder_layer_0.self_attention.v[0]")
+    assert v.incoming == ["encoder.layers.encoder_layer_0.self_attention.in_proj_weight[16, :]",
+                          "encoder.layers.encoder_layer_0.self_attention.in_proj_bias[16]"]
+    assert v.outgoing == ["encoder.layers.encoder_layer_0.self_attention.out_proj.weight[:, 0]"]
+    convnext = synbal.inspect(_small("convnext").eval(), torch.randn(1, 3, 16, 16))
+    # the second Linear of each of the stage's two blocks scales its 8 rows against the layer scale
+    assert convnext.blocks["features.1"]["layer scale"] == 16
+
+
+@pytest.mark.slow
+def test_vit_b_16_balances() -> None:
+    tv = torchvision_models()
+    assert tv is not None
+    torch.manual_seed(0)
+    res = _check(tv.vit_b_16(weights=None), torch.randn(1, 3, 224, 224), 1e-5)
+    assert not any("barrier" in reason for reason in res.excluded.values())
 
 
 @pytest.mark.slow

@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 
+_LAZY_PACKAGES = ("torch", "training", "data", "dynamics", "experiments", "quantize", "clip")
+
+
 def __getattr__(name: str) -> Any:
     # Imported on first use so that `import synbal` stays light (PyTorch is loaded only when a
     # model is balanced or inspected).
@@ -54,4 +57,8 @@ def __getattr__(name: str) -> Any:
         from synbal._adapters.torch import inspect
 
         return inspect
+    if name in _LAZY_PACKAGES:  # `import synbal; synbal.torch.inspect(...)` works without a second import
+        import importlib
+
+        return importlib.import_module(f"synbal.{name}")
     raise AttributeError(f"module 'synbal' has no attribute {name!r}")

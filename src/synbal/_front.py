@@ -8,125 +8,51 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from synbal._adapters.protocol import adapter_for
-from synbal._linf.regularizer import MaxNormRegularizer
-from synbal._problem.lpq import LpqRegularizer
+from synbal._adapters.protocol import adapter_for, check_adapter_options
+from synbal._linf.front import balance_max, deficit_max
 from synbal._problem.metrics import DeficitReport, deficit_report
 from synbal._problem.problem import BalanceProblem
 from synbal._problem.regularizers import Regularizer, RegularizerSpec, parse_regularizer
 from synbal._problem.rounding import round_log_scales, scale_factors
-from synbal._solvers import METHODS, solve
+from synbal._result import BalanceResult
+from synbal._solvers import method_named, solve
 from synbal._solvers.base import HistoryEntry, SolveOptions, SolveResult
 from synbal.errors import NumericRangeError, SynbalError
+
+if TYPE_CHECKING:
+    from synbal._linf.regularizer import MaxNormRegularizer
 
 __all__ = ["NO_SCALABLE_UNITS", "BalanceResult", "balance", "deficit"]
 
 NO_SCALABLE_UNITS = "no scalable units: nothing to balance, the network is returned unchanged"
 
 
-@dataclass
-class BalanceResult:
-    """What :func:`balance` returns.
-
-    ``net`` is the balanced network (same type as the input), ``scales`` the multiplier ``λ``
-    of every scalable unit by name, ``converged`` whether the max relative deficit reached
-    ``tol``, ``history`` one entry per sweep (regularizer and max relative deficit).
-    With ``round_scales="pow2"`` the scales are powers of two: ``regularizer_after`` and
-    ``max_relative_deficit`` are those of the rounded scales, and ``rounding_cost`` is what the
-    rounding adds to ``R`` (relative to the unrounded optimum). ``notes`` says anything else worth
-    knowing (no scalable units, which model ``R`` refers to, …).
-    """
-
-    net: Any
-    scales: dict[str, float]
-    log_scales: np.ndarray
-    converged: bool
-    history: list[HistoryEntry]
-    method: str
-    regularizer: str
-    regularizer_before: float
-    regularizer_after: float
-    max_relative_deficit: float
-    seconds: float
-    problem: BalanceProblem = field(repr=False)
-    excluded: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    round_scales: str | None = None
-    rounding_cost: float | None = None
-
-    @property
-    def sweeps(self) -> int:
-        return self.history[-1].sweep if self.history else 0
-
-    def report(self) -> dict[str, Any]:
-        """A JSON-ready summary (the CLI's ``--report``)."""
-        return {
-            "method": self.method,
-            "regularizer": self.regularizer,
-            "regularizer_before": self.regularizer_before,
-            "regularizer_after": self.regularizer_after,
-            "max_relative_deficit": self.max_relative_deficit,
-            "converged": self.converged,
-            "sweeps": self.sweeps,
-            "seconds": self.seconds,
-            "units": self.problem.n,
-            "history": [h.as_dict() for h in self.history],
-            "excluded": dict(self.excluded),
-            "notes": list(self.notes),
-            "round_scales": self.round_scales,
-            "rounding_cost": self.rounding_cost,
-        }
-
-
-def balance(
-    net: Any,
-    reg: RegularizerSpec = "l2",
-    method: str = "exact",
-    *,
-    tol: float = 1e-10,
-    max_sweeps: int = 10_000,
-    seed: int | None = None,
-    inplace: bool = False,
-    theta: float = 1.0,
-    sets: list[list[str]] | None = None,
-    closed_form: bool = False,
-    progress: bool = False,
-    round_scales: str | None = None,
-    **adapter_options: Any,
-) -> BalanceResult:
+def balance(net: Any, reg: RegularizerSpec = "l2", method: str = "exact", *, tol: float = 1e-10,
+            max_sweeps: int = 10_000, seed: int | None = None, inplace: bool = False, theta: float = 1.0,
+            sets: list[list[str]] | None = None, closed_form: bool = False, progress: bool = False,
+            round_scales: str | None = None, **adapter_options: Any) -> BalanceResult:
     """Balance every scalable unit of ``net`` for the regularizer ``reg``.
 
-    Parameters
-    ----------
-    net:
-        A :class:`synbal.Graph` or a ``torch.nn.Module`` (then pass ``example_inputs=``).
-    reg:
-        ``"l2"``, ``"l1"``, ``"l0.5"``, ``"1*l2+0.01*l1"``, ``"linf"`` (max-norm: methods
-        ``exact``, ``cyclic``, ``stochastic``; see :mod:`synbal._linf`), or a regularizer object.
-    method:
-        ``exact`` (straight to the unique balanced state), ``stochastic`` (one random unit per
-        step), ``cyclic``, ``layer`` (independent sets at once), ``alternating`` (two colour
-        classes), ``tied`` (one λ per set), ``multiplicative`` (ℓ_{p,q}, if available).
-    tol:
-        Stop when the max relative deficit ``|IN − c·OUT| / (IN + c·OUT)`` is at most ``tol``.
-    max_sweeps, seed, theta:
-        Sweep budget, random seed, and partial-step exponent ``θ ∈ (0, 1]``.
-    inplace:
-        Modify ``net`` itself instead of a copy.
-    sets:
-        Unit-name groups for ``method="tied"`` (default: the network's layers).
-    round_scales:
-        ``"pow2"``: round every scale to the nearest power of two (in the log domain), so that
-        rescaling is exact in any floating-point format; a PyTorch model is then verified to
-        compute bit-for-bit the same outputs. ``rounding_cost`` reports what it costs in ``R``.
+    ``net`` is a :class:`synbal.Graph`, a :class:`synbal.DenseNet` or a ``torch.nn.Module`` (then
+    pass ``example_inputs=``; such keywords go to its adapter). ``reg`` is ``"l2"``, ``"l1"``,
+    ``"l0.5"``, ``"1*l2+0.01*l1"``, ``"l2,1"`` (ℓ_{p,q}), ``"linf"`` (max-norm: methods ``exact``,
+    ``cyclic``, ``stochastic``; see :mod:`synbal._linf`), or a regularizer object. ``method`` is
+    a name of :data:`synbal.METHODS`: ``exact`` (straight to the unique balanced state),
+    ``stochastic`` (one random unit per step), ``cyclic``, ``layer`` (independent sets at once),
+    ``alternating`` (two colour classes), ``tied`` (one λ per set: ``sets`` are unit-name groups,
+    default the layers; ``closed_form=True`` is Appendix B), ``multiplicative`` (ℓ_{p,q}). An
+    option the method (or the adapter) does not take is an :class:`~synbal.errors.OptionError`.
 
-    Examples
-    --------
+    It stops when the max relative deficit ``|IN − c·OUT| / (IN + c·OUT)`` is at most ``tol`` or
+    after ``max_sweeps`` sweeps; ``seed`` drives random orders, ``theta ∈ (0, 1]`` makes steps
+    partial, ``inplace`` modifies ``net`` itself. ``round_scales="pow2"`` rounds every scale to a
+    power of two (exact rescaling in any float format; a PyTorch model is verified bit-for-bit).
+
     >>> import synbal
     >>> g = synbal.Graph.from_dict({"format": "synbal.graph/1",
     ...     "units": [{"name": "x", "role": "input"},
@@ -139,40 +65,79 @@ def balance(
     >>> [round(w, 6) for _, _, w in res.net.edges]
     [1.0, 1.0]
     """
-    if method not in METHODS:
-        raise SynbalError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
+    options = SolveOptions(tol=tol, max_sweeps=max_sweeps, theta=theta, seed=seed, closed_form=closed_form,
+                           progress=progress)
+    _check_options(net, method, {"theta": theta, "sets": sets, "closed_form": closed_form}, adapter_options)
     if round_scales is not None:
         round_log_scales(np.zeros(0), round_scales)  # an unknown mode fails before any work
     regularizer = parse_regularizer(reg)
-    if isinstance(regularizer, MaxNormRegularizer):  # not additive: its own extraction and solver
-        from synbal._linf.front import balance_max
-
-        return balance_max(net, regularizer, method, tol=tol, max_sweeps=max_sweeps, seed=seed,
-                           inplace=inplace, **adapter_options)
+    if regularizer.aggregated() is None:  # not additive (the max-norm): its own extraction and solver
+        return balance_max(net, cast("MaxNormRegularizer", regularizer), method, tol=tol, max_sweeps=max_sweeps,
+                           seed=seed, inplace=inplace, **adapter_options)
     start = time.perf_counter()
     adapter = adapter_for(net, **adapter_options)
     problem = adapter.problem(regularizer)
-    objective = _objective(problem, regularizer)
     notes = list(getattr(adapter, "notes", list)())  # optional adapter hook (e.g. BatchNorm folded)
-    if problem.n == 0:
-        result = SolveResult(np.zeros(0), True, [HistoryEntry(0, objective(np.zeros(0)), 0.0)])
-        notes.insert(0, NO_SCALABLE_UNITS)
-    else:
-        options = SolveOptions(tol=tol, max_sweeps=max_sweeps, theta=theta, seed=seed,
-                               sets=_resolve_sets(problem, sets), closed_form=closed_form, progress=progress)
-        result = solve(problem, regularizer, method, options)
-    # The solvers record R at their start (u = 0) and at their final state; reuse those values
-    # (each costs a read of every weight) where they are the additive R. Anything measured here
-    # must be measured before applying: matrix-free problems read the source's weights, which
-    # an in-place apply changes.
+    options.sets = _resolve_sets(problem, sets) if problem.n else None
+    solver = getattr(adapter, "solve", solve)  # distributed adapters solve collectively or on one rank
+    result = solver(problem, regularizer, method, options) if problem.n else _nothing_to_do(problem, regularizer, notes)
+    final = _final_state(problem, regularizer, result, round_scales)
+    return BalanceResult(
+        net=adapter.apply(final.u, inplace=inplace), scales=final.scales, log_scales=final.u,
+        converged=bool(result.converged), history=result.history, method=method, regularizer=str(regularizer),
+        regularizer_before=final.before, regularizer_after=final.after,
+        # the solver's own measure at its final state (per set for method "tied"), or at the rounded scales
+        max_relative_deficit=final.deficit, seconds=time.perf_counter() - start, problem=problem,
+        excluded={**adapter.excluded(), **_drifting(problem)}, notes=notes, round_scales=round_scales,
+        rounding_cost=final.rounding_cost,
+    )
+
+
+def _nothing_to_do(problem: BalanceProblem, regularizer: Regularizer, notes: list[str]) -> SolveResult:
+    """The result for a problem without scalable units (noted in ``notes``)."""
+    notes.insert(0, NO_SCALABLE_UNITS)
+    return SolveResult(np.zeros(0), True, [HistoryEntry(0, regularizer.objective(problem)(np.zeros(0)), 0.0)])
+
+
+#: The keywords of :func:`balance` itself (besides the adapter's options).
+BALANCE_OPTIONS = ("tol", "max_sweeps", "seed", "inplace", "theta", "sets", "closed_form", "progress",
+                   "round_scales")
+
+
+def _check_options(net: Any, method: str, given: dict[str, Any], adapter_options: dict[str, Any]) -> None:
+    """Typed errors for an unknown method, an option it does not take, a keyword nobody takes."""
+    chosen = method_named(method)
+    chosen.check(given)
+    check_adapter_options(net, adapter_options, also=BALANCE_OPTIONS)
+
+
+@dataclass
+class _Final:
+    """The balanced state as returned: log-scales (origin shift and rounding applied), scales, R, deficit."""
+
+    u: np.ndarray
+    scales: dict[str, float]
+    before: float
+    after: float
+    deficit: float
+    rounding_cost: float | None
+
+
+def _final_state(problem: BalanceProblem, regularizer: Regularizer, result: SolveResult,
+                 round_scales: str | None) -> _Final:
+    """From the solver's log-scales to the result's, measuring ``R`` before and after once each.
+
+    The solvers record R at their start (u = 0) and at their final state; those values are reused
+    (each costs a read of every weight) where they are the additive R. Everything is measured
+    before applying: matrix-free problems read the source's weights, which an in-place apply changes.
+    """
+    objective = regularizer.objective(problem)
     history = result.history
-    additive = not isinstance(regularizer, LpqRegularizer)
+    additive = regularizer.additive
     starts_at_zero = bool(history) and history[0].sweep == 0
     before = history[0].regularizer if additive and starts_at_zero else objective(np.zeros(problem.n))
     after = history[-1].regularizer if additive and history else objective(result.u)
-    final_deficit = (
-        result.history[-1].max_relative_deficit if result.history else problem.max_relative_deficit(result.u)
-    )
+    deficit = history[-1].max_relative_deficit if history else problem.max_relative_deficit(result.u)
     origin = 0.0 if problem.origin is None else problem.origin  # see synbal._problem.conditioning
     u, cost = origin + result.u, None
     if problem.origin is not None:  # costs were taken at a rescaled origin
@@ -182,29 +147,8 @@ def balance(
         u = round_log_scales(u, round_scales, problem if problem.origin is None else None)
         rounded = objective(u - origin)
         cost = (rounded - after) / after if after > 0 else 0.0
-        after, final_deficit = rounded, problem.max_relative_deficit(u - origin)
-    scales = _checked_scales(problem, u, after, final_deficit)
-    balanced = adapter.apply(u, inplace=inplace)
-    seconds = time.perf_counter() - start
-    return BalanceResult(
-        net=balanced,
-        scales=scales,
-        log_scales=u,
-        converged=bool(result.converged),
-        history=result.history,
-        method=method,
-        regularizer=str(regularizer),
-        regularizer_before=before,
-        regularizer_after=after,
-        # the solver's own measure at its final state (per set for method "tied"), or at the rounded scales
-        max_relative_deficit=final_deficit,
-        seconds=seconds,
-        problem=problem,
-        excluded={**adapter.excluded(), **_drifting(problem)},
-        notes=notes,
-        round_scales=round_scales,
-        rounding_cost=cost,
-    )
+        after, deficit = rounded, problem.max_relative_deficit(u - origin)
+    return _Final(u, _checked_scales(problem, u, after, deficit), before, after, deficit, cost)
 
 
 def _drifting(problem: BalanceProblem) -> dict[str, str]:
@@ -250,15 +194,6 @@ def _checked_scales(problem: BalanceProblem, u: np.ndarray, after: float, defici
     return dict(zip(names, lam.tolist(), strict=True))
 
 
-def _objective(problem: BalanceProblem, reg: Regularizer) -> Callable[[np.ndarray], float]:
-    """``R(u)``: the problem's additive cost, or the ℓ_{p,q} norm for an ℓ_{p,q} regularizer."""
-    if isinstance(reg, LpqRegularizer) and not reg.reduces_to_lp:
-        from synbal._solvers.multiplicative import lpq_norm
-
-        return lambda u: lpq_norm(problem, reg, u)
-    return problem.value
-
-
 def _resolve_sets(problem: BalanceProblem, sets: list[list[str]] | None) -> list[np.ndarray] | None:
     if sets is None:
         return None
@@ -286,21 +221,17 @@ def deficit(net: Any, reg: RegularizerSpec = "l2", **adapter_options: Any) -> De
     (4.0, 1.0, 9.0)
     """
     regularizer = parse_regularizer(reg)
-    if isinstance(regularizer, MaxNormRegularizer):
-        from synbal._linf.front import deficit_max
-
-        return deficit_max(net, regularizer, **adapter_options)
+    if regularizer.aggregated() is None:  # the max-norm: its own extraction
+        return deficit_max(net, cast("MaxNormRegularizer", regularizer), **adapter_options)
     adapter = adapter_for(net, **adapter_options)
     # the weights exactly as given (never rescaled); values beyond float64 are reported as inf
     as_given = getattr(adapter, "problem_as_given", adapter.problem)
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         problem = as_given(regularizer)
-        if isinstance(regularizer, LpqRegularizer) and not regularizer.reduces_to_lp:
-            from synbal._solvers.multiplicative import lpq_max_stationarity, lpq_norm
-
+        if regularizer.per_unit:  # a norm of per-unit sums: its own value and stationarity
             report = deficit_report(problem, regularizer=str(regularizer), excluded=adapter.excluded())
-            report.regularizer_value = lpq_norm(problem, regularizer)
-            report.max_relative_deficit = lpq_max_stationarity(problem, regularizer)
+            report.regularizer_value = regularizer.objective(problem)(np.zeros(problem.n))
+            report.max_relative_deficit = regularizer.stationarity(problem, np.zeros(problem.n))
             return report
         l2 = problem if str(regularizer) == "l2" else as_given(parse_regularizer("l2"))
         return deficit_report(

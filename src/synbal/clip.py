@@ -53,6 +53,10 @@ class ClippedReLU(nn.Module):
 
     ``ndim`` (the input's number of dimensions) fixes the broadcast shape, so the module can be
     traced by ``torch.fx``; without it the shape is found per call.
+
+    >>> clip = ClippedReLU(torch.tensor([1.0, 6.0]), ndim=2)
+    >>> clip(torch.tensor([[-1.0, 2.0], [3.0, 9.0]])).tolist()
+    [[0.0, 2.0], [1.0, 6.0]]
     """
 
     def __init__(self, threshold: torch.Tensor, ndim: int | None = None) -> None:
@@ -72,7 +76,13 @@ class ClippedReLU(nn.Module):
 
 
 class SplitClip(nn.Module):
-    """``relu(x) − relu(shift(x))`` with ``shift(x) = x − threshold`` per channel (balanceable form)."""
+    """``relu(x) − relu(shift(x))`` with ``shift(x) = x − threshold`` per channel (balanceable form).
+
+    >>> split = SplitClip(torch.tensor([1.0, 6.0]), ndim=2)
+    >>> x = torch.tensor([[-1.0, 2.0], [3.0, 9.0]])
+    >>> split(x).tolist(), split.threshold().tolist()  # the same function as ClippedReLU([1, 6])
+    ([[0.0, 2.0], [1.0, 6.0]], [1.0, 6.0])
+    """
 
     def __init__(self, threshold: torch.Tensor, ndim: int) -> None:
         super().__init__()
@@ -133,6 +143,12 @@ def make_clips_balanceable(model: nn.Module, example_inputs: tuple[Any, ...]) ->
     ``example_inputs`` give each clip's channel count and dtype. Raises
     :class:`~synbal.errors.ModelError` when there is no clipped ReLU module (functional
     ``F.relu6``/``clamp`` calls in ``forward`` cannot be rewritten and stay fixed).
+
+    >>> model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU6(), nn.Flatten(), nn.Linear(8, 1))
+    >>> x = torch.randn(4, 1, 4, 4)
+    >>> split = make_clips_balanceable(model, (x,))
+    >>> type(split[1]).__name__, type(split[1].shift).__name__, torch.allclose(split(x), model(x))
+    ('SplitClip', 'Conv2d', True)
     """
     out = copy.deepcopy(model)
     shapes: dict[int, torch.Tensor] = {}
@@ -159,7 +175,14 @@ def make_clips_balanceable(model: nn.Module, example_inputs: tuple[Any, ...]) ->
 
 
 def restore_clips(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every :class:`SplitClip` folded back into a :class:`ClippedReLU`."""
+    """A copy of ``model`` with every :class:`SplitClip` folded back into a :class:`ClippedReLU`.
+
+    >>> model = nn.Sequential(nn.Linear(3, 2), nn.ReLU6(), nn.Linear(2, 1))
+    >>> x = torch.randn(5, 3)
+    >>> back = restore_clips(make_clips_balanceable(model, (x,)))
+    >>> back[1].threshold.tolist(), torch.allclose(back(x), model(x))
+    ([6.0, 6.0], True)
+    """
     out = copy.deepcopy(model)
     _replace(out, lambda child: ClippedReLU(child.threshold(), child.ndim) if isinstance(child, SplitClip) else None)
     return out

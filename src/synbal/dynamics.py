@@ -70,6 +70,15 @@ def linear_layers(model: Any) -> list[Any]:
     Accepted: an ``nn.Sequential`` (possibly nested) whose parametrised modules are all
     ``nn.Linear``; parameter-free modules (activations, ``Flatten``, ``Dropout``) are skipped.
     Consecutive layers must chain (``out_features`` of one = ``in_features`` of the next).
+
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Sequential(nn.Linear(3, 2)))
+    >>> [(m.in_features, m.out_features) for m in linear_layers(model)]
+    [(4, 3), (3, 2)]
+    >>> linear_layers(nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    synbal.errors.ModelError: module '1' (LayerNorm) has parameters but is not nn.Linear; ...
     """
     import torch.nn as nn
 
@@ -177,6 +186,10 @@ class GramRates:
     ``incoming[l] = d(W_l W_lᵀ)/dt`` and ``outgoing[l] = d(W_{l+1}ᵀ W_{l+1})/dt`` for
     ``dW/dt = −∇``; ``difference[l] = dC_l/dt`` is zero for linear nets (Theorem 1) and the
     symmetry-breaking term (eq. 29 of Basu et al.) for ReLU nets.
+
+    >>> rates = GramRates([np.array([[2.0]])], [np.array([[1.5]])])
+    >>> rates.difference[0].tolist(), rates.relative_asymmetry().tolist()
+    ([[0.5]], [0.25])
     """
 
     incoming: list[np.ndarray]
@@ -240,6 +253,12 @@ class GramRecord:
     ``‖W_l W_lᵀ‖_F`` and ``‖W_{l+1}ᵀ W_{l+1}‖_F`` at ``t``; ``diagonal_drift[l]`` is the largest
     change of a neuron's deficit ``max_j |C_l(t)_jj − C_l(t_0)_jj|``; ``deficits`` holds
     ``diag C_l(t)`` when the monitor records them.
+
+    >>> mon = GramMonitor(record_deficits=True)
+    >>> first = mon.update([np.array([[1.0, 1.0]]), np.array([[2.0]])], 0)  # C = 2 − 4
+    >>> rec = mon.update([np.array([[2.0, 2.0]]), np.array([[2.0]])], 1)   # C = 8 − 4
+    >>> rec.step, rec.norms.round(4).tolist(), rec.drift.tolist(), [d.tolist() for d in rec.deficits]
+    (1, [2.8284, 2.0], [6.0], [[4.0]])
     """
 
     step: int

@@ -44,7 +44,14 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.
 
 
 class QuantizationError(SynbalError):
-    """Bad quantization settings (bits, granularity) or a model without quantizable layers."""
+    """Bad quantization settings (bits, granularity) or a model without quantizable layers.
+
+    >>> try:
+    ...     quantize_weights(nn.Sequential(nn.ReLU()), 8)
+    ... except QuantizationError as exc:
+    ...     print(exc)
+    Sequential has no Linear or Conv layer to quantize
+    """
 
 
 def _check(bits: int, granularity: str) -> None:
@@ -58,6 +65,13 @@ def fake_quantize(t: torch.Tensor, bits: int, granularity: str = "per-tensor", a
     """``t`` rounded to a symmetric ``bits``-bit grid (scale = max |t| / (2^{b−1} − 1)), as floats.
 
     ``per-channel`` uses one scale per index along ``axis``. All-zero tensors/channels stay zero.
+
+    >>> fake_quantize(torch.tensor([[0.5, -0.2], [0.0, 0.0]]), 2, "per-channel").tolist()  # 1 level a side
+    [[0.5, -0.0], [0.0, 0.0]]
+    >>> fake_quantize(torch.tensor([1.0]), 1)
+    Traceback (most recent call last):
+    ...
+    synbal.quantize.QuantizationError: bits must be an integer from 2 to 16, got 1
     """
     _check(bits, granularity)
     qmax = 2 ** (bits - 1) - 1
@@ -72,7 +86,15 @@ def fake_quantize(t: torch.Tensor, bits: int, granularity: str = "per-tensor", a
 
 
 def quantize_weights(model: nn.Module, bits: int, granularity: str = "per-tensor") -> nn.Module:
-    """A copy of ``model`` whose ``Linear``/``Conv`` weights are fake-quantized (biases untouched)."""
+    """A copy of ``model`` whose ``Linear``/``Conv`` weights are fake-quantized (biases untouched).
+
+    >>> model = nn.Linear(2, 1)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[1.0, 0.3]])); _ = model.bias.fill_(0.123)
+    >>> q = quantize_weights(model, 3)  # levels ±1/3, ±2/3, ±1
+    >>> q.weight.tolist(), q.bias.tolist(), model.weight.tolist()  # the model itself is unchanged
+    ([[1.0, 0.3333333432674408]], [0.12300000339746475], [[1.0, 0.30000001192092896]])
+    """
     _check(bits, granularity)
     out = copy.deepcopy(model)
     found = False
@@ -87,7 +109,15 @@ def quantize_weights(model: nn.Module, bits: int, granularity: str = "per-tensor
 
 
 class ActivationQuantizer(nn.Module):
-    """Affine fake quantizer: records the min/max while ``calibrating``, then rounds to ``bits`` bits."""
+    """Affine fake quantizer: records the min/max while ``calibrating``, then rounds to ``bits`` bits.
+
+    >>> q = ActivationQuantizer(bits=2)  # 3 steps between the calibrated min and max
+    >>> q(torch.tensor([0.0, 3.0])).tolist()  # calibrating: the identity
+    [0.0, 3.0]
+    >>> q.calibrating = False
+    >>> q(torch.tensor([0.4, 1.6, 2.9, 7.0])).tolist()
+    [0.0, 2.0, 3.0, 3.0]
+    """
 
     def __init__(self, bits: int = 8) -> None:
         super().__init__()
@@ -118,6 +148,11 @@ def quantize_activations(model: nn.Module, batches: Iterable[torch.Tensor], bits
 
     ``batches`` (a few input tensors) set each quantizer's range; the copy is returned in eval
     mode with the quantizers active.
+
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    >>> q = quantize_activations(model, [torch.randn(16, 2)], bits=4)
+    >>> type(q[1]).__name__, [type(m).__name__ for m in q[1]], q[1][1].calibrating
+    ('Sequential', ['ReLU', 'ActivationQuantizer'], False)
     """
     out = copy.deepcopy(model).eval()
     quantizers = []

@@ -17,14 +17,15 @@ weights' own dtype.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from synbal._adapters.dense_range import conditioned_problem, log_extremes, scaled_layer, scaling_is_safe
 from synbal._adapters.protocol import register_adapter
 from synbal._compiled.powermatrix import PowerMatrix, scale_rows_cols
 from synbal._problem.activations import Activation, parse_activation
+from synbal._problem.conditioning import needs_conditioning
 from synbal._problem.lpq import LpqRegularizer
 from synbal._problem.problem import BalanceProblem, CostBlock, CustomCosts, GeneratedNames, Matrix
 from synbal._problem.regularizers import CustomRegularizer, PowerRegularizer, Regularizer
@@ -39,6 +40,14 @@ class DenseNet:
 
     The input and output layers are visible; every hidden unit uses ``activation`` (a BiLU or
     BiPU spec, default ReLU). ``biases[l]`` may be ``None``.
+
+    >>> import synbal
+    >>> net = DenseNet([np.array([[4.0, 0.0], [0.0, 1.0]]), np.array([[1.0, 9.0]])], [np.array([2.0, 0.0]), None])
+    >>> net.widths
+    [2, 2, 1]
+    >>> res = synbal.balance(net, "l2")  # unit 0: in 4² + 2² = 20, out 1 → λ⁴ = 1/20
+    >>> [round(s, 6) for s in res.scales.values()], res.net.forward([[1.0, 1.0]]).round(9).tolist()
+    ([0.472871, 3.0], [[15.0]])
     """
 
     weights: list[np.ndarray]
@@ -131,6 +140,7 @@ class DenseNetAdapter:
             return f"layer{k}.{i - int(starts[k - 1])}"
 
         self.names = GeneratedNames(self.n, name_of)
+        self._log_range: np.ndarray | None = None
 
     def problem(self, reg: Regularizer) -> BalanceProblem:
         c = float(self.net.act.degree or 1.0)
@@ -141,6 +151,8 @@ class DenseNetAdapter:
                                   custom=self._custom(reg))
         if not isinstance(reg, (PowerRegularizer, LpqRegularizer)):
             raise RegularizerError(f"DenseNet cannot use regularizer {reg}")
+        if needs_conditioning(self.log_range(), 0.0, [(t.coef, t.power) for t in reg.terms]):
+            return conditioned_problem(self, reg, c, layers, out_ids)  # costs would leave float64
         blocks = []
         last = len(self.net.weights) - 1
         for term in reg.terms:
@@ -168,10 +180,20 @@ class DenseNetAdapter:
         d = np.concatenate(dst)
         return CustomCosts(d, np.concatenate(src), np.concatenate(mag), np.ones(d.size), reg.g, reg.dg)
 
+    def log_range(self) -> np.ndarray:
+        """``log|w|`` of the smallest non-zero and the largest weight or bias of every layer."""
+        if self._log_range is None:
+            parts = [log_extremes(a) for a in [*self.net.weights, *self.net.biases] if a is not None]
+            self._log_range = np.concatenate(parts) if parts else np.zeros(0)
+        return self._log_range
+
     def apply(self, u: np.ndarray, *, inplace: bool) -> DenseNet:
-        net = self.net if inplace else self.net.copy()
-        c = float(net.act.degree or 1.0)
         ue = np.append(np.asarray(u, dtype=np.float64), 0.0)
+        c = float(self.net.act.degree or 1.0)
+        shift = float(np.max(np.abs(ue))) * (1.0 + c)
+        if not all(scaling_is_safe(self.log_range(), a.dtype, shift) for a in self.net.weights):
+            return self._apply_extreme(ue, c, inplace)
+        net = self.net if inplace else self.net.copy()
         for k in range(len(net.weights)):
             row = np.exp(ue[self.index[k + 1]])
             col = np.exp(-c * ue[self.index[k]])
@@ -181,14 +203,23 @@ class DenseNetAdapter:
                 b[...] = (b.astype(np.float64) * row).astype(b.dtype)
         return net
 
+    def _apply_extreme(self, ue: np.ndarray, c: float, inplace: bool) -> DenseNet:
+        """Apply scales that may take a weight near the ends of its dtype: every layer is scaled
+        (and checked) before any is written, so a refused result leaves the net untouched."""
+        scaled = []
+        for k, (W, b) in enumerate(zip(self.net.weights, self.net.biases, strict=True)):
+            rows, cols = ue[self.index[k + 1]], c * ue[self.index[k]]
+            scaled.append((scaled_layer(W, rows[:, None] - cols[None, :], f"DenseNet layer {k}"),
+                           None if b is None else scaled_layer(b, rows, f"DenseNet layer {k} bias")))
+        net = self.net if inplace else self.net.copy()
+        for k, (W, b) in enumerate(scaled):
+            net.weights[k][...] = W
+            if b is not None:
+                net.biases[k][...] = b  # type: ignore[index]
+        return net
+
     def excluded(self) -> dict[str, str]:
         return {}
-
-
-def dense_from_matrices(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray | None] | None = None,
-                        activation: str = "relu") -> DenseNet:
-    """Build a :class:`DenseNet` (copies nothing: the arrays are used as given)."""
-    return DenseNet(list(weights), list(biases) if biases is not None else [], activation)
 
 
 register_adapter(lambda s: isinstance(s, DenseNet), DenseNetAdapter)

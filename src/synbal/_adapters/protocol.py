@@ -7,16 +7,17 @@ themselves by the type they handle, so :func:`synbal.balance` dispatches on the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from synbal._problem.problem import BalanceProblem
 from synbal._problem.regularizers import Regularizer
-from synbal.errors import SynbalError
+from synbal.errors import OptionError, SynbalError
 
-__all__ = ["Adapter", "adapter_for", "register_adapter"]
+__all__ = ["Adapter", "adapter_for", "check_adapter_options", "register_adapter"]
 
 
 class Adapter(Protocol):
@@ -54,6 +55,40 @@ def _load_builtin_adapters() -> None:
     import synbal._adapters.graph  # noqa: F401  (registers Graph)
 
 
+def _factory_for(source: object) -> AdapterFactory | None:
+    if not _builtin_loaded:
+        _load_builtin_adapters()
+    if _looks_like_torch(source):
+        import synbal._adapters.torch  # noqa: F401  (registers nn.Module and exported programs)
+    for matches, factory in _REGISTRY:
+        if matches(source):
+            return factory
+    return None
+
+
+def _keywords(factory: AdapterFactory) -> tuple[str, ...] | None:
+    """The keyword options ``factory(source, **options)`` takes (``None``: any)."""
+    params = list(inspect.signature(factory).parameters.values())[1:]  # the source comes first
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def check_adapter_options(source: object, options: Mapping[str, Any], also: Sequence[str] = ()) -> None:
+    """Raise :class:`~synbal.errors.OptionError` for an option neither ``source``'s adapter nor the
+    caller (whose own keywords are ``also``) takes, naming the options that are taken."""
+    factory = _factory_for(source)
+    accepted = None if factory is None else _keywords(factory)
+    if accepted is None:
+        return
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        taken = ", ".join([*also, *accepted]) or "none"
+        raise OptionError(
+            f"unknown option {unknown[0]}= for a {type(source).__name__}; the options taken are: {taken}"
+        )
+
+
 def _looks_like_torch(source: object) -> bool:
     """True for torch objects, decided without importing torch (it is slow to import)."""
     return any(cls.__module__.split(".")[0] == "torch" for cls in type(source).__mro__)
@@ -61,13 +96,10 @@ def _looks_like_torch(source: object) -> bool:
 
 def adapter_for(source: object, **options: Any) -> Adapter:
     """The adapter for ``source`` (a :class:`~synbal._adapters.graph.Graph`, an ``nn.Module``, …)."""
-    if not _builtin_loaded:
-        _load_builtin_adapters()
-    if _looks_like_torch(source):
-        import synbal._adapters.torch  # noqa: F401  (registers nn.Module and exported programs)
-    for matches, factory in _REGISTRY:
-        if matches(source):
-            return factory(source, **options)
+    factory = _factory_for(source)
+    if factory is not None:
+        check_adapter_options(source, options)
+        return factory(source, **options)
     raise SynbalError(
         f"cannot balance an object of type {type(source).__name__}; "
         "expected a synbal.Graph or a torch.nn.Module"

@@ -163,6 +163,19 @@ def _format_layers(layers: list[dict[str, Any]], *, after: bool) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- the demo
+@dataclass
+class _Balanced:
+    """What step 2 and 3 measured: reports before and after, the float32 and float64 results."""
+
+    before: DeficitReport
+    after: DeficitReport
+    result: Any
+    seconds: float
+    layers: list[dict[str, Any]]
+    model64: Any = None
+    result64: Any = None
+
+
 def run_demo(
     config: DemoConfig | None = None,
     *,
@@ -176,28 +189,42 @@ def run_demo(
     Raises :class:`~synbal.errors.VerificationError` if balancing changed the network's outputs
     beyond rounding, and :class:`~synbal.errors.DataError` for missing or corrupt data files.
     """
-    import torch
-
-    import synbal
-    from synbal._io import atomic_write_json
-    from synbal.data import load_mnist
-    from synbal.experiments._models import mnist_autoencoder
-    from synbal.training import TrainConfig, train
-
     config = config or DemoConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)  # fail before training, not after
     t_start = time.perf_counter()
+    dataset = _load_data(config, data, echo)
+    x_train, _ = dataset.tensors("train")
+    x_test, _ = dataset.tensors("test")
+    model, history = _train(config, x_train, x_test, progress, echo)
+    example = x_test[:2]
+    balanced = _balance(model, config.reg, example, echo)
+    _balance_float64(model, config.reg, balanced, example, echo)
+    gaps = _check_outputs(model, balanced, x_test, echo)
+    numbers = _numbers(config, data, dataset.source, history, balanced, gaps, int(x_test.shape[0]))
+    return _finish(numbers, balanced, gaps, out, t_start, echo)
+
+
+def _load_data(config: DemoConfig, data: str | Path | None, echo: Callable[[str], None]) -> Any:
+    """The MNIST dataset (embedded subset unless ``data``), limited to ``config.train_size``."""
+    from synbal.data import load_mnist
 
     dataset = load_mnist(data)
     if config.train_size is not None:
         dataset = dataset.subset(config.train_size, seed=config.seed)
-    x_train, _ = dataset.tensors("train")
-    x_test, _ = dataset.tensors("test")
     echo("synbal demo: balancing a trained MNIST autoencoder 784-200-100-50-100-200-784 (ReLU)")
     echo(f"data: {dataset.source} — {dataset.n_train} training / {dataset.n_test} test images")
+    return dataset
 
-    # 1. brief training on the reconstruction error alone
+
+def _train(config: DemoConfig, x_train: Any, x_test: Any, progress: bool,
+           echo: Callable[[str], None]) -> tuple[Any, Any]:
+    """Step 1: brief training on the reconstruction error alone; the model and its history."""
+    import torch
+
+    from synbal.experiments._models import mnist_autoencoder
+    from synbal.training import TrainConfig, train
+
     model = mnist_autoencoder(seed=config.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     echo(f"\n[1/4] training {config.epochs} epochs: SGD (lr {config.lr:g}, momentum {config.momentum:g}, "
@@ -211,90 +238,121 @@ def run_demo(
                           "use a smaller learning rate")
     test_loss = history.column("test_loss")
     echo(f"      test reconstruction error (sum of squares per image): {test_loss[0]:.4g} → {test_loss[-1]:.4g}")
+    return model, history
 
-    # 2. balance report of the trained network
-    example = x_test[:2]
-    reg = config.reg
+
+def _balance(model: Any, reg: str, example: Any, echo: Callable[[str], None]) -> _Balanced:
+    """Step 2: the trained network's balance report, and its exact balancing (float32)."""
+    import synbal
+
     # (the exact solver takes well under a second here: no progress bar needed)
     before = synbal.deficit(model, reg, example_inputs=example)
     t0 = time.perf_counter()
     result = synbal.balance(model, reg, "exact", example_inputs=example)
-    balance_seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     after = synbal.deficit(result.net, reg, example_inputs=example)
-    layers_idx = result.problem.layers or [np.arange(result.problem.n)]
-    layers = _layer_table(layers_idx, before, after)
+    layers = _layer_table(result.problem.layers or [np.arange(result.problem.n)], before, after)
     echo(f"\n[2/4] balance report of the trained network ({before.regularizer}):")
     for line in _format_layers(layers, after=False):
         echo(line)
     echo(f"  R = {before.regularizer_value:.6g}   ‖W‖_F = {before.frobenius_norm:.6g}   "
          f"overall deficit = {before.overall_deficit:.4g}   "
          f"max relative deficit = {before.max_relative_deficit:.3e}")
+    return _Balanced(before, after, result, seconds, layers)
 
-    # 3. balance exactly, as trained (float32) and on a float64 copy
+
+def _balance_float64(model: Any, reg: str, balanced: _Balanced, example: Any, echo: Callable[[str], None]) -> None:
+    """Step 3: report the exact balancing, and balance a float64 copy too."""
+    import synbal
+
+    result = balanced.result
     echo(f"\n[3/4] balancing exactly (method='exact', {result.problem.n} hidden units) ...")
     echo(f"      {'converged' if result.converged else 'NOT converged'} after {result.sweeps} "
-         f"iterations in {balance_seconds:.2f} s; max relative deficit {result.max_relative_deficit:.2e}")
-    model64 = copy.deepcopy(model).double()
-    result64 = synbal.balance(model64, reg, "exact", example_inputs=example.double())
+         f"iterations in {balanced.seconds:.2f} s; max relative deficit {result.max_relative_deficit:.2e}")
+    balanced.model64 = copy.deepcopy(model).double()
+    balanced.result64 = synbal.balance(balanced.model64, reg, "exact", example_inputs=example.double())
 
-    # 4. outputs unchanged, R dropped
-    gap32 = _output_gap(model, result.net, x_test)
-    gap64 = _output_gap(model64, result64.net, x_test.double())
-    r_before = before.regularizer_value
-    r_after = after.regularizer_value
-    drop = 100.0 * (1.0 - r_after / r_before) if r_before > 0 else 0.0
+
+def _regularizer_drop(balanced: _Balanced) -> float:
+    """How much balancing lowered R, in percent."""
+    r_before = balanced.before.regularizer_value
+    return 100.0 * (1.0 - balanced.after.regularizer_value / r_before) if r_before > 0 else 0.0
+
+
+def _check_outputs(model: Any, balanced: _Balanced, x_test: Any, echo: Callable[[str], None]) -> dict[str, Any]:
+    """Step 4: outputs unchanged on the test images (float32 and float64), R dropped."""
+    gap32 = _output_gap(model, balanced.result.net, x_test)
+    gap64 = _output_gap(balanced.model64, balanced.result64.net, x_test.double())
+    before, after = balanced.before, balanced.after
+    drop = _regularizer_drop(balanced)
     echo(f"\n[4/4] checking the balanced network on {x_test.shape[0]} test images")
     echo(f"      outputs, float64 copy: max |Δ| = {gap64['max_abs_difference']:.2e} "
          f"(relative {gap64['max_relative_difference']:.2e}) — unchanged up to rounding")
     echo(f"      outputs, float32 model: max |Δ| = {gap32['max_abs_difference']:.2e} "
          f"(relative {gap32['max_relative_difference']:.2e}) — float32 rounding of the rescaled weights")
-    echo(f"      R ({after.regularizer}): {r_before:.6g} → {r_after:.6g}  (−{drop:.2f}%)")
+    echo(f"      R ({after.regularizer}): {before.regularizer_value:.6g} → {after.regularizer_value:.6g}  "
+         f"(−{drop:.2f}%)")
     echo(f"      ‖W‖_F: {before.frobenius_norm:.6g} → {after.frobenius_norm:.6g}")
     echo(f"      overall deficit: {before.overall_deficit:.4g} → {after.overall_deficit:.3g};  "
          f"max relative deficit: {before.max_relative_deficit:.3e} → {after.max_relative_deficit:.3e}")
     echo(f"      (measured on the float32 weights; the float64 copy reaches "
-         f"{result64.max_relative_deficit:.1e})")
-    for line in _format_layers(layers, after=True):
+         f"{balanced.result64.max_relative_deficit:.1e})")
+    for line in _format_layers(balanced.layers, after=True):
         echo(line)
+    ok = (gap64["max_relative_difference"] <= FLOAT64_TOLERANCE
+          and gap32["max_relative_difference"] <= FLOAT32_TOLERANCE)
+    return {"test_images": int(x_test.shape[0]), "float32": gap32, "float64": gap64,
+            "float64_tolerance": FLOAT64_TOLERANCE, "float32_tolerance": FLOAT32_TOLERANCE, "unchanged": bool(ok)}
 
-    ok64 = gap64["max_relative_difference"] <= FLOAT64_TOLERANCE
-    ok32 = gap32["max_relative_difference"] <= FLOAT32_TOLERANCE
-    numbers: dict[str, Any] = {
+
+def _numbers(config: DemoConfig, data: str | Path | None, source: str, history: Any, balanced: _Balanced,
+             outputs: dict[str, Any], n_test: int) -> dict[str, Any]:
+    """Every number and setting of the run, as written to ``demo.json``."""
+    from synbal.experiments._report import environment
+
+    result, result64 = balanced.result, balanced.result64
+    return {
         "settings": {**asdict(config), "data": str(data) if data is not None else None},
-        "data_source": dataset.source,
+        "data_source": source,
         "model": "MNIST autoencoder 784-200-100-50-100-200-784, ReLU",
         "training": {
             "epochs": config.epochs,
-            "test_loss": test_loss,
+            "test_loss": history.column("test_loss"),
             "train_loss": history.column("train_loss"),
             "seconds": float(history.epochs()[-1]["seconds"]) if history.epochs() else 0.0,
         },
-        "before": _report_numbers(before),
-        "after": _report_numbers(after),
-        "regularizer_drop_percent": drop,
+        "before": _report_numbers(balanced.before),
+        "after": _report_numbers(balanced.after),
+        "regularizer_drop_percent": _regularizer_drop(balanced),
         "balance": {"method": "exact", "converged": result.converged, "iterations": result.sweeps,
-                    "seconds": balance_seconds, "units": result.problem.n,
+                    "seconds": balanced.seconds, "units": result.problem.n,
                     "max_relative_deficit": result.max_relative_deficit,
                     "float64_copy_max_relative_deficit": result64.max_relative_deficit},
-        "outputs": {"test_images": int(x_test.shape[0]), "float32": gap32, "float64": gap64,
-                    "float64_tolerance": FLOAT64_TOLERANCE, "float32_tolerance": FLOAT32_TOLERANCE,
-                    "unchanged": bool(ok64 and ok32)},
-        "layers": layers,
+        "outputs": outputs,
+        "layers": balanced.layers,
+        "environment": environment(),
     }
-    from synbal.experiments._report import environment, to_jsonable
 
-    numbers["environment"] = environment()
+
+def _finish(numbers: dict[str, Any], balanced: _Balanced, outputs: dict[str, Any], out: Path, t_start: float,
+            echo: Callable[[str], None]) -> DemoResult:
+    """Write ``demo.json`` and the plot, print the verdict; refuse changed outputs."""
+    from synbal._io import atomic_write_json
+    from synbal.experiments._report import to_jsonable
+
     numbers["seconds"] = time.perf_counter() - t_start
     json_path = out / "demo.json"
     png_path = out / "demo_deficits.png"
-    _plot(layers, png_path)
+    _plot(balanced.layers, png_path)
     atomic_write_json(json_path, to_jsonable(numbers))
-    verdict = "same outputs (to rounding)" if ok64 and ok32 else "OUTPUTS CHANGED"
-    balanced = "every hidden unit balanced" if after.max_relative_deficit <= 1e-6 else "NOT fully balanced"
-    echo(f"\nresult: {verdict}, R −{drop:.1f}%, {balanced} "
+    before, after = balanced.before, balanced.after
+    verdict = "same outputs (to rounding)" if outputs["unchanged"] else "OUTPUTS CHANGED"
+    state = "every hidden unit balanced" if after.max_relative_deficit <= 1e-6 else "NOT fully balanced"
+    echo(f"\nresult: {verdict}, R −{_regularizer_drop(balanced):.1f}%, {state} "
          f"(max relative deficit {before.max_relative_deficit:.2g} → {after.max_relative_deficit:.1e})")
     echo(f"wrote {json_path} and {png_path}  ({numbers['seconds']:.1f} s in all)")
-    if not (ok64 and ok32):
+    if not outputs["unchanged"]:
+        gap32, gap64 = outputs["float32"], outputs["float64"]
         raise VerificationError(
             f"the balanced autoencoder's outputs changed: relative difference "
             f"{gap64['max_relative_difference']:.2e} (float64, tolerance {FLOAT64_TOLERANCE:g}), "

@@ -34,13 +34,14 @@ would dominate. A chain with a dead unit (zero IN or OUT) is handed back to the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 from tqdm.auto import tqdm
 
-from synbal._compiled.lowlevel import matrix_at, matrix_table
+from synbal._compiled.lowlevel import MatrixTable, matrix_at
 from synbal._compiled.powermatrix import PowerMatrix, _fused
 from synbal._problem.problem import BalanceProblem
 from synbal._solvers.base import HistoryEntry, SolveOptions, SolveResult
@@ -113,11 +114,6 @@ def chain_of(problem: BalanceProblem) -> Chain | None:
     c_layer = c_unit[lo]
     if layers and (c_unit[np.concatenate(layers)] != np.repeat(c_layer, sizes)).any():
         return None
-    p = problem.powers[0]
-    const_in = np.zeros(n)
-    const_out = np.zeros(n)
-    r_const = 0.0
-    interior: dict[int, PowerMatrix] = {}
     seen: dict[int, tuple[np.ndarray, int | None]] = {}  # adapters share index arrays between blocks
 
     def layer_of(idx: np.ndarray) -> int | None:
@@ -128,6 +124,31 @@ def chain_of(problem: BalanceProblem) -> Chain | None:
         seen[id(idx)] = (idx, h)
         return h
 
+    parts = _classify_blocks(problem, layer_of, lo, hi)
+    if parts is None:
+        return None
+    interior, const_in, const_out, r_const = parts
+    mats = [interior[d].W for d in sorted(interior)]
+    if len({m.dtype for m in mats}) > 1:
+        return None
+    return Chain(
+        power=problem.powers[0], layer_lo=lo, layer_hi=hi, c_layer=c_layer, c_unit=c_unit.copy(), mats=mats,
+        mat_power=np.array([interior[d].p for d in sorted(interior)]),
+        mat_coef=np.array([interior[d].coef for d in sorted(interior)]),
+        mat_dst=np.array(sorted(interior), dtype=np.int64),
+        const_in=const_in, const_out=const_out, r_const=r_const,
+    )
+
+
+def _classify_blocks(problem: BalanceProblem, layer_of: Callable[[np.ndarray], int | None], lo: np.ndarray,
+                     hi: np.ndarray) -> tuple[dict[int, PowerMatrix], np.ndarray, np.ndarray, float] | None:
+    """Interior blocks by destination layer, and the constant-side blocks' row/column sums and
+    constant (``None`` when a block does not fit the chain)."""
+    n = problem.n
+    const_in = np.zeros(n)
+    const_out = np.zeros(n)
+    r_const = 0.0
+    interior: dict[int, PowerMatrix] = {}
     for b in problem.blocks:
         d = layer_of(b.dst)
         s = layer_of(b.src)
@@ -149,16 +170,7 @@ def chain_of(problem: BalanceProblem) -> Chain | None:
             const_out[lo[s]:hi[s]] += b.matrix.T @ np.ones(b.dst.size)  # column sums
         else:
             r_const += b.total()
-    mats = [interior[d].W for d in sorted(interior)]
-    if len({m.dtype for m in mats}) > 1:
-        return None
-    return Chain(
-        power=p, layer_lo=lo, layer_hi=hi, c_layer=c_layer, c_unit=c_unit.copy(), mats=mats,
-        mat_power=np.array([interior[d].p for d in sorted(interior)]),
-        mat_coef=np.array([interior[d].coef for d in sorted(interior)]),
-        mat_dst=np.array(sorted(interior), dtype=np.int64),
-        const_in=const_in, const_out=const_out, r_const=r_const,
-    )
+    return interior, const_in, const_out, r_const
 
 
 # ---------------------------------------------------------------------- compiled core
@@ -170,10 +182,12 @@ def _factors(p, c, u):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True)
-def _evaluate(addr, shapes, like, mat_power, mat_coef, mat_dst, lo, hi, c_unit, const_in, const_out, r_const, p,  # type: ignore[no-untyped-def]
-              u, ey, ex, win, wout, T, IN, OUT):
+def _evaluate(blocks, layout, state):  # type: ignore[no-untyped-def]
     """``e^{p u}``, ``e^{−p c u}``, IN, OUT and interior block totals ``T`` at ``u`` (one read of the
-    interior weights); returns ``(R, max relative deficit)``."""
+    interior weights); returns ``(R, max relative deficit)``. Arguments: see :func:`solve_chain`."""
+    addr, shapes, like, mat_power, mat_coef, mat_dst = blocks
+    lo, hi, _, c_unit, const_in, const_out, r_const, p = layout
+    u, ey, ex, win, wout, T, IN, OUT = state
     n = u.size
     for i in range(n):
         ey[i], ex[i] = _factors(p, c_unit[i], u[i])
@@ -309,13 +323,17 @@ def _coarse_shifts(T, mat_dst, cin, cout, c_layer, p):  # type: ignore[no-untype
 
 
 @numba.njit(cache=True)
-def _iterate(addr, shapes, like, mat_power, mat_coef, mat_dst, lo, hi, c_layer, c_unit, const_in, const_out, r_const, p,  # type: ignore[no-untyped-def]
-             u, ey, ex, win, wout, T, IN, OUT, rel, first, count, tol, hist_R, hist_rel):
+def _iterate(blocks, layout, state, rel, first, count, tol, hist_R, hist_rel):  # type: ignore[no-untyped-def]
     """Up to ``count`` two-level iterations from an evaluated state; returns how many ran.
 
     A step ``t`` of unit ``i`` multiplies its incoming costs by ``e^{p t} = (c·OUT/IN)^{1/(1+c)}``
     and its outgoing ones by ``e^{−p c t}``; these factors give the block totals after the step.
+    This is the closed-form step of :mod:`synbal._solvers.steps`, written out here because the
+    factors come from the ratio without an ``exp`` (the one copy of that formula).
     """
+    mat_dst = blocks[5]
+    lo, hi, c_layer, _, const_in, const_out, _, p = layout
+    u, ey, ex, win, wout, T, IN, OUT = state
     H = c_layer.size
     n = u.size
     grow = np.ones(n)  # e^{p t} of this iteration's step
@@ -360,8 +378,7 @@ def _iterate(addr, shapes, like, mat_power, mat_coef, mat_dst, lo, hi, c_layer, 
         for h in range(H):
             for i in range(lo[h], hi[h]):
                 u[i] += shift[h]
-        R, rel = _evaluate(addr, shapes, like, mat_power, mat_coef, mat_dst, lo, hi, c_unit, const_in, const_out,
-                           r_const, p, u, ey, ex, win, wout, T, IN, OUT)
+        R, rel = _evaluate(blocks, layout, state)
         hist_R[done] = R
         hist_rel[done] = rel
         done += 1
@@ -370,17 +387,25 @@ def _iterate(addr, shapes, like, mat_power, mat_coef, mat_dst, lo, hi, c_layer, 
 
 def solve_chain(problem: BalanceProblem, options: SolveOptions, limit: int | None = None) -> SolveResult | None:
     """Two-level ``exact`` iterations on a chain; ``None`` when the problem is not a chain or has
-    a dead unit (the general solvers handle those)."""
+    a dead unit (the general solvers handle those).
+
+    The compiled iteration takes three tuples: ``blocks`` (the interior matrices as a
+    :class:`~synbal._compiled.lowlevel.MatrixTable`, their powers, coefficients and destination
+    layers), ``layout`` (layer ranges, degrees per layer and unit, costs to and from fixed units,
+    the constant ``R``, the power) and ``state`` (``u``, ``e^{pu}``, ``e^{−pcu}``, interior IN and
+    OUT, block totals, IN, OUT — updated in place).
+    """
     chain = chain_of(problem)
     if chain is None:
         return None
     n = problem.n
-    u = np.zeros(n)
-    ey, ex, win, wout, IN, OUT = (np.empty(n) for _ in range(6))
-    T = np.empty(len(chain.mats))
-    args = (*matrix_table(chain.mats), chain.mat_power, chain.mat_coef, chain.mat_dst, chain.layer_lo, chain.layer_hi)
-    R, rel = _evaluate(*args, chain.c_unit, chain.const_in, chain.const_out, chain.r_const, chain.power,
-                       u, ey, ex, win, wout, T, IN, OUT)
+    table = MatrixTable(chain.mats)  # holds the matrices for as long as the compiled code reads them
+    blocks = (*table.arrays, chain.mat_power, chain.mat_coef, chain.mat_dst)
+    layout = (chain.layer_lo, chain.layer_hi, chain.c_layer, chain.c_unit, chain.const_in, chain.const_out,
+              chain.r_const, chain.power)
+    state = (np.zeros(n), *(np.empty(n) for _ in range(4)), np.empty(len(chain.mats)), np.empty(n), np.empty(n))
+    u, IN, OUT = state[0], state[6], state[7]
+    R, rel = _evaluate(blocks, layout, state)
     if not (np.isfinite(R) and R < SAFE_COST) or not ((IN > 1.0 / SAFE_COST) & (OUT > 1.0 / SAFE_COST)).all():
         return None  # dead units, or costs near the ends of float64: the general path handles them
     history = [HistoryEntry(0, R, rel)]
@@ -392,9 +417,7 @@ def solve_chain(problem: BalanceProblem, options: SolveOptions, limit: int | Non
     while it < max_iter and rel > options.tol:
         count = 1 if stepwise else max_iter - it
         try:
-            done = _iterate(*args, chain.c_layer, chain.c_unit, chain.const_in, chain.const_out, chain.r_const,
-                            chain.power, u, ey, ex, win, wout, T, IN, OUT, rel, 1 + it, count, options.tol,
-                            hist_R[it:], hist_rel[it:])
+            done = _iterate(blocks, layout, state, rel, 1 + it, count, options.tol, hist_R[it:], hist_rel[it:])
         except ZeroDivisionError:  # a cost under- or overflowed on the way: the general path takes over
             return None
         if done == 0:

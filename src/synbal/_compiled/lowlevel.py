@@ -3,8 +3,16 @@
 * :func:`matrix_at` views a C-contiguous matrix from its data address, shape and dtype, so a
   kernel can take any number of weight matrices as plain integer arrays — without copying them
   into one buffer and without a numba typed list (whose construction and per-item reference
-  counting cost more than a small net's whole solve). The caller keeps the matrices alive.
+  counting cost more than a small net's whole solve), and without a tuple of arrays (a new
+  compilation for every depth).
 * :func:`prefetch` asks for a cache line ahead of use (non-blocking; a hint the CPU may drop).
+
+Who keeps the memory alive: the addresses are only ever made by :class:`MatrixTable`, which
+holds the matrices themselves next to their addresses. Its one user is the exact-chain solver
+(:func:`synbal._compiled.chain.solve_chain`), which keeps its table in a local variable for as
+long as the compiled iteration (``_evaluate``/``_iterate``) reads it and passes the addresses to
+nothing else; the matrices are the source's weight arrays (or float64 cost matrices), which the
+problem also references. A view from :func:`matrix_at` never leaves the compiled call.
 
 >>> import numba, numpy as np
 >>> @numba.njit
@@ -14,8 +22,8 @@
 ...         s += matrix_at(addresses, shapes, like, k).sum()
 ...     return s
 >>> mats = [np.ones((2, 3), dtype=np.float32), np.full((1, 4), 2.0, dtype=np.float32)]
->>> addresses, shapes, like = matrix_table(mats)
->>> float(total(addresses, shapes, like))
+>>> table = MatrixTable(mats)
+>>> float(total(*table.arrays))
 14.0
 """
 
@@ -31,7 +39,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["PREFETCH_AHEAD", "PREFETCH_BYTES", "SCREEN_STRIDE", "matrix_at", "matrix_table", "prefetch"]
+__all__ = ["PREFETCH_AHEAD", "PREFETCH_BYTES", "SCREEN_STRIDE", "MatrixTable", "matrix_at", "prefetch"]
 
 #: Above this many bytes of weights, rows come from main memory: the step kernels prefetch the
 #: rows of the units they will balance next.
@@ -43,15 +51,22 @@ PREFETCH_AHEAD = 2
 SCREEN_STRIDE = 16
 
 
-def matrix_table(mats: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(addresses, shapes, like)`` for C-contiguous 2-D matrices of one dtype (keep them alive)."""
-    dtype = mats[0].dtype if len(mats) else np.dtype(np.float64)
-    for m in mats:
-        if m.ndim != 2 or m.dtype != dtype or not m.flags.c_contiguous:
-            raise ValueError("matrix_table needs C-contiguous 2-D matrices of one dtype")
-    addresses = np.array([m.ctypes.data for m in mats], dtype=np.int64)
-    shapes = np.array([m.shape for m in mats], dtype=np.int64).reshape(-1, 2)
-    return addresses, shapes, np.empty(0, dtype=dtype)
+class MatrixTable:
+    """C-contiguous 2-D matrices of one dtype and ``(addresses, shapes, like)`` for :func:`matrix_at`.
+
+    The table holds the matrices, so they live as long as it does: keep the table (not just its
+    :attr:`arrays`) for as long as compiled code reads them.
+    """
+
+    def __init__(self, mats: Sequence[np.ndarray]) -> None:
+        dtype = mats[0].dtype if len(mats) else np.dtype(np.float64)
+        for m in mats:
+            if m.ndim != 2 or m.dtype != dtype or not m.flags.c_contiguous:
+                raise ValueError("MatrixTable needs C-contiguous 2-D matrices of one dtype")
+        self.mats = tuple(mats)
+        addresses = np.array([m.ctypes.data for m in mats], dtype=np.int64)
+        shapes = np.array([m.shape for m in mats], dtype=np.int64).reshape(-1, 2)
+        self.arrays = (addresses, shapes, np.empty(0, dtype=dtype))
 
 
 @intrinsic
@@ -70,7 +85,7 @@ def _pointer_like(typingctx: Any, address: Any, like: Any) -> Any:
 
 @numba.njit(inline="always")
 def matrix_at(addresses, shapes, like, k):  # type: ignore[no-untyped-def]
-    """Matrix ``k`` of a :func:`matrix_table`, as a C-contiguous array view."""
+    """Matrix ``k`` of a :class:`MatrixTable`'s arrays, as a C-contiguous array view (valid while the table lives)."""
     return numba.carray(_pointer_like(addresses[k], like), (shapes[k, 0], shapes[k, 1]))  # type: ignore[call-arg]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -20,15 +20,12 @@ from synbal._linf.solve import max_balance_unit_degree
 from synbal._problem.metrics import DeficitReport, UnitBalance
 from synbal._problem.problem import BalanceProblem
 from synbal._problem.regularizers import CustomRegularizer
+from synbal._result import BalanceResult
 from synbal._solvers.base import HistoryEntry
 from synbal.errors import RegularizerError, SynbalError
 
-if TYPE_CHECKING:
-    from synbal._front import BalanceResult
-
 __all__ = ["balance_max", "deficit_max", "max_problem"]
 
-LINF_METHODS = ("exact", "cyclic", "stochastic")
 _MAGNITUDE = CustomRegularizer(g=np.abs, dg=np.sign, name="linf")
 
 
@@ -69,8 +66,7 @@ def max_problem(adapter: Adapter, reg: MaxNormRegularizer) -> tuple[MaxGraph, Ba
 def solve_max(g: MaxGraph, method: str, *, tol: float, max_sweeps: int,
               seed: int | None) -> tuple[np.ndarray, int, np.ndarray]:
     """``(u, rounds or sweeps, unreachable)`` for ``method`` (``exact`` = the canonical state)."""
-    if method not in LINF_METHODS:
-        raise SynbalError(f"method {method!r} does not minimise the max-norm; use one of {', '.join(LINF_METHODS)}")
+    MaxNormRegularizer().check_method(method)
     none = np.zeros(g.n, dtype=bool)
     if method != "exact":
         u, sweeps, _ = local_sweeps(g, order=method, seed=seed, tol=tol, max_sweeps=max_sweeps)
@@ -85,8 +81,6 @@ def solve_max(g: MaxGraph, method: str, *, tol: float, max_sweeps: int,
 def balance_max(net: Any, reg: MaxNormRegularizer, method: str, *, tol: float, max_sweeps: int,
                 seed: int | None, inplace: bool, **adapter_options: Any) -> BalanceResult:
     """The max-norm branch of :func:`synbal.balance` (same result type)."""
-    from synbal._front import BalanceResult
-
     start = time.perf_counter()
     adapter = adapter_for(net, **adapter_options)
     g, problem = max_problem(adapter, reg)

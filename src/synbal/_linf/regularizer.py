@@ -18,26 +18,54 @@ MaxNormRegularizer(include_bias=False)
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from synbal._problem.regularizer_base import RegularizerBehaviour
 from synbal.errors import RegularizerError
 
-__all__ = ["MaxNormRegularizer", "is_linf_spec", "parse_linf"]
+if TYPE_CHECKING:
+    from synbal._problem.problem import BalanceProblem
+
+__all__ = ["LINF_METHODS", "MaxNormRegularizer", "is_linf_spec", "parse_linf"]
+
+#: The methods that minimise the max-norm (:func:`synbal._linf.front.solve_max`).
+LINF_METHODS = ("exact", "cyclic", "stochastic")
 
 _SPEC = re.compile(r"^\s*(?:l\s*_?\s*(?:inf|∞)|max)\s*(?P<bias>\+\s*bias)?\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
-class MaxNormRegularizer:
+class MaxNormRegularizer(RegularizerBehaviour):
     """``max_w |w|``: per unit ``IN = max |incoming w|``, ``OUT = max |outgoing w|``.
 
-    Not additive, so the usual solvers do not apply: :func:`synbal.balance` routes it to
+    Not additive, so the usual solvers do not apply: it aggregates no costs
+    (:meth:`aggregated` is ``None``) and :func:`synbal.balance` routes it to
     :mod:`synbal._linf.solve` (see :mod:`synbal._linf` for what is and is not unique).
     """
 
     include_bias: bool = False
+
+    additive: ClassVar[bool] = False
+
+    def methods(self) -> tuple[str, ...]:
+        return LINF_METHODS
+
+    def _method_refusal(self, method: str, allowed: tuple[str, ...]) -> str:
+        return f"method {method!r} does not minimise the max-norm; use one of {', '.join(allowed)}"
+
+    def aggregated(self) -> None:
+        """No additive costs: the max-norm has its own extraction (:func:`synbal._linf.front.max_problem`)."""
+        return None
+
+    def objective(self, problem: BalanceProblem) -> Callable[[np.ndarray], float]:
+        raise RegularizerError("the max-norm is measured on its pair graph (synbal._linf), not on additive costs")
+
+    def stationarity(self, problem: BalanceProblem, u: np.ndarray) -> float:
+        raise RegularizerError("the max-norm is measured on its pair graph (synbal._linf), not on additive costs")
 
     def cost(self, x: np.ndarray | float) -> np.ndarray:
         """Elementwise ``|x|`` (combined by ``max``, not by a sum)."""

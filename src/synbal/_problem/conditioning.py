@@ -80,7 +80,8 @@ def condition(dst: np.ndarray, src: np.ndarray, log_mag: np.ndarray, degree: np.
     for _ in range(sweeps):
         m_in = u[:-1] + _segment_max(dst[into], ell[into] - ce[src[into]] * u[src[into]], n)
         m_out = _segment_max(src[outof], ell[outof] + u[dst[outof]], n) - degree * u[:-1]
-        step = np.where(np.isfinite(m_in) & np.isfinite(m_out), (m_out - m_in) / (2.0 * (1.0 + degree)), 0.0)
+        with np.errstate(invalid="ignore"):  # inf - inf where a unit has no weight on one side: step 0
+            step = np.where(np.isfinite(m_in) & np.isfinite(m_out), (m_out - m_in) / (2.0 * (1.0 + degree)), 0.0)
         u[:-1] += step
         if float(np.abs(step).max(initial=0.0)) <= 1.0:
             break

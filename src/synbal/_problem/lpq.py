@@ -31,15 +31,19 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from synbal._problem.powers import PowerRegularizer, PowerTerm
+from synbal._problem.regularizer_base import RegularizerBehaviour
+from synbal._problem.unit_norms import max_stationarity, norm_at
 from synbal.errors import RegularizerError
 
 if TYPE_CHECKING:
-    from synbal._problem.regularizers import PowerTerm
+    from synbal._problem.problem import BalanceProblem
 
 __all__ = ["LpqRegularizer", "is_lpq_spec", "parse_lpq"]
 
@@ -49,7 +53,7 @@ _SPEC = re.compile(
 
 
 @dataclass(frozen=True)
-class LpqRegularizer:
+class LpqRegularizer(RegularizerBehaviour):
     """``‖W‖_{p,q}``: per-unit ℓp norms of incoming weights, combined by an ℓq norm.
 
     ``p`` is finite and ``> 0``; ``q > 0`` or ``math.inf`` (max-norm). ``include_bias`` counts
@@ -61,6 +65,9 @@ class LpqRegularizer:
     q: float
     include_bias: bool = False
 
+    additive: ClassVar[bool] = False
+    default_method: ClassVar[str] = "multiplicative"
+
     def __post_init__(self) -> None:
         if not (math.isfinite(self.p) and self.p > 0):
             raise RegularizerError(f"ℓ_{{p,q}} regularizer: p must be a finite number > 0, got p={self.p}")
@@ -70,8 +77,6 @@ class LpqRegularizer:
     @property
     def terms(self) -> tuple[PowerTerm, ...]:
         """The single power term ``|w|^p`` adapters aggregate (as for ``"lP"``)."""
-        from synbal._problem.regularizers import PowerTerm
-
         return (PowerTerm(1.0, float(self.p)),)
 
     @property
@@ -91,6 +96,44 @@ class LpqRegularizer:
     def reduces_to_lp(self) -> bool:
         """``p = q`` with biases penalised: exactly the ``"lP"`` problem (``‖W‖^p = Σ|w|^p``)."""
         return self.p == self.q and self.include_bias
+
+    @property
+    def per_unit(self) -> bool:
+        """The norm combines per-unit sums (unless it reduces to ``"lP"``)."""
+        return not self.reduces_to_lp
+
+    @classmethod
+    def of(cls, reg: object) -> LpqRegularizer | None:
+        """The ℓ_{p,q} regularizer behind ``reg``: itself, ``"lP"`` as ``ℓ_{p,p}`` with biases, else ``None``.
+
+        >>> LpqRegularizer.of(PowerRegularizer((PowerTerm(1.0, 2.0),)))
+        LpqRegularizer(p=2.0, q=2.0, include_bias=True)
+        """
+        if isinstance(reg, cls):
+            return reg
+        p = getattr(reg, "single_power", None)  # a power regularizer of one term
+        return None if p is None else cls(p, p, include_bias=True)
+
+    def methods(self) -> tuple[str, ...] | None:
+        return None if self.reduces_to_lp else ("multiplicative",)
+
+    def _method_refusal(self, method: str, allowed: tuple[str, ...]) -> str:
+        return (f"regularizer {self} is not additive: only method 'multiplicative' minimises it "
+                "(other methods balance additive costs; use 'lP' for p = q)")
+
+    def aggregated(self) -> PowerRegularizer:
+        """Adapters aggregate ``|w|^p`` (as for ``"lP"``); the solver combines the rows per unit."""
+        return PowerRegularizer(self.terms)
+
+    def objective(self, problem: BalanceProblem) -> Callable[[np.ndarray], float]:
+        """``‖W‖_{p,q}`` at ``u`` (``Σ|w|^p`` when it reduces to ``"lP"``)."""
+        if self.reduces_to_lp:
+            return problem.value
+        return lambda u: norm_at(problem, self, u)
+
+    def stationarity(self, problem: BalanceProblem, u: np.ndarray) -> float:
+        """The weighted balance residual of the multiplicative update (0 at the minimum)."""
+        return max_stationarity(problem, self, u)
 
     def cost(self, x: np.ndarray | float) -> np.ndarray:
         """Elementwise per-weight cost ``|x|^p`` (summed per unit into ``S_k``)."""

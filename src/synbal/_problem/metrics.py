@@ -14,14 +14,16 @@ so they are available for every source synbal can extract.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from synbal._problem.problem import BalanceProblem
+from synbal._problem.problem import BalanceProblem, Records
 
 __all__ = ["DeficitReport", "LayerBalance", "UnitBalance", "deficit_report"]
+
 
 
 @dataclass(slots=True)  # a plain record: slots make building one per unit of a large net cheap
@@ -54,15 +56,20 @@ class DeficitReport:
 
     ``overall_deficit`` is the paper's measure (sum of ``(IN − c·OUT)²`` over hidden units);
     ``max_relative_deficit`` is the scale-free one used for tolerances (free units only).
+
+    >>> import numpy as np, synbal
+    >>> rep = synbal.deficit(synbal.Graph.from_layers([np.array([[2.0]]), np.array([[1.0]])]), "l2")
+    >>> rep.regularizer_value, rep.overall_deficit, rep.max_relative_deficit
+    (5.0, 9.0, 0.6)
     """
 
     regularizer: str
-    units: list[UnitBalance]
+    units: Sequence[UnitBalance]
     regularizer_value: float
     overall_deficit: float
     max_relative_deficit: float
     frobenius_norm: float | None
-    layers: list[LayerBalance] = field(default_factory=list)
+    layers: Sequence[LayerBalance] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -120,11 +127,10 @@ def _record(obj: UnitBalance | LayerBalance) -> dict[str, Any]:
     return {name: getattr(obj, name) for name in obj.__slots__}
 
 
-def _status(problem: BalanceProblem) -> list[str]:
+def _status(problem: BalanceProblem) -> np.ndarray:
     floating, pinned = problem.grounding()
-    status = np.select([problem.dead_mask(), floating, pinned, problem.drifting_mask()],
-                       ["dead", "floating", "pinned", "drifting"], "free")
-    return [str(s) for s in status.tolist()]
+    return np.select([problem.dead_mask(), floating, pinned, problem.drifting_mask()],
+                     ["dead", "floating", "pinned", "drifting"], "free")
 
 
 def deficit_report(
@@ -143,15 +149,15 @@ def deficit_report(
     names = problem.names or []
     c = problem.degree
     deficits = (IN - c * OUT) ** 2
-    units = [
-        UnitBalance(name=name, IN=a, OUT=b, degree=d, deficit=e, relative_deficit=r, status=st)
-        for name, a, b, d, e, r, st in zip(names, IN.tolist(), OUT.tolist(), c.tolist(), deficits.tolist(),
-                                           rel.tolist(), status, strict=True)
-    ]
+
+    def unit(i: int) -> UnitBalance:
+        return UnitBalance(name=names[i], IN=float(IN[i]), OUT=float(OUT[i]), degree=float(c[i]),
+                           deficit=float(deficits[i]), relative_deficit=float(rel[i]), status=str(status[i]))
+
     free = problem.free_mask()
     return DeficitReport(
         regularizer=regularizer,
-        units=units,
+        units=Records(problem.n, unit),
         regularizer_value=problem.value(u),
         overall_deficit=float(np.sum(deficits)),
         max_relative_deficit=float(rel[free].max()) if free.any() else 0.0,
@@ -161,7 +167,8 @@ def deficit_report(
     )
 
 
-def _layer_balance(layers: list[np.ndarray], IN: np.ndarray, OUT: np.ndarray, rel: np.ndarray) -> list[LayerBalance]:
+def _layer_balance(layers: list[np.ndarray], IN: np.ndarray, OUT: np.ndarray, rel: np.ndarray
+                   ) -> Sequence[LayerBalance]:
     """Per layer: its size, summed IN and OUT, and the largest relative deficit of its free units
     (``rel`` is 0 for the others); one pass over all units, whatever the number of layers."""
     if not layers:
@@ -173,6 +180,9 @@ def _layer_balance(layers: list[np.ndarray], IN: np.ndarray, OUT: np.ndarray, re
     outs = np.bincount(layer_of, OUT[members], minlength=len(layers))
     worst = np.zeros(len(layers))
     np.maximum.at(worst, layer_of, rel[members])
-    return [LayerBalance(index=k, units=int(n), IN=float(a), OUT=float(b), max_relative_deficit=float(m))
-            for k, (n, a, b, m) in enumerate(zip(sizes.tolist(), ins.tolist(), outs.tolist(), worst.tolist(),
-                                                 strict=True))]
+
+    def layer(k: int) -> LayerBalance:
+        return LayerBalance(index=k, units=int(sizes[k]), IN=float(ins[k]), OUT=float(outs[k]),
+                            max_relative_deficit=float(worst[k]))
+
+    return Records(len(layers), layer)

@@ -34,22 +34,67 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, overload
+from typing import Any, Generic, TypeAlias, TypeVar, overload
 
 import numpy as np
 import scipy.sparse as sp
 
+from synbal._problem.drift import positive_flow_exists
 from synbal.errors import GraphFormatError
 
-__all__ = ["BalanceProblem", "CostBlock", "CustomCosts", "GeneratedNames", "Matrix"]
+__all__ = ["BalanceProblem", "CostBlock", "CustomCosts", "GeneratedNames", "Matrix", "Records"]
 
 #: A dense ``np.ndarray`` or a scipy CSR matrix/array (scipy ships no type information).
 Matrix: TypeAlias = Any
 
 FIXED = -1
+T = TypeVar("T")
 
 
-class GeneratedNames(Sequence[str]):
+class Records(Sequence[T], Generic[T]):
+    """A read-only sequence whose items are made on access by ``make(i)``: a report on 100,000
+    units builds no record nobody reads. Compares equal to a list of the same items.
+
+    >>> recs = Records(3, lambda i: i * i)
+    >>> len(recs), recs[2], recs[-1], recs[:2], recs == [0, 1, 4]
+    (3, 4, 4, [0, 1], True)
+    """
+
+    def __init__(self, count: int, make: Callable[[int], T]) -> None:
+        self._count = int(count)
+        self._make = make
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return [self._make(i) for i in range(*index.indices(self._count))]
+        i = int(index)
+        if i < 0:
+            i += self._count
+        if not 0 <= i < self._count:
+            raise IndexError(f"index {index} out of range for {self._count} items")
+        return self._make(i)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, Records)):
+            return len(other) == self._count and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._count})"
+
+
+class GeneratedNames(Records[str]):
     """Unit names made on demand, so a large problem does not build a list of strings it may never read.
 
     >>> names = GeneratedNames(3, lambda i: f"unit{i}")
@@ -57,35 +102,7 @@ class GeneratedNames(Sequence[str]):
     (3, 'unit1', ['unit0', 'unit1', 'unit2'], True)
     """
 
-    def __init__(self, count: int, name_of: Callable[[int], str]) -> None:
-        self._count = int(count)
-        self._name_of = name_of
-
-    def __len__(self) -> int:
-        return self._count
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        if isinstance(index, slice):
-            return [self._name_of(i) for i in range(*index.indices(self._count))]
-        i = int(index)
-        if i < 0:
-            i += self._count
-        if not 0 <= i < self._count:
-            raise IndexError(f"unit index {index} out of range for {self._count} units")
-        return self._name_of(i)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, (list, tuple, GeneratedNames)):
-            return len(other) == self._count and all(a == b for a, b in zip(self, other, strict=True))
-        return NotImplemented
-
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # type: ignore[override]
         return hash((self._count, self[0] if self._count else None))
 
     def __repr__(self) -> str:
@@ -98,6 +115,18 @@ def _repeats(idx: np.ndarray) -> bool:
         return False  # all fixed, or increasing
     real = idx[idx >= 0]
     return bool(real.size) and int(np.bincount(real).max()) > 1
+
+
+def _components(adjacency: sp.csr_array, members: np.ndarray) -> list[np.ndarray]:
+    """The connected parts (unit indices) of the units in the mask ``members`` of a symmetric unit graph."""
+    from scipy.sparse.csgraph import connected_components
+
+    idx = np.flatnonzero(members)
+    if idx.size == 0:
+        return []
+    count, labels = connected_components(adjacency[idx][:, idx], directed=False)
+    order = np.argsort(labels, kind="stable")
+    return np.split(idx[order], np.flatnonzero(np.diff(labels[order])) + 1) if count > 1 else [idx]
 
 
 def _closure(graph: sp.csr_array, seeds: np.ndarray, size: int) -> np.ndarray:
@@ -394,27 +423,6 @@ class BalanceProblem:
         rel = self.relative_deficit(u, m)
         return float(rel.max()) if rel.size else 0.0
 
-    def hessian_vector(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Hessian of ``R`` at ``u`` times ``v`` (two products with each block)."""
-        ue, ce = self._ext(u)
-        ve = np.append(np.asarray(v, dtype=np.float64), 0.0)
-        res = np.zeros(self.n + 1)
-        for b in self.blocks:
-            p = b.power
-            cs = ce[b.src]
-            x = np.exp(-p * cs * ue[b.src])
-            y = np.exp(p * ue[b.dst])
-            vd = ve[b.dst]
-            cv = cs * ve[b.src]
-            # edge values V_rk = y_r A_rk x_k; H v = Σ p² V_rk (v_r − c_k v_k)(e_r − c_k e_k)
-            row_all = b.matrix @ x
-            row_cv = b.matrix @ (x * cv)
-            res[b.dst] += p * p * y * (vd * row_all - row_cv)
-            col_yv = b.matrix.T @ (y * vd)
-            col_all = b.matrix.T @ y
-            res[b.src] += -p * p * cs * x * (col_yv - cv * col_all)
-        return res[:-1]
-
     def hessian_diagonal(self, u: np.ndarray) -> np.ndarray:
         """Diagonal of the Hessian: ``Σ_p p² (IN + c² OUT)`` corrected for self-loops."""
         diag = np.zeros(self.n)
@@ -558,7 +566,7 @@ class BalanceProblem:
         return ~self.dead_mask() & ~floating & ~pinned & ~self.drifting_mask()
 
     def drifting_mask(self) -> np.ndarray:
-        """BiLU units whose cost has no minimum over the scales: they would drift to scale 0 or ∞.
+        """Units whose cost has no minimum over the scales: they would drift to scale 0 or ∞.
 
         ``R(u) = Σ_e A_e e^{p(u_i − u_j)}`` (``c = 1``) has a minimiser iff no direction ``d``
         lowers some term and raises none, i.e. ``d_i ≤ d_j`` on every edge ``j → i`` of non-zero
@@ -567,8 +575,11 @@ class BalanceProblem:
         such a direction's support — scale it and everything that reaches it up (resp. it and
         everything it reaches down) and only the edges leaving (entering) that set change, all
         downwards. A cycle fed by the inputs with no path to an output is the typical case. Such
-        units are left alone, like dead units (Remark 5.5 of the paper). Only closures made of
-        ``c = 1`` units are flagged: with BiPUs inside, ``d_i − c_j d_j`` may grow on inner edges.
+        units are left alone, like dead units (Remark 5.5 of the paper). With BiPUs inside a
+        closure, ``d_i − c_j d_j`` may grow on inner edges, so reachability alone does not decide:
+        each connected part of the closure with a BiPU is flagged when no strictly positive flow,
+        conserved with the units' gains, covers its weights (:mod:`synbal._problem.drift`).
+        (Gain cycles among units that both reach and are reached by ground are not examined.)
         """
         cached = self._cache.get("drifting")
         if cached is None and self.layers is not None:
@@ -604,9 +615,11 @@ class BalanceProblem:
             seeds = np.flatnonzero(unreached[:n] & ~ground)
             if seeds.size == 0:
                 continue
-            closure = _closure(g, seeds, n + 1)
-            if not (closure & bipu).any():
-                out |= closure[:n] & ~ground
+            closure = _closure(g, seeds, n + 1)[:n] & ~ground
+            for members in _components(self.unit_adjacency(), closure):
+                # all BiLU: drifts; with BiPUs the gains may still balance it (see synbal._problem.drift)
+                if not bipu[members].any() or not positive_flow_exists(members, r, c, self.degree):
+                    out[members] = True
         return out
 
     def colouring(self) -> list[np.ndarray]:

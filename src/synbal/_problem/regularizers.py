@@ -1,6 +1,8 @@
 """Regularizers: additive weight costs ``R(W) = Σ_w coef_w · g(|w|)``.
 
-Two kinds cover the theory:
+Two kinds cover the theory (besides the ℓ_{p,q} norm, :mod:`synbal._problem.lpq`, and the
+max-norm, :mod:`synbal._linf.regularizer`); each carries its behaviour
+(:class:`~synbal._problem.regularizer_base.RegularizerBehaviour`):
 
 * :class:`PowerRegularizer` — weighted sums of powers ``Σ_k α_k |w|^{p_k}``, any ``p_k > 0``
   (``L2``, ``L1``, ``L0.5``, elastic net ``1*l2+0.01*l1``). Everything is closed form or a
@@ -28,6 +30,8 @@ import numpy as np
 
 from synbal._linf.regularizer import MaxNormRegularizer, is_linf_spec, parse_linf
 from synbal._problem.lpq import LpqRegularizer, is_lpq_spec, parse_lpq
+from synbal._problem.powers import PowerRegularizer, PowerTerm
+from synbal._problem.regularizer_base import RegularizerBehaviour
 from synbal.errors import RegularizerError
 
 __all__ = [
@@ -41,49 +45,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class PowerTerm:
-    """One term ``coef · |w|^power`` of a power regularizer."""
-
-    coef: float
-    power: float
-
-
-@dataclass(frozen=True)
-class PowerRegularizer:
-    """``R(W) = Σ_k coef_k Σ_w |w|^{p_k}``; ``terms`` are sorted by power, merged, coef > 0."""
-
-    terms: tuple[PowerTerm, ...]
-
-    def __post_init__(self) -> None:
-        if not self.terms:
-            raise RegularizerError("a power regularizer needs at least one term")
-        for t in self.terms:
-            if not (np.isfinite(t.power) and t.power > 0):
-                raise RegularizerError(f"power must be a finite number > 0, got p={t.power}")
-            if not (np.isfinite(t.coef) and t.coef > 0):
-                raise RegularizerError(f"coefficient must be a finite number > 0, got {t.coef}")
-
-    @property
-    def powers(self) -> tuple[float, ...]:
-        return tuple(t.power for t in self.terms)
-
-    @property
-    def single_power(self) -> float | None:
-        """``p`` when the regularizer is ``coef·Lp`` (closed forms apply), else ``None``."""
-        return self.terms[0].power if len(self.terms) == 1 else None
-
-    def cost(self, x: np.ndarray | float) -> np.ndarray:
-        """Elementwise ``g(|x|)``."""
-        a = np.abs(np.asarray(x, dtype=np.float64))
-        return sum((t.coef * a**t.power for t in self.terms), np.zeros_like(a))
-
-    def __str__(self) -> str:
-        parts = [f"{t.coef:g}*l{t.power:g}" if t.coef != 1 else f"l{t.power:g}" for t in self.terms]
-        return "+".join(parts)
-
-
-@dataclass(frozen=True)
-class CustomRegularizer:
+class CustomRegularizer(RegularizerBehaviour):
     """A user cost ``g`` with derivative ``dg`` (both vectorised over numpy arrays).
 
     ``g`` must be increasing on ``[0, ∞)`` with ``g(0) = 0``. Balancing a unit solves the 1-D
@@ -127,9 +89,12 @@ def parse_regularizer(spec: RegularizerSpec) -> Regularizer:
     """Turn ``"l2"``, ``"l0.5"``, ``"1*l2+0.01*l1"``, ``"linf"`` (or a regularizer object) into a regularizer.
 
     Raises :class:`~synbal.errors.RegularizerError` naming the bad term.
+
+    >>> str(parse_regularizer("1*l2 + 0.01*l1")), str(parse_regularizer("l2,1")), str(parse_regularizer("linf"))
+    ('l2+0.01*l1', 'l2,1', 'linf')
     """
-    if isinstance(spec, (PowerRegularizer, CustomRegularizer, LpqRegularizer, MaxNormRegularizer)):
-        return spec
+    if isinstance(spec, RegularizerBehaviour):
+        return spec  # every regularizer type carries the behaviour
     if not isinstance(spec, str):
         raise RegularizerError(f"regularizer must be a string such as 'l2', got {spec!r}")
     if is_linf_spec(spec):  # "linf", "linf+bias": the max-norm (synbal._linf)

@@ -36,11 +36,14 @@ import scipy.sparse.linalg as spla
 from tqdm.auto import tqdm
 
 from synbal._compiled.chain import solve_chain
+from synbal._compiled.sparse_cg import conjugate_gradients
 from synbal._problem.problem import BalanceProblem, CostBlock
 from synbal._problem.regularizers import Regularizer
+from synbal._solvers.banded import BandedSolver
 from synbal._solvers.base import HistoryEntry, SolveOptions, SolveResult, check_range
-from synbal._solvers.custom import custom_unit_steps
-from synbal._solvers.local import optimal_log_steps
+from synbal._solvers.far_steps import far_unit_steps
+from synbal._solvers.hessian_pattern import HessianPattern
+from synbal._solvers.steps import balance_in_order, optimal_log_steps
 
 __all__ = ["hessian", "solve_exact"]
 
@@ -116,17 +119,18 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
     history = [HistoryEntry(0, value, rel)]
     bar = tqdm(desc="exact balancing", disable=not options.progress, leave=False)
     it = 0
-    direct: bool | None = None
-    while rel > options.tol and it < max(options.max_sweeps, 1) and idx.size:
+    direct: BandedSolver | bool | None = None
+    pattern = HessianPattern(problem, idx) if idx.size else None
+    while rel > options.tol and it < max(options.max_sweeps, 1) and pattern is not None:
         it += 1
-        H = hessian(problem, u)
-        if idx.size < problem.n:
-            H = H[idx][:, idx]
+        H = pattern.at(u)
         d = np.sqrt(np.maximum(H.diagonal(), np.finfo(float).tiny))
         Hs = _jacobi_scaled(H, 1.0 / d)
         if direct is None:
             direct = _direct_pays(Hs)
-        z = _newton_direction(Hs, -grad[idx] / d, direct, rtol=min(0.1, max(1e-12, rel * rel)))
+        banded = direct.solve(Hs, -grad[idx] / d) if isinstance(direct, BandedSolver) else None
+        z = banded if banded is not None else _newton_direction(Hs, -grad[idx] / d, bool(direct),
+                                                                rtol=_forcing(rel, options.tol))
         step = np.zeros(problem.n)
         step[idx] = z / d
         # The full step first, judged by the relative deficits: R's directional derivative is
@@ -139,10 +143,14 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
             u, grad, scale, rel = u + step, full_grad, full_scale, full_rel
         else:
             alpha = _line_search(problem, u, step, float(grad @ step))
-            if alpha == 0.0:
-                break
             u = u + alpha * step
             grad, scale = problem.gradient_parts(u)
+            # units far from balance on a scale R's rounding hides: balance them exactly
+            moved = far_unit_steps(problem, u, _rel(grad, scale), free)
+            if moved:
+                grad, scale = problem.gradient_parts(u)
+            elif alpha == 0.0:
+                break
             rel = _max_rel(grad, scale, free)
         if guard:
             check_range(problem, u)
@@ -159,27 +167,32 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
 #: Up to this many units, or this reverse-Cuthill–McKee bandwidth, Newton steps use a direct solve.
 DIRECT_UNITS = 2_000
 DIRECT_BANDWIDTH = 64
+#: Up to this bandwidth (a chain has 1) the direct solve is a banded Cholesky in the RCM order.
+BANDED_WIDTH = 8
 
 
-def _direct_pays(H: sp.csr_array) -> bool:
+def _forcing(rel: float, tol: float) -> float:
+    """Relative residual for an iterative Newton solve (inexact Newton): ``rel²`` keeps the
+    convergence quadratic, but no tighter than a hundredth of what the last step needs to reach
+    ``tol`` (the next deficit is about ``residual·rel``), within ``[1e-12, 0.1]``."""
+    return min(0.1, max(1e-12, rel * rel, 0.01 * tol / max(rel, tol)))
+
+
+def _direct_pays(H: sp.csr_array) -> BandedSolver | bool:
     """Whether a sparse direct factorisation of ``H`` stays cheap: small, or of small bandwidth
-    once reordered (chains, trees of layers). Random sparse graphs fill in: CG is used there."""
+    once reordered (chains, trees of layers). Random sparse graphs fill in: CG is used there.
+    Beyond ``DIRECT_UNITS`` a narrow band is returned as its :class:`BandedSolver`."""
     if H.shape[0] <= DIRECT_UNITS:
         return True
-    from scipy.sparse.csgraph import reverse_cuthill_mckee
-
-    perm = reverse_cuthill_mckee(H, symmetric_mode=True)
-    rank = np.empty_like(perm)
-    rank[perm] = np.arange(perm.size)
-    rows = np.repeat(np.arange(H.shape[0]), np.diff(H.indptr))
-    return int(np.abs(rank[rows] - rank[H.indices]).max(initial=0)) <= DIRECT_BANDWIDTH
+    banded = BandedSolver(H)
+    return banded if banded.bandwidth <= BANDED_WIDTH else banded.bandwidth <= DIRECT_BANDWIDTH
 
 
 def _newton_direction(Hs: sp.csr_array, rhs: np.ndarray, direct: bool, rtol: float = 1e-12) -> np.ndarray:
     """Solve ``Hs z = rhs`` (symmetric positive definite, unit diagonal); an iterative solve stops at
     relative residual ``rtol`` (inexact Newton: loose far from the minimum, tight near it)."""
     if not direct:
-        z = _conjugate_gradients(Hs, rhs, rtol=rtol)
+        z = conjugate_gradients(Hs, rhs, rtol=rtol)
         if z is not None:
             return z
     try:  # Hs is symmetric: its CSR arrays are also its CSC arrays
@@ -187,32 +200,6 @@ def _newton_direction(Hs: sp.csr_array, rhs: np.ndarray, direct: bool, rtol: flo
                                        permc_spec="MMD_AT_PLUS_A"))
     except RuntimeError:  # singular (should not happen once floating components are pinned)
         return np.asarray(spla.lsqr(Hs, rhs, atol=1e-14, btol=1e-14)[0])
-
-
-def _conjugate_gradients(A: sp.csr_array, b: np.ndarray, rtol: float = 1e-12,
-                         maxiter: int = 2_000) -> np.ndarray | None:
-    """Plain conjugate gradients on an SPD matrix (already Jacobi-scaled); ``None`` if not converged.
-
-    (scipy's ``cg`` costs tens of milliseconds per iteration of bookkeeping at 100,000 unknowns;
-    a step here is one product and a few vector updates.)
-    """
-    x = np.zeros_like(b)
-    r = b.copy()
-    p = r.copy()
-    rr = float(r @ r)
-    stop = (rtol * float(np.linalg.norm(b))) ** 2
-    for _ in range(maxiter):
-        if rr <= stop:
-            return x
-        q = A @ p
-        alpha = rr / float(p @ q)
-        x += alpha * p
-        r -= alpha * q
-        rr_new = float(r @ r)
-        p *= rr_new / rr
-        p += r
-        rr = rr_new
-    return x if rr <= stop else None
 
 
 def _jacobi_scaled(H: sp.csr_array, dinv: np.ndarray) -> sp.csr_array:
@@ -267,9 +254,12 @@ def _line_search(problem: BalanceProblem, u: np.ndarray, step: np.ndarray, slope
     return lo
 
 
+def _rel(grad: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return np.divide(np.abs(grad), scale, out=np.zeros_like(grad), where=scale > 0)
+
+
 def _max_rel(grad: np.ndarray, scale: np.ndarray, free: np.ndarray) -> float:
-    rel = np.divide(np.abs(grad), scale, out=np.zeros_like(grad), where=scale > 0)
-    return float(rel[free].max()) if free.any() else 0.0
+    return float(_rel(grad, scale)[free].max()) if free.any() else 0.0
 
 
 # ---------------------------------------------------------------------- two-level sweeps
@@ -317,6 +307,24 @@ def _coarse_problem(problem: BalanceProblem, totals: np.ndarray, block_layers: n
     return BalanceProblem(degree, blocks, names=[f"layer{k}" for k in range(len(layers))])
 
 
+def _read_costs(problem: BalanceProblem, u: np.ndarray, degree_ext: np.ndarray
+                ) -> tuple[dict[float, np.ndarray], dict[float, np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """One read of every weight: per power IN and OUT of every unit (fixed unit last), and per
+    block its rows' incoming and its columns' outgoing costs."""
+    ue = np.append(u, 0.0)
+    IN = {p: np.zeros(problem.n + 1) for p in problem.powers}
+    OUT = {p: np.zeros(problem.n + 1) for p in problem.powers}
+    rins: list[np.ndarray] = []
+    routs: list[np.ndarray] = []
+    for b, (r, s) in zip(problem.blocks, problem.block_products(u), strict=True):
+        x, y = b.factors(ue, degree_ext)
+        rins.append(y * r)
+        routs.append(x * s)
+        IN[b.power][b.dst] += rins[-1]
+        OUT[b.power][b.src] += routs[-1]
+    return IN, OUT, rins, routs
+
+
 def _two_level(problem: BalanceProblem, options: SolveOptions, limit: int | None = None) -> SolveResult:
     """Alternating (odd/even layer) balancing with an exact tied coarse correction.
 
@@ -345,18 +353,7 @@ def _two_level(problem: BalanceProblem, options: SolveOptions, limit: int | None
     it = 0
     rel = np.inf
     while True:
-        ue = np.append(u, 0.0)
-        IN = {p: np.zeros(problem.n + 1) for p in powers}
-        OUT = {p: np.zeros(problem.n + 1) for p in powers}
-        rins: list[np.ndarray] = []
-        routs: list[np.ndarray] = []
-        for b, (r, s) in zip(problem.blocks, problem.block_products(u), strict=True):
-            p = b.power
-            x, y = b.factors(ue, degree_ext)
-            rins.append(y * r)
-            routs.append(x * s)
-            IN[p][b.dst] += rins[-1]
-            OUT[p][b.src] += routs[-1]
+        IN, OUT, rins, routs = _read_costs(problem, u, degree_ext)
         grad = sum((p * (IN[p][:-1] - problem.degree * OUT[p][:-1]) for p in powers), np.zeros(problem.n))
         scale = sum((p * (IN[p][:-1] + problem.degree * OUT[p][:-1]) for p in powers), np.zeros(problem.n))
         rel = _max_rel(grad, scale, free)
@@ -412,6 +409,6 @@ def _solve_custom(problem: BalanceProblem, options: SolveOptions) -> SolveResult
     sweep = 1
     while history[-1].max_relative_deficit > options.tol and sweep < options.max_sweeps:
         sweep += 1
-        custom_unit_steps(problem, u, idx, 1.0)
+        balance_in_order(problem, u, idx, 1.0)
         history.append(HistoryEntry(sweep, problem.value(u), problem.max_relative_deficit(u)))
     return SolveResult(u, history[-1].max_relative_deficit <= options.tol, history, steps=sweep)

@@ -13,7 +13,7 @@ The flow. Let ``T_i(W) = ∂(S_u W)/∂u_i`` be the orbit direction of unit ``i`
     dW/dt = −∇L(W) + Σ_i ν_i(t) T_i(W),      with ν chosen so that  d g(W)/dt = 0,
 
 i.e. ``H ν = J_g ∇L`` with ``H = J_g T`` the Hessian of ``R`` along the orbit (the grounded
-Laplacian of :meth:`~synbal._problem.problem.BalanceProblem.hessian_vector`), positive definite on the
+Laplacian of :func:`~synbal._solvers.exact.hessian`), positive definite on the
 free units, so ``ν`` is unique. Because ``E`` is invariant, moving along ``T`` never changes
 ``E``: the flow descends ``L`` at least as fast as gradient flow does, and ``R`` stays the
 minimum over its orbit. We integrate it by *splitting*: one optimizer step on ``L``, then the
@@ -53,19 +53,16 @@ from torch import nn
 
 from synbal._adapters.protocol import adapter_for
 from synbal._adapters.torch.plain_mlp import mlp_discovery
-from synbal._linf.regularizer import MaxNormRegularizer
 from synbal._problem.lpq import LpqRegularizer
 from synbal._problem.problem import BalanceProblem
 from synbal._problem.regularizers import (
     CustomRegularizer,
     PowerRegularizer,
-    PowerTerm,
     Regularizer,
     RegularizerSpec,
     parse_regularizer,
 )
 from synbal._solvers import SolveOptions, SolveResult, solve
-from synbal._solvers.multiplicative import lpq_max_stationarity
 from synbal.errors import ModelError, RegularizerError
 from synbal.training._model_balance import ModelBalance
 from synbal.training._optimizer_state import Policy, rescale_optimizer_state
@@ -84,11 +81,10 @@ _TINY = 1e-30
 
 def aggregation_regularizer(reg: Regularizer) -> PowerRegularizer | CustomRegularizer:
     """What an adapter aggregates for ``reg``: ``|w|^p`` for ℓ_{p,q}, else ``reg`` itself."""
-    if isinstance(reg, LpqRegularizer):
-        return PowerRegularizer((PowerTerm(1.0, reg.p),))
-    if isinstance(reg, MaxNormRegularizer):
-        raise RegularizerError("the max-norm 'linf' is not additive: it has no flow (balance with it instead)")
-    return reg
+    costs = reg.aggregated()
+    if costs is None:
+        raise RegularizerError(f"the regularizer {reg} is not additive: it has no flow (balance with it instead)")
+    return costs
 
 
 def mlp_linears(model: nn.Module) -> list[nn.Linear]:
@@ -104,7 +100,7 @@ def mlp_linears(model: nn.Module) -> list[nn.Linear]:
     return [m for m in model.modules() if isinstance(m, nn.Linear)]
 
 
-def lpq_penalty(model: nn.Module, reg: LpqRegularizer | str) -> torch.Tensor:
+def lpq_penalty(model: nn.Module, reg: RegularizerSpec) -> torch.Tensor:
     """``‖W‖_{p,q}`` of a plain MLP as a differentiable scalar (every Linear row is one unit).
 
     >>> lin = nn.Sequential(nn.Linear(2, 2, bias=False))
@@ -113,8 +109,9 @@ def lpq_penalty(model: nn.Module, reg: LpqRegularizer | str) -> torch.Tensor:
     >>> [float(lpq_penalty(lin, r).detach()) for r in ("l2,1", "l2,inf", "l1,1")]
     [17.0, 12.0, 19.0]
     """
-    lpq = reg if isinstance(reg, LpqRegularizer) else parse_regularizer(reg)
-    if not isinstance(lpq, LpqRegularizer):
+    spec = parse_regularizer(reg)
+    lpq = None if spec.additive else LpqRegularizer.of(spec)
+    if lpq is None:
         raise RegularizerError(f"lpq_penalty needs an ℓ_{{p,q}} regularizer such as 'l2,1', got {reg}")
     rows = []
     for lin in mlp_linears(model):
@@ -136,10 +133,7 @@ def balance_stationarity(problem: BalanceProblem, reg: Regularizer, u: np.ndarra
     ``|IN − c·OUT| / (IN + c·OUT)`` for ``Lp`` (as the core's deficits), the weighted form
     of :mod:`synbal._solvers.multiplicative` for ℓ_{p,q}.
     """
-    v = np.zeros(problem.n) if u is None else u
-    if isinstance(reg, LpqRegularizer):
-        return lpq_max_stationarity(problem, reg, v)
-    return problem.max_relative_deficit(v)
+    return reg.stationarity(problem, np.zeros(problem.n) if u is None else u)
 
 
 class WeightBalancingFlow:
@@ -183,12 +177,12 @@ class WeightBalancingFlow:
         self.model = model
         self.optimizer = optimizer
         self.reg: Regularizer = parse_regularizer(reg)
-        if isinstance(self.reg, CustomRegularizer):
+        if not isinstance(aggregation_regularizer(self.reg), PowerRegularizer):  # custom costs g
             raise RegularizerError("the weight-balancing flow needs a power or ℓ_{p,q} regularizer")
         if not (math.isfinite(strength) and strength >= 0):
             raise RegularizerError(f"flow strength β must be a finite number >= 0, got {strength}")
         self.strength = float(strength)
-        self.method = method or ("multiplicative" if isinstance(self.reg, LpqRegularizer) else "exact")
+        self.method = method or self.reg.default_method
         self.options = SolveOptions(tol=tol, max_sweeps=max_sweeps)
         self.example_inputs = example_inputs
         self.optimizer_state: Policy = optimizer_state
@@ -200,10 +194,7 @@ class WeightBalancingFlow:
     # ------------------------------------------------------------------ the two halves
     def penalty(self) -> torch.Tensor:
         """``β·R(W)`` as a differentiable scalar (add it to the data loss)."""
-        if isinstance(self.reg, LpqRegularizer):
-            value = lpq_penalty(self.model, self.reg)
-        else:
-            value = regularizer_penalty(self.model, self.reg)
+        value = regularizer_penalty(self.model, self.reg) if self.reg.additive else lpq_penalty(self.model, self.reg)
         return self.strength * value
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -29,8 +29,7 @@ import numpy as np
 from synbal._adapters.protocol import adapter_for
 from synbal._problem.problem import BalanceProblem
 from synbal._problem.regularizers import RegularizerSpec, parse_regularizer
-from synbal._solvers.custom import custom_set_steps
-from synbal._solvers.local import optimal_log_steps
+from synbal._solvers.steps import balance_in_order, step_set
 from synbal.errors import SynbalError
 
 __all__ = ["BalanceStep", "balance_units", "scale_units"]
@@ -91,25 +90,12 @@ def balance_units(
     idx = _indices(problem, list(units))
     u = np.zeros(problem.n)
     before = problem.value(u)
-    if problem.custom is not None:
-        if tied:
-            custom_set_steps(problem, u, idx, theta, tied=True)
-        else:
-            for i in idx:
-                custom_set_steps(problem, u, np.array([i]), theta, tied=False)
-    elif tied:
-        if np.unique(problem.degree[idx]).size > 1:
-            raise SynbalError("a tied set must contain units of one degree c")
-        costs = {p: (np.array([a]), np.array([b]), np.array([s]))
-                 for p, (a, b, s) in problem.subset_costs(u, idx).items()}
-        u[idx] += optimal_log_steps(costs, problem.degree[idx[:1]], theta)[0]
+    if tied and problem.custom is None and np.unique(problem.degree[idx]).size > 1:
+        raise SynbalError("a tied set must contain units of one degree c")
+    if tied:
+        step_set(problem, u, idx, theta, tied=True)
     else:
-        from synbal._solvers.schedules import SetEvaluator
-
-        evaluator = SetEvaluator(problem)
-        for i in idx:
-            one = np.array([i])
-            u[one] += optimal_log_steps(evaluator.costs(u, one), problem.degree[one], theta)
+        balance_in_order(problem, u, idx, theta)
     after = problem.value(u)
     names = problem.names or []
     return BalanceStep(

@@ -8,6 +8,10 @@
   unit graph) balanced in turn.
 * ``tied`` — one λ per set (default sets: the layers), each set balanced as a single unit.
 
+Each schedule is a :class:`~synbal._solvers.method.Method`: it declares the options it takes
+and chooses what one sweep balances (:meth:`Schedule.sweeper`); :meth:`Schedule.run` is the
+loop they share. The steps themselves are :mod:`synbal._solvers.steps`.
+
 Every step sets a unit (or set) to its optimal scale, or to ``λ*^θ`` for partial steps with
 ``θ ∈ (0, 1)``, so ``R`` never increases, and every schedule except ``tied`` converges to the
 same state as :func:`synbal._solvers.exact.solve_exact` (Theorem 9.1).
@@ -18,7 +22,7 @@ same state as :func:`synbal._solvers.exact.solve_exact` (Theorem 9.1).
 >>> from synbal._solvers.base import SolveOptions
 >>> prob = BalanceProblem(np.ones(2), [CostBlock(2.0, [0], [-1], [[4.0]]),
 ...     CostBlock(2.0, [1], [0], [[1.0]]), CostBlock(2.0, [-1], [1], [[0.25]])])
->>> res = make_solver("cyclic")(prob, parse_regularizer("l2"), SolveOptions(tol=1e-12))
+>>> res = CYCLIC.run(prob, parse_regularizer("l2"), SolveOptions(tol=1e-12))
 >>> res.converged, np.round(np.exp(res.u), 6).tolist()
 (True, [0.5, 0.5])
 """
@@ -26,84 +30,164 @@ same state as :func:`synbal._solvers.exact.solve_exact` (Theorem 9.1).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from synbal._problem.problem import BalanceProblem
-from synbal._problem.regularizers import CustomRegularizer, Regularizer
+from synbal._problem.regularizers import Regularizer
 from synbal._solvers.base import HistoryEntry, SolveOptions, SolveResult, check_range
-from synbal._solvers.custom import custom_set_steps, custom_unit_steps
-from synbal._solvers.local import optimal_log_steps
+from synbal._solvers.method import Method
+from synbal._solvers.steps import SetCosts, balance_in_order, step_set
 from synbal.errors import SynbalError
 
-__all__ = ["SCHEDULES", "SetEvaluator", "make_solver", "tied_layer_closed_form"]
+__all__ = ["ALTERNATING", "CYCLIC", "LAYER", "SCHEDULES", "STOCHASTIC", "TIED", "Schedule", "tied_layer_closed_form"]
 
-SCHEDULES = ("stochastic", "cyclic", "layer", "alternating", "tied")
-
-
-class SetEvaluator:
-    """Per-power ``(IN, OUT, self-loop)`` costs of the members of a set, touching only its blocks."""
-
-    def __init__(self, problem: BalanceProblem) -> None:
-        self.problem = problem
-        self._plans: dict[bytes, list[tuple[int, np.ndarray, np.ndarray]]] = {}
-
-    def _plan(self, members: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        key = members.tobytes()
-        plan = self._plans.get(key)
-        if plan is None:
-            inside = np.zeros(self.problem.n + 1, dtype=bool)
-            inside[members] = True
-            plan = []
-            for k, b in enumerate(self.problem.blocks):
-                rows = np.flatnonzero(inside[b.dst])
-                cols = np.flatnonzero(inside[b.src])
-                if rows.size or cols.size:
-                    plan.append((k, rows, cols))
-            self._plans[key] = plan
-        return plan
-
-    def costs(self, u: np.ndarray, members: np.ndarray) -> dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """For each power: incoming and outgoing costs (self-loops excluded) and self-loop costs."""
-        prob = self.problem
-        pos = np.full(prob.n, -1, dtype=np.int64)
-        pos[members] = np.arange(members.size)
-        ue = np.append(u, 0.0)
-        ce = np.append(prob.degree, 1.0)
-        c = prob.degree[members]
-        out: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
-            p: (np.zeros(members.size), np.zeros(members.size), np.zeros(members.size))
-            for p in prob.powers
-        }
-        for k, rows, cols in self._plan(members):
-            b = prob.blocks[k]
-            p = b.power
-            x, y = b.factors(ue, ce)
-            IN, OUT, _ = out[p]
-            if rows.size:
-                A = b.matrix if rows.size == b.dst.size else b.matrix[rows]
-                IN[pos[b.dst[rows]]] += y[rows] * (A @ x)
-            if cols.size:
-                OUT[pos[b.src[cols]]] += x[cols] * (b.matrix.T @ y)[cols]
-        loops = prob.self_loop_costs()
-        for p, (IN, OUT, S) in out.items():
-            S[:] = loops[p][members] * np.exp(p * (1.0 - c) * u[members])
-            IN -= S
-            OUT -= S
-            np.maximum(IN, 0.0, out=IN)
-            np.maximum(OUT, 0.0, out=OUT)
-        return out
+#: One sweep: balance some units of ``u`` in place and return how many steps it took.
+Sweep = Callable[[np.ndarray], int]
+#: The convergence measure at ``u``.
+Measure = Callable[[np.ndarray], float]
 
 
-def _sets_for(name: str, problem: BalanceProblem, options: SolveOptions) -> list[np.ndarray]:
-    free = problem.free_mask()
-    if name == "tied":
+class Schedule(Method):
+    """A local schedule: sweeps of single-unit or set steps until the deficit reaches ``tol``."""
+
+    options: ClassVar[tuple[str, ...]] = ("theta",)
+
+    def sweeper(self, problem: BalanceProblem, options: SolveOptions) -> tuple[Sweep, Measure]:
+        """What one sweep does (on the free units of ``problem``), and the convergence measure
+        (the max relative deficit of the free units unless the schedule says otherwise)."""
+        raise NotImplementedError
+
+    def run(self, problem: BalanceProblem, reg: Regularizer, options: SolveOptions) -> SolveResult:
+        u = np.zeros(problem.n)
+        sweep_once, deficit = self.sweeper(problem, options)
+        history = [HistoryEntry(0, problem.value(u), deficit(u))]
+        converged = history[0].max_relative_deficit <= options.tol or not problem.free_mask().any()
+        steps = 0
+        bar = tqdm(total=options.max_sweeps, desc=f"{self.name} balancing", disable=not options.progress,
+                   leave=False)
+        sweep = 0
+        while not converged and sweep < options.max_sweeps:
+            sweep += 1
+            steps += sweep_once(u)
+            check_range(problem, u)
+            history.append(HistoryEntry(sweep, problem.value(u), deficit(u)))
+            converged = history[-1].max_relative_deficit <= options.tol
+            if options.callback is not None:
+                options.callback(sweep, u)
+            bar.update(1)
+            bar.set_postfix(deficit=f"{history[-1].max_relative_deficit:.2e}")
+        bar.close()
+        return SolveResult(u, converged, history, steps=steps)
+
+
+class _UnitSchedule(Schedule):
+    """Single units in an order chosen per sweep; compiled kernels unless the costs are custom."""
+
+    def order(self, free: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def sweeper(self, problem: BalanceProblem, options: SolveOptions) -> tuple[Sweep, Measure]:
+        free = np.flatnonzero(problem.free_mask())
+        rng = np.random.default_rng(options.seed)
+        if problem.custom is not None:
+            def sweep(u: np.ndarray) -> int:
+                order = self.order(free, rng)
+                balance_in_order(problem, u, order, options.theta)
+                return order.size
+            return sweep, problem.max_relative_deficit
+        from synbal._compiled.chain_steps import step_kernel
+
+        kernel = step_kernel(problem)
+
+        def compiled_sweep(u: np.ndarray) -> int:
+            order = self.order(free, rng)
+            kernel.run_steps(u, order, options.theta)
+            return order.size
+        return compiled_sweep, problem.max_relative_deficit
+
+
+class _Stochastic(_UnitSchedule):
+    name = "stochastic"
+    summary = "one uniformly random free unit per step (seeded); a sweep is n steps"
+
+    def order(self, free: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return rng.choice(free, size=free.size)
+
+
+class _Cyclic(_UnitSchedule):
+    name = "cyclic"
+    summary = "every free unit once per sweep, in a fixed order"
+
+    def order(self, free: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return free
+
+
+class _SetSchedule(Schedule):
+    """Sets of units balanced in turn, each set in one step."""
+
+    tied = False
+
+    def sets(self, problem: BalanceProblem, options: SolveOptions) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def sweeper(self, problem: BalanceProblem, options: SolveOptions) -> tuple[Sweep, Measure]:
+        sets = self.sets(problem, options)
+        # a problem may supply its own (a sharded one reads its summed IN/OUT costs)
+        costs = problem.set_evaluator() if hasattr(problem, "set_evaluator") else SetCosts(problem)
+
+        def sweep(u: np.ndarray) -> int:
+            for s in sets:
+                step_set(problem, u, s, options.theta, tied=self.tied, costs=costs)
+            return len(sets)
+        return sweep, self.measure(problem, sets)
+
+    def measure(self, problem: BalanceProblem, sets: list[np.ndarray]) -> Measure:
+        return problem.max_relative_deficit
+
+
+class _Layer(_SetSchedule):
+    name = "layer"
+    summary = "independent sets (the layers, or a greedy colouring) balanced all at once, in turn"
+
+    def sets(self, problem: BalanceProblem, options: SolveOptions) -> list[np.ndarray]:
+        return problem.colouring()
+
+
+class _Alternating(_SetSchedule):
+    name = "alternating"
+    summary = "two independent sets (odd/even layers, or a bipartite colouring) in turn"
+
+    def sets(self, problem: BalanceProblem, options: SolveOptions) -> list[np.ndarray]:
+        if problem.layers is not None:
+            free = problem.free_mask()
+            layers = [layer[free[layer]] for layer in problem.layers]
+            none = [np.zeros(0, np.int64)]
+            odd = np.concatenate([layer for k, layer in enumerate(layers) if k % 2 == 0] or none)
+            even = np.concatenate([layer for k, layer in enumerate(layers) if k % 2 == 1] or none)
+            return [s for s in (odd.astype(np.int64), even.astype(np.int64)) if s.size]
+        classes = problem.colouring()
+        if len(classes) > 2:
+            raise SynbalError(
+                "method 'alternating' needs a bipartite unit graph (e.g. a layered network); this "
+                f"network needs {len(classes)} colours — use method='layer' instead"
+            )
+        return classes
+
+
+class _Tied(_SetSchedule):
+    name = "tied"
+    summary = "one λ per set (default sets: the layers), each set balanced as a single unit"
+    options = ("theta", "sets", "closed_form")
+    tied = True
+
+    def sets(self, problem: BalanceProblem, options: SolveOptions) -> list[np.ndarray]:
+        free = problem.free_mask()
         sets = options.sets if options.sets is not None else problem.layers
         if sets is None:
-            raise SynbalError(
-                "method 'tied' needs sets: pass sets=[[unit names], ...] or a layered network"
-            )
+            raise SynbalError("method 'tied' needs sets: pass sets=[[unit names], ...] or a layered network")
         out = []
         for s in sets:
             s = np.asarray(s, dtype=np.int64)
@@ -114,114 +198,35 @@ def _sets_for(name: str, problem: BalanceProblem, options: SolveOptions) -> list
                 raise SynbalError("a tied set must contain units of one degree c")
             out.append(s)
         return out
-    classes = problem.colouring()
-    if name == "layer":
-        return classes
-    # alternating: two classes
-    if problem.layers is not None:
-        layers = [layer[free[layer]] for layer in problem.layers]
-        odd = np.concatenate([layer for k, layer in enumerate(layers) if k % 2 == 0] or [np.zeros(0, np.int64)])
-        even = np.concatenate([layer for k, layer in enumerate(layers) if k % 2 == 1] or [np.zeros(0, np.int64)])
-        return [s for s in (odd.astype(np.int64), even.astype(np.int64)) if s.size]
-    if len(classes) > 2:
-        raise SynbalError(
-            "method 'alternating' needs a bipartite unit graph (e.g. a layered network); this "
-            f"network needs {len(classes)} colours — use method='layer' instead"
-        )
-    return classes
 
-
-def _set_relative_deficit(problem: BalanceProblem, u: np.ndarray, sets: list[np.ndarray]) -> float:
-    grad, scale = problem.gradient_parts(u)
-    worst = 0.0
-    for s in sets:
-        sc = scale[s].sum()
-        if sc > 0:
-            worst = max(worst, abs(grad[s].sum()) / sc)
-    return worst
-
-
-def _run(name: str, problem: BalanceProblem, reg: Regularizer, options: SolveOptions) -> SolveResult:
-    u = np.zeros(problem.n)
-    free_idx = np.flatnonzero(problem.free_mask())
-    rng = np.random.default_rng(options.seed)
-    custom = isinstance(reg, CustomRegularizer) or problem.custom is not None
-    sets: list[np.ndarray] = []
-    if name in ("layer", "alternating", "tied"):
-        sets = _sets_for(name, problem, options)
-    if name == "tied" and options.closed_form:
+    def run(self, problem: BalanceProblem, reg: Regularizer, options: SolveOptions) -> SolveResult:
+        if not options.closed_form:
+            return super().run(problem, reg, options)
+        sets = self.sets(problem, options)
         u = tied_layer_closed_form(problem)
-        tied_deficit = _set_relative_deficit(problem, u, sets)
+        tied_deficit = self.measure(problem, sets)(u)
         entry = HistoryEntry(1, problem.value(u), tied_deficit)
         return SolveResult(u, tied_deficit <= options.tol, [entry], steps=len(sets))
-    unit_graph = None
-    if name in ("stochastic", "cyclic") and not custom:
-        from synbal._compiled.chain_steps import step_kernel
 
-        unit_graph = step_kernel(problem)
-    evaluator = SetEvaluator(problem)
-
-    def deficit_of(v: np.ndarray) -> float:
-        if name == "tied":
-            return _set_relative_deficit(problem, v, sets)
-        return problem.max_relative_deficit(v)
-
-    history = [HistoryEntry(0, problem.value(u), deficit_of(u))]
-    converged = history[0].max_relative_deficit <= options.tol or free_idx.size == 0
-    steps = 0
-    bar = tqdm(total=options.max_sweeps, desc=f"{name} balancing", disable=not options.progress,
-               leave=False)
-    sweep = 0
-    while not converged and sweep < options.max_sweeps:
-        sweep += 1
-        if name in ("stochastic", "cyclic"):
-            order = free_idx if name == "cyclic" else rng.choice(free_idx, size=free_idx.size)
-            if unit_graph is not None:
-                unit_graph.run_steps(u, order, options.theta)
-            else:
-                custom_unit_steps(problem, u, order, options.theta)
-            steps += order.size
-        else:
+    def measure(self, problem: BalanceProblem, sets: list[np.ndarray]) -> Measure:
+        """The largest relative deficit of a set (its members' summed gradient over their scale)."""
+        def worst_set(u: np.ndarray) -> float:
+            grad, scale = problem.gradient_parts(u)
+            worst = 0.0
             for s in sets:
-                if custom:
-                    custom_set_steps(problem, u, s, options.theta, tied=name == "tied")
-                elif name == "tied":
-                    _tied_step(problem, u, s, options.theta)
-                else:
-                    costs = evaluator.costs(u, s)
-                    u[s] += optimal_log_steps(costs, problem.degree[s], options.theta)
-                steps += 1
-        check_range(problem, u)
-        history.append(HistoryEntry(sweep, problem.value(u), deficit_of(u)))
-        converged = history[-1].max_relative_deficit <= options.tol
-        if options.callback is not None:
-            options.callback(sweep, u)
-        bar.update(1)
-        bar.set_postfix(deficit=f"{history[-1].max_relative_deficit:.2e}")
-    bar.close()
-    return SolveResult(u, converged, history, steps=steps)
+                sc = scale[s].sum()
+                if sc > 0:
+                    worst = max(worst, abs(grad[s].sum()) / sc)
+            return worst
+        return worst_set
 
 
-def _tied_step(problem: BalanceProblem, u: np.ndarray, members: np.ndarray, theta: float) -> None:
-    costs = {
-        p: (np.array([a]), np.array([b]), np.array([s]))
-        for p, (a, b, s) in problem.subset_costs(u, members).items()
-    }
-    c = problem.degree[members[:1]]
-    u[members] += optimal_log_steps(costs, c, theta)[0]
-
-
-def make_solver(name: str) -> Callable[[BalanceProblem, Regularizer, SolveOptions], SolveResult]:
-    """The solver function of schedule ``name`` (one of :data:`SCHEDULES`)."""
-    if name not in SCHEDULES:
-        raise SynbalError(f"unknown schedule {name!r}")
-
-    def solver(problem: BalanceProblem, reg: Regularizer, options: SolveOptions) -> SolveResult:
-        return _run(name, problem, reg, options)
-
-    solver.__name__ = f"solve_{name}"
-    solver.__doc__ = f"Balance with the {name!r} schedule."
-    return solver
+STOCHASTIC: Schedule = _Stochastic()
+CYCLIC: Schedule = _Cyclic()
+LAYER: Schedule = _Layer()
+ALTERNATING: Schedule = _Alternating()
+TIED: Schedule = _Tied()
+SCHEDULES: tuple[Schedule, ...] = (STOCHASTIC, CYCLIC, LAYER, ALTERNATING, TIED)
 
 
 def tied_layer_closed_form(problem: BalanceProblem) -> np.ndarray:

@@ -113,6 +113,16 @@ def load_cifar10(path: str | os.PathLike[str]) -> ImageDataset:
     """CIFAR-10 from the directory holding the batch files (or its parent).
 
     Images are ``(N, 32, 32, 3)``; :meth:`ImageDataset.tensors` returns them channels-first.
+    Here six tiny batch files (two images each) stand in for the real ones:
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> for name in CIFAR10_FILES["train"] + CIFAR10_FILES["test"]:
+    ...     with open(os.path.join(folder, name), "wb") as f:
+    ...         pickle.dump({b"data": np.full((2, 3072), 51, np.uint8), b"labels": [3, 7]}, f)
+    >>> ds = load_cifar10(folder)
+    >>> ds.n_train, ds.n_test, ds.image_shape, tuple(ds.tensors("test")[0].shape)
+    (10, 2, (32, 32, 3), (2, 3072))
     """
     root = Path(path)
     if (root / "cifar-10-batches-py").is_dir():

@@ -33,6 +33,12 @@ class ImageDataset:
 
     ``source`` says where the data came from (a path, the embedded subset, a stand-in); the
     reproductions copy it into every output.
+
+    >>> import numpy as np
+    >>> colour = ImageDataset("toy", np.zeros((6, 4, 4, 3), np.uint8), np.arange(6) % 3,
+    ...                       np.zeros((3, 4, 4, 3), np.uint8), np.arange(3), source="made up")
+    >>> colour.image_shape, colour.num_classes, tuple(colour.tensors("test", flatten=False)[0].shape)
+    ((4, 4, 3), 3, (3, 3, 4, 4))
     """
 
     name: str
@@ -77,11 +83,6 @@ class ImageDataset:
     def image_shape(self) -> tuple[int, ...]:
         """``(H, W)`` or ``(H, W, C)``."""
         return tuple(int(s) for s in self.train_images.shape[1:])
-
-    @property
-    def n_features(self) -> int:
-        """Pixels × channels of one image (the input width of a fully connected net)."""
-        return int(np.prod(self.image_shape))
 
     @property
     def num_classes(self) -> int:

@@ -118,6 +118,10 @@ def load_mnist(path: str | os.PathLike[str] | None = None) -> ImageDataset:
 
     The embedded subset (first 10,000 training and first 2,000 test images of MNIST, see
     ``synbal/data/embedded/README.md``) is checked against its SHA-256 sums before use.
+
+    >>> x, y = load_mnist().subset(100, seed=0).tensors("train")
+    >>> tuple(x.shape), x.dtype, 0.0 <= float(x.min()) <= float(x.max()) <= 1.0, y.bincount().tolist()
+    ((100, 784), torch.float32, True, [10, 11, 10, 10, 10, 9, 10, 11, 9, 10])
     """
     if path is None:
         _verify_embedded(EMBEDDED_DIR)
@@ -131,7 +135,23 @@ def load_mnist(path: str | os.PathLike[str] | None = None) -> ImageDataset:
 
 
 def load_fashion_mnist(path: str | os.PathLike[str] | None = None) -> ImageDataset:
-    """Fashion-MNIST from the IDX files in ``path`` (default: where Debian's package puts them)."""
+    """Fashion-MNIST from the IDX files in ``path`` (default: where Debian's package puts them).
+
+    Here four tiny IDX files stand in for the real ones (same format, 6 training and 3 test images):
+
+    >>> import gzip, os, struct, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> def write_idx(stem, array):
+    ...     header = struct.pack(">4B", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    ...     with gzip.open(os.path.join(folder, stem + ".gz"), "wb") as f:
+    ...         f.write(header + array.tobytes())
+    >>> for split, n in (("train", 6), ("t10k", 3)):
+    ...     write_idx(f"{split}-images-idx3-ubyte", np.full((n, 28, 28), 255, np.uint8))
+    ...     write_idx(f"{split}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8))
+    >>> ds = load_fashion_mnist(folder)
+    >>> ds.name, ds.n_train, ds.n_test, ds.test_labels.tolist()
+    ('Fashion-MNIST', 6, 3, [0, 1, 2])
+    """
     if path is None:
         if not FASHION_MNIST_DEFAULT.is_dir():
             raise DataError(

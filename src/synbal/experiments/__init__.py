@@ -24,7 +24,11 @@ from typing import Any, NamedTuple
 from synbal.errors import SynbalError
 from synbal.experiments._report import ExperimentContext
 
-__all__ = ["EXPERIMENTS", "Experiment", "ExperimentContext", "experiment_options", "run_experiment"]
+__all__ = ["EXPERIMENTS", "GRIDS", "Experiment", "ExperimentContext", "experiment_options", "run_experiment"]
+
+#: Experiments whose independent runs go through :func:`synbal.experiments.backend.run_grid`, so any
+#: backend may run them (``synbal reproduce NAME --backend ray``).
+GRIDS = ("fig7", "fig7-lc", "fig8", "fig8-lc", "speed")
 
 
 def _resolve(reference: str) -> Any:
@@ -113,6 +117,9 @@ def run_experiment(name: str, ctx: ExperimentContext) -> dict[str, Any]:
     if unknown:
         listed = ", ".join(sorted(options)) or "none"
         raise SynbalError(f"{name} has no option {', '.join(map(repr, unknown))}; its options: {listed}")
+    if ctx.backend is not None and name not in GRIDS:
+        raise SynbalError(f"{name} does not run on the {ctx.backend.name} backend (its runs are not split into "
+                          f"independent tasks); grids that do: {', '.join(GRIDS)}")
     return entry.load()(ctx)
 
 

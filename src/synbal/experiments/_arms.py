@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from synbal.experiments._models import DEFAULT_INIT
+from synbal.experiments.backend import Backend, RunSpec, run_grid
 from synbal.experiments.cache import RunCache
 from synbal.training import BalanceSchedule, TrainConfig, train
 
@@ -161,36 +161,42 @@ def _train_one(task: Task, arm: Arm, seed: int) -> dict[str, Any]:
             "balance_events": history.balance_events}
 
 
+def train_one(task: Task, arm: Arm, seed: int, threads: int = 1) -> dict[str, Any]:
+    """One run of an arms × seeds grid with ``threads`` torch threads (a pure function of its
+    arguments, run by any backend of :mod:`synbal.experiments.backend`)."""
+    with torch_threads(threads):
+        return _train_one(task, arm, seed)
+
+
 def run_arms(task: Task, arms: Sequence[Arm], seeds: int, *, progress: bool = True,
-             cache: RunCache | None = None) -> dict[str, Any]:
+             cache: RunCache | None = None, backend: Backend | None = None, threads: int | None = None
+             ) -> dict[str, Any]:
     """Train every arm for ``seeds`` seeds; per arm, each metric as an array ``(seeds, epochs + 1)``.
 
     Seed ``s`` gives every arm the same initial weights and minibatch order. A diverged run
     (NaN loss) keeps ``nan`` after the epoch it diverged in and is counted in ``diverged``.
     With ``cache``, finished runs are recorded there and taken from there on a rerun (the key is
-    the task's settings, the arm and the seed), so an interrupted reproduction resumes.
+    the task's settings, the arm and the seed), so an interrupted reproduction resumes. The runs
+    execute on ``backend`` (default: in this process) with ``threads`` torch threads (default:
+    the current setting).
     """
+    threads = torch.get_num_threads() if threads is None else threads
+    specs = [RunSpec({"task": task.settings(), "arm": asdict(arm), "seed": seed}, (task, arm, seed, threads))
+             for arm in arms for seed in range(seeds)]
+    runs = iter(run_grid(train_one, specs, cache, backend, progress=progress, desc=task.name))
     out: dict[str, Any] = {}
-    bar = tqdm(total=len(arms) * seeds, desc=task.name, unit="run", disable=not progress)
     for arm in arms:
         series = {m: np.full((seeds, task.epochs + 1), np.nan) for m in METRICS}
         diverged = 0
         balance_events: list[list[dict[str, Any]]] = []
         for seed in range(seeds):
-            key = {"task": task.settings(), "arm": asdict(arm), "seed": seed}
-            run = cache.get(key) if cache is not None else None
-            if run is None:
-                run = _train_one(task, arm, seed)
-                if cache is not None:
-                    cache.put(key, run)
+            run = next(runs)
             for m in METRICS:
                 series[m][seed] = np.array([np.nan if v is None else v for v in run["series"][m]], dtype=np.float64)
             diverged += bool(run["diverged"])
             balance_events.append(run["balance_events"])
-            bar.update(1)
         out[arm.label] = {"arm": asdict(arm), "diverged_runs": diverged, "balance_events": balance_events,
                           **series, **scale_free(series)}
-    bar.close()
     return out
 
 

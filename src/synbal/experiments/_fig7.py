@@ -28,6 +28,7 @@ from typing import Any
 from synbal.experiments._arms import Arm, Task, plot_arms, run_arms, summarise_arm, torch_threads
 from synbal.experiments._report import ExperimentContext, write_outputs
 from synbal.experiments._tasks import autoencoder_task
+from synbal.experiments.cache import RunCache
 
 __all__ = ["fig7_arms", "run", "verdict"]
 
@@ -135,8 +136,9 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     task = autoencoder_task(ctx, NAME, epochs=20 if ctx.quick else 60)
     seeds = int(ctx.extra.get("seeds", ctx.n_seeds(full=5, quick=2)))
     arms = fig7_arms()
-    with torch_threads(int(ctx.extra.get("threads", 1))):
-        results = run_arms(task, arms, seeds, progress=ctx.progress)
+    with torch_threads(int(ctx.extra.get("threads", 1))):  # each finished run is recorded; a rerun resumes
+        results = run_arms(task, arms, seeds, progress=ctx.progress, backend=ctx.backend,
+                           cache=RunCache(ctx.out_dir / f"{NAME}-runs.jsonl"))
     summaries = {arm.label: summarise_arm(results[arm.label]) for arm in arms}
     word, text = verdict(summaries)
     fig = plot_arms(task, arms, results, ["overall_deficit", "scale_free_deficit", "train_loss", "frobenius_norm"],

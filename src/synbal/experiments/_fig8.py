@@ -29,6 +29,7 @@ from synbal.experiments._arms import Arm, plot_arms, run_arms, summarise_arm, to
 from synbal.experiments._fig7 import summary_markdown
 from synbal.experiments._report import ExperimentContext, write_outputs
 from synbal.experiments._tasks import autoencoder_task
+from synbal.experiments.cache import RunCache
 
 __all__ = ["fig8_arms", "run", "verdict"]
 
@@ -89,8 +90,9 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     seeds = int(ctx.extra.get("seeds", ctx.n_seeds(full=5, quick=2)))
     arms = fig8_arms(float(ctx.extra.get("large_lr", LARGE_LR)), float(ctx.extra.get("small_lr", SMALL_LR)),
                      float(ctx.extra.get("beta", BETA)))
-    with torch_threads(int(ctx.extra.get("threads", 1))):
-        results = run_arms(task, arms, seeds, progress=ctx.progress)
+    with torch_threads(int(ctx.extra.get("threads", 1))):  # each finished run is recorded; a rerun resumes
+        results = run_arms(task, arms, seeds, progress=ctx.progress, backend=ctx.backend,
+                           cache=RunCache(ctx.out_dir / f"{NAME}-runs.jsonl"))
     summaries = {arm.label: summarise_arm(results[arm.label]) for arm in arms}
     word, text = verdict(arms, summaries)
     fig = plot_arms(task, arms, results, ["overall_deficit", "scale_free_deficit", "train_loss", "frobenius_norm"],

@@ -40,7 +40,7 @@ def _run(ctx: ExperimentContext, name: str, claim: str, arms: list[Arm], metrics
     with torch_threads(int(ctx.extra.get("threads", 1))):
         # long runs (an hour and more): each finished run is recorded, and a rerun resumes
         cache = RunCache(ctx.out_dir / f"{name}-runs.jsonl")
-        results = run_arms(task, arms, seeds, progress=ctx.progress, cache=cache)
+        results = run_arms(task, arms, seeds, progress=ctx.progress, cache=cache, backend=ctx.backend)
     summaries = {arm.label: summarise_arm(results[arm.label]) for arm in arms}
     word, text = verdict(summaries)
     short = "CIFAR-10" if ctx.data is not None else "MNIST stand-in, not CIFAR-10"

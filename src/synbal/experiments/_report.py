@@ -33,7 +33,8 @@ class ExperimentContext:
 
     ``data`` is a user path to real data (``None``: the embedded default or a stated stand-in),
     ``quick`` selects the few-minute variant, ``seeds`` overrides the number of seeds, and
-    ``extra`` holds the experiment's own options (``--set KEY=VALUE``).
+    ``extra`` holds the experiment's own options (``--set KEY=VALUE``). Grid experiments
+    (:data:`synbal.experiments.GRIDS`) run their independent runs on ``backend``.
 
     >>> ctx = ExperimentContext(out_dir=Path("out"), quick=True)
     >>> ctx.n_seeds(full=5, quick=2), ExperimentContext(Path("out"), seeds=7).n_seeds(full=5, quick=2)
@@ -46,6 +47,8 @@ class ExperimentContext:
     data: Path | None = None
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    #: where a grid's independent runs execute (:mod:`synbal.experiments.backend`; ``None``: in-process)
+    backend: Any = None
 
     def n_seeds(self, full: int, quick: int) -> int:
         """The number of seeds to use: the user's choice, else ``quick`` or ``full``."""

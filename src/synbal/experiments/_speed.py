@@ -41,6 +41,7 @@ from synbal.experiments._arms import torch_threads
 from synbal.experiments._models import SPEED_ARCHITECTURES, fc_classifier
 from synbal.experiments._report import ExperimentContext, new_figure, plot_mean_std, write_outputs
 from synbal.experiments._tasks import image_datasets
+from synbal.experiments.backend import RunSpec, run_grid
 from synbal.experiments.cache import RunCache
 from synbal.training import BalanceSchedule, TrainConfig, train
 
@@ -111,6 +112,27 @@ def _train_arm(widths: list[int], seed: int, reg: str | None, arm: SpeedArm, dat
                     balance=schedule)
     curve = history.column("test_accuracy")
     return curve + [math.nan] * (epochs + 1 - len(curve))
+
+
+def train_arm(widths: list[int], seed: int, reg: str | None, arm: SpeedArm, data: ImageDataset,
+              epochs: int, eval_every: int = 1, threads: int = 1) -> list[float]:
+    """One run of the grid (a pure function of its arguments, run by any backend): the test-accuracy curve."""
+    with torch_threads(threads):
+        return _train_arm(widths, seed, reg, arm, data, epochs, eval_every)
+
+
+def _run_grid(ctx: ExperimentContext, cache: RunCache, seeds: int, nets: dict[str, list[int]],
+              variants: list[tuple[str, str, ImageDataset, int, int]]) -> None:
+    """Every run of the grid into ``cache``, on ``ctx.backend`` (recorded runs are skipped): the table is
+    then assembled from the record, in order."""
+    threads = int(ctx.extra.get("threads", 1))
+    specs = [RunSpec({"variant": variant, "data": data.source, "train_examples": data.n_train, "net": net,
+                      "reg": reg_name, "epochs": epochs, "eval_every": eval_every, "arm": arm.label, "seed": seed,
+                      "lr": LR, "batch": BATCH, "beta": BETA},
+                     (widths, seed, REGS[reg_name], arm, data, epochs, eval_every, threads))
+             for _, variant, data, epochs, eval_every in variants for net, widths in nets.items()
+             for reg_name in REGS for arm in ARMS for seed in range(seeds)]
+    run_grid(train_arm, specs, cache, ctx.backend, progress=ctx.progress, desc=NAME)
 
 
 def _cell_summary(curves: np.ndarray, thresholds: tuple[float, ...]) -> dict[str, Any]:
@@ -233,8 +255,8 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     train_size = ctx.extra.get("train_size", 5000 if ctx.quick else None)
     variants = _variants(datasets, train_size, epochs_full, epochs_small, eval_every_small)
     cache = RunCache(ctx.out_dir / f"{NAME}-runs.jsonl")
-    bar = tqdm(total=len(variants) * len(nets) * len(REGS) * len(ARMS) * seeds, desc=NAME, unit="run",
-               disable=not ctx.progress)
+    _run_grid(ctx, cache, seeds, nets, variants)  # the table below reads every run from the record
+    bar = tqdm(total=len(variants) * len(nets) * len(REGS) * len(ARMS) * seeds, disable=True)
     table: dict[str, Any] = {}
     curves_all: dict[str, Any] = {}
     figures = {}

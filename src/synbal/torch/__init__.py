@@ -24,12 +24,13 @@ from synbal._adapters.torch import (
     fold_batchnorm,
     inspect,
 )
-from synbal._adapters.torch.files import load_exported
+from synbal._adapters.torch.files import LoadedModel, load_exported
 from synbal._adapters.torch.locally_connected import LocallyConnected2d
 
 __all__ = [
     "Discovery",
     "GroupInfo",
+    "LoadedModel",
     "LocallyConnected2d",
     "ModelInspection",
     "TorchAdapter",

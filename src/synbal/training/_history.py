@@ -27,7 +27,19 @@ __all__ = ["TrainingHistory"]
 
 @dataclass
 class TrainingHistory:
-    """Records (dicts of numbers) in the order they were logged, plus balancing events."""
+    """Records (dicts of numbers) in the order they were logged, plus balancing events.
+
+    >>> import json, pathlib, tempfile
+    >>> h = TrainingHistory(settings={"lr": 0.1})
+    >>> h.add(kind="epoch", epoch=0, loss=2.0); h.add(kind="step", step=5, loss=1.5)
+    >>> h.add(kind="epoch", epoch=1, loss=float("nan"))
+    >>> [r["epoch"] for r in h.epochs()], h.column("loss", kind="step")
+    ([0, 1], [1.5])
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "history.json"
+    >>> h.write_json(path)
+    >>> json.loads(path.read_text())["records"][2]  # NaN is written as null
+    {'kind': 'epoch', 'epoch': 1, 'loss': None}
+    """
 
     records: list[dict[str, Any]] = field(default_factory=list)
     balance_events: list[dict[str, Any]] = field(default_factory=list)

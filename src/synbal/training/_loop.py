@@ -48,7 +48,11 @@ LossSpec = Literal["cross_entropy", "sse", "mse"] | Callable[[torch.Tensor, torc
 
 
 def sum_of_squares(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum of squared errors over output units, averaged over the batch."""
+    """Sum of squared errors over output units, averaged over the batch.
+
+    >>> sum_of_squares(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.zeros(2, 2))  # (5 + 0) / 2
+    tensor(2.5000)
+    """
     return (output - target).pow(2).reshape(output.shape[0], -1).sum(dim=1).mean()
 
 
@@ -74,6 +78,13 @@ class BalanceSchedule:
     ``max_sweeps`` sweeps — ``method="layer", max_sweeps=1`` is one layer sweep ("partial
     balancing"), ``method="exact"`` a full balance. ``optimizer_state``: ``"rescale"`` its
     moments (see :mod:`synbal.training._optimizer_state`) or ``"reset"`` them.
+
+    >>> BalanceSchedule(at_start="exact", every=100, unit="step").method  # one layer sweep per 100 steps
+    'layer'
+    >>> BalanceSchedule(every=-1)
+    Traceback (most recent call last):
+    ...
+    synbal.errors.SynbalError: invalid balance schedule: every=-1 (>= 0), unit='epoch' (epoch/step), max_sweeps=1 (>= 1)
     """
 
     reg: RegularizerSpec = "l2"
@@ -106,6 +117,14 @@ class TrainConfig:
     only). ``log_every_steps``: also log the minibatch loss every k steps (0: never).
     ``eval_every``: evaluate ``eval_data`` after every k-th epoch only (and always before
     training and after the last epoch); the other epochs' records carry no test columns.
+
+    >>> config = TrainConfig(epochs=10, batch_size=64, reg="l1", beta=1e-4, reg_mode="decoupled")
+    >>> config.loss, config.monitor_reg
+    ('cross_entropy', 'l2')
+    >>> TrainConfig(epochs=1, batch_size=8, reg="l0")
+    Traceback (most recent call last):
+    ...
+    synbal.errors.RegularizerError: regularizer 'l0': power must be > 0, got p=0
     """
 
     epochs: int
@@ -144,7 +163,17 @@ def _device_of(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], loss: LossSpec = "cross_entropy",
              batch_size: int = 2048) -> dict[str, float]:
-    """Mean loss and (for integer targets) accuracy of ``model`` on ``data`` (train mode kept)."""
+    """Mean loss and (for integer targets) accuracy of ``model`` on ``data`` (train mode kept).
+
+    >>> model = nn.Linear(2, 2, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.eye(2))
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]]); y = torch.tensor([0, 1, 1])
+    >>> evaluate(model, (x, y))["accuracy"]
+    0.6666666666666666
+    >>> evaluate(model, (x, x), loss="sse")
+    {'loss': 0.0}
+    """
     x, y = data
     fn = _loss_function(loss)
     device = _device_of(model)
@@ -198,89 +227,126 @@ def train(
     monitoring a model that is not a plain MLP. ``on_step(model, step)`` is called after every
     optimizer step (and decoupled decay), e.g. a :class:`synbal.dynamics.GramMonitor`. Training stops early, with
     ``history.settings["diverged"] = True``, if the loss becomes NaN or infinite.
+
+    >>> torch.manual_seed(0) and None
+    >>> x = torch.randn(32, 4)
+    >>> autoencoder = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+    >>> opt = torch.optim.SGD(autoencoder.parameters(), lr=0.01)
+    >>> hist = train(autoencoder, opt, (x, x), TrainConfig(epochs=2, batch_size=8, loss="sse", progress=False),
+    ...              balance=BalanceSchedule(reg="l2", every=1, method="exact", max_sweeps=100))
+    >>> [e["at"] for e in hist.balance_events], hist.epochs()[-1]["max_relative_deficit"] < 1e-6
+    (['epoch', 'epoch'], True)
+    >>> hist.column("train_loss")[-1] < hist.column("train_loss")[0]
+    True
     """
     from tqdm.auto import tqdm
 
     x, y = train_data
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise SynbalError(f"train_data has {x.shape[0]} inputs and {y.shape[0]} targets")
-    loss_fn = _loss_function(config.loss)
-    device = _device_of(model)
-    train_reg = config.reg if config.reg is not None and config.beta > 0 else None
-    use_reg = train_reg is not None
-    reg_params = [p for _, p in regularized_parameters(model)] if use_reg else []
-    needs_balance = config.monitor or (balance is not None and (balance.at_start or balance.every))
-    mb = ModelBalance(model, example_inputs) if needs_balance else None
-    history = TrainingHistory(settings=_settings(config, balance, optimizer))
-    history.settings["fast_mlp_route"] = bool(mb and mb.fast)
-    generator = torch.Generator().manual_seed(config.seed)
-    step = 0
-
-    def do_balance(method: str, max_sweeps: int, where: str) -> None:
-        assert mb is not None and balance is not None
-        info = mb.balance(balance.reg, method, optimizer=optimizer, optimizer_state=balance.optimizer_state,
-                          tol=balance.tol, max_sweeps=max_sweeps, seed=balance.seed)
-        history.balance_events.append({"at": where, "step": step, **info.as_dict()})
-
-    def record(epoch: int, train_stats: dict[str, float]) -> None:
-        rec: dict[str, Any] = {"kind": "epoch", "epoch": epoch, "step": step, **train_stats}
-        if eval_data is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
-            rec.update({f"test_{k}": v for k, v in evaluate(model, eval_data, config.loss,
-                                                            config.eval_batch_size).items()})
-        if config.monitor and mb is not None:
-            rec.update(mb.measure(config.monitor_reg))
-        rec["seconds"] = time.perf_counter() - start_time
-        history.add(**rec)
-
-    start_time = time.perf_counter()
+    run = _Run(model, optimizer, config, balance, eval_data, example_inputs, on_step)
     if balance is not None and balance.at_start:
-        do_balance(balance.at_start, 10_000, "start")
-    record(0, {f"train_{k}": v for k, v in evaluate(model, train_data, config.loss,
-                                                    config.eval_batch_size).items()})
+        run.balance(balance.at_start, 10_000, "start")
+    run.record(0, {f"train_{k}": v for k, v in evaluate(model, train_data, config.loss,
+                                                        config.eval_batch_size).items()})
     bar = tqdm(range(1, config.epochs + 1), disable=not config.progress, desc="training", unit="epoch")
-    diverged = False
     for epoch in bar:
-        perm = torch.randperm(x.shape[0], generator=generator)
+        stats = run.epoch(epoch, x, y)
+        if stats is None:
+            run.history.settings["diverged"] = True
+            run.history.settings["diverged_at_epoch"] = epoch
+            break
+        if balance is not None and balance.every and balance.unit == "epoch" and epoch % balance.every == 0:
+            run.balance(balance.method, balance.max_sweeps, "epoch")
+        run.record(epoch, stats)
+        bar.set_postfix(loss=f"{stats['train_loss']:.4g}")
+    run.history.settings.setdefault("diverged", False)
+    return run.history
+
+
+class _Run:
+    """The state of one :func:`train` call: the model, its optimizer, the history, the step count."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                 schedule: BalanceSchedule | None, eval_data: tuple[torch.Tensor, torch.Tensor] | None,
+                 example_inputs: Any, on_step: Callable[[nn.Module, int], None] | None) -> None:
+        self.model, self.optimizer, self.config, self.schedule = model, optimizer, config, schedule
+        self.eval_data, self.on_step = eval_data, on_step
+        self.loss_fn = _loss_function(config.loss)
+        self.device = _device_of(model)
+        self.train_reg = config.reg if config.reg is not None and config.beta > 0 else None
+        self.reg_params = [p for _, p in regularized_parameters(model)] if self.train_reg is not None else []
+        needs_balance = config.monitor or (schedule is not None and (schedule.at_start or schedule.every))
+        self.mb = ModelBalance(model, example_inputs) if needs_balance else None
+        self.history = TrainingHistory(settings=_settings(config, schedule, optimizer))
+        self.history.settings["fast_mlp_route"] = bool(self.mb and self.mb.fast)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.start_time = time.perf_counter()
+
+    def balance(self, method: str, max_sweeps: int, where: str) -> None:
+        """Balance the model in place (optimizer state follows) and record the event."""
+        assert self.mb is not None and self.schedule is not None
+        s = self.schedule
+        info = self.mb.balance(s.reg, method, optimizer=self.optimizer, optimizer_state=s.optimizer_state,
+                               tol=s.tol, max_sweeps=max_sweeps, seed=s.seed)
+        self.history.balance_events.append({"at": where, "step": self.step, **info.as_dict()})
+
+    def record(self, epoch: int, train_stats: dict[str, float]) -> None:
+        """The epoch's record: training stats, test stats when due, balance measures."""
+        config = self.config
+        rec: dict[str, Any] = {"kind": "epoch", "epoch": epoch, "step": self.step, **train_stats}
+        if self.eval_data is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
+            rec.update({f"test_{k}": v for k, v in evaluate(self.model, self.eval_data, config.loss,
+                                                            config.eval_batch_size).items()})
+        if config.monitor and self.mb is not None:
+            rec.update(self.mb.measure(config.monitor_reg))
+        rec["seconds"] = time.perf_counter() - self.start_time
+        self.history.add(**rec)
+
+    def epoch(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, float] | None:
+        """One pass over the shuffled data; its training stats, or ``None`` if the loss diverged."""
+        perm = torch.randperm(x.shape[0], generator=self.generator)
         loss_sum, correct, seen = 0.0, 0, 0
-        for start in range(0, x.shape[0], config.batch_size):
-            idx = perm[start : start + config.batch_size]
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            out = model(xb)
-            loss = loss_fn(out, yb)
-            total = loss
-            if train_reg is not None and config.reg_mode == "loss":
-                total = loss + config.beta * regularizer_penalty(reg_params, train_reg)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            if train_reg is not None and config.reg_mode == "decoupled":
-                lr = float(optimizer.param_groups[0].get("lr", 0.0))
-                apply_decoupled_decay(reg_params, train_reg, lr * config.beta)
-            step += 1
-            if on_step is not None:
-                on_step(model, step)
-            value = float(loss.detach())
+        for start in range(0, x.shape[0], self.config.batch_size):
+            idx = perm[start : start + self.config.batch_size]
+            xb, yb = x[idx].to(self.device), y[idx].to(self.device)
+            value, out = self._minibatch(xb, yb)
             if not math.isfinite(value):
-                diverged = True
-                break
+                return None
             loss_sum += value * xb.shape[0]
             seen += xb.shape[0]
             if not yb.dtype.is_floating_point:
                 correct += int((out.detach().argmax(dim=1) == yb).sum())
-            if config.log_every_steps and step % config.log_every_steps == 0:
-                history.add(kind="step", epoch=epoch, step=step, loss=value)
-            if balance is not None and balance.every and balance.unit == "step" and step % balance.every == 0:
-                do_balance(balance.method, balance.max_sweeps, "step")
-        if diverged:
-            history.settings["diverged"] = True
-            history.settings["diverged_at_epoch"] = epoch
-            break
-        if balance is not None and balance.every and balance.unit == "epoch" and epoch % balance.every == 0:
-            do_balance(balance.method, balance.max_sweeps, "epoch")
+            self._after_step(epoch, value)
         stats = {"train_loss": loss_sum / max(1, seen)}
         if not y.dtype.is_floating_point:
             stats["train_accuracy"] = correct / max(1, seen)
-        record(epoch, stats)
-        bar.set_postfix(loss=f"{stats['train_loss']:.4g}")
-    history.settings.setdefault("diverged", False)
-    return history
+        return stats
+
+    def _minibatch(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """One optimizer step (with the regularizer in the loss or as decay); the loss and outputs."""
+        config = self.config
+        out = self.model(xb)
+        loss = self.loss_fn(out, yb)
+        total = loss
+        if self.train_reg is not None and config.reg_mode == "loss":
+            total = loss + config.beta * regularizer_penalty(self.reg_params, self.train_reg)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        if self.train_reg is not None and config.reg_mode == "decoupled":
+            lr = float(self.optimizer.param_groups[0].get("lr", 0.0))
+            apply_decoupled_decay(self.reg_params, self.train_reg, lr * config.beta)
+        self.step += 1
+        if self.on_step is not None:
+            self.on_step(self.model, self.step)
+        return float(loss.detach()), out
+
+    def _after_step(self, epoch: int, value: float) -> None:
+        """Per-step logging and per-step balancing, when configured."""
+        if self.config.log_every_steps and self.step % self.config.log_every_steps == 0:
+            self.history.add(kind="step", epoch=epoch, step=self.step, loss=value)
+        s = self.schedule
+        if s is not None and s.every and s.unit == "step" and self.step % s.every == 0:
+            self.balance(s.method, s.max_sweeps, "step")

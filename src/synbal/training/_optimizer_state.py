@@ -77,6 +77,12 @@ def _power_for(optimizer: torch.optim.Optimizer, key: str) -> int | None:
     return STATE_POWERS.get(key)
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a ``DTensor`` (factors of sharded parameters come shard-shaped), else ``t``."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
 @torch.no_grad()
 def rescale_optimizer_state(
     optimizer: torch.optim.Optimizer,
@@ -87,6 +93,16 @@ def rescale_optimizer_state(
     """Transform ``optimizer``'s per-parameter state for ``w' = factors[w] ⊙ w``.
 
     ``factors`` maps a parameter to its elementwise multiplier (broadcastable to its shape).
+
+    >>> w = torch.nn.Parameter(torch.ones(2))
+    >>> opt = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    >>> w.grad = torch.tensor([1.0, 2.0]); opt.step()
+    >>> rescale_optimizer_state(opt, {w: torch.tensor([2.0, 4.0])})  # momentum = Σ gradients → / s
+    >>> opt.state[w]["momentum_buffer"].tolist()
+    [0.5, 0.5]
+    >>> rescale_optimizer_state(opt, {w: torch.tensor(2.0)}, policy="reset")
+    >>> dict(opt.state[w])
+    {}
     """
     if policy not in ("rescale", "reset"):
         raise SynbalError(f"optimizer state policy must be 'rescale' or 'reset', got {policy!r}")
@@ -98,9 +114,11 @@ def rescale_optimizer_state(
             optimizer.state.pop(param)
             continue
         s = factor.to(device=param.device, dtype=torch.float64)
+        shape = _local(param).shape  # a sharded parameter's state is sharded like it: scaled shard by shard
         for key, value in state.items():
             power = _power_for(optimizer, key)
-            if not isinstance(value, torch.Tensor) or value.shape != param.shape:
+            value = _local(value) if isinstance(value, torch.Tensor) else value
+            if not isinstance(value, torch.Tensor) or value.shape != shape:
                 if power is None and isinstance(value, torch.Tensor) and value.numel() > 1:
                     raise SynbalError(f"optimizer state {key!r} of {type(optimizer).__name__} has an "
                                       "unknown transformation; use optimizer_state='reset'")

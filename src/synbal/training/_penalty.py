@@ -47,7 +47,14 @@ def power_regularizer(reg: RegularizerSpec) -> PowerRegularizer:
 
 
 def regularized_parameters(model: nn.Module, include: ParameterFilter | None = None) -> list[tuple[str, nn.Parameter]]:
-    """``(name, parameter)`` pairs that the penalty covers (``include`` overrides the default)."""
+    """``(name, parameter)`` pairs that the penalty covers (``include`` overrides the default).
+
+    >>> model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.Linear(3, 1))
+    >>> [name for name, _ in regularized_parameters(model)]  # normalization layers are left out
+    ['0.weight', '0.bias', '2.weight', '2.bias']
+    >>> [name for name, _ in regularized_parameters(model, include=lambda n, p: n.endswith("weight"))]
+    ['0.weight', '1.weight', '2.weight']
+    """
     if include is not None:
         return [(n, p) for n, p in model.named_parameters() if include(n, p)]
     skip: set[int] = set()
@@ -71,7 +78,14 @@ def _power(t: torch.Tensor, p: float) -> torch.Tensor:
 def regularizer_penalty(
     model: nn.Module | Iterable[torch.Tensor], reg: RegularizerSpec, include: ParameterFilter | None = None
 ) -> torch.Tensor:
-    """``R`` of the regularized parameters as a differentiable scalar (in their dtype)."""
+    """``R`` of the regularized parameters as a differentiable scalar (in their dtype).
+
+    >>> w = torch.tensor([3.0, -4.0], requires_grad=True)
+    >>> penalty = regularizer_penalty([w], "1*l2+0.5*l1")  # 9 + 16 + 0.5 * 7
+    >>> penalty.backward()
+    >>> float(penalty.detach()), w.grad.tolist()
+    (28.5, [6.5, -8.5])
+    """
     regularizer = power_regularizer(reg)
     tensors: list[torch.Tensor] = (
         [p for _, p in regularized_parameters(model, include)] if isinstance(model, nn.Module) else list(model)
@@ -94,6 +108,14 @@ def apply_decoupled_decay(
     For ``L2`` this is AdamW-style decay ``w ← (1 − 2·strength)·w``. For powers ``p ≤ 1`` the
     step shrinks ``|w|`` and stops at zero instead of crossing it (a proximal-style clip),
     so small weights are driven exactly to zero rather than oscillating around it.
+
+    >>> w = torch.tensor([1.0, -0.05, 0.5])
+    >>> apply_decoupled_decay([w], "l2", 0.1)  # w ← 0.8·w
+    >>> [round(v, 6) for v in w.tolist()]
+    [0.8, -0.04, 0.4]
+    >>> apply_decoupled_decay([w], "l1", 0.1)  # |w| shrinks by 0.1 and stops at 0
+    >>> [round(v, 6) for v in w.tolist()]
+    [0.7, -0.0, 0.3]
     """
     regularizer = power_regularizer(reg)
     if strength < 0:

@@ -19,9 +19,11 @@ from torch import nn
 from synbal._adapters.protocol import register_adapter
 from synbal._adapters.torch.adapter import TorchAdapter
 from synbal._adapters.torch.discovery import Discovery, discover
+from synbal._adapters.torch.distributed import distributed_adapter, is_distributed
 from synbal._adapters.torch.fold import fold_batchnorm
 from synbal._adapters.torch.inspection import GroupInfo, ModelInspection, inspect
 
 __all__ = ["Discovery", "GroupInfo", "ModelInspection", "TorchAdapter", "discover", "fold_batchnorm", "inspect"]
 
+register_adapter(lambda s: isinstance(s, nn.Module) and is_distributed(s), distributed_adapter)  # DDP, FSDP2
 register_adapter(lambda s: isinstance(s, nn.Module), TorchAdapter)

@@ -82,6 +82,18 @@ class TorchAdapter:
     fold_batchnorm:
         Fold eval-mode BatchNorm layers into the preceding Linear/Conv first (the balanced model
         then has ``nn.Identity`` in their place, and the conv channels become scalable units).
+
+    >>> import numpy as np, torch, synbal
+    >>> from torch import nn
+    >>> torch.manual_seed(0) and None
+    >>> model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1))
+    >>> x = torch.randn(1, 1, 4, 4)
+    >>> adapter = TorchAdapter(model, example_inputs=(x,))
+    >>> adapter.problem(synbal.parse_regularizer("l2")).n, adapter.excluded()  # one unit per channel
+    (2, {'3[0]': 'model output'})
+    >>> scaled = adapter.apply(np.log([2.0, 0.5]), inplace=False)  # channel 0 ×2, channel 1 ×0.5
+    >>> (scaled[0].weight / model[0].weight)[:, 0, 0, 0].tolist(), torch.allclose(scaled(x), model(x))
+    ([2.0, 0.5], True)
     """
 
     def __init__(self, model: nn.Module, *, example_inputs: Any = None, verify: bool = True,

@@ -39,7 +39,7 @@ from synbal._adapters.torch.values import (
 )
 
 if TYPE_CHECKING:
-    from synbal._adapters.torch.discovery import Walker
+    from synbal._adapters.torch.walker import Walker
 
 __all__ = ["AFFINE_FUNCTIONS", "module_norm", "scaled_by_parameter", "swin_attention"]
 

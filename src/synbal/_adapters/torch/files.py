@@ -36,7 +36,12 @@ __all__ = ["LoadedModel", "load_exported", "load_factory", "model_writer", "pars
 
 @dataclass
 class LoadedModel:
-    """A model read from files, with its example inputs and the program it came from (``.pt2``)."""
+    """A model read from files, with its example inputs and the program it came from (``.pt2``).
+
+    >>> loaded = LoadedModel(nn.Linear(2, 1), (torch.zeros(1, 2),))
+    >>> loaded.program is None, tuple(loaded.model(*loaded.example_inputs).shape)
+    (True, (1, 1))
+    """
 
     model: nn.Module
     example_inputs: tuple[Any, ...]
@@ -86,6 +91,16 @@ def load_exported(path: str | Path, shape: tuple[int, ...] | None = None, seed: 
     """Read a ``torch.export`` program; its module runs on the stored example inputs (else ``shape``).
 
     Nothing from the file is unpickled or run unless ``trust_pickle`` (see :mod:`synbal._adapters.torch.pt2`).
+
+    >>> import tempfile, synbal
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.pt2")
+    >>> torch.export.save(torch.export.export(model, (torch.randn(5, 3),)), path)
+    >>> loaded = load_exported(path)  # read without unpickling; the stored example inputs come along
+    >>> [tuple(x.shape) for x in loaded.example_inputs]
+    [(5, 3)]
+    >>> synbal.balance(loaded.model, "l2", example_inputs=loaded.example_inputs).converged
+    True
     """
     p = Path(path)
     if not p.is_file():

@@ -56,6 +56,16 @@ def fold_batchnorm(model: nn.Module, example_inputs: tuple[Any, ...] | None = No
     """Fold every foldable BatchNorm of ``model`` in place; return the folded BatchNorm paths.
 
     ``example_inputs`` is unused (kept for a uniform signature with discovery).
+
+    >>> import synbal
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1)).eval()
+    >>> x = torch.randn(2, 3)
+    >>> len(synbal.inspect(model, x).groups)  # the BatchNorm fixes the Linear's outputs
+    4
+    >>> fold_batchnorm(model), type(model[1]).__name__
+    (['1'], 'Identity')
+    >>> len(synbal.inspect(model, x).groups)
+    4
     """
     from synbal._adapters.torch.discovery import trace
 

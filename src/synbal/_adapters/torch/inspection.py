@@ -14,6 +14,8 @@ group 0[1]: 1 neuron, degree 1
     out: 2.weight[0, 1]
 excluded:
     2[0]: model output
+groups per block (MLP units, V/O dims, Q/K pairs, norm dims, layer scale):
+    0: 2, 0, 0, 0, 0
 >>> info.groups[1].members
 ['0[1]']
 """
@@ -27,6 +29,7 @@ import numpy as np
 from torch import nn
 
 from synbal._adapters.torch.discovery import Discovery, ParamUse, discover
+from synbal._adapters.torch.group_kinds import KINDS, group_kinds
 
 __all__ = ["GroupInfo", "ModelInspection", "inspect"]
 
@@ -63,7 +66,14 @@ def describe_slice(name: str, mask: np.ndarray, shape: tuple[int, ...]) -> str:
 
 @dataclass
 class GroupInfo:
-    """One scalable group: its name, tied neurons, and the parameter slices it scales."""
+    """One scalable group: its name, tied neurons, and the parameter slices it scales.
+
+    >>> import torch
+    >>> model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1))
+    >>> group = inspect(model, torch.zeros(1, 1, 4, 4)).groups[0]  # conv channel 0 at its 4 positions
+    >>> group.name, group.size, group.incoming, group.outgoing
+    ('0[0]', 1, ['0.weight[0, 0, :, :]', '0.bias[0]'], ['3.weight[0, 0:4]'])
+    """
 
     name: str
     members: list[str]
@@ -78,7 +88,32 @@ class GroupInfo:
 
 @dataclass
 class ModelInspection:
-    """What :func:`inspect` returns; ``str()`` prints it (at most ``max_groups`` groups)."""
+    """What :func:`inspect` returns; ``str()`` prints it (at most ``max_groups`` groups).
+
+    >>> import torch
+    >>> shared = nn.Linear(2, 2)  # used twice: its inputs are tied to its outputs, so nothing scales
+    >>> info = inspect(nn.Sequential(shared, nn.ReLU(), shared), torch.zeros(1, 2))
+    >>> print(info)  # doctest: +NORMALIZE_WHITESPACE
+    Sequential: 0 scalable groups (0 neurons), 2 excluded unit ranges
+    excluded:
+        0[0]..0[1] (2 units): model input or constant
+        0#2[0]..0#2[1] (2 units): model input or constant
+    shared parameters (their units are tied):
+        0.weight: used at _0, _0_1
+        0.bias: used at _0, _0_1
+    >>> info = inspect(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)), torch.zeros(1, 2))
+    >>> info.max_groups = 1
+    >>> print(info)  # doctest: +NORMALIZE_WHITESPACE
+    Sequential: 3 scalable groups (3 neurons), 1 excluded unit range
+    group 0[0]: 1 neuron, degree 1
+        in : 0.weight[0, :]  0.bias[0]
+        out: 2.weight[0, 0]
+    … 2 more groups
+    excluded:
+        2[0]: model output
+    groups per block (MLP units, V/O dims, Q/K pairs, norm dims, layer scale):
+        0: 3, 0, 0, 0, 0
+    """
 
     model_name: str
     groups: list[GroupInfo]
@@ -86,6 +121,7 @@ class ModelInspection:
     shared: dict[str, list[str]] = field(default_factory=dict)
     unscaled_parameters: list[str] = field(default_factory=list)
     max_groups: int = 50
+    blocks: dict[str, dict[str, int]] = field(default_factory=dict)  # {block: {kind: groups}}, see group_kinds
 
     def __str__(self) -> str:
         neurons = sum(g.size for g in self.groups)
@@ -104,6 +140,9 @@ class ModelInspection:
         if self.shared:
             lines.append("shared parameters (their units are tied):")
             lines.extend(f"    {k}: used at {', '.join(v)}" for k, v in self.shared.items())
+        if self.blocks:
+            lines.append("groups per block (" + ", ".join(KINDS) + "):")
+            lines.extend(f"    {b}: " + ", ".join(str(c[k]) for k in KINDS) for b, c in self.blocks.items())
         if self.unscaled_parameters:
             lines.append(f"parameters never scaled: {', '.join(self.unscaled_parameters)}")
         return "\n".join(lines)
@@ -133,6 +172,18 @@ def inspection_of(d: Discovery, model_name: str) -> ModelInspection:
 
 
 def inspect(model: nn.Module, example_inputs: Any, *, barriers: bool = False) -> ModelInspection:
-    """Discover the scalable groups and excluded units of ``model`` (see the module docstring)."""
+    """Discover the scalable groups and excluded units of ``model`` (see the module docstring).
+
+    >>> import torch
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    >>> info = inspect(model, torch.zeros(1, 3))
+    >>> [g.name for g in info.groups]
+    ['0[0]', '0[1]', '0[2]', '0[3]']
+    >>> info.excluded["2[0]..2[3] (4 units)"]  # tanh is not homogeneous: its inputs stay fixed
+    "feeds nn.Tanh at node '_3' (not positively homogeneous)"
+    """
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    return inspection_of(discover(model, inputs, barriers=barriers), type(model).__name__)
+    d = discover(model, inputs, barriers=barriers)
+    info = inspection_of(d, type(model).__name__)
+    info.blocks = group_kinds(d, model)
+    return info

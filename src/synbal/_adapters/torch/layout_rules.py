@@ -30,7 +30,7 @@ from torch import fx, nn
 from synbal._adapters.torch.values import Ids, compress, result_shape
 
 if TYPE_CHECKING:
-    from synbal._adapters.torch.discovery import Walker
+    from synbal._adapters.torch.walker import Walker
 
 __all__ = ["LAYOUT_FUNCTIONS", "LAYOUT_METHODS", "LAYOUT_MODULES", "attribute"]
 

@@ -70,6 +70,15 @@ class LocallyConnected2d(nn.Module):
         As for :class:`torch.nn.Conv2d` (zero padding).
     bias:
         Whether each output neuron has a bias.
+
+    >>> import synbal
+    >>> torch.manual_seed(0) and None
+    >>> model = nn.Sequential(LocallyConnected2d(1, 2, in_size=4, kernel_size=3), nn.ReLU(),
+    ...                       nn.Flatten(), nn.Linear(8, 1)).double()
+    >>> x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    >>> res = synbal.balance(model, "l2", example_inputs=(x,))
+    >>> res.problem.n, res.max_relative_deficit < 1e-9  # a unit per channel and position: 2 × 2 × 2
+    (8, True)
     """
 
     def __init__(

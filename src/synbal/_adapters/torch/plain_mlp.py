@@ -9,7 +9,8 @@ are needed: without them the function check runs on :func:`mlp_probe`'s inputs),
 models go through the one extraction of :mod:`synbal._adapters.torch.extract` — whose Linear blocks are
 matrix-free views of the parameters, as in the engine — and the one apply of
 :mod:`synbal._adapters.torch.apply`. Only exact ``nn.Sequential``/``nn.Linear``/activation types without
-hooks or parametrizations qualify: anything that could change what a layer computes is traced.
+hooks, parametrizations or a ``forward`` replaced on the instance qualify: anything that could change
+what a layer computes is traced.
 
 :func:`mlp_view` is a :class:`~synbal._adapters.dense.DenseNet` sharing the same memory (for code that
 works with the engine's objects directly, e.g. to compare against it).
@@ -34,12 +35,12 @@ from itertools import pairwise
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules import module as module_hooks
 from torch.nn.utils import parametrize
 
 from synbal._adapters.dense import DenseNet
 from synbal._adapters.torch.discovery import Discovery, ParamUse, build_discovery
 from synbal._adapters.torch.slots import SlotTable
+from synbal._adapters.torch.tracing import runs_class_forward
 
 __all__ = ["MLPView", "mlp_discovery", "mlp_fits", "mlp_probe", "mlp_view"]
 
@@ -47,16 +48,15 @@ _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Identity)  # positively homogeneous of
 
 
 def _plain(m: nn.Module) -> bool:
-    """No hooks and no parametrizations: the module computes what its type says."""
-    hooks = (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._state_dict_hooks)
-    return not any(hooks) and not parametrize.is_parametrized(m)
+    """The module computes what its type says: its class's ``forward`` (not one set on the instance),
+    no hooks of any kind, no parametrizations."""
+    hooks = (m._backward_hooks, m._backward_pre_hooks, m._state_dict_hooks)
+    return runs_class_forward(m) and not any(hooks) and not parametrize.is_parametrized(m)
 
 
 def _modules(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
     """The children of an exact, unhooked ``nn.Sequential`` that shares no parameter between them."""
     if type(model) is not nn.Sequential or not _plain(model):
-        return None
-    if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
         return None
     items = [(name, m) for name, m in model._modules.items() if m is not None]
     params = [id(p) for _, m in items for p in m.parameters()]

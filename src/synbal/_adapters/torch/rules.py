@@ -1,6 +1,6 @@
 """How positive rescaling passes through each supported layer and operation.
 
-Every rule receives the :class:`~synbal._adapters.torch.discovery.Walker` (slot table, parameter uses,
+Every rule receives the :class:`~synbal._adapters.torch.walker.Walker` (slot table, parameter uses,
 values seen so far), the graph node, and the node's real result (for shapes), and returns the
 :class:`~synbal._adapters.torch.values.Ids` of its output. *Producers* (Linear, Conv, ConvTranspose,
 BatchNorm's affine, LocallyConnected2d, RNN, Embedding) allocate new slots for their output
@@ -22,6 +22,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import fx, nn
 
 from synbal._adapters.torch.affine_rules import AFFINE_FUNCTIONS, module_norm, scaled_by_parameter, swin_attention
+from synbal._adapters.torch.attention_rules import ATTENTION_FUNCTIONS, multihead_attention
 from synbal._adapters.torch.layout_rules import LAYOUT_FUNCTIONS, LAYOUT_METHODS, LAYOUT_MODULES
 from synbal._adapters.torch.locally_connected import LocallyConnected2d
 from synbal._adapters.torch.values import Ids, ParamRef, compress, full, reshape_ids, zeros_like_shape
@@ -32,7 +33,7 @@ from synbal._adapters.torch.values import result_shape as _shape
 from synbal.errors import ModelError
 
 if TYPE_CHECKING:
-    from synbal._adapters.torch.discovery import Walker
+    from synbal._adapters.torch.walker import Walker
 
 __all__ = ["FUNCTION_RULES", "METHOD_RULES", "NAMED_RULES", "module_rule", "rule_for"]
 
@@ -553,13 +554,13 @@ _SHAPE_ONLY_FNS: list[Any] = [torch._assert, aten.sym_size.int, aten._assert_ten
                               aten.zeros_like.default, aten.ones_like.default, aten.empty_like.default,
                               aten.full_like.default]
 
-FUNCTION_RULES: dict[Any, Rule] = {}
-for _f in _IDENTITY_FNS:
-    FUNCTION_RULES[_f] = identity
-for _f in _NON_HOMOGENEOUS_FNS:
-    FUNCTION_RULES[_f] = blocking
-for _f in _SHAPE_ONLY_FNS:
-    FUNCTION_RULES[_f] = output_shape_only
+def _rule_table(*groups: tuple[Any, Rule]) -> dict[Any, Rule]:
+    """One rule for every key of each ``(keys, rule)`` group."""
+    return {key: rule for keys, rule in groups for key in keys}
+
+
+FUNCTION_RULES: dict[Any, Rule] = _rule_table(
+    (_IDENTITY_FNS, identity), (_NON_HOMOGENEOUS_FNS, blocking), (_SHAPE_ONLY_FNS, output_shape_only))
 FUNCTION_RULES.update({
     operator.add: add, operator.iadd: add, torch.add: add, operator.sub: add, operator.isub: add,
     torch.sub: add, aten.add.Tensor: add, aten.add_.Tensor: add, aten.sub.Tensor: add,
@@ -608,6 +609,7 @@ FUNCTION_RULES.update({
 })
 FUNCTION_RULES.update(LAYOUT_FUNCTIONS)
 FUNCTION_RULES.update(AFFINE_FUNCTIONS)
+FUNCTION_RULES.update(ATTENTION_FUNCTIONS)
 
 _METHOD_IDENTITY = {"relu", "relu_", "abs", "neg", "clone", "contiguous", "detach", "cpu", "cuda"}
 _METHOD_CAST = {"float", "double", "half", "bfloat16", "to", "type", "type_as", "long", "int", "short", "bool",
@@ -619,17 +621,9 @@ _METHOD_NON_HOMOGENEOUS = {"tanh", "sigmoid", "softmax", "log_softmax", "exp", "
 _METHOD_SHAPE = {"size", "dim", "numel", "nelement", "get_device", "is_contiguous", "new_zeros", "new_ones",
                  "new_empty", "new_full", "new_tensor"}
 
-METHOD_RULES: dict[str, Rule] = {}
-for _m in _METHOD_IDENTITY:
-    METHOD_RULES[_m] = identity
-for _m in _METHOD_RESHAPE:
-    METHOD_RULES[_m] = reshape
-for _m in _METHOD_NON_HOMOGENEOUS:
-    METHOD_RULES[_m] = blocking
-for _m in _METHOD_SHAPE:
-    METHOD_RULES[_m] = output_shape_only
-for _m in _METHOD_CAST:
-    METHOD_RULES[_m] = cast
+METHOD_RULES: dict[str, Rule] = _rule_table(
+    (_METHOD_IDENTITY, identity), (_METHOD_RESHAPE, reshape), (_METHOD_NON_HOMOGENEOUS, blocking),
+    (_METHOD_SHAPE, output_shape_only), (_METHOD_CAST, cast))
 METHOD_RULES.update({
     "add": add, "add_": add, "sub": add, "sub_": add, "mul": mul(False), "mul_": mul(False),
     "div": mul(True), "div_": mul(True), "permute": permute, "transpose": transpose, "t": transpose,
@@ -753,6 +747,8 @@ def module_rule(mod: nn.Module) -> ModuleRule | None:
     for cls, dims in _POOLS.items():
         if isinstance(mod, cls):
             return _module_as_function(channelwise(dims))
+    if isinstance(mod, nn.MultiheadAttention):
+        return multihead_attention
     if isinstance(mod, _BLOCKING_MODULES):
         return _module_blocking
     return None

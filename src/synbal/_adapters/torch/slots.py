@@ -77,6 +77,7 @@ class SlotTable:
         self._tie_b: list[np.ndarray] = []
         self._fixes: list[tuple[np.ndarray, str]] = []
         self.soft_reasons: dict[int, str] = {}
+        self.kinds: dict[int, str] = {}
         self._prefix_uses: dict[str, int] = {}
 
     @property
@@ -137,6 +138,12 @@ class SlotTable:
         """``slots`` feed a normaliser (BatchNorm): the reason given if they turn out to have no other use."""
         for s in np.unique(np.asarray(slots, dtype=np.int64)).tolist():
             self.soft_reasons.setdefault(int(s), reason)
+
+    def note_kind(self, slots: np.ndarray, kind: str) -> None:
+        """Say what ``slots`` are (e.g. "V/O dims": attention values), for per-block summaries."""
+        for s in np.unique(np.asarray(slots, dtype=np.int64)).tolist():
+            if s != FIXED_SLOT:
+                self.kinds.setdefault(int(s), kind)
 
     def resolve(self) -> Resolution:
         """Merge ties into components; a component is fixed if any member is fixed (or is slot 0)."""

@@ -8,6 +8,13 @@ is then exported with ``torch.export.export(model, example_inputs, strict=False)
 control flow that depends on tensor *values* (neither tracer can follow it), or something else
 torch.export reports.
 
+A module is a leaf only while calling it runs its class's ``forward`` and nothing else
+(:func:`runs_class_forward`): a layer whose ``forward`` was replaced on the instance, or that has
+forward hooks, is traced through, so its rule never stands for what it really computes (the
+hook-based ``weight_norm``/``spectral_norm`` pre-hooks are :mod:`synbal._adapters.torch.reparam`'s
+to handle). A model whose own ``forward`` was replaced on the instance is refused: torch.fx traces
+the class's ``forward``.
+
 >>> import torch
 >>> from torch import nn
 >>> class Branchy(nn.Module):
@@ -28,17 +35,60 @@ import warnings
 from typing import Any
 
 from torch import fx, nn
+from torch.nn.modules import module as module_hooks
 
+from synbal._adapters.torch.hf_models import export_ready
 from synbal._adapters.torch.locally_connected import LocallyConnected2d
 from synbal.errors import ModelError
 
-__all__ = ["trace"]
+__all__ = ["runs_class_forward", "trace"]
+
+#: Attributes that, set on an instance, change what calling the module runs.
+_CALL_ATTRIBUTES = ("forward", "_call_impl", "_wrapped_call_impl")
+
+
+def _reparametrization(hook: object) -> bool:
+    """The hook-based ``weight_norm`` / ``spectral_norm`` (read by :mod:`synbal._adapters.torch.reparam`)."""
+    return type(hook).__module__.startswith("torch.nn.utils") and type(hook).__name__ in ("WeightNorm",
+                                                                                        "SpectralNorm")
+
+
+def runs_class_forward(m: nn.Module, *, reparametrizations: bool = False) -> bool:
+    """Whether calling ``m`` runs its class's ``forward`` and nothing else.
+
+    False when ``forward`` (or the call machinery) was replaced on the instance, or when a forward
+    hook or pre-hook is registered on ``m`` or globally. ``reparametrizations=True`` lets the
+    hook-based ``weight_norm``/``spectral_norm`` pre-hooks pass.
+
+    >>> layer = nn.ReLU()
+    >>> runs_class_forward(layer)
+    True
+    >>> layer.forward = lambda x: x * x
+    >>> runs_class_forward(layer)
+    False
+    >>> hooked = nn.Linear(2, 2)
+    >>> handle = hooked.register_forward_hook(lambda mod, args, out: out.abs())
+    >>> runs_class_forward(hooked)
+    False
+    >>> handle.remove(); runs_class_forward(hooked)
+    True
+    """
+    if any(name in vars(m) for name in _CALL_ATTRIBUTES):
+        return False
+    if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
+        return False
+    if m._forward_hooks:
+        return False
+    return all(reparametrizations and _reparametrization(h) for h in m._forward_pre_hooks.values())
 
 
 class _Tracer(fx.Tracer):
-    """fx tracer that keeps synbal's own layers as leaves."""
+    """fx tracer that keeps synbal's own layers as leaves, and traces through any layer that does
+    not compute what its type says (see :func:`runs_class_forward`)."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if not runs_class_forward(m, reparametrizations=True):
+            return False
         if isinstance(m, LocallyConnected2d):
             return True
         return super().is_leaf_module(m, module_qualified_name)
@@ -58,7 +108,7 @@ def _first_line(exc: BaseException) -> str:
 def _export(model: nn.Module, example_inputs: tuple[Any, ...]) -> fx.GraphModule:
     import torch
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), export_ready(model):  # a transformers model: no key/value cache
         warnings.simplefilter("ignore")
         program = torch.export.export(model, example_inputs, strict=False)
     gm = program.module()
@@ -79,6 +129,12 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...] | None = None) -> fx
     if isinstance(model, fx.GraphModule):
         return model
     name = type(model).__name__
+    replaced = [attr for attr in _CALL_ATTRIBUTES if attr in vars(model)]
+    if replaced:
+        raise ModelError(
+            f"{name}.{replaced[0]} was replaced on the instance; synbal traces the forward of the model's "
+            f"class, which is not what this model computes: define the new forward in a subclass instead"
+        )
     try:
         graph = _Tracer().trace(model)
     except Exception as fx_exc:  # fx raises many types (TraceError, TypeError, …) on untraceable code

@@ -1,9 +1,11 @@
 """Subcommands of the ``synbal`` command line (see :mod:`synbal._cli.main`).
 
-Each module here has ``register(subparsers)``, which adds its parser and sets
-``func=run``, and ``run(args) -> int`` (the exit status). This package also holds what the
-``balance`` and ``inspect`` commands share: telling explicit-network files from PyTorch model
-inputs, and the options those model inputs take.
+Each command module here (``balance``, ``inspect``, ``reproduce``, ``demo``) has
+``register(subparsers)``, which adds its parser and sets ``func=run``, and ``run(args) -> int``
+(the exit status). This package also holds what the ``balance`` and ``inspect`` commands share:
+telling explicit-network files from PyTorch model inputs and the options those model inputs take
+(here), and what they do with PyTorch model files (:mod:`synbal._cli.commands.model_files`,
+imported only when such a file is given).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def add_network_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, verify: bool) -> None:
-    """Options for PyTorch model inputs (handled by :mod:`synbal._cli.torch_files`)."""
+    """Options for PyTorch model inputs (handled by :mod:`synbal._cli.commands.model_files`)."""
     group = parser.add_argument_group("PyTorch models (a .pt2 torch.export file, or a factory and weights)")
     group.add_argument("--factory", metavar="PKG.MODULE:FUNCTION",
                        help="a function that builds the model (its weights come from --weights); this "
@@ -89,8 +91,8 @@ def input_path(args: argparse.Namespace) -> Path:
 
 
 def model_support() -> ModuleType:
-    """:mod:`synbal._cli.torch_files`, or a clear error when it cannot be imported."""
+    """:mod:`synbal._cli.commands.model_files`, or a clear error when it cannot be imported."""
     try:
-        return importlib.import_module("synbal._cli.torch_files")
+        return importlib.import_module("synbal._cli.commands.model_files")
     except ImportError as exc:
         raise SynbalError(f"PyTorch model inputs are not available ({exc}); use a .json network") from None

@@ -9,7 +9,7 @@ per-sweep history; non-finite numbers as ``null``, listed under ``non_finite``).
 the report are written together or not at all. ``IN`` may be ``example:NAME`` for a network shipped in
 :mod:`synbal.examples` (``synbal balance example:recurrent_mixed -o balanced.json``).
 PyTorch model inputs (``MODEL.pt2`` or ``--factory``/``--weights``) are handled by
-:func:`synbal._cli.torch_files.balance_model_file`.
+:func:`synbal._cli.commands.model_files.balance_model_file`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ degree, relative deficit and status (free, dead, …), per-layer sums for layere
 totals (regularizer, overall deficit, max relative deficit, Frobenius norm); ``--json`` prints
 the same as strict JSON (non-finite numbers as ``null``, listed with their values under
 ``non_finite``). PyTorch model inputs go to
-:func:`synbal._cli.torch_files.inspect_model_file`.
+:func:`synbal._cli.commands.model_files.inspect_model_file`.
 """
 
 from __future__ import annotations

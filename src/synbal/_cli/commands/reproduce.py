@@ -1,7 +1,8 @@
 """``synbal reproduce``: rerun one of the papers' simulations.
 
 ``synbal reproduce NAME [--data PATH] [--out DIR] [--quick] [--seeds N] [--set KEY=VALUE ...]
-[--no-progress]`` runs :func:`synbal.experiments.run_experiment`, which writes ``NAME.json`` (every number and
+[--no-progress] [--backend inprocess|ray [--address ADDR]]`` runs
+:func:`synbal.experiments.run_experiment`, which writes ``NAME.json`` (every number and
 setting), ``NAME.md`` (a summary) and ``NAME_*.png`` plots into ``DIR``;
 ``synbal reproduce --list`` lists the experiments, the claim each one checks and its options.
 ``--set`` passes an experiment's own options (an unknown one is an error); VALUE is read as
@@ -20,6 +21,7 @@ from typing import Any
 
 from synbal.errors import SynbalError
 from synbal.experiments import EXPERIMENTS, ExperimentContext, experiment_options, run_experiment
+from synbal.experiments.backend import make_backend
 
 __all__ = ["parse_setting", "register", "run"]
 
@@ -52,6 +54,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="an experiment's own option (repeatable; VALUE is JSON or a string)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess",
+                   help="where a grid's independent training runs execute (default: inprocess; ray needs "
+                        "synbal[ray])")
+    p.add_argument("--address", help="with --backend ray: the cluster to join (ray://HOST:10001 or auto; "
+                                      "default: start a local Ray instance)")
     p.set_defaults(func=run)
 
 
@@ -77,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise SynbalError(f"--out: {str(args.out)!r} exists and is not a directory")
     extra = dict(parse_setting(item) for item in args.set)
+    backend = make_backend(args.backend, args.address)
     ctx = ExperimentContext(out_dir=args.out, quick=args.quick, seeds=args.seeds, data=args.data,
-                            progress=not args.no_progress, extra=extra)
+                            progress=not args.no_progress, extra=extra, backend=backend)
     run_experiment(args.name, ctx)
     written = sorted(p.name for p in args.out.glob(f"{args.name}*") if p.is_file())
     print(f"{args.name}: wrote {', '.join(written) or 'nothing'} to {args.out}")

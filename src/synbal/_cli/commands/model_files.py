@@ -154,6 +154,7 @@ def inspect_model_file(args: argparse.Namespace) -> int:
                         "outgoing": g.outgoing, "degree": g.degree} for g in info.groups],
             "excluded": info.excluded,
             "shared": info.shared,
+            "blocks": info.blocks,
             "balance": report.as_dict(),
         }), end="")
         return 0
