@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import synbal.experiments._quant as quant
 from synbal.experiments import ExperimentContext, run_experiment
+from synbal.experiments._quant_models import build_model, train_model
 from synbal.experiments._quant_verdict import verdict
 
 TINY = {"models": ["mlp"], "seeds": 1, "epochs": 1, "train_size": 200, "test_size": 100, "bits": [8, 4],
@@ -92,3 +94,41 @@ def test_quick_variant_runs_in_under_three_minutes(tmp_path: Path):
         if arm == "synbal-linf" and rescaled:
             assert acc == by[(model, seed, arm, bits, gran, False)]
     assert payload["results"]["goals"]["fp32"]["met"] is True
+
+
+def _lrs_seen(monkeypatch: pytest.MonkeyPatch, one_cycle: bool) -> list[float]:
+    seen: list[float] = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    x, y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
+    train_model(build_model("mlp", 0), x, y, epochs=2, seed=0, batch=8, lr=3e-3, one_cycle=one_cycle)
+    return seen
+
+
+def test_one_cycle_warms_up_to_the_peak_then_anneals(monkeypatch: pytest.MonkeyPatch):
+    lrs = _lrs_seen(monkeypatch, one_cycle=True)
+    assert len(lrs) == 2 * 5 and max(lrs) == pytest.approx(3e-3)
+    assert lrs[0] < 3e-4 and lrs[-1] < 3e-5 and lrs.index(max(lrs)) in range(1, 9)
+    assert set(_lrs_seen(monkeypatch, one_cycle=False)) == {3e-3}
+
+
+def test_full_run_settings_use_the_whole_data_and_the_schedule():
+    s = quant._settings(ExperimentContext(out_dir=Path("."), quick=False, progress=False))
+    assert s["train_size"] is None and s["test_size"] is None and s["seeds"] == 5
+    assert s["epochs"] == quant.EPOCHS == 3 and "one-cycle" in s["optimizer"]
+
+
+def test_a_second_process_can_take_the_later_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    later = _run(tmp_path, seeds=2, first_seed=1)  # seed 0 is left to another process
+    assert {r["seed"] for r in later["rows"]} == {1}
+    assert "not run yet (left out): mlp, MNIST, seed 0" in (tmp_path / "quant.md").read_text()
+    ran = []
+    one_run = quant._one_run
+    monkeypatch.setattr(quant, "_one_run", lambda *a, **k: ran.append(a[3]) or one_run(*a, **k))
+    both = _run(tmp_path, seeds=2)
+    assert ran == [0] and {r["seed"] for r in both["rows"]} == {0, 1}

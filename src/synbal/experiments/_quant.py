@@ -6,17 +6,17 @@ cross-layer equalization users have today (PyTorch ``_equalize``, Brevitas ``Equ
 AIMET CLE), beats it at 4 bits, and — being canonical — does not care whether the network was
 randomly rescaled beforehand.
 
-Design: MobileNet-style CNN (depthwise-separable convs, BatchNorm, ReLU; and a ReLU6 variant),
-a small residual CNN and an MLP, trained with Adam (lr 1e-3, batch 128) on MNIST (``--data``,
-else the embedded subset) and Fashion-MNIST (Debian package ``dataset-fashion-mnist``; skipped
-with a note when absent). BatchNorm is folded into the convolutions, then each arm equalizes
-the float model: ``none``, ``torch-equalize`` (hand-listed pairs), ``brevitas``, ``aimet``,
-``synbal-linf`` and ``synbal-l<p>``; every arm also runs on a copy whose scalable channels were
-first multiplied by ``e^U(−3,3)`` (same function). Weights are then fake-quantized
-(:mod:`synbal.quantize`, symmetric, per-tensor and per-channel, 8/6/4 bits; biases in float;
-activations in float unless ``act_bits`` is set) and test accuracy is measured. A peer whose
-package is missing is skipped and the outputs say why. ReLU6 models reach the synbal arms
-through the explicit clip conversion of :mod:`synbal.clip` (per-channel thresholds after
+Design: MobileNet-style CNN (depthwise-separable convs, BatchNorm, ReLU; and a ReLU6 variant), a
+small residual CNN and an MLP, trained with Adam (batch 128, one-cycle learning rate with peak
+3e-3) on MNIST (``--data``, else the embedded subset) and Fashion-MNIST (Debian package
+``dataset-fashion-mnist``; skipped with a note when absent). BatchNorm is folded into the
+convolutions, then each arm equalizes the float model: ``none``, ``torch-equalize`` (hand-listed
+pairs), ``brevitas``, ``aimet``, ``synbal-linf`` and ``synbal-l<p>``; every arm also runs on a
+copy whose scalable channels were first multiplied by ``e^U(−3,3)`` (same function). Weights are
+then fake-quantized (:mod:`synbal.quantize`, symmetric, per-tensor and per-channel, 8/6/4 bits;
+biases in float; activations in float unless ``act_bits`` is set) and test accuracy is measured. A
+peer whose package is missing is skipped and the outputs say why. ReLU6 models reach the synbal
+arms through the explicit clip conversion of :mod:`synbal.clip` (per-channel thresholds after
 balancing); the peers get them as they are.
 
 Outputs: ``quant.json`` (``rows``: one per model, dataset, seed, bits, granularity, arm,
@@ -25,11 +25,16 @@ verdict computed by :mod:`synbal.experiments._quant_verdict`, and plots of accur
 (mean ± std over seeds, float accuracy for reference). Every finished (model, dataset, seed) is
 recorded in ``OUT/quant-runs.jsonl``; a rerun into the same ``--out`` skips it.
 
-Full run: 5 seeds, 1 epoch on the full training set, the first 5,000 test images, p ∈ {2, 4}
-(about 3–4 min per CNN and seed here; runs go seed by seed, so a run stopped early covers every
-model and dataset with fewer seeds; ``--set assemble_only=true`` then writes the outputs from the
-record alone and lists what is missing). ``--quick``: embedded MNIST, 1 seed, 2 epochs
-on 6,000 images, 1,000 test images, p = 2, MLP and MobileNet.
+Full run: 5 seeds, 3 epochs on the full training set (one-cycle schedule, so the nets end near
+convergence rather than mid-descent), the full 10,000 test images, p ∈ {2, 4}. Evaluating the 98
+equalized and quantized variants of a CNN costs about as much as four training epochs (twelve for
+the ReLU6 MobileNet, whose rescaled and synbal copies run per-channel clips); on this machine,
+shared with a dozen other jobs, a CNN took 8–22 min per seed and dataset. Runs go seed by seed, so
+a run stopped early covers every model and dataset with fewer seeds; a second process given
+``--set first_seed=K`` takes the seeds from ``K`` on into the same record; ``--set
+assemble_only=true`` then writes the outputs from the record alone (listing what is missing).
+``--quick``: embedded MNIST, 1 seed, 2 epochs (same schedule) on 6,000 images, 1,000 test images,
+p = 2, MLP and MobileNet.
 """
 
 from __future__ import annotations
@@ -59,13 +64,18 @@ from synbal.quantize import GRANULARITIES, quantize_activations, quantize_weight
 __all__ = ["run"]
 
 NAME = "quant"
+EPOCHS = 3
+PEAK_LR = 3e-3
+OPTIMIZER = f"Adam, batch 128, one-cycle learning rate (peak {PEAK_LR:g}, cosine annealing)"
 OPTIONS = {"datasets": 'JSON list, e.g. ["MNIST"] (default both)', "models": "JSON list of model names",
            "seeds": "number of seeds", "epochs": "training epochs", "train_size": "training images (subset)",
            "test_size": "test images (first N)", "bits": "JSON list of weight bit widths",
            "powers": "JSON list of p for the synbal-l<p> arms", "arms": "JSON list of arms (default all)",
            "act_bits": "also quantize activations to this many bits (calibrated on 4 batches)",
            "threads": "torch threads (default 1)", "fashion": "directory of the Fashion-MNIST IDX files",
-           "assemble_only": "true: build the outputs from the run record alone, listing runs not yet done"}
+           "assemble_only": "true: build the outputs from the run record alone, listing runs not yet done",
+           "first_seed": "run seeds from this one on, earlier ones from the record only (a second process "
+                         "sharing the record can take the later seeds)"}
 
 
 def _settings(ctx: ExperimentContext) -> dict[str, Any]:
@@ -74,12 +84,12 @@ def _settings(ctx: ExperimentContext) -> dict[str, Any]:
     s: dict[str, Any] = {"datasets": list(ctx.extra.get("datasets", ["MNIST"] if q else DATASETS)),
          "models": list(ctx.extra.get("models", ["mlp", "mobilenet"] if q else MODELS)),
          "seeds": int(ctx.extra.get("seeds", ctx.n_seeds(full=5, quick=1))),
-         "epochs": int(ctx.extra.get("epochs", 2 if q else 1)),
+         "epochs": int(ctx.extra.get("epochs", 2 if q else EPOCHS)),
          "train_size": ctx.extra.get("train_size", 6000 if q else None),
-         "test_size": ctx.extra.get("test_size", 1000 if q else 5000),
+         "test_size": ctx.extra.get("test_size", 1000 if q else None),
          "bits": [int(b) for b in ctx.extra.get("bits", [8, 6, 4])],
          "arms": list(ctx.extra.get("arms", arm_names(powers))),
-         "act_bits": ctx.extra.get("act_bits"), "optimizer": "Adam lr 1e-3, batch 128",
+         "act_bits": ctx.extra.get("act_bits"), "optimizer": OPTIMIZER,
          "rescale": "per scalable channel e^U(-3,3), seed + 1000"}
     bad = sorted(set(s["models"]) - set(MODELS)) + sorted(set(s["datasets"]) - set(DATASETS))
     if bad:
@@ -113,7 +123,9 @@ def _one_run(model_name: str, ds_name: str, data: ImageDataset, seed: int, s: di
         x, y = _images(data.subset(int(s["train_size"]), seed=0), "train", None)
     xt, yt = _images(data, "test", s["test_size"])
     start = time.perf_counter()
-    folded = fold(train_model(build_model(model_name, seed), x, y, epochs=s["epochs"], seed=seed))
+    trained = train_model(build_model(model_name, seed), x, y, epochs=s["epochs"], seed=seed, lr=PEAK_LR,
+                          one_cycle=True)
+    folded = fold(trained)
     example, check, calib = xt[:2], xt[:512], [x[i : i + 256] for i in range(0, 1024, 256)]
     with torch.no_grad():
         ref = folded(check)
@@ -150,6 +162,7 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     notes += [f"{arm} skipped: {why}" for arm, why in status.items() if why and arm in s["arms"]]
     cache = RunCache(ctx.out_dir / f"{NAME}-runs.jsonl")
     assemble_only = bool(ctx.extra.get("assemble_only", False))
+    first_seed = int(ctx.extra.get("first_seed", 0))
     collected: dict[str, list[Any]] = {"rows": [], "float_rows": [], "failures": []}
     with torch_threads(int(ctx.extra.get("threads", 1))):
         for seed in range(s["seeds"]):  # seed-major: a run stopped early still covers every cell
@@ -157,8 +170,9 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
                 for model_name in s["models"]:
                     key = {**{k: v for k, v in s.items() if k != "seeds"}, "data": data.source,
                            "model": model_name, "dataset": ds_name, "seed": seed, "usable": usable}
+                    cache.reload()  # another process may share the record
                     done = cache.get(key)
-                    if done is None and assemble_only:
+                    if done is None and (assemble_only or seed < first_seed):
                         notes.append(f"not run yet (left out): {model_name}, {ds_name}, seed {seed}")
                         continue
                     if done is None:

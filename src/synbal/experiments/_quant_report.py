@@ -16,7 +16,7 @@ from synbal.experiments._quant_verdict import (
 )
 from synbal.experiments._report import new_figure, plot_mean_std
 
-__all__ = ["figures", "markdown"]
+__all__ = ["figures", "markdown", "seed_counts"]
 
 _WORD = {True: "**met**", False: "**not met**", None: "not judged (missing arms or models)"}
 
@@ -63,12 +63,32 @@ def _table(rows: list[dict[str, Any]], float_rows: list[dict[str, Any]], ds: str
     return [*lines, ""]
 
 
+def seed_counts(rows: list[dict[str, Any]], asked: int) -> str:
+    """How many seeds each (dataset, model) has in ``rows``, against the ``asked`` number.
+
+    Every arm of a cell shares that cell's seeds, so comparisons within a cell stay paired.
+
+    >>> seed_counts([{"dataset": "D", "model": m, "seed": s} for m, s in [("a", 0), ("a", 2), ("b", 0)]], 5)
+    '1–2 seed(s) per model and dataset (5 asked; runs not done are listed below)'
+    >>> seed_counts([{"dataset": "D", "model": "a", "seed": 0}], 1)
+    '1 seed(s)'
+    """
+    per_cell: dict[tuple[str, str], set[int]] = {}
+    for r in rows:
+        per_cell.setdefault((r["dataset"], r["model"]), set()).add(int(r["seed"]))
+    counts = sorted({len(v) for v in per_cell.values()}) or [0]
+    if counts == [asked]:
+        return f"{asked} seed(s)"
+    span = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    return f"{span} seed(s) per model and dataset ({asked} asked; runs not done are listed below)"
+
+
 def markdown(rows: list[dict[str, Any]], float_rows: list[dict[str, Any]], failures: list[dict[str, Any]],
              goals: dict[str, Any], settings: dict[str, Any]) -> str:
     """The summary: verdict per goal (from the rows), settings, notes, failures, tables."""
     lines = ["# quant: equalization for post-training weight quantization", "",
              "Goals of issue 13, judged by code on the rows of `quant.json` (test accuracy in %, mean ± std "
-             f"over {settings['seeds']} seed(s)):", ""]
+             f"over {seed_counts(rows, settings['seeds'])}):", ""]
     lines += _goal_lines(goals)
     lines += ["", f"Models {settings['models']}, datasets {settings['data']}, {settings['epochs']} epoch(s) "
               f"({settings['optimizer']}), train size {settings['train_size'] or 'full'}, test size "
