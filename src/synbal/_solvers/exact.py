@@ -54,7 +54,8 @@ TWO_LEVEL_SWEEPS = 30
 
 
 def hessian(problem: BalanceProblem, u: np.ndarray) -> sp.csr_array:
-    """The Hessian of ``R`` at ``u`` as a sparse ``n×n`` matrix (a grounded weighted Laplacian)."""
+    """The Hessian of ``R`` at ``u`` as a sparse ``n×n`` matrix (a grounded weighted Laplacian; with
+    signed rows a sum of rank-one terms, see :mod:`synbal._problem.signed`)."""
     ue = np.append(u, 0.0)
     ce = np.append(problem.degree, 1.0)
     rows: list[np.ndarray] = []
@@ -68,7 +69,7 @@ def hessian(problem: BalanceProblem, u: np.ndarray) -> sp.csr_array:
         c = b.src[coo.col]
         keep = (r >= 0) & (c >= 0) & (r != c) & (coo.data > 0)
         v = coo.data[keep] * y[coo.row[keep]] * x[coo.col[keep]]
-        off = -p * p * ce[c[keep]] * v
+        off = -p * p * b.row_sign * ce[c[keep]] * v  # see synbal._problem.signed
         rows += [r[keep], c[keep]]
         cols += [c[keep], r[keep]]
         vals += [off, off]
@@ -92,6 +93,8 @@ def solve_exact(problem: BalanceProblem, reg: Regularizer, options: SolveOptions
     """Minimise ``R`` over the log-scales of the free units (see the module docstring)."""
     if problem.custom is not None:
         return _solve_custom(problem, options)
+    if problem.signed:  # the chain and two-level solvers assume rows of sign +1: Newton handles signs
+        return _newton(problem, options)
     small = _pairs(problem) <= DIRECT_LIMIT
     limit = TWO_LEVEL_SWEEPS if small else None
     chained = solve_chain(problem, options, limit=limit) if problem.layers is not None else None
