@@ -125,8 +125,8 @@ def test_a_free_component_with_signed_rows_is_not_pinned_and_drift_is_found_by_t
                                            CostBlock(2.0, [1], [0], [[1.0]])])
     assert not drifting.dead_mask().any()
     assert drifting.drifting_mask().all() and not drifting.free_mask().any()
-    # a weight from unit 1 to a fixed output stops it: all free, and exact balances it
-    grounded = BalanceProblem(np.ones(2), [*drifting.blocks, CostBlock(2.0, [-1], [1], [[3.0]])])
+    # a Q bias (a weight from the constant unit into unit 0) stops it: all free, and exact balances it
+    grounded = BalanceProblem(np.ones(2), [*drifting.blocks, CostBlock(2.0, [0], [-1], [[3.0]], bias=True)])
     assert grounded.free_mask().all()
     res = solve(grounded, L2, "exact", SolveOptions(tol=1e-12))
     assert res.converged and grounded.max_relative_deficit(res.u) <= 1e-12
