@@ -7,6 +7,8 @@ local schedules reach one state; the methods whose kernels assume the unsigned f
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -95,7 +97,7 @@ def test_exact_and_local_schedules_reach_the_same_balanced_state(seed: int) -> N
         assert res.converged, method
         np.testing.assert_allclose(res.u, exact.u, atol=1e-8, err_msg=method)
         values = [h.regularizer for h in res.history]
-        assert all(b <= a * (1 + 1e-12) for a, b in zip(values, values[1:], strict=False)), method
+        assert all(b <= a * (1 + 1e-12) for a, b in itertools.pairwise(values)), method
 
 
 def test_methods_that_assume_unsigned_rows_refuse_with_a_typed_error() -> None:

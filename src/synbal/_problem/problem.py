@@ -625,7 +625,8 @@ class BalanceProblem:
             from synbal._problem.signed import signed_drifting
 
             floating, pinned = self.grounding()
-            cached = signed_drifting(self, self.dead_mask() | floating | pinned)
+            parts = _components(self.unit_adjacency(), ~(self.dead_mask() | floating | pinned))
+            cached = signed_drifting(parts, self.signed_edges(), self.degree)
             self._cache["drifting"] = cached
         if cached is None and self.layers is not None:
             # layered: the scalable units form a DAG, so following the edges of a live unit

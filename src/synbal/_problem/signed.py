@@ -43,19 +43,25 @@ cannot drift; a free component with ``c = 1`` moves no weight when shifted) do n
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from synbal._problem.drift import positive_flow_exists
-from synbal._problem.problem import BalanceProblem, _components
 from synbal.errors import UnsupportedProblemError
 
 __all__ = ["require_unsigned", "signed_drifting"]
 
 
-def require_unsigned(problem: BalanceProblem, what: str) -> None:
+class _MaybeSigned(Protocol):
+    @property
+    def signed(self) -> bool: ...
+
+
+def require_unsigned(problem: _MaybeSigned, what: str) -> None:
     """Raise :class:`~synbal.errors.UnsupportedProblemError` when ``problem`` has signed rows.
 
-    >>> from synbal._problem.problem import CostBlock
+    >>> from synbal._problem.problem import BalanceProblem, CostBlock
     >>> prob = BalanceProblem(np.ones(1), [CostBlock(2.0, [0], [-1], [[1.0]], row_sign=-1.0)])
     >>> require_unsigned(prob, "the compiled kernels")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -69,19 +75,20 @@ def require_unsigned(problem: BalanceProblem, what: str) -> None:
         )
 
 
-def signed_drifting(problem: BalanceProblem, ground: np.ndarray) -> np.ndarray:
-    """Units (outside ``ground``) of connected parts whose cost has no minimiser (no positive signed flow).
+def signed_drifting(parts: list[np.ndarray], edges: tuple[np.ndarray, np.ndarray, np.ndarray],
+                    degree: np.ndarray) -> np.ndarray:
+    """Units of the connected ``parts`` whose cost has no minimiser (no positive signed flow).
 
-    >>> from synbal._problem.problem import CostBlock
-    >>> # the unit scales both of its weights down when it grows: it drifts to +∞
-    >>> prob = BalanceProblem(np.ones(1), [CostBlock(2.0, [0], [-1], [[1.0]], row_sign=-1.0),
-    ...                                    CostBlock(2.0, [-1], [0], [[1.0]])])
-    >>> signed_drifting(prob, np.zeros(1, dtype=bool)).tolist()
+    ``edges`` are the destination, source (``-1`` fixed) and row sign of every weight of non-zero cost.
+
+    >>> # one unit scales both of its weights down when it grows: it drifts to +∞
+    >>> edges = (np.array([0, -1]), np.array([-1, 0]), np.array([-1.0, 1.0]))
+    >>> signed_drifting([np.array([0])], edges, np.ones(1)).tolist()
     [True]
     """
-    r, c, s = problem.signed_edges()
-    out = np.zeros(problem.n, dtype=bool)
-    for members in _components(problem.unit_adjacency(), ~ground):
-        if not positive_flow_exists(members, r, c, problem.degree, sign=s):
+    r, c, s = edges
+    out = np.zeros(degree.size, dtype=bool)
+    for members in parts:
+        if not positive_flow_exists(members, r, c, degree, sign=s):
             out[members] = True
     return out

@@ -27,7 +27,7 @@
 ...         q, k, v = (m(x).view(1, -1, 2, 4).transpose(1, 2) for m in (self.q, self.k, self.v))
 ...         a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
 ...         return self.o(a.transpose(1, 2).reshape(1, -1, 8))
->>> groups = synbal.inspect(Attn(), torch.zeros(1, 3, 8)).groups
+>>> groups = [g for g in synbal.inspect(Attn(), torch.zeros(1, 3, 8)).groups if g.name.startswith("v[")]
 >>> len(groups), groups[0].incoming[:2], groups[0].outgoing[:1]
 (8, ['v.weight[0, :]', 'v.bias[0]'], ['o.weight[:, 0]'])
 """

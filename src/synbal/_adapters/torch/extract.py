@@ -125,8 +125,7 @@ def _signed_rows(d: Discovery, blocks: list[CostBlock]) -> list[CostBlock]:
     out = []
     for b in blocks:
         keys = b.fixed_ids
-        neg = keys >= base if keys is not None else np.zeros(b.dst.size, dtype=bool)
-        if not neg.any():
+        if keys is None or not (neg := keys >= base).any():
             out.append(b)
             continue
         matrix = b.matrix if neg.all() else b.explicit()

@@ -81,7 +81,7 @@ def group_kinds(d: Discovery, model: nn.Module) -> dict[str, dict[str, int]]:
                     gains.setdefault(g, kind)
     out: dict[str, dict[str, int]] = {}
     for g, slots in enumerate(d.groups):
-        kinds = {d.table.kinds.get(int(s)) for s in slots} - {None}
+        kinds = {k for k in (d.table.kinds.get(int(s)) for s in slots) if k is not None}
         kind = gains.get(g, "MLP units")
         if "Q/K pairs" in kinds:  # a pair of norm gains is a QK-norm pair
             kind = "QK-norm pairs" if kind == "norm dims" else "Q/K pairs"

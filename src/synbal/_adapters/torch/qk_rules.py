@@ -29,8 +29,8 @@ query and key slots at the score are then the norm gains', so ``q_norm.weight[d]
 ...         return self.o(a.transpose(1, 2).reshape(1, -1, 8))
 >>> info = synbal.inspect(Attn(), torch.zeros(1, 3, 8))
 >>> qk = [g for g in info.groups if g.name.startswith("q[")]
->>> len(qk), qk[0].incoming
-(8, ['q.weight[0, :]', 'q.bias[0]', 'k.weight[0, :]', 'k.bias[0]'])
+>>> len(qk), qk[0].incoming, qk[0].outgoing  # in: scaled up by λ; out: scaled down
+(8, ['q.weight[0, :]', 'q.bias[0]'], ['k.weight[0, :]', 'k.bias[0]'])
 """
 
 from __future__ import annotations
