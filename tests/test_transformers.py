@@ -194,6 +194,26 @@ def test_llama_query_rows_scale_inversely_to_the_key_rows_they_meet() -> None:
         assert float((rows_q - 1).abs().max()) > 1e-3
 
 
+def test_rope_needs_one_scale_per_rotated_pair() -> None:
+    """RoPE rotates (d, d + D/2) by R(θ); R(θ) diag(a, b) = diag(a, b) R(θ) for every θ only when a = b. So scaling
+    query row d by c and key row d by 1/c keeps Llama's logits only if rows d + D/2 get the same c."""
+    theta = torch.tensor(0.7, dtype=torch.float64)
+    rot = torch.stack([torch.stack([theta.cos(), -theta.sin()]), torch.stack([theta.sin(), theta.cos()])])
+    for a, b in ((2.0, 2.0), (2.0, 0.5)):
+        diag = torch.diag(torch.tensor([a, b], dtype=torch.float64))
+        assert torch.allclose(rot @ diag, diag @ rot) == (a == b)
+    model, x = tiny("llama").double(), example("llama", 3)
+    for rows, same in (([0, 2], True), ([0], False)):  # head_dim 4: dimension 0 rotates with 2
+        scaled = tiny("llama").double()
+        with torch.no_grad():
+            attn = scaled.model.layers[0].self_attn
+            for r in rows:  # query heads 0 and 1 read KV head 0: both scale with it
+                for h in (0, 1):
+                    attn.q_proj.weight[h * 4 + r].mul_(3.0)
+                attn.k_proj.weight[r].div_(3.0)
+        assert torch.allclose(logits(scaled, x), logits(model, x), rtol=1e-10, atol=1e-12) == same
+
+
 @pytest.mark.parametrize("name", ["llama", "qwen3"])
 def test_exact_and_layer_reach_the_same_state(name: str) -> None:
     model, x = tiny(name).double(), example(name, 0)
