@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         ensure_not_input(args.report, *protected, args.output)
     if source is None:
-        return int(model_support().balance_model_file(args))
+        return int(model_support().balance_model_file(args, sets=_parse_sets(args.sets), closed_form=args.closed_form))
     graph = Graph.load(source)
     result = balance(
         graph,
