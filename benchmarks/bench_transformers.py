@@ -76,8 +76,9 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--one", name, "--hidden", str(args.hidden), "--layers",
                               str(args.layers)], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{name:7s} {r['params_m']:7.2f}M {r['groups']:7d} {r['qk']:5d} {r['discovery_s']:9.2f}s {r['balance_s']:8.2f}s "
-              f"{r['iterations']:5d} {r['deficit']:9.1e} {r['growth_mb']:7.0f} MB {r['ratio']:5.2f}x")
+        print(f"{name:7s} {r['params_m']:7.2f}M {r['groups']:7d} {r['qk']:5d} {r['discovery_s']:9.2f}s "
+              f"{r['balance_s']:8.2f}s {r['iterations']:5d} {r['deficit']:9.1e} {r['growth_mb']:7.0f} MB "
+              f"{r['ratio']:5.2f}x")
 
 
 if __name__ == "__main__":

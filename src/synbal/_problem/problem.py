@@ -316,6 +316,16 @@ class BalanceProblem:
         """Whether some block has ``row_sign = −1`` (see :mod:`synbal._problem.signed`)."""
         return any(b.row_sign < 0 for b in self.blocks)
 
+    def _layered(self) -> bool:
+        """Whether the layered-net shortcuts hold: known layers, and every unit with a row of sign −1
+        a leaf (never a column) — see :meth:`drifting_mask`."""
+        if self.layers is None:
+            return False
+        if not self.signed:
+            return True
+        signed = np.append(self.signed_units(), False)
+        return not any(signed[b.src].any() for b in self.blocks)
+
     def signed_units(self) -> np.ndarray:
         """Mask of the units that are the row of some block with ``row_sign = −1``."""
         mask = np.zeros(self.n + 1, dtype=bool)
@@ -534,7 +544,7 @@ class BalanceProblem:
         as *floating* and left alone.
         """
         cached = self._cache.get("grounding")
-        if cached is None and ((self.layers is not None and not self.signed) or self.n == 0):
+        if cached is None and (self._layered() or self.n == 0):
             # A layered net is acyclic: following incoming weights back from any live unit
             # reaches a fixed or dead unit, so every live unit is grounded (and no units: none floats).
             cached = (np.zeros(self.n, dtype=bool), np.zeros(self.n, dtype=bool))
@@ -619,16 +629,26 @@ class BalanceProblem:
         each connected part of the closure with a BiPU is flagged when no strictly positive flow,
         conserved with the units' gains, covers its weights (:mod:`synbal._problem.drift`).
         (Gain cycles among units that both reach and are reached by ground are not examined.)
+
+        A layered net cannot drift, also with rows of sign −1 on leaf units (query/key pairs, never
+        a column): in a drift direction ``d`` a unit with ``d_i > 0`` has a live incoming weight
+        from some ``j`` with ``c_j d_j ≥ d_i > 0``, and following these back through the DAG ends
+        at a fixed unit, so ``d ≤ 0``; symmetrically a unit with ``d_i < 0`` passes ``d < 0`` forward
+        along an outgoing weight, which must end at a fixed unit or at a leaf ``k``, where its Q
+        row (``d_k ≤ c_i d_i < 0``) meets a K row (``−d_k ≤ c_j d_j ≤ 0``), or its K row
+        (``d_k > 0``) meets a Q row (``d_k ≤ c_j d_j ≤ 0``): impossible, so ``d = 0``. Otherwise
+        problems with signed rows are tested part by part with the signed flow
+        (:func:`~synbal._problem.signed.signed_drifting`).
         """
         cached = self._cache.get("drifting")
-        if cached is None and self.signed:
+        if cached is None and self.signed and not self._layered():
             from synbal._problem.signed import signed_drifting
 
             floating, pinned = self.grounding()
             parts = _components(self.unit_adjacency(), ~(self.dead_mask() | floating | pinned))
             cached = signed_drifting(parts, self.signed_edges(), self.degree)
             self._cache["drifting"] = cached
-        if cached is None and self.layers is not None:
+        if cached is None and self._layered():
             # layered: the scalable units form a DAG, so following the edges of a live unit
             # forwards (backwards) always ends at a fixed or dead unit — nothing drifts
             cached = np.zeros(self.n, dtype=bool)

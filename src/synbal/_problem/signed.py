@@ -81,14 +81,19 @@ def signed_drifting(parts: list[np.ndarray], edges: tuple[np.ndarray, np.ndarray
 
     ``edges`` are the destination, source (``-1`` fixed) and row sign of every weight of non-zero cost.
 
-    >>> # one unit scales both of its weights down when it grows: it drifts to +∞
-    >>> edges = (np.array([0, -1]), np.array([-1, 0]), np.array([-1.0, 1.0]))
-    >>> signed_drifting([np.array([0])], edges, np.ones(1)).tolist()
-    [True]
+    >>> # unit 0: Q row from the constant, K row from unit 1; unit 1: from the constant. A minimum exists
+    >>> edges = (np.array([0, 0, 1]), np.array([-1, 1, -1]), np.array([1.0, -1.0, 1.0]))
+    >>> signed_drifting([np.array([0, 1])], edges, np.ones(2)).tolist()
+    [False, False]
+    >>> # unit 0: K row from unit 1; unit 1: from unit 0. Growing both by t lowers both weights
+    >>> edges = (np.array([0, 1]), np.array([1, 0]), np.array([-1.0, 1.0]))
+    >>> signed_drifting([np.array([0, 1])], edges, np.ones(2)).tolist()
+    [True, True]
     """
     r, c, s = edges
     out = np.zeros(degree.size, dtype=bool)
     for members in parts:
-        if not positive_flow_exists(members, r, c, degree, sign=s):
+        # a single live unit has weights in and out (it is not dead): a positive flow balances it
+        if members.size > 1 and not positive_flow_exists(members, r, c, degree, sign=s):
             out[members] = True
     return out
