@@ -19,18 +19,17 @@ query and key slots at the score are then the norm gains', so ``q_norm.weight[d]
 
 >>> import torch, synbal
 >>> from torch import nn
->>> class Attn(nn.Module):
+>>> class Eager(nn.Module):  # scores q @ kᵀ by hand: two query heads read one key head of 2 dimensions
 ...     def __init__(self):
 ...         super().__init__()
-...         self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(4))
+...         self.q, self.k = nn.Linear(6, 4), nn.Linear(6, 2)
 ...     def forward(self, x):
-...         q, k, v = (m(x).view(1, -1, 2, 4).transpose(1, 2) for m in (self.q, self.k, self.v))
-...         a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-...         return self.o(a.transpose(1, 2).reshape(1, -1, 8))
->>> info = synbal.inspect(Attn(), torch.zeros(1, 3, 8))
->>> qk = [g for g in info.groups if g.name.startswith("q[")]
->>> len(qk), qk[0].incoming, qk[0].outgoing  # in: scaled up by λ; out: scaled down
-(8, ['q.weight[0, :]', 'q.bias[0]'], ['k.weight[0, :]', 'k.bias[0]'])
+...         q = self.q(x).view(1, -1, 2, 2).transpose(1, 2)
+...         k = self.k(x).view(1, -1, 1, 2).transpose(1, 2)
+...         return torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+>>> pair = synbal.inspect(Eager(), torch.zeros(1, 3, 6)).groups[0]
+>>> pair.name, pair.incoming, pair.outgoing  # in: scaled up by λ; out: scaled down
+('q[0]', ['q.weight[[0, 2], :]', 'q.bias[[0, 2]]'], ['k.weight[0, :]', 'k.bias[0]'])
 """
 
 from __future__ import annotations
