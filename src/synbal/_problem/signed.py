@@ -58,8 +58,10 @@ class _MaybeSigned(Protocol):
     def signed(self) -> bool: ...
 
 
-def require_unsigned(problem: _MaybeSigned, what: str) -> None:
-    """Raise :class:`~synbal.errors.UnsupportedProblemError` when ``problem`` has signed rows.
+def require_unsigned(problem: _MaybeSigned, what: str,
+                     hint: str = "use method 'exact', 'layer', 'alternating', 'cyclic' or 'stochastic'") -> None:
+    """Raise :class:`~synbal.errors.UnsupportedProblemError` when ``problem`` has signed rows (``hint``
+    ends the message: what to do instead).
 
     >>> from synbal._problem.problem import BalanceProblem, CostBlock
     >>> prob = BalanceProblem(np.ones(1), [CostBlock(2.0, [0], [-1], [[1.0]], row_sign=-1.0)])
@@ -71,7 +73,7 @@ def require_unsigned(problem: _MaybeSigned, what: str) -> None:
     if problem.signed:
         raise UnsupportedProblemError(
             f"{what} cannot solve a problem with signed unit coefficients (query/key pairs scale "
-            "their key rows down); use method 'exact', 'layer', 'alternating', 'cyclic' or 'stochastic'"
+            f"their key rows down); {hint}"
         )
 
 
