@@ -137,3 +137,19 @@ def test_a_free_component_with_signed_rows_is_not_pinned_and_drift_is_found_by_t
                                            CostBlock(2.0, [0], [1], [[2.0]], row_sign=-1.0),
                                            CostBlock(2.0, [1], [0], [[1.0]])])
     assert not floating.grounding()[1].any()
+
+
+def test_two_level_sweeps_take_signed_rows_and_reach_the_newton_state() -> None:
+    """Layers {gains} and {Q/K units, value unit}: ``exact`` runs its two-level sweeps (coarse problem with
+    signed blocks) and ends where plain Newton (no layers given) ends."""
+    from synbal._solvers.exact import _coarse_ok, _two_level
+
+    base = _qk_problem(4)
+    degree = np.ones(base.n)
+    layered = BalanceProblem(degree, base.blocks, layers=[np.arange(4), np.arange(4, 8)])
+    plain = BalanceProblem(degree, base.blocks)
+    assert _coarse_ok(layered) and layered.free_mask().all()
+    two = _two_level(layered, SolveOptions(tol=1e-12, max_sweeps=500))
+    newton = solve(plain, L2, "exact", SolveOptions(tol=1e-12))
+    assert two.converged and newton.converged
+    np.testing.assert_allclose(two.u, newton.u, atol=1e-9)

@@ -8,7 +8,7 @@ balanced state is its unique minimiser (Theorem 9.1 of the synaptic-balance pape
   the Hessian is a weighted graph Laplacian grounded at the fixed units; it is assembled sparse,
   Jacobi-scaled and factorised directly; steps are damped by an Armijo line search on ``R``.
   Converges quadratically, to a max relative deficit near machine precision.
-* **Two-level sweeps** (layered nets; compiled end to end for chains such as MLPs, see
+* **Two-level sweeps** (layered nets, also with signed rows; compiled end to end for chains such as MLPs, see
   :mod:`synbal._compiled.chain`): Gauss–Seidel sweeps over the layers (each layer is
   an independent set, balanced in closed form) remove the within-layer error fast, while the
   slow error mode — one shift per layer, which plain sweeps spread over ~D² sweeps — is removed
@@ -95,8 +95,6 @@ def solve_exact(problem: BalanceProblem, reg: Regularizer, options: SolveOptions
     """Minimise ``R`` over the log-scales of the free units (see the module docstring)."""
     if problem.custom is not None:
         return _solve_custom(problem, options)
-    if problem.signed:  # the chain and two-level solvers assume rows of sign +1: Newton handles signs
-        return _newton(problem, options)
     small = _pairs(problem) <= DIRECT_LIMIT
     limit = TWO_LEVEL_SWEEPS if small else None
     chained = solve_chain(problem, options, limit=limit) if problem.layers is not None else None
@@ -310,7 +308,7 @@ def _coarse_ok(problem: BalanceProblem) -> bool:
 def _coarse_problem(problem: BalanceProblem, totals: np.ndarray, block_layers: np.ndarray) -> BalanceProblem:
     layers = problem.layers or []
     blocks = [
-        CostBlock(b.power, block_layers[k, :1], block_layers[k, 1:], np.array([[totals[k]]]))
+        CostBlock(b.power, block_layers[k, :1], block_layers[k, 1:], np.array([[totals[k]]]), row_sign=b.row_sign)
         for k, b in enumerate(problem.blocks)
     ]
     degree = np.array([problem.degree[layer[0]] for layer in layers])
@@ -330,7 +328,7 @@ def _read_costs(problem: BalanceProblem, u: np.ndarray, degree_ext: np.ndarray
         x, y = b.factors(ue, degree_ext)
         rins.append(y * r)
         routs.append(x * s)
-        IN[b.power][b.dst] += rins[-1]
+        (IN if b.row_sign > 0 else OUT)[b.power][b.dst] += rins[-1]  # key rows scale down: outgoing
         OUT[b.power][b.src] += routs[-1]
     return IN, OUT, rins, routs
 
@@ -384,7 +382,7 @@ def _two_level(problem: BalanceProblem, options: SolveOptions, limit: int | None
         for k, b in enumerate(problem.blocks):
             p = b.power
             if t[b.dst].any():
-                totals[k] = float(rins[k] @ np.exp(p * t[b.dst]))
+                totals[k] = float(rins[k] @ np.exp(b.row_sign * p * t[b.dst]))
             elif t[b.src].any():
                 totals[k] = float(routs[k] @ np.exp(-p * degree_ext[b.src] * t[b.src]))
         # coarse correction: one shift per layer, solved exactly
