@@ -18,8 +18,7 @@ the workers (install the same synbal there); arguments are shipped through Ray's
 (each distinct one once), so no data path is needed on the workers.
 
 >>> import tempfile, pathlib
->>> from synbal.experiments.cache import RunCache
->>> cache = RunCache(pathlib.Path(tempfile.mkdtemp()) / "demo-runs.jsonl")
+>>> >>> cache = RunCache(pathlib.Path(tempfile.mkdtemp()) / "demo-runs.jsonl")
 >>> specs = [RunSpec({"x": x}, (x,)) for x in range(3)]
 >>> run_grid(abs, specs, cache, InProcess(), progress=False)
 [0, 1, 2]
@@ -31,14 +30,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
 from synbal.errors import SynbalError
-from synbal.experiments.cache import RunCache
 
-__all__ = ["Backend", "GridError", "InProcess", "RayBackend", "RunSpec", "make_backend", "run_grid"]
+__all__ = ["Backend", "GridError", "InProcess", "RayBackend", "RunRecord", "RunSpec", "make_backend", "run_grid"]
 
 
 class GridError(SynbalError):
@@ -51,6 +50,19 @@ class RunSpec:
 
     key: dict[str, Any]
     args: tuple[Any, ...]
+
+
+class RunRecord(Protocol):
+    """Where :func:`run_grid` keeps finished runs (:class:`~synbal.experiments.cache.RunCache`, or an
+    experiment's own record of array results): the value of a recorded run (``None``: not recorded),
+    and recording one."""
+
+    @property
+    def path(self) -> Path: ...
+
+    def get(self, key: dict[str, Any]) -> Any: ...
+
+    def put(self, key: dict[str, Any], value: Any) -> None: ...
 
 
 class Backend(Protocol):
@@ -72,7 +84,7 @@ class InProcess:
             yield i, fn(*spec.args)
 
 
-def run_grid(fn: Callable[..., Any], specs: Sequence[RunSpec], cache: RunCache | None,
+def run_grid(fn: Callable[..., Any], specs: Sequence[RunSpec], cache: RunRecord | None,
              backend: Backend | None = None, *, progress: bool = True, desc: str = "runs") -> list[Any]:
     """Every spec's value: from the record, else computed by ``backend`` and recorded as it arrives
     (``cache=None``: nothing is recorded or reused)."""
