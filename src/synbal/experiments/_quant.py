@@ -33,6 +33,9 @@ shared with a dozen other jobs, a CNN took 8–22 min per seed and dataset. Runs
 a run stopped early covers every model and dataset with fewer seeds; a second process given
 ``--set first_seed=K`` takes the seeds from ``K`` on into the same record; ``--set
 assemble_only=true`` then writes the outputs from the record alone (listing what is missing).
+With ``--backend ray`` the (model, dataset, seed) runs are Ray tasks (same numbers, same record);
+the peer arms must import on the workers too (checked by one probe task before anything runs: the
+AIMET arm, importable here only through ``scripts/synbal_tolerant_torchvision.py``, is refused).
 ``--quick``: embedded MNIST, 1 seed, 2 epochs (same schedule) on 6,000 images, 1,000 test images,
 p = 2, MLP and MobileNet.
 """
