@@ -61,12 +61,34 @@ def cnn(widths: tuple[int, ...] = (2, 5, 7, 3, 4), dtypes: tuple[torch.dtype, ..
     return model.to(dtypes[0]).eval()
 
 
-NETS: dict[str, Callable[..., nn.Sequential]] = {"mlp": mlp, "cnn": cnn}
+class Residual(nn.Module):
+    """A ReLU MLP with one residual block: ``x → relu(inp x) → h + f2 relu(f1 h) → relu → out``."""
+
+    def __init__(self, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        d_in, d, h, k = widths
+        self.inp, self.f1, self.f2, self.out = nn.Linear(d_in, d), nn.Linear(d, h), nn.Linear(h, d), nn.Linear(d, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.inp(x))
+        return self.out(torch.relu(x + self.f2(torch.relu(self.f1(x)))))
+
+
+def residual(widths: tuple[int, ...] = (4, 6, 11, 3), dtypes: tuple[torch.dtype, ...] = (torch.float64,)
+             ) -> Residual:
+    """A seeded :class:`Residual` (not an ``nn.Sequential``: discovered by tracing)."""
+    torch.manual_seed(0)
+    return Residual(widths).to(dtypes[0])
+
+
+NETS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "residual": residual}
 
 
 def example(net: str, widths: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
     """The example inputs a net needs for discovery (``None`` for MLPs: their fast path needs none)."""
-    return torch.zeros(1, widths[0], 7, 7, dtype=dtype) if net == "cnn" else None
+    if net == "cnn":
+        return torch.zeros(1, widths[0], 7, 7, dtype=dtype)
+    return torch.zeros(1, widths[0], dtype=dtype) if net == "residual" else None
 
 
 def data(n: int = 48, d: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,33 +97,33 @@ def data(n: int = 48, d: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long()
 
 
-def plain(model: nn.Sequential) -> nn.Module:
+def plain(model: nn.Module) -> nn.Module:
     return model
 
 
-def ddp(model: nn.Sequential) -> nn.Module:
+def ddp(model: nn.Module) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model)
 
 
-def fsdp(model: nn.Sequential, **options: Any) -> nn.Module:
+def fsdp(model: nn.Module, **options: Any) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
-    for m in model:
+    for m in model.children():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             fully_shard(m, **options)
     fully_shard(model, **options)
     return model
 
 
-def fsdp_bf16_compute(model: nn.Sequential) -> nn.Module:
+def fsdp_bf16_compute(model: nn.Module) -> nn.Module:
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     return fsdp(model, mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
 
 
-WRAPS: dict[str, Callable[[nn.Sequential], nn.Module]] = {
+WRAPS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "plain": plain, "ddp": ddp, "fsdp": fsdp, "fsdp_bf16_compute": fsdp_bf16_compute}
 
 
@@ -179,7 +201,7 @@ def case_balance(wrap: str, widths: tuple[int, ...], dtypes: tuple[str, ...], sw
     import synbal
 
     kinds = tuple(getattr(torch, d) for d in dtypes)
-    build, small = NETS[net], (3, 4, 4, 2) if net == "mlp" else (2, 3, 3, 2, 2)
+    build, small = NETS[net], {"mlp": (3, 4, 4, 2), "cnn": (2, 3, 3, 2, 2), "residual": (2, 3, 3, 2)}[net]
     # first calls import modules and load compiled kernels: done on a small model before measuring
     synbal.balance(WRAPS[wrap](build(small, kinds)), "l2", method, max_sweeps=1, inplace=True, verify=False,
                    example_inputs=example(net, small, kinds[0]))
