@@ -31,7 +31,7 @@ from synbal._adapters.torch.collective import Collective
 from synbal._compiled.powermatrix import as_products
 from synbal._problem.problem import BalanceProblem
 from synbal._solvers.base import HistoryEntry, SolveOptions, SolveResult
-from synbal._solvers.exact import _forcing, _line_search, _max_rel
+from synbal._solvers.exact import _forcing, _line_search, _max_rel, full_step
 from synbal.errors import SynbalError
 
 __all__ = ["hessian_product", "solve_sharded_exact"]
@@ -112,11 +112,9 @@ def solve_sharded_exact(problem: BalanceProblem, collective: Collective, options
     while rel > options.tol and it < max(options.max_sweeps, 1) and idx.size:
         it += 1
         step = _newton_step(problem, collective, u, grad, idx, _forcing(rel, options.tol))
-        with np.errstate(over="ignore", invalid="ignore"):
-            full_grad, full_scale = problem.gradient_parts(u + step)
-        full_rel = _max_rel(full_grad, full_scale, free)
-        if full_rel < 0.5 * rel:
-            u, grad, scale, rel = u + step, full_grad, full_scale, full_rel
+        full = full_step(problem, u, step, rel, free)
+        if full is not None:
+            u, grad, scale, rel = full
         else:
             alpha = _line_search(problem, u, step, float(grad @ step))
             if alpha == 0.0:
