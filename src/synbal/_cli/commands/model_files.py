@@ -94,8 +94,12 @@ def _read_back(loaded: LoadedModel, out: Path) -> Any:
     return model
 
 
-def balance_model_file(args: argparse.Namespace) -> int:
-    """Balance a model file and write the balanced one (see the module docstring); returns 0."""
+def balance_model_file(args: argparse.Namespace, *, sets: list[list[str]] | None = None,
+                       closed_form: bool = False) -> int:
+    """Balance a model file and write the balanced one (see the module docstring); returns 0.
+
+    ``sets`` (group names, as ``synbal inspect`` lists them) and ``closed_form`` go to
+    :func:`synbal.balance` like the CLI's other method options."""
     loaded = load_model_file(args)
     out = _check_output(args, loaded)
     verify = not _opt(args, "no_verify", False)
@@ -111,6 +115,8 @@ def balance_model_file(args: argparse.Namespace) -> int:
         progress=bool(_opt(args, "progress", False)),
         example_inputs=loaded.example_inputs,
         verify=verify,
+        sets=sets,
+        closed_form=closed_form,
     )
     write_model = model_writer(loaded, result.net)
 
