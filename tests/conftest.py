@@ -16,10 +16,12 @@ def ray_local() -> Iterator[Any]:
     session; a ``RayBackend`` finds it running, uses it and leaves it up. Its workers see ``tests/``
     on their path (run functions of the tests live there)."""
     ray = pytest.importorskip("ray")
+    from synbal.experiments.backend import RayBackend
+
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), before or ""])
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        assert RayBackend(num_cpus=2)._start()  # the options the command line uses
     finally:  # the workers inherit the path at start; this process keeps its own
         if before is None:
             del os.environ["PYTHONPATH"]

@@ -28,6 +28,7 @@ the workers (install the same synbal there); arguments are shipped through Ray's
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,9 @@ class RayBackend:
         """Start or join Ray unless already connected; whether this backend started it."""
         if self.ray.is_initialized():
             return False
+        # synbal draws its own progress bar; left on, Ray replaces builtins.print in this process (for
+        # its own tqdm bars) the first time it relays a message from the cluster, for the process's life
+        os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if self.address is None:
             options["num_cpus"] = self.num_cpus
