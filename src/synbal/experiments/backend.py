@@ -18,7 +18,8 @@ the workers (install the same synbal there); arguments are shipped through Ray's
 (each distinct one once), so no data path is needed on the workers.
 
 >>> import tempfile, pathlib
->>> >>> cache = RunCache(pathlib.Path(tempfile.mkdtemp()) / "demo-runs.jsonl")
+>>> from synbal.experiments.cache import RunCache
+>>> cache = RunCache(pathlib.Path(tempfile.mkdtemp()) / "demo-runs.jsonl")
 >>> specs = [RunSpec({"x": x}, (x,)) for x in range(3)]
 >>> run_grid(abs, specs, cache, InProcess(), progress=False)
 [0, 1, 2]
