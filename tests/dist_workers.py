@@ -288,7 +288,9 @@ def case_refusals() -> Result:
     out: Result = {}
     attempts = {"train_mode": lambda m: synbal.balance(m.train(), "l2", "exact", inplace=True,
                                                        example_inputs=example("cnn", (2,), torch.float64)),
-                "no_inputs": lambda m: synbal.balance(m, "l2", "exact", inplace=True)}
+                "no_inputs": lambda m: synbal.balance(m, "l2", "exact", inplace=True),
+                "cyclic": lambda m: synbal.balance(m, "l2", "cyclic", inplace=True,
+                                                   example_inputs=example("cnn", (2,), torch.float64))}
     for name, attempt in attempts.items():
         try:
             attempt(fsdp(cnn()))

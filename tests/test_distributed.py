@@ -126,6 +126,8 @@ def test_a_sharded_cnn_is_refused_where_discovery_refuses_it(tmp_path):
     for r in results:
         assert r["train_mode"].startswith("ModelError: BatchNorm '1' is in training mode"), r["train_mode"]
         assert r["no_inputs"].startswith("ModelError: a sharded Sequential that is not a plain MLP"), r["no_inputs"]
+        assert r["cyclic"].startswith("SynbalError: method 'cyclic' needs whole cost blocks; a sharded model is "
+                                      "balanced with layer, alternating, exact"), r["cyclic"]
 
 
 def test_fsdp_mixed_dtypes_and_empty_shards_match_single_process(tmp_path):
