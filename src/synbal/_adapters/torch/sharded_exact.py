@@ -31,7 +31,7 @@ from synbal._adapters.torch.collective import Collective
 from synbal._compiled.powermatrix import as_products
 from synbal._problem.problem import BalanceProblem
 from synbal._solvers.base import HistoryEntry, SolveOptions, SolveResult
-from synbal._solvers.exact import _forcing, _line_search, _max_rel, full_step
+from synbal._solvers.exact import _below_rounding, _forcing, _line_search, _max_rel, full_step
 from synbal.errors import SynbalError
 
 __all__ = ["hessian_product", "solve_sharded_exact"]
@@ -117,7 +117,7 @@ def solve_sharded_exact(problem: BalanceProblem, collective: Collective, options
             u, grad, scale, rel = full
         else:
             alpha = _line_search(problem, u, step, float(grad @ step))
-            if alpha == 0.0:
+            if _below_rounding(alpha * step, u):  # the next iteration would repeat this one
                 break
             u = u + alpha * step
             grad, scale = problem.gradient_parts(u)
