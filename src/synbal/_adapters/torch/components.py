@@ -62,9 +62,8 @@ def components(d: Discovery) -> tuple[list[Component], list[str]]:
     parent = np.arange(d.n)
     for groups in touched.values():
         roots = {_find(parent, int(g)) for g in groups}
-        first = min(roots, default=None)
         for r in roots:
-            parent[r] = first
+            parent[r] = min(roots)
     root = np.array([_find(parent, g) for g in range(d.n)], dtype=np.int64)
     order: dict[int, int] = {}
     for r in root.tolist():

@@ -64,8 +64,9 @@ def _weight_map(root: Path) -> dict[str, str]:
             return {name: SINGLE for name in read_header(root / SINGLE).tensors}
         pickled = sorted(p.name for p in root.iterdir() if p.suffix.lower() in _PICKLED)
         if pickled:
-            raise CheckpointError(f"model folder {root} holds weights only in pickle-based files ({', '.join(pickled)}), "
-                                  "which synbal never loads (they can run code): convert them to safetensors first")
+            raise CheckpointError(f"model folder {root} holds weights only in pickle-based files "
+                                  f"({', '.join(pickled)}), which synbal never loads (they can run code): convert "
+                                  "them to safetensors first")
         raise CheckpointError(f"model folder {root} has neither {INDEX} nor {SINGLE}")
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
@@ -93,7 +94,8 @@ def open_folder(path: str | Path) -> ModelFolder:
     for name, file in mapping.items():
         if name not in shards[file].tensors:
             raise CheckpointError(f"the index names tensor {name!r} in shard {root / file}, which does not hold it")
-    other, left_out = [], []
+    other: list[str] = []
+    left_out: list[str] = []
     for p in sorted(root.iterdir()):
         if p.name in shards or not p.is_file():
             continue

@@ -107,10 +107,10 @@ def _check_out(root: Path, out: Path, replace: bool) -> None:
 def _checkpoint_keys(model: nn.Module, d: Discovery, folder: ModelFolder) -> dict[str, str]:
     """Canonical parameter name → the checkpoint's name for it (a tied alias when that is what is stored)."""
     aliases: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(p), []).append(name)
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
     key = {}
-    for name, p in d.params.items():
+    for name, p in d.params.items():  # the meta model's parameters by canonical name
         found = next((a for a in aliases.get(id(p), [name]) if a in folder.weight_map), None)
         if found is None:
             raise CheckpointError(f"the checkpoint in {folder.root} has no tensor for parameter {name!r} of the model "

@@ -199,7 +199,7 @@ class ShardWriter:
             raise ValueError(f"tensor {name!r}: {t.dtype} {tuple(t.shape)} does not match the shard's "
                              f"{entry.dtype_name} {entry.shape}")
         if t.numel():
-            self.write(name, memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+            self.write(name, t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
         self.pending.discard(name)
 
     def done(self, name: str) -> None:
