@@ -132,7 +132,7 @@ class CheckpointError(ModelError):
     >>> try:
     ...     synbal.torch.balance_checkpoint(tempfile.mkdtemp(), tempfile.mkdtemp() + "/out")
     ... except CheckpointError as exc:
-    ...     print(str(exc).split(": ")[0])
+    ...     print(str(exc).split(" /")[0])
     no config.json in model folder
     """
 

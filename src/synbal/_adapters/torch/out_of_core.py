@@ -56,6 +56,10 @@ class CheckpointReport:
 
     ``bytes_read / checkpoint_bytes`` is the number of times the checkpoint was read (1.0: every
     byte once); ``reads`` counts read calls.
+
+    >>> report = CheckpointReport("model", "balanced", "l2", bytes_read=3_000, checkpoint_bytes=3_010)
+    >>> round(report.checkpoint_reads, 3), report.as_dict()["regularizer"]
+    (0.997, 'l2')
     """
 
     model_dir: str
@@ -240,7 +244,20 @@ def balance_checkpoint(model_dir: str | os.PathLike[str], out_dir: str | os.Path
     """Balance the Hugging Face model folder ``model_dir`` out of core into ``out_dir`` (see the module docstring).
 
     Bad input raises a :class:`~synbal.errors.SynbalError` (a :class:`~synbal.errors.CheckpointError`
-    for the folder's own defects); ``out_dir`` then does not appear.
+    for the folder's own defects); ``out_dir`` then does not appear. ``transformers`` must be
+    installed (``synbal[hf]``); the README shows a complete run.
+
+    >>> import os, tempfile
+    >>> from synbal.errors import CheckpointError
+    >>> root = tempfile.mkdtemp()
+    >>> for name, data in [("config.json", b"{}"), ("pytorch_model.bin", b"pickled")]:
+    ...     with open(os.path.join(root, name), "wb") as f:
+    ...         _ = f.write(data)
+    >>> try:  # pickled weights are never loaded
+    ...     balance_checkpoint(root, os.path.join(root + ".out"))
+    ... except CheckpointError as exc:
+    ...     print(str(exc).split("(")[1].split(")")[0], os.path.exists(root + ".out"))
+    pytorch_model.bin False
     """
     regularizer = _regularizer(reg)
     root, out = Path(model_dir), Path(out_dir)
