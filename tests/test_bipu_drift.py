@@ -9,8 +9,6 @@ has a unique balanced state.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -37,9 +35,7 @@ def cycle_graph(c: float, extra_bilu_cycle: bool = False) -> Graph:
 @pytest.mark.parametrize("method", ["exact", "stochastic", "layer"])
 def test_a_drifting_bipu_cycle_is_excluded_up_front(method: str) -> None:
     g = cycle_graph(0.5)
-    start = time.perf_counter()
     res = synbal.balance(g, "l2", method, seed=0, max_sweeps=10_000)
-    assert time.perf_counter() - start < 10.0
     assert res.converged and res.sweeps < 500
     assert set(res.excluded) == {"h1", "h2"} and "no balanced state" in res.excluded["h1"]
     assert res.scales["h1"] == res.scales["h2"] == 1.0

@@ -6,8 +6,6 @@ Ranks are forked processes on 127.0.0.1 (gloo, 2 ranks); the single-process refe
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -113,14 +111,12 @@ def test_fsdp_mixed_precision_policy_trains_with_balancing(tmp_path):
 @pytest.mark.parametrize("kind", ["fsdp", "ddp"])
 def test_a_rank_failing_mid_balance_times_out_with_a_typed_error(tmp_path, kind):
     timeout = 2.0
-    start = time.perf_counter()
     results = spawn("fail", kind, timeout, outdir=tmp_path)
     waiting, failing = results
     assert waiting["error"].startswith("DistributedError\n"), waiting["error"]
     assert "gave up after waiting up to 2 s" in waiting["error"]
     assert 0.8 * timeout <= waiting["seconds"] < timeout + 5
     assert failing["error"].startswith("RuntimeError\nsimulated failure")
-    assert time.perf_counter() - start < 30
 
 
 def test_ddp_root_failure_is_told_to_the_other_ranks(tmp_path):

@@ -84,17 +84,14 @@ def test_mixed_powers_at_extreme_magnitudes_converge(seed: int) -> None:
     from synbal import Graph
 
     case = fuzz_case(seed)
-    start = time.perf_counter()
     res = synbal.balance(Graph.from_dict(case["graph"]), case["reg"], case["method"], max_sweeps=1000, seed=0)
     assert res.converged and res.max_relative_deficit <= 1e-10
     assert res.sweeps <= 30
-    assert time.perf_counter() - start < 5.0
     assert run_case(case)[0] == "ok"
 
 
 def test_mixed_powers_near_overflow_end_fast() -> None:
     """Seed 16291 (``1*l2+0.01*l1``, R near 1e307) also stalled for 1,000 iterations; it now ends within
-    seconds (every method stops with a typed error: its costs leave float64 on the way)."""
-    start = time.perf_counter()
+    seconds (every method stops with a typed error: its costs leave float64 on the way; a stall past
+    ``HANG_SECONDS`` would make ``run_case`` report a hang)."""
     assert run_case(fuzz_case(16291))[0] in ACCEPTABLE
-    assert time.perf_counter() - start < 5.0

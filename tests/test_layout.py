@@ -5,6 +5,8 @@
   (:mod:`synbal._adapters.protocol` imports the adapters it registers);
 * no function longer than 60 lines, numba kernels aside;
 * the command line alone sees :mod:`argparse`;
+* adapters and training never name a concrete regularizer class: the regularizer dispatches its
+  costs itself (:mod:`synbal._problem.costs`);
 * every public function and class has a runnable example in its docstring (the doctests run
   them: ``--doctest-modules``).
 
@@ -188,6 +190,43 @@ def test_only_the_command_line_sees_argparse() -> None:
                 if any("Namespace" in ast.unparse(a) for a in annotations):
                     offenders.append(f"{module}.{node.name} takes a Namespace")
     assert not offenders, offenders
+
+
+# ---------------------------------------------------------------------------- regularizer kinds
+#: The concrete regularizer classes; only their own packages (``_problem``, ``_linf``) dispatch on them.
+REGULARIZER_KINDS = {"PowerRegularizer", "CustomRegularizer", "LpqRegularizer", "MaxNormRegularizer"}
+#: The packages that must not know which kind of regularizer they hold.
+KIND_BLIND = ("synbal._adapters", "synbal.training")
+
+
+def _kinds_named(text: str) -> list[str]:
+    """Concrete regularizer classes a module's source imports or names (``isinstance``, annotations)."""
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found += [a.name.rpartition(".")[2] for a in node.names if a.name.rpartition(".")[2] in REGULARIZER_KINDS]
+        elif isinstance(node, ast.Name) and node.id in REGULARIZER_KINDS:
+            found.append(node.id)
+        elif isinstance(node, ast.Attribute) and node.attr in REGULARIZER_KINDS:
+            found.append(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in REGULARIZER_KINDS:
+            found.append(node.value)  # a string annotation or cast
+    return found
+
+
+def test_kind_finder_finds_imports_and_uses() -> None:
+    text = ("from synbal._problem.regularizers import PowerRegularizer as P\n"
+            "import synbal\n"
+            "def f(reg: 'LpqRegularizer') -> bool:\n"
+            "    return isinstance(reg, synbal.CustomRegularizer)\n")
+    assert sorted(_kinds_named(text)) == ["CustomRegularizer", "LpqRegularizer", "PowerRegularizer"]
+    assert _kinds_named("from synbal._problem.regularizers import Regularizer\nreg.costs_for(sink)\n") == []
+
+
+def test_adapters_and_training_do_not_know_regularizer_kinds() -> None:
+    offenders = {module: sorted(set(kinds)) for module, path in sorted(_modules().items())
+                 if module.startswith(KIND_BLIND) and (kinds := _kinds_named(path.read_text(encoding="utf-8")))}
+    assert not offenders, f"dispatch on the regularizer through reg.costs_for / reg.sum_of_powers: {offenders}"
 
 
 # ---------------------------------------------------------------------------- runnable examples

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -76,10 +75,8 @@ def test_verdict_rules_can_fail():
 
 
 @pytest.mark.slow
-def test_quick_variant_runs_in_under_three_minutes(tmp_path: Path):
-    start = time.perf_counter()
+def test_quick_variant_runs(tmp_path: Path):
     run_experiment("quant", ExperimentContext(out_dir=tmp_path, quick=True, progress=False))
-    assert time.perf_counter() - start < 180
     payload = json.loads((tmp_path / "quant.json").read_text())
     rows = payload["rows"]
     assert {r["model"] for r in rows} == {"mlp", "mobilenet"}

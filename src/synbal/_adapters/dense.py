@@ -26,10 +26,10 @@ from synbal._adapters.protocol import register_adapter
 from synbal._compiled.powermatrix import PowerMatrix, scale_rows_cols
 from synbal._problem.activations import Activation, parse_activation
 from synbal._problem.conditioning import needs_conditioning
-from synbal._problem.lpq import LpqRegularizer
+from synbal._problem.costs import CostFunction, PowerTerm
 from synbal._problem.problem import BalanceProblem, CostBlock, CustomCosts, GeneratedNames, Matrix
-from synbal._problem.regularizers import CustomRegularizer, PowerRegularizer, Regularizer
-from synbal.errors import GraphFormatError, InvalidWeightError, RegularizerError
+from synbal._problem.regularizers import Regularizer
+from synbal.errors import GraphFormatError, InvalidWeightError
 
 __all__ = ["DenseNet"]
 
@@ -142,20 +142,22 @@ class DenseNetAdapter:
         self.names = GeneratedNames(self.n, name_of)
         self._log_range: np.ndarray | None = None
 
+    #: What the costs are of, in refusals (the :class:`~synbal._problem.costs.CostSink` protocol).
+    where = "a DenseNet"
+
     def problem(self, reg: Regularizer) -> BalanceProblem:
+        return reg.costs_for(self)
+
+    def power_costs(self, terms: tuple[PowerTerm, ...]) -> BalanceProblem:
+        """The problem of ``Σ coef·|w|^p``: matrix-free blocks, or costed at a conditioned origin."""
         c = float(self.net.act.degree or 1.0)
         layers = self.index[1:-1]
         out_ids = np.arange(self.net.widths[-1]) + self.n
-        if isinstance(reg, CustomRegularizer):
-            return BalanceProblem(np.full(self.n, c), [], names=self.names, layers=layers,
-                                  custom=self._custom(reg))
-        if not isinstance(reg, (PowerRegularizer, LpqRegularizer)):
-            raise RegularizerError(f"DenseNet cannot use regularizer {reg}")
-        if needs_conditioning(self.log_range(), 0.0, [(t.coef, t.power) for t in reg.terms]):
-            return conditioned_problem(self, reg, c, layers, out_ids)  # costs would leave float64
+        if needs_conditioning(self.log_range(), 0.0, [(t.coef, t.power) for t in terms]):
+            return conditioned_problem(self, terms, c, layers, out_ids)  # costs would leave float64
         blocks = []
         last = len(self.net.weights) - 1
-        for term in reg.terms:
+        for term in terms:
             for k, (W, b) in enumerate(zip(self.net.weights, self.net.biases, strict=True)):
                 fixed_ids = out_ids if k == last else None
                 blocks.append(CostBlock(term.power, self.index[k + 1], self.index[k],
@@ -166,7 +168,13 @@ class DenseNetAdapter:
                                             fixed_ids=fixed_ids))
         return BalanceProblem(np.full(self.n, c), blocks, names=self.names, layers=layers)
 
-    def _custom(self, reg: CustomRegularizer) -> CustomCosts:
+    def custom_costs(self, g: CostFunction, dg: CostFunction) -> BalanceProblem:
+        """The problem of the custom costs ``g(|w|)`` of every weight and bias."""
+        c = float(self.net.act.degree or 1.0)
+        return BalanceProblem(np.full(self.n, c), [], names=self.names, layers=self.index[1:-1],
+                              custom=self._custom(g, dg))
+
+    def _custom(self, g: CostFunction, dg: CostFunction) -> CustomCosts:
         dst, src, mag = [], [], []
         for k, (W, b) in enumerate(zip(self.net.weights, self.net.biases, strict=True)):
             r, s = np.meshgrid(self.index[k + 1], self.index[k], indexing="ij")
@@ -178,7 +186,7 @@ class DenseNetAdapter:
                 src.append(np.full(b.size, -1))
                 mag.append(np.abs(b.astype(np.float64)))
         d = np.concatenate(dst)
-        return CustomCosts(d, np.concatenate(src), np.concatenate(mag), np.ones(d.size), reg.g, reg.dg)
+        return CustomCosts(d, np.concatenate(src), np.concatenate(mag), np.ones(d.size), g, dg)
 
     def log_range(self) -> np.ndarray:
         """``log|w|`` of the smallest non-zero and the largest weight or bias of every layer."""

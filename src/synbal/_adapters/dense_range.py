@@ -34,8 +34,7 @@ from synbal._problem.problem import BalanceProblem, CostBlock
 from synbal.errors import NumericRangeError
 
 if TYPE_CHECKING:
-    from synbal._problem.lpq import LpqRegularizer
-    from synbal._problem.regularizers import PowerRegularizer
+    from synbal._problem.costs import PowerTerm
 
 __all__ = ["conditioned_problem", "log_extremes", "scaled_layer", "scaling_is_safe"]
 
@@ -117,7 +116,7 @@ def _log_costs(adapter: DenseNetAdapter, u0: np.ndarray, c: float, log_coef: flo
     return out
 
 
-def conditioned_problem(adapter: DenseNetAdapter, reg: PowerRegularizer | LpqRegularizer, c: float,
+def conditioned_problem(adapter: DenseNetAdapter, terms: tuple[PowerTerm, ...], c: float,
                         layers: list[np.ndarray], out_ids: np.ndarray) -> BalanceProblem:
     """The problem of the net's weights costed at the conditioned origin (see the module docstring)."""
     dst, src, log_mag = _weights_by_unit(adapter)
@@ -125,7 +124,7 @@ def conditioned_problem(adapter: DenseNetAdapter, reg: PowerRegularizer | LpqReg
     blocks: list[CostBlock] = []
     every_log: list[np.ndarray] = []
     last = len(adapter.net.weights) - 1
-    for term in reg.terms:
+    for term in terms:
         for k, bias, logs in _log_costs(adapter, u0, c, float(np.log(term.coef)), term.power):
             if np.any(logs > LOG_MAX):
                 raise NumericRangeError(

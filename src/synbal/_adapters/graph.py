@@ -59,9 +59,9 @@ from synbal._io import atomic_write_text
 from synbal._jsonsafe import check_json_value, read_json
 from synbal._problem.activations import MAX_DEGREE, MIN_DEGREE, Activation, parse_activation
 from synbal._problem.conditioning import LOG_MAX, condition, needs_conditioning, scale_weights
-from synbal._problem.lpq import LpqRegularizer
+from synbal._problem.costs import CostFunction, PowerTerm
 from synbal._problem.problem import BalanceProblem, CostBlock, CustomCosts
-from synbal._problem.regularizers import CustomRegularizer, PowerRegularizer, Regularizer
+from synbal._problem.regularizers import Regularizer
 from synbal.errors import (
     ActivationError,
     GraphFormatError,
@@ -739,44 +739,49 @@ class GraphAdapter:
         return [units[idx] for _, idx in _runs(depth[units], 1)]
 
     # ------------------------------------------------------------------ Adapter protocol
+    #: What the costs are of, in refusals (the :class:`~synbal._problem.costs.CostSink` protocol).
+    where = "a graph"
+
     def problem(self, reg: Regularizer) -> BalanceProblem:
-        """The balance problem of the graph's weights for ``reg``."""
-        layers = None if self._layers is None else [self.var[layer] for layer in self._layers]
-        if isinstance(reg, CustomRegularizer):
-            custom = CustomCosts(
-                dst=np.concatenate([self.var[self._dst], self.var[self._bias_units]]),
-                src=np.concatenate([self.var[self._src], np.full(self._bias_units.size, -1)]),
-                magnitude=np.abs(np.concatenate([self._w, self._bias])),
-                coef=np.concatenate([self._edge_coef, self._bias_coef]),
-                g=reg.g,
-                dg=reg.dg,
-            )
-            return BalanceProblem(self.degree, [], names=self.names, layers=layers, custom=custom)
-        if not isinstance(reg, (PowerRegularizer, LpqRegularizer)):
-            raise SynbalError(f"unsupported regularizer {reg!r}")
-        w, b, origin = self._conditioned([(t.coef, t.power) for t in reg.terms])
-        problem = self._power_problem(reg, w, b)
-        if origin is not None:
-            self._check_costs(reg, w, b)
-            problem.origin = origin
-            problem.origin_value = self._log_domain_value(reg)
-        return problem
+        """The balance problem of the graph's weights for ``reg`` (rescaled when costs leave float64)."""
+        return reg.costs_for(self)
 
     def problem_as_given(self, reg: Regularizer) -> BalanceProblem:
         """The balance problem of the weights exactly as given, never rescaled (costs may be ``inf``).
 
         For reports on the unscaled network (:func:`synbal.deficit`); solvers use :meth:`problem`.
         """
-        if isinstance(reg, CustomRegularizer) or not isinstance(reg, (PowerRegularizer, LpqRegularizer)):
-            return self.problem(reg)
-        return self._power_problem(reg, self._w, self._bias)
+        return reg.costs_for(_AsGiven(self))
 
-    def _power_problem(self, reg: PowerRegularizer | LpqRegularizer, w: np.ndarray, b: np.ndarray) -> BalanceProblem:
+    def power_costs(self, terms: tuple[PowerTerm, ...]) -> BalanceProblem:
+        """The problem of ``Σ coef·|w|^p``, costed at a conditioned origin when costs leave float64."""
+        w, b, origin = self._conditioned([(t.coef, t.power) for t in terms])
+        problem = self._power_problem(terms, w, b)
+        if origin is not None:
+            self._check_costs(terms, w, b)
+            problem.origin = origin
+            problem.origin_value = self._log_domain_value(terms)
+        return problem
+
+    def custom_costs(self, g: CostFunction, dg: CostFunction) -> BalanceProblem:
+        """The problem of the custom costs ``g(|w|)`` of every weight and bias."""
+        layers = None if self._layers is None else [self.var[layer] for layer in self._layers]
+        custom = CustomCosts(
+            dst=np.concatenate([self.var[self._dst], self.var[self._bias_units]]),
+            src=np.concatenate([self.var[self._src], np.full(self._bias_units.size, -1)]),
+            magnitude=np.abs(np.concatenate([self._w, self._bias])),
+            coef=np.concatenate([self._edge_coef, self._bias_coef]),
+            g=g,
+            dg=dg,
+        )
+        return BalanceProblem(self.degree, [], names=self.names, layers=layers, custom=custom)
+
+    def _power_problem(self, terms: tuple[PowerTerm, ...], w: np.ndarray, b: np.ndarray) -> BalanceProblem:
         """The problem of weights ``w`` and biases ``b`` (an l_{p,q} aggregates as its single power p)."""
         layers = None if self._layers is None else [self.var[layer] for layer in self._layers]
         blocks: list[CostBlock] = []
         with np.errstate(over="ignore", under="ignore"):
-            for term in reg.terms:
+            for term in terms:
                 blocks += self._power_blocks(term.coef, term.power, w, b)
         return BalanceProblem(self.degree, blocks, names=self.names, layers=layers)
 
@@ -801,13 +806,13 @@ class GraphAdapter:
         b = scale_weights(self._bias, ue[self.var[self._bias_units]])
         return w, b, u0
 
-    def _check_costs(self, reg: PowerRegularizer | LpqRegularizer, w: np.ndarray, b: np.ndarray) -> None:
+    def _check_costs(self, terms: tuple[PowerTerm, ...], w: np.ndarray, b: np.ndarray) -> None:
         """Refuse weights whose cost overflows float64 even at the conditioned origin: an edge between
         two fixed units is never rescaled, nor are dead units, so ``R`` cannot be represented."""
         coefs = np.concatenate([self._edge_coef, self._bias_coef])
         with np.errstate(divide="ignore"):
             log_mag = np.log(np.abs(np.concatenate([w, b])))
-            for t in reg.terms:
+            for t in terms:
                 bad = np.flatnonzero((coefs > 0) & (np.log(t.coef * coefs) + t.power * log_mag > LOG_MAX))
                 if bad.size:
                     k = int(bad[0])
@@ -818,14 +823,14 @@ class GraphAdapter:
                         f"({bad.size} weights do): the regularizer cannot be represented"
                     )
 
-    def _log_domain_value(self, reg: PowerRegularizer | LpqRegularizer) -> float:
+    def _log_domain_value(self, terms: tuple[PowerTerm, ...]) -> float:
         """``R`` of the weights as given, summed in the log domain (``inf`` when it leaves float64)."""
         from scipy.special import logsumexp
 
         coefs = np.concatenate([self._edge_coef, self._bias_coef])
         mags = np.abs(np.concatenate([self._w, self._bias]))
         live = (mags > 0) & (coefs > 0)
-        logs = [np.log(t.coef * coefs[live]) + t.power * np.log(mags[live]) for t in reg.terms]
+        logs = [np.log(t.coef * coefs[live]) + t.power * np.log(mags[live]) for t in terms]
         with np.errstate(over="ignore"):
             return float(np.exp(logsumexp(np.concatenate(logs)))) if live.any() else 0.0
 
@@ -913,6 +918,23 @@ class GraphAdapter:
             for u, scalable in zip(self.graph.units, self._scalable.tolist(), strict=True)
             if not scalable and u.role == "hidden"
         }
+
+
+@dataclass(frozen=True)
+class _AsGiven:
+    """The graph's costs of the weights as given: :meth:`GraphAdapter.problem_as_given`'s cost sink."""
+
+    adapter: GraphAdapter
+
+    @property
+    def where(self) -> str:
+        return self.adapter.where
+
+    def power_costs(self, terms: tuple[PowerTerm, ...]) -> BalanceProblem:
+        return self.adapter._power_problem(terms, self.adapter._w, self.adapter._bias)
+
+    def custom_costs(self, g: CostFunction, dg: CostFunction) -> BalanceProblem:
+        return self.adapter.custom_costs(g, dg)
 
 
 register_adapter(lambda source: isinstance(source, Graph), GraphAdapter)

@@ -1,10 +1,11 @@
 """The ``synbal`` command line: ``synbal balance``, ``inspect``, ``reproduce``, ``demo``.
 
-Each subcommand lives in a module of :mod:`synbal._cli.commands` with ``register(subparsers)`` and
-``run(args) -> int``. Exit status 0 on success, 2 on bad input (one line on stderr, no
-traceback), 1 when a balanced network fails its function check. Any other exception is also
-exit 2 with one line (``synbal: internal error: …``); warnings (NumPy/SciPy ``RuntimeWarning``,
-torch's log) are kept off stderr; SIGINT (130) and SIGTERM (143) remove partly written outputs.
+Each subcommand lives in a module of :mod:`synbal._cli.commands` with ``HELP``, ``DESCRIPTION``,
+``add_arguments(parser)`` and ``run(args) -> int``; :func:`build_parser` registers them all. Exit
+status 0 on success, 2 on bad input (one line on stderr, no traceback), 1 when a balanced network
+fails its function check. Any other exception is also exit 2 with one line
+(``synbal: internal error: …``); warnings (NumPy/SciPy ``RuntimeWarning``, torch's log) are kept
+off stderr; SIGINT (130) and SIGTERM (143) remove partly written outputs.
 
 >>> args = build_parser().parse_args(["balance", "net.json", "-o", "balanced.json", "--reg", "l1"])
 >>> args.method, args.reg, args.tol
@@ -58,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         module_name = f"synbal._cli.commands.{name}"
         if importlib.util.find_spec(module_name) is None:  # a command not shipped in this build
             continue
-        importlib.import_module(module_name).register(subparsers)
+        command = importlib.import_module(module_name)
+        p = subparsers.add_parser(name, help=command.HELP, description=command.DESCRIPTION)
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
     return parser
 
 

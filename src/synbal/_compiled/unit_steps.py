@@ -301,7 +301,10 @@ def run_steps(kind, order, u, X, Y, theta, ahead, graph, chain):  # type: ignore
 
     The layout is chosen once, outside the loop: each layout's loop then calls its own step with
     nothing between (a choice per step, or a view of the chain's factor row per step, costs as
-    much as a small step). These two loops are the one place the step loop is written twice.
+    much as a small step). These two loops are the one place the step loop is written twice: one
+    loop taking the prefetch and step functions as arguments would make its callers uncacheable
+    (numba 0.68 refuses to cache a function that passes compiled functions on: "uses dynamic
+    globals"), so every process would compile the driver again.
     """
     if kind == GRAPH:
         _graph_loop(order, u, X, Y, theta, ahead, graph)
@@ -309,6 +312,7 @@ def run_steps(kind, order, u, X, Y, theta, ahead, graph, chain):  # type: ignore
         _chain_loop(order, u, X[0], Y[0], theta, ahead, chain)
 
 
+# _graph_loop and _chain_loop: the same loop over two layouts' steps, written twice on purpose (see run_steps)
 @numba.njit(cache=True)
 def _graph_loop(order, u, X, Y, theta, ahead, g):  # type: ignore[no-untyped-def]
     for q in range(min(PREFETCH_AHEAD, order.size) if ahead else 0):

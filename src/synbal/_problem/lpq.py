@@ -33,7 +33,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import numpy as np
 
@@ -43,9 +43,12 @@ from synbal._problem.unit_norms import max_stationarity, norm_at
 from synbal.errors import RegularizerError
 
 if TYPE_CHECKING:
+    from synbal._problem.costs import CostSink
     from synbal._problem.problem import BalanceProblem
 
 __all__ = ["LpqRegularizer", "is_lpq_spec", "parse_lpq"]
+
+T = TypeVar("T")
 
 _SPEC = re.compile(
     r"^\s*[lL](?P<p>[0-9.eE+-]+?)\s*,\s*(?P<q>inf|Inf|INF|∞|[0-9.eE+-]+?)\s*(?P<bias>\+\s*bias)?\s*$"
@@ -124,6 +127,10 @@ class LpqRegularizer(RegularizerBehaviour):
     def aggregated(self) -> PowerRegularizer:
         """Adapters aggregate ``|w|^p`` (as for ``"lP"``); the solver combines the rows per unit."""
         return PowerRegularizer(self.terms)
+
+    def costs_for(self, sink: CostSink[T]) -> T:
+        """Adapters aggregate ``|w|^p`` (its per-unit rows; :attr:`sum_of_powers` stays ``None``: ``R`` is a norm)."""
+        return sink.power_costs(self.terms)
 
     def objective(self, problem: BalanceProblem) -> Callable[[np.ndarray], float]:
         """``‖W‖_{p,q}`` at ``u`` (``Σ|w|^p`` when it reduces to ``"lP"``)."""

@@ -10,21 +10,17 @@ log-scales. Spelled ``"l2"``, ``"1*l2+0.01*l1"`` (:func:`synbal._problem.regular
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
+from synbal._problem.costs import CostSink, PowerTerm
 from synbal._problem.regularizer_base import RegularizerBehaviour
 from synbal.errors import RegularizerError
 
 __all__ = ["PowerRegularizer", "PowerTerm"]
 
-
-@dataclass(frozen=True)
-class PowerTerm:
-    """One term ``coef · |w|^power`` of a power regularizer."""
-
-    coef: float
-    power: float
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,6 +51,15 @@ class PowerRegularizer(RegularizerBehaviour):
     def single_power(self) -> float | None:
         """``p`` when the regularizer is ``coef·Lp`` (closed forms apply), else ``None``."""
         return self.terms[0].power if len(self.terms) == 1 else None
+
+    @property
+    def sum_of_powers(self) -> tuple[PowerTerm, ...]:
+        """``R`` is its terms."""
+        return self.terms
+
+    def costs_for(self, sink: CostSink[T]) -> T:
+        """Adapters aggregate its terms."""
+        return sink.power_costs(self.terms)
 
     def cost(self, x: np.ndarray | float) -> np.ndarray:
         """Elementwise ``g(|x|)``."""

@@ -1,7 +1,9 @@
 """What every regularizer tells the rest of synbal, so that no caller needs to know its kind.
 
 A regularizer says whether ``R`` is a sum of per-weight costs (:attr:`~RegularizerBehaviour.additive`),
-what an adapter aggregates for it (:meth:`~RegularizerBehaviour.aggregated`), which methods can
+and whether a sum of powers (:attr:`~RegularizerBehaviour.sum_of_powers`), what an adapter aggregates
+for it (:meth:`~RegularizerBehaviour.aggregated`, built by :meth:`~RegularizerBehaviour.costs_for`:
+adapters never ask which kind they hold, :mod:`synbal._problem.costs`), which methods can
 minimise it (:meth:`~RegularizerBehaviour.check_method`, :attr:`~RegularizerBehaviour.default_method`),
 its objective ``R(u)`` on a balance problem, and its stationarity test (0 when balanced). The
 defaults here are those of the additive regularizers (powers and custom costs); the ℓ_{p,q}
@@ -19,14 +21,17 @@ norm (:mod:`synbal._problem.lpq`) and the max-norm (:mod:`synbal._linf.regulariz
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
 from synbal.errors import RegularizerError
 
 if TYPE_CHECKING:
+    from synbal._problem.costs import CostSink, PowerTerm
     from synbal._problem.problem import BalanceProblem
+
+T = TypeVar("T")
 
 __all__ = ["RegularizerBehaviour"]
 
@@ -61,6 +66,21 @@ class RegularizerBehaviour:
     def aggregated(self) -> Any:
         """The additive regularizer whose costs an adapter aggregates (``None``: no additive costs)."""
         return self
+
+    def costs_for(self, sink: CostSink[T]) -> T:
+        """``sink``'s problem built from this regularizer's per-weight costs (the adapters' one dispatch).
+
+        Each kind with per-weight costs overrides it to call the sink's method for its shape; this
+        default refuses with a :class:`~synbal.errors.RegularizerError` naming the regularizer and
+        ``sink.where``.
+        """
+        raise RegularizerError(
+            f"cannot use regularizer {self} on {sink.where}: it has no per-weight costs to aggregate")
+
+    @property
+    def sum_of_powers(self) -> tuple[PowerTerm, ...] | None:
+        """``R`` itself as the terms of ``Σ_k coef_k Σ_w |w|^{p_k}``, or ``None`` when it is not one."""
+        return None
 
     def objective(self, problem: BalanceProblem) -> Callable[[np.ndarray], float]:
         """``R(u)`` on ``problem`` (built from :meth:`aggregated`'s costs)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from synbal._problem.powers import PowerRegularizer, PowerTerm
 from synbal._problem.regularizer_base import RegularizerBehaviour
 from synbal.errors import RegularizerError
 
+if TYPE_CHECKING:
+    from synbal._problem.costs import CostSink
+
 __all__ = [
     "CustomRegularizer",
     "PowerRegularizer",
@@ -42,6 +46,8 @@ __all__ = [
     "RegularizerSpec",
     "parse_regularizer",
 ]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,10 @@ class CustomRegularizer(RegularizerBehaviour):
     g: Callable[[np.ndarray], np.ndarray]
     dg: Callable[[np.ndarray], np.ndarray]
     name: str = "custom"
+
+    def costs_for(self, sink: CostSink[T]) -> T:
+        """Adapters aggregate ``g(|w|)`` per weight."""
+        return sink.custom_costs(self.g, self.dg)
 
     def cost(self, x: np.ndarray | float) -> np.ndarray:
         return np.asarray(self.g(np.abs(np.asarray(x, dtype=np.float64))), dtype=np.float64)

@@ -30,6 +30,8 @@ For a custom cost ``g``: L-BFGS on ``u`` with the analytic gradient, then cyclic
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
@@ -196,10 +198,15 @@ def _newton_direction(Hs: sp.csr_array, rhs: np.ndarray, direct: bool, rtol: flo
         if z is not None:
             return z
     try:  # Hs is symmetric: its CSR arrays are also its CSC arrays
-        return np.asarray(spla.spsolve(sp.csc_array((Hs.data, Hs.indices, Hs.indptr), shape=Hs.shape), rhs,
-                                       permc_spec="MMD_AT_PLUS_A"))
-    except RuntimeError:  # singular (should not happen once floating components are pinned)
-        return np.asarray(spla.lsqr(Hs, rhs, atol=1e-14, btol=1e-14)[0])
+        with warnings.catch_warnings():  # SuperLU reports an exactly singular matrix by a warning and NaNs
+            warnings.simplefilter("error", spla.MatrixRankWarning)
+            z = np.asarray(spla.spsolve(sp.csc_array((Hs.data, Hs.indices, Hs.indptr), shape=Hs.shape), rhs,
+                                        permc_spec="MMD_AT_PLUS_A"))
+        if np.all(np.isfinite(z)):
+            return z
+    except (RuntimeError, spla.MatrixRankWarning):  # singular: a floating component the pinning missed
+        pass
+    return np.asarray(spla.lsqr(Hs, rhs, atol=1e-14, btol=1e-14)[0])
 
 
 def _jacobi_scaled(H: sp.csr_array, dinv: np.ndarray) -> sp.csr_array:

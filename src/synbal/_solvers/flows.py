@@ -55,13 +55,7 @@ from synbal._adapters.protocol import adapter_for
 from synbal._adapters.torch.plain_mlp import mlp_discovery
 from synbal._problem.lpq import LpqRegularizer
 from synbal._problem.problem import BalanceProblem
-from synbal._problem.regularizers import (
-    CustomRegularizer,
-    PowerRegularizer,
-    Regularizer,
-    RegularizerSpec,
-    parse_regularizer,
-)
+from synbal._problem.regularizers import Regularizer, RegularizerSpec, parse_regularizer
 from synbal._solvers import SolveOptions, SolveResult, solve
 from synbal.errors import ModelError, RegularizerError
 from synbal.training._model_balance import ModelBalance
@@ -79,7 +73,7 @@ __all__ = [
 _TINY = 1e-30
 
 
-def aggregation_regularizer(reg: Regularizer) -> PowerRegularizer | CustomRegularizer:
+def aggregation_regularizer(reg: Regularizer) -> Regularizer:
     """What an adapter aggregates for ``reg``: ``|w|^p`` for ℓ_{p,q}, else ``reg`` itself."""
     costs = reg.aggregated()
     if costs is None:
@@ -177,7 +171,8 @@ class WeightBalancingFlow:
         self.model = model
         self.optimizer = optimizer
         self.reg: Regularizer = parse_regularizer(reg)
-        if not isinstance(aggregation_regularizer(self.reg), PowerRegularizer):  # custom costs g
+        aggregation_regularizer(self.reg)  # refuses one without additive costs (the max-norm)
+        if self.reg.additive and self.reg.sum_of_powers is None:  # custom costs g
             raise RegularizerError("the weight-balancing flow needs a power or ℓ_{p,q} regularizer")
         if not (math.isfinite(strength) and strength >= 0):
             raise RegularizerError(f"flow strength β must be a finite number >= 0, got {strength}")

@@ -17,14 +17,19 @@ Every step sets a unit (or set) to its optimal scale, or to ``λ*^θ`` for parti
 same state as :func:`synbal._solvers.exact.solve_exact` (Theorem 9.1).
 
 >>> import numpy as np
->>> from synbal._problem.problem import BalanceProblem, CostBlock
+>>> from synbal._adapters.graph import Graph, GraphAdapter
 >>> from synbal._problem.regularizers import parse_regularizer
 >>> from synbal._solvers.base import SolveOptions
->>> prob = BalanceProblem(np.ones(2), [CostBlock(2.0, [0], [-1], [[4.0]]),
-...     CostBlock(2.0, [1], [0], [[1.0]]), CostBlock(2.0, [-1], [1], [[0.25]])])
->>> res = CYCLIC.run(prob, parse_regularizer("l2"), SolveOptions(tol=1e-12))
->>> res.converged, np.round(np.exp(res.u), 6).tolist()
-(True, [0.5, 0.5])
+>>> l2 = parse_regularizer("l2")  # two hidden units: IN 16 and 1, OUT 1 and 1
+>>> prob = GraphAdapter(Graph.from_layers([np.array([[4.0], [1.0]]), np.array([[1.0, 1.0]])])).problem(l2)
+>>> for schedule in SCHEDULES:  # tied: one λ for the layer, λ⁴ = 2/17
+...     res = schedule.run(prob, l2, SolveOptions(tol=1e-12, seed=0))
+...     print(schedule.name, res.converged, np.round(np.exp(res.u), 6).tolist())
+stochastic True [0.5, 1.0]
+cyclic True [0.5, 1.0]
+layer True [0.5, 1.0]
+alternating True [0.5, 1.0]
+tied True [0.58566, 0.58566]
 """
 
 from __future__ import annotations

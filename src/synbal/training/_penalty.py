@@ -19,10 +19,11 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from synbal._problem.regularizers import PowerRegularizer, RegularizerSpec, parse_regularizer
+from synbal._problem.costs import PowerTerm
+from synbal._problem.regularizers import RegularizerSpec, parse_regularizer
 from synbal.errors import RegularizerError
 
-__all__ = ["apply_decoupled_decay", "power_regularizer", "regularized_parameters", "regularizer_penalty"]
+__all__ = ["apply_decoupled_decay", "power_terms", "regularized_parameters", "regularizer_penalty"]
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
@@ -35,15 +36,20 @@ _TINY = 1e-30  # |w| is clamped here before a power p < 1, so the gradient at w 
 ParameterFilter = Callable[[str, nn.Parameter], bool]
 
 
-def power_regularizer(reg: RegularizerSpec) -> PowerRegularizer:
-    """``reg`` as a :class:`PowerRegularizer` (the only kind torch can differentiate here)."""
+def power_terms(reg: RegularizerSpec) -> tuple[PowerTerm, ...]:
+    """The terms of ``reg = Σ_k coef_k Σ_w |w|^{p_k}`` (the only kind torch can differentiate here).
+
+    >>> [(t.coef, t.power) for t in power_terms("1*l2+0.1*l1")]
+    [(1.0, 2.0), (0.1, 1.0)]
+    """
     parsed = parse_regularizer(reg)
-    if not isinstance(parsed, PowerRegularizer):
+    terms = parsed.sum_of_powers
+    if terms is None:
         raise RegularizerError(
             f"training penalty needs a power regularizer such as 'l2' or '1*l2+0.1*l1'; "
             f"{parsed} has no torch form"
         )
-    return parsed
+    return terms
 
 
 def regularized_parameters(model: nn.Module, include: ParameterFilter | None = None) -> list[tuple[str, nn.Parameter]]:
@@ -86,14 +92,14 @@ def regularizer_penalty(
     >>> float(penalty.detach()), w.grad.tolist()
     (28.5, [6.5, -8.5])
     """
-    regularizer = power_regularizer(reg)
+    terms = power_terms(reg)
     tensors: list[torch.Tensor] = (
         [p for _, p in regularized_parameters(model, include)] if isinstance(model, nn.Module) else list(model)
     )
     if not tensors:
         raise RegularizerError("no parameters to regularize")
     total = torch.zeros((), dtype=tensors[0].dtype, device=tensors[0].device)
-    for term in regularizer.terms:
+    for term in terms:
         for t in tensors:
             total = total + term.coef * _power(t, term.power).sum()
     return total
@@ -117,13 +123,13 @@ def apply_decoupled_decay(
     >>> [round(v, 6) for v in w.tolist()]
     [0.7, -0.0, 0.3]
     """
-    regularizer = power_regularizer(reg)
+    terms = power_terms(reg)
     if strength < 0:
         raise RegularizerError(f"decay strength must be >= 0, got {strength}")
     for w in params:
         a = w.abs()
         shrink = torch.zeros_like(a)
-        for term in regularizer.terms:
+        for term in terms:
             if term.power == 1.0:
                 shrink += term.coef
             elif term.power < 1.0:

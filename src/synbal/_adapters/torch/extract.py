@@ -37,10 +37,9 @@ import torch
 from synbal._adapters.torch.discovery import Discovery, ParamUse, check_finite
 from synbal._adapters.torch.values import compress
 from synbal._compiled.powermatrix import PowerMatrix, _pw
-from synbal._problem.lpq import LpqRegularizer
+from synbal._problem.costs import CostFunction, PowerTerm
 from synbal._problem.problem import BalanceProblem, CostBlock, CustomCosts
-from synbal._problem.regularizers import CustomRegularizer, PowerRegularizer, Regularizer
-from synbal.errors import RegularizerError
+from synbal._problem.regularizers import Regularizer
 
 __all__ = ["build_problem", "label_blocks", "product_blocks"]
 
@@ -218,7 +217,7 @@ def _all_finite(name: str, weights: np.ndarray, p: torch.Tensor) -> None:
             check_finite(name, p)
 
 
-def product_blocks(d: Discovery, use: ParamUse, reg: PowerRegularizer | LpqRegularizer) -> list[CostBlock] | None:
+def product_blocks(d: Discovery, use: ParamUse, terms: tuple[PowerTerm, ...]) -> list[CostBlock] | None:
     """The blocks of a product-structured parameter (see the module docstring), or ``None``."""
     p = d.params[use.name]
     if p.dim() == 0 or p.numel() == 0:
@@ -232,9 +231,9 @@ def product_blocks(d: Discovery, use: ParamUse, reg: PowerRegularizer | LpqRegul
         _all_finite(use.name, weights, p)
         dst = np.where(pr.row_key < n, pr.row_key, -1)
         return [CostBlock(t.power, dst, pr.col_key, PowerMatrix(weights, t.power, t.coef), bias=use.bias,
-                          fixed_ids=pr.row_key) for t in reg.terms]
+                          fixed_ids=pr.row_key) for t in terms]
     blocks = []
-    for t in reg.terms:
+    for t in terms:
         rows, cols, matrix = _product_matrix(use.name, p, pr, t.power)
         if t.coef != 1.0:
             matrix *= t.coef
@@ -266,13 +265,13 @@ def _label_block(power: float, values: np.ndarray, row_key: np.ndarray, col: np.
     return CostBlock(power, dst, cols, matrix, bias=bias, fixed_ids=rows)
 
 
-def label_blocks(d: Discovery, use: ParamUse, reg: PowerRegularizer | LpqRegularizer) -> list[CostBlock]:
+def label_blocks(d: Discovery, use: ParamUse, terms: tuple[PowerTerm, ...]) -> list[CostBlock]:
     """The blocks of any parameter, through per-entry (row group, column group) labels."""
     p = d.params[use.name]
     row_key, col = _keys(d, use)
     axes = tuple(a for a in range(p.dim()) if row_key.shape[a] == 1 and col.shape[a] == 1)
     blocks = []
-    for term in reg.terms:
+    for term in terms:
         values = power_sums(use.name, p, axes, term.power).cpu().numpy()
         if term.coef != 1.0:
             values = values * term.coef
@@ -280,7 +279,7 @@ def label_blocks(d: Discovery, use: ParamUse, reg: PowerRegularizer | LpqRegular
     return blocks
 
 
-def _unused_blocks(d: Discovery, reg: PowerRegularizer | LpqRegularizer, first_id: int) -> list[CostBlock]:
+def _unused_blocks(d: Discovery, terms: tuple[PowerTerm, ...], first_id: int) -> list[CostBlock]:
     """Parameters that never scale: one fixed row per entry along their first axis."""
     blocks = []
     next_id = first_id
@@ -288,7 +287,7 @@ def _unused_blocks(d: Discovery, reg: PowerRegularizer | LpqRegularizer, first_i
         p = d.params[name]
         rows = int(p.shape[0]) if p.dim() else 1
         axes = tuple(range(1, p.dim()))
-        for term in reg.terms:
+        for term in terms:
             values = power_sums(name, p, axes, term.power).cpu().numpy().reshape(rows, 1) * term.coef
             blocks.append(CostBlock(term.power, np.full(rows, -1), np.array([-1]), values,
                                     fixed_ids=np.arange(next_id, next_id + rows)))
@@ -296,7 +295,7 @@ def _unused_blocks(d: Discovery, reg: PowerRegularizer | LpqRegularizer, first_i
     return blocks
 
 
-def _custom(d: Discovery, reg: CustomRegularizer) -> CustomCosts:
+def _custom(d: Discovery, g: CostFunction, dg: CostFunction) -> CustomCosts:
     dst, src, mag = [], [], []
     for use in d.uses.values():
         p = d.params[use.name]
@@ -313,7 +312,7 @@ def _custom(d: Discovery, reg: CustomRegularizer) -> CustomCosts:
         mag.append(p.detach().to(torch.float64).abs().cpu().numpy().ravel())
     all_dst = np.concatenate(dst) if dst else np.zeros(0, dtype=np.int64)
     return CustomCosts(all_dst, np.concatenate(src) if src else all_dst,
-                       np.concatenate(mag) if mag else np.zeros(0), np.ones(all_dst.size), reg.g, reg.dg)
+                       np.concatenate(mag) if mag else np.zeros(0), np.ones(all_dst.size), g, dg)
 
 
 def build_problem(d: Discovery, reg: Regularizer, *, fast: bool = True) -> BalanceProblem:
@@ -322,14 +321,26 @@ def build_problem(d: Discovery, reg: Regularizer, *, fast: bool = True) -> Balan
     ``fast=False`` builds every block through labels (the reference the product blocks are
     tested against).
     """
-    degree = np.ones(d.n)
-    if isinstance(reg, CustomRegularizer):
-        return BalanceProblem(degree, [], names=d.names, layers=d.layers, custom=_custom(d, reg))
-    if not isinstance(reg, (PowerRegularizer, LpqRegularizer)):
-        raise RegularizerError(f"cannot use regularizer {reg!r} on a PyTorch model")
-    blocks: list[CostBlock] = []
-    for use in d.uses.values():
-        product = product_blocks(d, use, reg) if fast else None
-        blocks.extend(product if product is not None else label_blocks(d, use, reg))
-    blocks.extend(_unused_blocks(d, reg, d.n + d.table.n_slots))
-    return BalanceProblem(degree, blocks, names=d.names, layers=d.layers)
+    return reg.costs_for(_ModelCosts(d, fast))
+
+
+@dataclass(frozen=True)
+class _ModelCosts:
+    """A discovered model's :class:`~synbal._problem.costs.CostSink`."""
+
+    d: Discovery
+    fast: bool
+    where: str = "a PyTorch model"
+
+    def power_costs(self, terms: tuple[PowerTerm, ...]) -> BalanceProblem:
+        d = self.d
+        blocks: list[CostBlock] = []
+        for use in d.uses.values():
+            product = product_blocks(d, use, terms) if self.fast else None
+            blocks.extend(product if product is not None else label_blocks(d, use, terms))
+        blocks.extend(_unused_blocks(d, terms, d.n + d.table.n_slots))
+        return BalanceProblem(np.ones(d.n), blocks, names=d.names, layers=d.layers)
+
+    def custom_costs(self, g: CostFunction, dg: CostFunction) -> BalanceProblem:
+        return BalanceProblem(np.ones(self.d.n), [], names=self.d.names, layers=self.d.layers,
+                              custom=_custom(self.d, g, dg))

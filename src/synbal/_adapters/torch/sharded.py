@@ -28,7 +28,7 @@ from synbal._adapters.torch.collective import Collective
 from synbal._adapters.torch.extract import build_problem
 from synbal._adapters.torch.shards import local_discovery
 from synbal._problem.problem import BalanceProblem
-from synbal._problem.regularizers import PowerRegularizer, Regularizer
+from synbal._problem.regularizers import Regularizer
 from synbal._solvers import solve
 from synbal._solvers.base import SolveOptions, SolveResult
 from synbal._solvers.steps import SetCosts
@@ -115,11 +115,12 @@ class ShardedAdapter:
         self.collective = Collective(self.shards.mesh.get_group(), timeout)  # type: ignore[attr-defined]
 
     def problem(self, reg: Regularizer) -> ShardedProblem:
-        if not isinstance(reg, PowerRegularizer):
+        terms = reg.sum_of_powers
+        if terms is None:
             raise RegularizerError(f"a sharded model is balanced for sums of powers (l2, l1, 1*l2+0.1*l1, ...), "
                                    f"not {reg}")
         base = build_problem(self.shards.local, reg)
-        powers = tuple(sorted({t.power for t in reg.terms}, reverse=True))
+        powers = tuple(sorted({t.power for t in terms}, reverse=True))
         return ShardedProblem(base.degree, base.blocks, names=base.names, layers=base.layers,
                               collective=self.collective, reduced_powers=powers)
 

@@ -33,6 +33,9 @@ __all__ = ["ScaledMatrixUndo"]
 _INT_OF = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 
 
+# _codes and _restore share their loop header (a scratch float viewed as integers, then rows and
+# columns): each is one pass over W, and sharing the loop would need the body passed as a compiled
+# function (numba then no longer caches the kernel on disk) or a branch per entry.
 @numba.njit(cache=True)
 def _codes(W: np.ndarray, row: np.ndarray, col: np.ndarray, bits: np.ndarray, out: np.ndarray) -> bool:
     """Pack ``bits(w) − bits(fl(fl(w·row·col)/(row·col)))`` + 8 as nibbles into ``out``; ``False`` if

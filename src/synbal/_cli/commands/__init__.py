@@ -1,11 +1,11 @@
 """Subcommands of the ``synbal`` command line (see :mod:`synbal._cli.main`).
 
-Each command module here (``balance``, ``inspect``, ``reproduce``, ``demo``) has
-``register(subparsers)``, which adds its parser and sets ``func=run``, and ``run(args) -> int``
-(the exit status). This package also holds what the ``balance`` and ``inspect`` commands share:
-telling explicit-network files from PyTorch model inputs and the options those model inputs take
-(here), and what they do with PyTorch model files (:mod:`synbal._cli.commands.model_files`,
-imported only when such a file is given).
+Each command module here (``balance``, ``inspect``, ``reproduce``, ``demo``) has ``HELP`` (its line
+in ``synbal --help``), ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> int`` (the exit
+status); :func:`synbal._cli.main.build_parser` adds each parser and sets ``func=run``. This package
+also holds what the ``balance`` and ``inspect`` commands share: telling explicit-network files from
+PyTorch model inputs and the options those model inputs take (here), and what they do with PyTorch
+model files (:mod:`synbal._cli.commands.model_files`, imported only when such a file is given).
 """
 
 from __future__ import annotations

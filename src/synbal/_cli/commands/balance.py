@@ -18,7 +18,6 @@ import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from synbal._adapters.graph import Graph, verify_same_function
 from synbal._cli.commands import add_model_options, add_network_arguments, input_path, is_model_input, model_support
@@ -28,17 +27,16 @@ from synbal._jsonsafe import json_text
 from synbal._solvers import METHODS
 from synbal.errors import SynbalError
 
-__all__ = ["finite_float", "register", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "finite_float", "run"]
+
+#: ``synbal --help``'s line for the command, and its ``--help`` description.
+HELP = "balance a network and write the balanced copy"
+DESCRIPTION = ("Rescale every scalable hidden unit so that the network is balanced for the "
+               "regularizer (its unique minimum over rescalings); the network's function is unchanged.")
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``balance`` subcommand."""
-    p = subparsers.add_parser(
-        "balance",
-        help="balance a network and write the balanced copy",
-        description="Rescale every scalable hidden unit so that the network is balanced for the "
-        "regularizer (its unique minimum over rescalings); the network's function is unchanged.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``balance`` subcommand's arguments (:func:`synbal._cli.main.build_parser` adds its parser)."""
     add_network_arguments(p)
     p.add_argument("-o", "--output", required=True, help="where to write the balanced network")
     p.add_argument("--method", default="exact",
@@ -54,7 +52,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--report", metavar="R.json", help="write a JSON report here")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     add_model_options(p, verify=True)
-    p.set_defaults(func=run)
 
 
 def finite_float(text: str) -> float:
@@ -81,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         ensure_not_input(args.report, *protected, args.output)
     if source is None:
-        return int(model_support().balance_model_file(args))
+        return int(model_support().balance_model_file(args, sets=_parse_sets(args.sets), closed_form=args.closed_form))
     graph = Graph.load(source)
     result = balance(
         graph,

@@ -9,21 +9,19 @@ exact balancing, checks that the outputs are unchanged, and writes ``demo.json``
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-__all__ = ["register", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
+
+#: ``synbal --help``'s line for the command, and its ``--help`` description.
+HELP = "train the MNIST autoencoder briefly, balance it, show that only R changed"
+DESCRIPTION = ("Train the paper's MNIST autoencoder (784-200-100-50-100-200-784, ReLU) for a "
+               "few epochs on the embedded MNIST subset, print its L2 balance report, balance it exactly, "
+               "check that its outputs are unchanged and that the regularizer dropped, and write a JSON "
+               "of the numbers and a plot of the per-layer deficits before and after.")
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``demo`` subcommand."""
-    p = subparsers.add_parser(
-        "demo",
-        help="train the MNIST autoencoder briefly, balance it, show that only R changed",
-        description="Train the paper's MNIST autoencoder (784-200-100-50-100-200-784, ReLU) for a "
-        "few epochs on the embedded MNIST subset, print its L2 balance report, balance it exactly, "
-        "check that its outputs are unchanged and that the regularizer dropped, and write a JSON "
-        "of the numbers and a plot of the per-layer deficits before and after.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``demo`` subcommand's arguments (:func:`synbal._cli.main.build_parser` adds its parser)."""
     p.add_argument("--data", metavar="DIR",
                    help="directory with the four MNIST IDX .gz files (default: the embedded subset)")
     p.add_argument("--out", metavar="DIR", default="synbal-demo",
@@ -31,7 +29,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batches (default 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

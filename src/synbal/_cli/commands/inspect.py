@@ -11,7 +11,6 @@ the same as strict JSON (non-finite numbers as ``null``, listed with their value
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from synbal._adapters.graph import Graph
 from synbal._cli.commands import add_model_options, add_network_arguments, input_path, is_model_input, model_support
@@ -19,22 +18,20 @@ from synbal._front import deficit
 from synbal._jsonsafe import json_text
 from synbal.errors import SynbalError
 
-__all__ = ["register", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
+
+#: ``synbal --help``'s line for the command, and its ``--help`` description.
+HELP = "print the per-unit balance table and totals"
+DESCRIPTION = ("Measure how balanced a network is: per-unit IN/OUT costs and relative deficits "
+               "|IN - c*OUT| / (IN + c*OUT), and totals.")
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``inspect`` subcommand."""
-    p = subparsers.add_parser(
-        "inspect",
-        help="print the per-unit balance table and totals",
-        description="Measure how balanced a network is: per-unit IN/OUT costs and relative deficits "
-        "|IN - c*OUT| / (IN + c*OUT), and totals.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``inspect`` subcommand's arguments (:func:`synbal._cli.main.build_parser` adds its parser)."""
     add_network_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--max-rows", type=int, default=None, help="show at most this many units in the table")
     add_model_options(p, verify=False)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

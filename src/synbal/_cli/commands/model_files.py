@@ -128,9 +128,15 @@ def _balance_folder(args: argparse.Namespace) -> int:
     return 0
 
 
-def balance_model_file(args: argparse.Namespace) -> int:
-    """Balance a model file and write the balanced one (see the module docstring); returns 0."""
+def balance_model_file(args: argparse.Namespace, *, sets: list[list[str]] | None = None,
+                       closed_form: bool = False) -> int:
+    """Balance a model file and write the balanced one (see the module docstring); returns 0.
+
+    ``sets`` (group names, as ``synbal inspect`` lists them) and ``closed_form`` go to
+    :func:`synbal.balance` like the CLI's other method options."""
     if _opt(args, "input") and Path(_opt(args, "input")).is_dir():
+        if sets is not None or closed_form:
+            raise SynbalError("a model folder is balanced with method exact: --sets and --closed-form do not apply")
         return _balance_folder(args)
     loaded = load_model_file(args)
     out = _check_output(args, loaded)
@@ -147,6 +153,8 @@ def balance_model_file(args: argparse.Namespace) -> int:
         progress=bool(_opt(args, "progress", False)),
         example_inputs=loaded.example_inputs,
         verify=verify,
+        sets=sets,
+        closed_form=closed_form,
     )
     write_model = model_writer(loaded, result.net)
 

@@ -17,13 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from synbal.errors import SynbalError
 from synbal.experiments import EXPERIMENTS, ExperimentContext, experiment_options, run_experiment
 from synbal.experiments.backend import make_backend
 
-__all__ = ["parse_setting", "register", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "parse_setting", "run"]
+
+#: ``synbal --help``'s line for the command, and its ``--help`` description.
+HELP = "rerun a figure or claim of the papers (writes JSON, markdown and plots)"
+DESCRIPTION = ("Reproduce one of the papers' simulations; see --list.")
 
 
 def parse_setting(text: str) -> tuple[str, object]:
@@ -38,13 +41,8 @@ def parse_setting(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``reproduce`` subcommand."""
-    p = subparsers.add_parser(
-        "reproduce",
-        help="rerun a figure or claim of the papers (writes JSON, markdown and plots)",
-        description="Reproduce one of the papers' simulations; see --list.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``reproduce`` subcommand's arguments (:func:`synbal._cli.main.build_parser` adds its parser)."""
     p.add_argument("name", nargs="?", help="experiment name (see --list)")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--data", type=Path, help="path to the real data set (default: embedded data)")
@@ -59,7 +57,6 @@ def register(subparsers: Any) -> None:
                         "synbal[ray])")
     p.add_argument("--address", help="with --backend ray: the cluster to join (ray://HOST:10001 or auto; "
                                       "default: start a local Ray instance)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
