@@ -42,7 +42,7 @@ from synbal._adapters.torch.extract import build_problem, power_sums
 from synbal._adapters.torch.hf_folder import ModelFolder, meta_model, open_folder, trace_inputs
 from synbal._adapters.torch.safetensors_io import ShardReader, ShardWriter
 from synbal._front import _final_state
-from synbal._problem.regularizers import PowerRegularizer, RegularizerSpec, parse_regularizer
+from synbal._problem.regularizers import Regularizer, RegularizerSpec, parse_regularizer
 from synbal._solvers import solve
 from synbal._solvers.base import SolveOptions
 from synbal.errors import CheckpointError, RegularizerError, SynbalError
@@ -146,13 +146,14 @@ def _part_bytes(plan: _Plan, folder: ModelFolder, k: int) -> int:
     return sum(folder.shards[folder.weight_map[plan.key[n]]].tensors[plan.key[n]].nbytes for n in plan.parts[k].params)
 
 
-def _cost(reg: PowerRegularizer, name: str, t: torch.Tensor) -> float:
+def _cost(reg: Regularizer, name: str, t: torch.Tensor) -> float:
+    """``R``'s part for the entries of ``t`` (``reg`` is a sum of powers, checked by :func:`_regularizer`)."""
     flat = t.reshape(-1)
-    return sum(term.coef * float(power_sums(name, flat, (0,), term.power).sum()) for term in reg.terms)
+    return sum(term.coef * float(power_sums(name, flat, (0,), term.power).sum()) for term in reg.sum_of_powers or ())
 
 
 def _copy_fixed(file: str, folder: ModelFolder, writer: ShardWriter, reader: ShardReader, costed: dict[str, str],
-                reg: PowerRegularizer, scaled: set[str]) -> float:
+                reg: Regularizer, scaled: set[str]) -> float:
     """Copy the shard's tensors that are not rescaled; the cost of those that are model parameters."""
     header, total = folder.shards[file], 0.0
     for name, entry in header.tensors.items():
@@ -169,7 +170,7 @@ def _copy_fixed(file: str, folder: ModelFolder, writer: ShardWriter, reader: Sha
 
 
 def _solve_part(plan: _Plan, k: int, folder: ModelFolder, reader: ShardReader, writers: dict[str, ShardWriter],
-                reg: PowerRegularizer, options: SolveOptions) -> tuple[float, float, float, bool]:
+                reg: Regularizer, options: SolveOptions) -> tuple[float, float, float, bool]:
     """Read, solve, rescale and write component ``k``; its ``(R before, R after, deficit, converged)``."""
     part = plan.parts[k]
     names = {n: plan.key[n] for n in part.params}
@@ -204,7 +205,7 @@ def _staging(out: Path, replace: bool) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def _run(folder: ModelFolder, plan: _Plan, tmp: Path, reg: PowerRegularizer, options: SolveOptions,
+def _run(folder: ModelFolder, plan: _Plan, tmp: Path, reg: Regularizer, options: SolveOptions,
          report: CheckpointReport, progress: bool) -> None:
     from tqdm.auto import tqdm
 
@@ -231,9 +232,9 @@ def _run(folder: ModelFolder, plan: _Plan, tmp: Path, reg: PowerRegularizer, opt
     report.tensors_read, report.bytes_read, report.reads = reader.tensors_read, reader.bytes_read, reader.reads
 
 
-def _regularizer(reg: RegularizerSpec) -> PowerRegularizer:
+def _regularizer(reg: RegularizerSpec) -> Regularizer:
     regularizer = parse_regularizer(reg)
-    if not isinstance(regularizer, PowerRegularizer):
+    if regularizer.sum_of_powers is None:  # the untouched tensors' costs are summed as powers while copied
         raise RegularizerError(f"out-of-core balancing takes sums of powers (l2, l1, 1*l2+0.01*l1, ...), not {reg!r}")
     return regularizer
 
