@@ -140,18 +140,19 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
         # progress of units whose costs are 1e-60 of theirs (and converges linearly for them).
         with np.errstate(over="ignore", invalid="ignore"):
             full_grad, full_scale = problem.gradient_parts(u + step)
-        full_rel = _max_rel(full_grad, full_scale, free)
+            full_rel = _max_rel(full_grad, full_scale, free)  # NaN where the trial overflows: not taken
         if full_rel < 0.5 * rel:
             u, grad, scale, rel = u + step, full_grad, full_scale, full_rel
         else:
             alpha = _line_search(problem, u, step, float(grad @ step))
+            stalled = _below_rounding(alpha * step, u)
             u = u + alpha * step
             grad, scale = problem.gradient_parts(u)
             # units far from balance on a scale R's rounding hides: balance them exactly
             moved = far_unit_steps(problem, u, _rel(grad, scale), free)
             if moved:
                 grad, scale = problem.gradient_parts(u)
-            elif alpha == 0.0:
+            elif stalled:  # the next iteration would repeat this one: float64 can go no further
                 break
             rel = _max_rel(grad, scale, free)
         if guard:
@@ -164,6 +165,18 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
             options.callback(it, u)
     bar.close()
     return SolveResult(u, rel <= options.tol, history, steps=it)
+
+
+def _below_rounding(move: np.ndarray, u: np.ndarray) -> bool:
+    """Whether adding ``move`` to ``u`` changes no log-scale by more than a few units in the last
+    place: a Newton iteration that moves that little is repeated identically after it.
+
+    >>> _below_rounding(np.array([1e-15, 0.0]), np.array([300.0, 1.0]))
+    True
+    >>> _below_rounding(np.array([1e-12, 0.0]), np.array([300.0, 1.0]))
+    False
+    """
+    return bool(np.all(np.abs(move) <= 4.0 * np.spacing(np.abs(u))))
 
 
 #: Up to this many units, or this reverse-Cuthill–McKee bandwidth, Newton steps use a direct solve.
