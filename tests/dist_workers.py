@@ -42,39 +42,88 @@ def mlp(widths: tuple[int, ...] = (6, 7, 9, 5, 3), dtypes: tuple[torch.dtype, ..
     return nn.Sequential(*layers)
 
 
+def cnn(widths: tuple[int, ...] = (2, 5, 7, 3, 4), dtypes: tuple[torch.dtype, ...] = (torch.float64,)
+        ) -> nn.Sequential:
+    """A seeded small CNN in eval mode: Conv2d + BatchNorm + ReLU, two Conv2d + ReLU, global average
+    pooling, a Linear head (channels ``widths[:4]``, ``widths[4]`` outputs; inputs ``(N, widths[0], 7, 7)``).
+    BatchNorm has non-trivial running statistics and affine parameters."""
+    torch.manual_seed(0)
+    c0, c1, c2, c3, k = widths
+    model = nn.Sequential(nn.Conv2d(c0, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(), nn.Conv2d(c1, c2, 3),
+                          nn.ReLU(), nn.Conv2d(c2, c3, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(c3, k))
+    with torch.no_grad():
+        bn = model[1]
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.2, 0.2)
+    return model.to(dtypes[0]).eval()
+
+
+class Residual(nn.Module):
+    """A ReLU MLP with one residual block: ``x → relu(inp x) → h + f2 relu(f1 h) → relu → out``."""
+
+    def __init__(self, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        d_in, d, h, k = widths
+        self.inp, self.f1, self.f2, self.out = nn.Linear(d_in, d), nn.Linear(d, h), nn.Linear(h, d), nn.Linear(d, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.inp(x))
+        return self.out(torch.relu(x + self.f2(torch.relu(self.f1(x)))))
+
+
+def residual(widths: tuple[int, ...] = (4, 6, 11, 3), dtypes: tuple[torch.dtype, ...] = (torch.float64,)
+             ) -> Residual:
+    """A seeded :class:`Residual` (not an ``nn.Sequential``: discovered by tracing)."""
+    torch.manual_seed(0)
+    return Residual(widths).to(dtypes[0])
+
+
+NETS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "residual": residual}
+
+
+def example(net: str, widths: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    """The example inputs a net needs for discovery (``None`` for MLPs: their fast path needs none)."""
+    if net == "cnn":
+        return torch.zeros(1, widths[0], 7, 7, dtype=dtype)
+    return torch.zeros(1, widths[0], dtype=dtype) if net == "residual" else None
+
+
 def data(n: int = 48, d: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
     return x, (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long()
 
 
-def plain(model: nn.Sequential) -> nn.Module:
+def plain(model: nn.Module) -> nn.Module:
     return model
 
 
-def ddp(model: nn.Sequential) -> nn.Module:
+def ddp(model: nn.Module) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model)
 
 
-def fsdp(model: nn.Sequential, **options: Any) -> nn.Module:
+def fsdp(model: nn.Module, **options: Any) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
-    for m in model:
-        if isinstance(m, nn.Linear):
+    for m in model.children():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
             fully_shard(m, **options)
     fully_shard(model, **options)
     return model
 
 
-def fsdp_bf16_compute(model: nn.Sequential) -> nn.Module:
+def fsdp_bf16_compute(model: nn.Module) -> nn.Module:
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     return fsdp(model, mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
 
 
-WRAPS: dict[str, Callable[[nn.Sequential], nn.Module]] = {
+WRAPS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "plain": plain, "ddp": ddp, "fsdp": fsdp, "fsdp_bf16_compute": fsdp_bf16_compute}
 
 
@@ -138,9 +187,10 @@ def case_ddp_loop(wrap: str = "ddp") -> Result:
     return {**full_state(model, opt), "solves": torch.tensor([calls[0]])}
 
 
-def case_balance(wrap: str, widths: tuple[int, ...], dtypes: tuple[str, ...], sweeps: int) -> Result:
-    """One sharded balance, watched: the largest tensor any torch op produces, the numpy peak
-    (tracemalloc), the number of all-reduces; gathering a parameter raises."""
+def case_balance(wrap: str, widths: tuple[int, ...], dtypes: tuple[str, ...], sweeps: int, method: str = "layer",
+                 tol: float = 1e-300, net: str = "mlp") -> Result:
+    """One sharded balance of ``net`` (``mlp`` or ``cnn``) by ``method``, watched: the largest tensor any
+    torch op produces, the numpy peak (tracemalloc), the number of all-reduces; gathering a parameter raises."""
     import tracemalloc
 
     from torch.distributed.fsdp import FSDPModule
@@ -151,9 +201,11 @@ def case_balance(wrap: str, widths: tuple[int, ...], dtypes: tuple[str, ...], sw
     import synbal
 
     kinds = tuple(getattr(torch, d) for d in dtypes)
+    build, small = NETS[net], {"mlp": (3, 4, 4, 2), "cnn": (2, 3, 3, 2, 2), "residual": (2, 3, 3, 2)}[net]
     # first calls import modules and load compiled kernels: done on a small model before measuring
-    synbal.balance(WRAPS[wrap](mlp((3, 4, 4, 2), kinds)), "l2", "layer", max_sweeps=1, inplace=True, verify=False)
-    model = WRAPS[wrap](mlp(widths, kinds))
+    synbal.balance(WRAPS[wrap](build(small, kinds)), "l2", method, max_sweeps=1, inplace=True, verify=False,
+                   example_inputs=example(net, small, kinds[0]))
+    model, inputs = WRAPS[wrap](build(widths, kinds)), example(net, widths, kinds[0])
     largest, reduces = [0], [0]
 
     class Largest(TorchDispatchMode):
@@ -179,7 +231,8 @@ def case_balance(wrap: str, widths: tuple[int, ...], dtypes: tuple[str, ...], sw
     tracemalloc.start()
     try:
         with Largest():
-            res = synbal.balance(model, "l2", "layer", max_sweeps=sweeps, tol=1e-300, inplace=True, verify=False)
+            res = synbal.balance(model, "l2", method, max_sweeps=sweeps, tol=tol, inplace=True, verify=False,
+                                 example_inputs=inputs)
         numpy_peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -228,8 +281,49 @@ def case_fail(kind: str, timeout: float) -> Result:
     return {}
 
 
+def case_refusals() -> Result:
+    """A sharded CNN that cannot be balanced as it is: each attempt's error (type and text)."""
+    import synbal
+
+    out: Result = {}
+    attempts = {"train_mode": lambda m: synbal.balance(m.train(), "l2", "exact", inplace=True,
+                                                       example_inputs=example("cnn", (2,), torch.float64)),
+                "no_inputs": lambda m: synbal.balance(m, "l2", "exact", inplace=True),
+                "cyclic": lambda m: synbal.balance(m, "l2", "cyclic", inplace=True,
+                                                   example_inputs=example("cnn", (2,), torch.float64))}
+    for name, attempt in attempts.items():
+        try:
+            attempt(fsdp(cnn()))
+            out[name] = "balanced"
+        except Exception as exc:
+            out[name] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def case_hessian_product(net: str, widths: tuple[int, ...]) -> Result:
+    """The sharded Hessian product at random ``u`` for random ``z``, and the product with the
+    single-process Hessian of the same (unsharded) model."""
+    from synbal._adapters.protocol import adapter_for
+    from synbal._adapters.torch.sharded import ShardedAdapter
+    from synbal._adapters.torch.sharded_exact import hessian_product
+    from synbal._problem.regularizers import parse_regularizer
+    from synbal._solvers.exact import hessian
+
+    inputs = example(net, widths, torch.float64)
+    reg = parse_regularizer("1*l2+0.5*l1")  # two powers: two blocks per parameter
+    sharded = ShardedAdapter(fsdp(NETS[net](widths)), example_inputs=inputs).problem(reg)
+    whole = adapter_for(NETS[net](widths), example_inputs=inputs).problem(reg)
+    g = torch.Generator().manual_seed(7)
+    u, z = (torch.randn(whole.n, generator=g, dtype=torch.float64).numpy() * 0.3 for _ in range(2))
+    assert sharded.collective is not None
+    return {"sharded": torch.from_numpy(hessian_product(sharded, sharded.collective, u, z)),
+            "single": torch.from_numpy(hessian(whole, u) @ z)}
+
+
 CASES: dict[str, Callable[..., Result]] = {
-    "train": case_train, "ddp_loop": case_ddp_loop, "balance": case_balance, "fail": case_fail}
+    "hessian_product": case_hessian_product,
+    "train": case_train, "ddp_loop": case_ddp_loop, "balance": case_balance, "fail": case_fail,
+    "refusals": case_refusals}
 
 
 def worker(rank: int, world: int, port: int, outdir: str, case: str, args: tuple[Any, ...]) -> None:

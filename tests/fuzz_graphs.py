@@ -208,13 +208,18 @@ def main(argv: list[str] | None = None) -> None:
     start_seed, stop_seed = int(args[0]), int(args[1])
     begin = time.perf_counter()
     tally: Counter[str] = Counter()
+    durations: list[tuple[float, int]] = []
     for seed in range(start_seed, stop_seed):
+        case_start = time.perf_counter()
         outcome, detail = run_case(fuzz_case(seed))
+        durations.append((time.perf_counter() - case_start, seed))
         tally[outcome] += 1
         if outcome not in ("ok", "typed"):
             print(f"seed {seed}: {outcome}: {detail[:200]}", flush=True)
         if (seed - start_seed + 1) % 100 == 0 or seed == stop_seed - 1:
             print(f"{seed - start_seed + 1} cases, {time.perf_counter() - begin:.0f} s: {dict(tally)}", flush=True)
+    slowest = ", ".join(f"seed {seed} {seconds:.1f} s" for seconds, seed in sorted(durations, reverse=True)[:5])
+    print(f"slowest cases: {slowest}", flush=True)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,49 @@ def test_fsdp_balance_holds_only_shards_and_reduces_once_per_step(tmp_path, widt
         assert int(r["numpy_peak_bytes"][0]) < full_bytes // 2
 
 
+@pytest.mark.parametrize(("net", "widths"), [("mlp", (32, 600, 601, 150, 10)), ("cnn", (2, 9, 401, 301, 5)),
+                                             ("residual", (5, 9, 601, 3))])
+def test_fsdp_exact_equals_single_process_exact_and_holds_only_shards(tmp_path, net, widths):
+    # cnn: Conv2d + BatchNorm (eval) + ReLU, two Conv2d + ReLU, pooling, Linear; 9/401/301 channels
+    # split unevenly (5/4, 201/200, 151/150 rows); residual: a skip connection around 9 -> 601 -> 9
+    results = spawn("balance", "fsdp", widths, ("float64",), 100, "exact", 1e-13, net, outdir=tmp_path)
+    _no_error(results)
+    single = case_balance("plain", widths, ("float64",), 100, "exact", 1e-13, net)
+    full_bytes = max(v.numel() * 8 for k, v in single.items() if k.startswith("param/"))
+    row_bytes = max(v[0].numel() * 8 for k, v in single.items() if k.startswith("param/"))
+    r0, r1 = results
+    assert torch.equal(r0["log_scales"], r1["log_scales"])  # every rank applies bit-identical scales
+    assert int(r0["all_reduces"][0]) == int(r1["all_reduces"][0]) > 1
+    for r in results:
+        np.testing.assert_allclose(r["log_scales"].numpy(), single["log_scales"].numpy(), rtol=1e-10, atol=1e-12)
+        for key, value in _params(single).items():
+            assert _rel(r[key], value) <= 1e-10, key
+        assert int(r["largest_tensor_bytes"][0]) <= int(r["largest_shard_bytes"][0]) <= full_bytes // 2 + row_bytes
+        if net != "residual":  # too small for numpy's own overhead to stay under half a parameter
+            assert int(r["numpy_peak_bytes"][0]) < full_bytes // 2
+
+
+@pytest.mark.parametrize(("net", "widths"), [("mlp", (5, 7, 1, 9, 3)), ("cnn", (2, 5, 7, 3, 4)),
+                                             ("residual", (4, 6, 11, 3))])
+def test_sharded_hessian_products_equal_the_single_process_hessian(tmp_path, net, widths):
+    results = spawn("hessian_product", net, widths, outdir=tmp_path)
+    _no_error(results)
+    for r in results:
+        assert torch.equal(r["sharded"], results[0]["sharded"])
+        np.testing.assert_allclose(r["sharded"].numpy(), r["single"].numpy(), rtol=1e-12,
+                                   atol=1e-12 * float(r["single"].abs().max()))
+
+
+def test_a_sharded_cnn_is_refused_where_discovery_refuses_it(tmp_path):
+    results = spawn("refusals", outdir=tmp_path)
+    _no_error(results)
+    for r in results:
+        assert r["train_mode"].startswith("ModelError: BatchNorm '1' is in training mode"), r["train_mode"]
+        assert r["no_inputs"].startswith("ModelError: a sharded Sequential that is not a plain MLP"), r["no_inputs"]
+        assert r["cyclic"].startswith("SynbalError: method 'cyclic' needs whole cost blocks; a sharded model is "
+                                      "balanced with layer, alternating, exact"), r["cyclic"]
+
+
 def test_fsdp_mixed_dtypes_and_empty_shards_match_single_process(tmp_path):
     widths, dtypes = (5, 7, 1, 9, 3), ("float32", "bfloat16")  # a 1-row layer: rank 1 holds no rows of it
     results = spawn("balance", "fsdp", widths, dtypes, 6, outdir=tmp_path)

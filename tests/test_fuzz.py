@@ -95,3 +95,17 @@ def test_mixed_powers_near_overflow_end_fast() -> None:
     seconds (every method stops with a typed error: its costs leave float64 on the way; a stall past
     ``HANG_SECONDS`` would make ``run_case`` report a hang)."""
     assert run_case(fuzz_case(16291))[0] in ACCEPTABLE
+
+
+def test_a_newton_search_that_cannot_move_stops_at_once() -> None:
+    """Seed 14316 (``l2+l0.5`` on weights of 1e±150, a BiPU self-loop): from its 7th iteration on,
+    ``exact``'s line search returned a step of 1e-15, below the rounding of the log-scales, so
+    every later iteration repeated it; it spent all 1,000 (15-30 s, a "hang" on a loaded machine).
+    Now it stops there, not converged, and says so."""
+    import synbal
+    from synbal import Graph
+
+    case = fuzz_case(14316)
+    res = synbal.balance(Graph.from_dict(case["graph"]), case["reg"], case["method"], max_sweeps=1000, seed=0)
+    assert not res.converged and res.sweeps <= 20
+    assert run_case(case)[0] == "ok"

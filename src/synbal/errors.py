@@ -13,6 +13,7 @@ from __future__ import annotations
 
 __all__ = [
     "ActivationError",
+    "CheckpointError",
     "DataError",
     "DistributedError",
     "GraphFormatError",
@@ -121,6 +122,19 @@ class UnsupportedOperationError(ModelError):
     ... except UnsupportedOperationError as exc:
     ...     print(str(exc).split(" is not supported")[0])
     node 'sort': operation torch.sort in module '<root>'
+    """
+
+
+class CheckpointError(ModelError):
+    """A model folder cannot be balanced out of core: a shard is missing or cut short, the index names
+    a tensor that is not there, the config cannot be built, or the weights are not in safetensors.
+
+    >>> import tempfile, synbal.torch
+    >>> try:
+    ...     synbal.torch.balance_checkpoint(tempfile.mkdtemp(), tempfile.mkdtemp() + "/out")
+    ... except CheckpointError as exc:
+    ...     print(str(exc).split(" /")[0])
+    no config.json in model folder
     """
 
 

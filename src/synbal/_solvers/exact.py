@@ -47,7 +47,7 @@ from synbal._solvers.far_steps import far_unit_steps
 from synbal._solvers.hessian_pattern import HessianPattern
 from synbal._solvers.steps import balance_in_order, optimal_log_steps
 
-__all__ = ["hessian", "solve_exact"]
+__all__ = ["full_step", "hessian", "solve_exact"]
 
 #: Problems with at most this many unit pairs are solved by Newton with a direct solver.
 DIRECT_LIMIT = 3_000_000
@@ -136,23 +136,19 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
                                                                 rtol=_forcing(rel, options.tol))
         step = np.zeros(problem.n)
         step[idx] = z / d
-        # The full step first, judged by the relative deficits: R's directional derivative is
-        # dominated by the units with the largest costs, so a search on it alone cannot see the
-        # progress of units whose costs are 1e-60 of theirs (and converges linearly for them).
-        with np.errstate(over="ignore", invalid="ignore"):
-            full_grad, full_scale = problem.gradient_parts(u + step)
-        full_rel = _max_rel(full_grad, full_scale, free)
-        if full_rel < 0.5 * rel:
-            u, grad, scale, rel = u + step, full_grad, full_scale, full_rel
+        full = full_step(problem, u, step, rel, free)
+        if full is not None:
+            u, grad, scale, rel = full
         else:
             alpha = _line_search(problem, u, step, float(grad @ step))
+            stalled = _below_rounding(alpha * step, u)
             u = u + alpha * step
             grad, scale = problem.gradient_parts(u)
             # units far from balance on a scale R's rounding hides: balance them exactly
             moved = far_unit_steps(problem, u, _rel(grad, scale), free)
             if moved:
                 grad, scale = problem.gradient_parts(u)
-            elif alpha == 0.0:
+            elif stalled:  # the next iteration would repeat this one: float64 can go no further
                 break
             rel = _max_rel(grad, scale, free)
         if guard:
@@ -165,6 +161,18 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
             options.callback(it, u)
     bar.close()
     return SolveResult(u, rel <= options.tol, history, steps=it)
+
+
+def _below_rounding(move: np.ndarray, u: np.ndarray) -> bool:
+    """Whether adding ``move`` to ``u`` changes no log-scale by more than a few units in the last
+    place: a Newton iteration that moves that little is repeated identically after it.
+
+    >>> _below_rounding(np.array([1e-15, 0.0]), np.array([300.0, 1.0]))
+    True
+    >>> _below_rounding(np.array([1e-12, 0.0]), np.array([300.0, 1.0]))
+    False
+    """
+    return bool(np.all(np.abs(move) <= 4.0 * np.spacing(np.abs(u))))
 
 
 #: Up to this many units, or this reverse-Cuthill–McKee bandwidth, Newton steps use a direct solve.
@@ -260,6 +268,19 @@ def _line_search(problem: BalanceProblem, u: np.ndarray, step: np.ndarray, slope
         else:
             hi, d_hi = alpha, d
     return lo
+
+
+def full_step(problem: BalanceProblem, u: np.ndarray, step: np.ndarray, rel: float, free: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
+    """``(u + step, gradient, scale, max relative deficit)`` there if the full Newton step halves the
+    deficit, else ``None`` (then search along it). The full step comes first, judged by the relative
+    deficits: R's directional derivative is dominated by the units with the largest costs, so a search
+    on it alone cannot see the progress of units whose costs are 1e-60 of theirs (and converges
+    linearly for them)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        grad, scale = problem.gradient_parts(u + step)
+        new_rel = _max_rel(grad, scale, free)  # NaN where the trial overflows: not taken
+    return (u + step, grad, scale, new_rel) if new_rel < 0.5 * rel else None
 
 
 def _rel(grad: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ __all__ = ["EXPERIMENTS", "GRIDS", "Experiment", "ExperimentContext", "experimen
 
 #: Experiments whose independent runs go through :func:`synbal.experiments.backend.run_grid`, so any
 #: backend may run them (``synbal reproduce NAME --backend ray``).
-GRIDS = ("fig7", "fig7-lc", "fig8", "fig8-lc", "speed")
+GRIDS = ("fig7", "fig7-lc", "fig8", "fig8-lc", "fig9", "fig9-lc", "quant", "speed")
 
 
 def _resolve(reference: str) -> Any:

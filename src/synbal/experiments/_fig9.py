@@ -43,7 +43,6 @@ from typing import Any, Literal
 import numba
 import numpy as np
 import scipy.sparse as sp
-from tqdm.auto import tqdm
 
 from synbal._problem.problem import BalanceProblem
 from synbal._problem.regularizers import parse_regularizer
@@ -52,6 +51,7 @@ from synbal.data._dataset import ImageDataset
 from synbal.errors import SynbalError
 from synbal.experiments._report import ExperimentContext
 from synbal.experiments._tasks import cifar_or_standin
+from synbal.experiments.backend import Backend, RunSpec, run_grid
 from synbal.experiments.cache import BatchRecord
 
 __all__ = [
@@ -264,9 +264,57 @@ class _Runs:
         self.distance[rows], self.norm[rows], self.endpoints[rows] = distance, norm, endpoints
         self.sweeps_used[rows] = sweeps_used
 
-    def saved(self, rows: slice) -> dict[str, np.ndarray]:
-        return {"distance": self.distance[rows], "norm": self.norm[rows], "endpoints": self.endpoints[rows],
-                "sweeps_used": self.sweeps_used[rows]}
+
+class _Batches:
+    """Everything a batch of runs needs, shipped once to every worker of a grid backend; the
+    compiled kernel is built where it runs (on first use) and never pickled."""
+
+    def __init__(self, problem: BalanceProblem, space: WeightSpace, tol: float, plan: _Plan,
+                 runs_fn: Callable[..., Any] | None = None, numba_threads: int | None = None) -> None:
+        self.problem, self.space, self.tol, self.plan = problem, space, tol, plan
+        self.runs_fn, self.numba_threads = runs_fn, numba_threads
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "runs_fn": None}
+
+    def run(self, first_seed: int, count: int) -> dict[str, np.ndarray]:
+        """Runs with seeds ``first_seed …`` (``count`` of them): each row's arrays."""
+        if self.runs_fn is None:
+            self.runs_fn = _many_runs(self.problem)
+        plan, n = self.plan, self.problem.n
+        before = numba.get_num_threads()
+        numba.set_num_threads(self.numba_threads or before)
+        try:
+            U, used, snaps = self.runs_fn(count, first_seed, self.tol, plan.max_sweeps, plan.record_every)
+        finally:
+            numba.set_num_threads(before)
+        dist, nrm = self.space.measure(snaps.reshape(count * plan.n_rec, n))
+        return {"distance": dist.reshape(count, plan.n_rec) / self.space.reference_norm,
+                "norm": nrm.reshape(count, plan.n_rec), "endpoints": U, "sweeps_used": used}
+
+
+def run_batch(batches: _Batches, first_seed: int, count: int) -> dict[str, np.ndarray]:
+    """One task of the ensemble's grid (module-level, so any backend can run it)."""
+    return batches.run(first_seed, count)
+
+
+class _BatchStore:
+    """The ensemble's :class:`~synbal.experiments.backend.RunRecord`: each finished batch becomes one
+    file of the :class:`BatchRecord` (recorded runs are found per seed by :func:`_resume`, whatever
+    batches wrote them, so ``get`` has nothing left to find)."""
+
+    def __init__(self, store: BatchRecord) -> None:
+        self.store = store
+
+    @property
+    def path(self) -> Path:
+        return self.store.folder
+
+    def get(self, key: dict[str, Any]) -> Any:
+        return None
+
+    def put(self, key: dict[str, Any], value: dict[str, np.ndarray]) -> None:
+        self.store.save(np.arange(key["first_seed"], key["first_seed"] + key["count"]), **value)
 
 
 def _record(folder: Path, problem: BalanceProblem, space: WeightSpace, tol: float, plan: _Plan) -> BatchRecord:
@@ -300,8 +348,30 @@ def _stretches(todo: list[int], batch: int) -> Iterator[tuple[int, int]]:
         yield first, count
 
 
+#: On a grid backend the runs are split into about this many tasks (fewer when memory bounds a batch).
+GRID_TASKS = 32
+
+
+def _run_todo(batches: _Batches, arrays: _Runs, todo: list[int], seed: int, store: BatchRecord | None,
+              backend: Backend | None, progress: bool) -> None:
+    """Every run of ``todo`` into ``arrays``, batch by batch on ``backend``, each batch recorded as it ends."""
+    batch = batches.plan.batch
+    if backend is not None:  # enough tasks to keep the workers busy, each on one thread
+        batch = min(batch, max(1, math.ceil(len(todo) / GRID_TASKS)))
+        batches = _Batches(batches.problem, batches.space, batches.tol, batches.plan, numba_threads=1)
+    stretches = list(_stretches(todo, batch))
+    specs = [RunSpec({"first_seed": seed + first, "count": count}, (batches, seed + first, count))
+             for first, count in stretches]
+    record = None if store is None else _BatchStore(store)
+    values = run_grid(run_batch, specs, record, backend, progress=progress, desc="stochastic run batches")
+    for (first, count), value in zip(stretches, values, strict=True):
+        arrays.fill(slice(first, first + count), value["distance"], value["norm"], value["endpoints"],
+                    value["sweeps_used"])
+
+
 def stochastic_ensemble(problem: BalanceProblem, space: WeightSpace, *, runs: int, seed: int = 0, tol: float = 1e-10,
-                        grid_points: int = 120, progress: bool = False, record: Path | None = None) -> Ensemble:
+                        grid_points: int = 120, progress: bool = False, record: Path | None = None,
+                        backend: Backend | None = None) -> Ensemble:
     """Run stochastic balancing ``runs`` times from the problem's weights (``u = 0``).
 
     A pilot run (seed ``seed``) measures how many sweeps convergence takes; every run then
@@ -311,7 +381,8 @@ def stochastic_ensemble(problem: BalanceProblem, space: WeightSpace, *, runs: in
 
     With ``record`` (a folder), every finished batch is saved there, and runs already saved for
     the same problem and settings are loaded instead of run again: an interrupted ensemble
-    resumes where it stopped.
+    resumes where it stopped. ``backend`` (:mod:`synbal.experiments.backend`; default: this
+    process) runs the batches, e.g. as Ray tasks: the numbers are the same.
 
     >>> import numpy as np
     >>> from synbal._problem.problem import BalanceProblem, CostBlock
@@ -331,27 +402,13 @@ def stochastic_ensemble(problem: BalanceProblem, space: WeightSpace, *, runs: in
     arrays = _Runs(runs, plan.n_rec, problem.n)
     store = None if record is None else _record(record, problem, space, tol, plan)
     todo = list(range(runs)) if store is None else _resume(store, arrays, runs, seed)
-    resumed = runs - len(todo)
-    bar = tqdm(total=runs, initial=resumed, desc="stochastic runs", unit="run", disable=not progress,
-               leave=False)
-    try:
-        for first, count in _stretches(todo, plan.batch):
-            U, used, snaps = runs_fn(count, seed + first, tol, plan.max_sweeps, plan.record_every)
-            dist, nrm = space.measure(snaps.reshape(count * plan.n_rec, problem.n))
-            rows = slice(first, first + count)
-            arrays.fill(rows, dist.reshape(count, plan.n_rec) / space.reference_norm,
-                        nrm.reshape(count, plan.n_rec), U, used)
-            if store is not None:
-                store.save(np.arange(seed + first, seed + first + count), **arrays.saved(rows))
-            bar.update(count)
-    finally:
-        bar.close()
+    _run_todo(_Batches(problem, space, tol, plan, runs_fn), arrays, todo, seed, store, backend, progress)
     # keep one grid point past the slowest run (later points only repeat the end states)
     keep = min(plan.n_rec, int(np.abs(arrays.sweeps_used).max()) // plan.record_every + 2)
     return Ensemble(sweep_grid=np.arange(keep) * plan.record_every, steps_per_sweep=int(problem.free_mask().sum()),
                     distance=arrays.distance[:, :keep], norm=arrays.norm[:, :keep], endpoints=arrays.endpoints,
                     sweeps_used=arrays.sweeps_used, max_sweeps=plan.max_sweeps,
-                    seconds=time.perf_counter() - start_time, resumed=resumed)
+                    seconds=time.perf_counter() - start_time, resumed=runs - len(todo))
 
 
 def endpoint_spread(problem: BalanceProblem, endpoints: np.ndarray) -> dict[str, float]:
@@ -432,9 +489,10 @@ def _curves(ens: Ensemble) -> dict[str, Any]:
 
 
 def analyse_problem(problem: BalanceProblem, settings: Fig9Settings, *, progress: bool = False,
-                    record: Path | None = None) -> tuple[dict[str, Any], Ensemble]:
+                    record: Path | None = None, backend: Backend | None = None) -> tuple[dict[str, Any], Ensemble]:
     """Reference by the exact solver, the stochastic ensemble, and every summary number
-    (``record``: the folder of :func:`stochastic_ensemble`'s resumable run record)."""
+    (``record``: the folder of :func:`stochastic_ensemble`'s resumable run record; ``backend``:
+    where its batches run)."""
     start = time.perf_counter()
     exact = solve(problem, parse_regularizer("l2"), "exact",
                   SolveOptions(tol=min(settings.tol, 1e-12), max_sweeps=10_000, progress=progress))
@@ -442,7 +500,7 @@ def analyse_problem(problem: BalanceProblem, settings: Fig9Settings, *, progress
     space = WeightSpace(problem, exact.u)
     ens = stochastic_ensemble(problem, space, runs=settings.runs, seed=settings.seed,
                               tol=settings.tol, grid_points=settings.grid_points,
-                              progress=progress, record=record)
+                              progress=progress, record=record, backend=backend)
     results: dict[str, Any] = {
         "problem": _problem_numbers(problem, ens),
         "reference": {
@@ -663,7 +721,8 @@ def reproduce(ctx: ExperimentContext, name: str, settings: Fig9Settings | None =
     ctx.out_dir.mkdir(parents=True, exist_ok=True)  # a bad --out fails before the long work
     start = time.perf_counter()
     problem, setup = _trained_problem(net, ctx, settings)
-    results, ens = analyse_problem(problem, settings, progress=ctx.progress, record=ctx.out_dir / f"{name}-runs")
+    results, ens = analyse_problem(problem, settings, progress=ctx.progress, record=ctx.out_dir / f"{name}-runs",
+                                   backend=ctx.backend)
     results["setup"] = setup
     results["seconds"] = time.perf_counter() - start
     summary = summary_markdown(name, net.title, results, settings, setup)

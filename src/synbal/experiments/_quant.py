@@ -33,6 +33,9 @@ shared with a dozen other jobs, a CNN took 8–22 min per seed and dataset. Runs
 a run stopped early covers every model and dataset with fewer seeds; a second process given
 ``--set first_seed=K`` takes the seeds from ``K`` on into the same record; ``--set
 assemble_only=true`` then writes the outputs from the record alone (listing what is missing).
+With ``--backend ray`` the (model, dataset, seed) runs are Ray tasks (same numbers, same record);
+the peer arms must import on the workers too (checked by one probe task before anything runs: the
+AIMET arm, importable here only through ``scripts/synbal_tolerant_torchvision.py``, is refused).
 ``--quick``: embedded MNIST, 1 seed, 2 epochs (same schedule) on 6,000 images, 1,000 test images,
 p = 2, MLP and MobileNet.
 """
@@ -51,6 +54,7 @@ import torch
 from synbal._io import atomic_write_json
 from synbal.data import ImageDataset
 from synbal.errors import SynbalError
+from synbal.experiments import _quant_arms
 from synbal.experiments._arms import torch_threads
 from synbal.experiments._quant_arms import PEERS, apply_arm, arm_names, fold, peer_status, rescale
 from synbal.experiments._quant_models import MODELS, build_model, train_model
@@ -58,10 +62,11 @@ from synbal.experiments._quant_report import figures, markdown
 from synbal.experiments._quant_verdict import verdict
 from synbal.experiments._report import ExperimentContext, write_outputs
 from synbal.experiments._tasks import DATASETS, image_datasets
+from synbal.experiments.backend import Backend, RunSpec, run_grid
 from synbal.experiments.cache import RunCache
 from synbal.quantize import GRANULARITIES, quantize_activations, quantize_weights
 
-__all__ = ["run"]
+__all__ = ["check_workers", "quant_run", "run"]
 
 NAME = "quant"
 EPOCHS = 3
@@ -153,33 +158,78 @@ def _one_run(model_name: str, ds_name: str, data: ImageDataset, seed: int, s: di
     return out
 
 
+def quant_run(model_name: str, ds_name: str, data: ImageDataset, seed: int, s: dict[str, Any],
+              usable: list[str], threads: int) -> dict[str, Any]:
+    """One run of the grid (a pure, module-level function, run by any backend): :func:`_one_run`
+    with ``threads`` torch threads."""
+    with torch_threads(threads):
+        return _one_run(model_name, ds_name, data, seed, s, usable)
+
+
+def check_workers(backend: Backend | None, usable: list[str]) -> None:
+    """Refuse a peer arm that imports here but not on ``backend``'s workers (one probe task).
+
+    Workers run the plain package: AIMET needs torchvision, which the leniency of
+    ``scripts/synbal_tolerant_torchvision.py`` makes importable on this side only; such an arm
+    would fail on every worker, so it is refused before anything runs, never dropped silently.
+    """
+    peers = tuple(a for a in usable if a in PEERS)
+    if backend is None or not peers:
+        return
+    there = run_grid(_quant_arms.peer_status, [RunSpec({"probe": list(peers)}, (peers,))], None, backend,
+                     progress=False)[0]
+    missing = {arm: why for arm, why in there.items() if why}
+    if missing:
+        listed = "; ".join(f"{arm}: {why}" for arm, why in missing.items())
+        keep = [a for a in usable if a not in missing]
+        raise SynbalError(f"quant: arm(s) {', '.join(missing)} run here but not on the {backend.name} workers "
+                          f"({listed}); install them there, use the in-process backend, or leave them out: "
+                          f"--set 'arms={json.dumps(keep)}'")
+
+
+def _specs(ctx: ExperimentContext, s: dict[str, Any], datasets: list[tuple[str, ImageDataset]], usable: list[str],
+           cache: RunCache, notes: list[str]) -> list[list[RunSpec]]:
+    """Per seed, the runs to do or to read (seeds left to another process: noted, not listed)."""
+    assemble_only = bool(ctx.extra.get("assemble_only", False))
+    first_seed, threads = int(ctx.extra.get("first_seed", 0)), int(ctx.extra.get("threads", 1))
+    grid: list[list[RunSpec]] = []
+    for seed in range(s["seeds"]):  # seed-major: a run stopped early still covers every cell
+        grid.append([])
+        for ds_name, data in datasets:
+            for model_name in s["models"]:
+                key = {**{k: v for k, v in s.items() if k != "seeds"}, "data": data.source,
+                       "model": model_name, "dataset": ds_name, "seed": seed, "usable": usable}
+                if cache.get(key) is None and (assemble_only or seed < first_seed):
+                    notes.append(f"not run yet (left out): {model_name}, {ds_name}, seed {seed}")
+                    continue
+                grid[-1].append(RunSpec(key, (model_name, ds_name, data, seed, s, usable, threads)))
+    return grid
+
+
+def _run_specs(ctx: ExperimentContext, grid: list[list[RunSpec]], cache: RunCache) -> list[dict[str, Any]]:
+    """Every run's value: in process seed by seed, rereading the record before each seed (another
+    process may share it); on another backend all at once."""
+    groups = grid if ctx.backend is None else [[spec for seed in grid for spec in seed]]
+    done: list[dict[str, Any]] = []
+    for specs in groups:
+        cache.reload()
+        done += run_grid(quant_run, specs, cache, ctx.backend, progress=ctx.progress, desc=NAME)
+    return done
+
+
 def run(ctx: ExperimentContext) -> dict[str, Any]:
     """Every (model, dataset, seed): train, equalize with every arm, quantize, test; then the verdict."""
     s = _settings(ctx)
     status = peer_status(tuple(s["arms"]))
     usable = [a for a in s["arms"] if status.get(a) is None]
+    check_workers(ctx.backend, usable)
     datasets, notes = image_datasets(dataclasses.replace(ctx, extra={**ctx.extra, "datasets": s["datasets"]}), NAME)
     notes += [f"{arm} skipped: {why}" for arm, why in status.items() if why and arm in s["arms"]]
     cache = RunCache(ctx.out_dir / f"{NAME}-runs.jsonl")
-    assemble_only = bool(ctx.extra.get("assemble_only", False))
-    first_seed = int(ctx.extra.get("first_seed", 0))
     collected: dict[str, list[Any]] = {"rows": [], "float_rows": [], "failures": []}
-    with torch_threads(int(ctx.extra.get("threads", 1))):
-        for seed in range(s["seeds"]):  # seed-major: a run stopped early still covers every cell
-            for ds_name, data in datasets:
-                for model_name in s["models"]:
-                    key = {**{k: v for k, v in s.items() if k != "seeds"}, "data": data.source,
-                           "model": model_name, "dataset": ds_name, "seed": seed, "usable": usable}
-                    cache.reload()  # another process may share the record
-                    done = cache.get(key)
-                    if done is None and (assemble_only or seed < first_seed):
-                        notes.append(f"not run yet (left out): {model_name}, {ds_name}, seed {seed}")
-                        continue
-                    if done is None:
-                        done = _one_run(model_name, ds_name, data, seed, s, usable)
-                        cache.put(key, done)
-                    for part in collected:
-                        collected[part] += done[part]
+    for done in _run_specs(ctx, _specs(ctx, s, datasets, usable, cache, notes), cache):
+        for part in collected:
+            collected[part] += done[part]
     goals = verdict(collected["rows"], collected["float_rows"], [p for p in PEERS if p in usable])
     settings = {**s, "peers": {p: status[p] or "used" for p in status}, "notes": notes,
                 "data": {name: d.source for name, d in datasets}}

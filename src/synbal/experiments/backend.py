@@ -29,16 +29,17 @@ the workers (install the same synbal there); arguments are shipped through Ray's
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
 from synbal.errors import SynbalError
-from synbal.experiments.cache import RunCache
 
-__all__ = ["Backend", "GridError", "InProcess", "RayBackend", "RunSpec", "make_backend", "run_grid"]
+__all__ = ["Backend", "GridError", "InProcess", "RayBackend", "RunRecord", "RunSpec", "make_backend", "run_grid"]
 
 
 class GridError(SynbalError):
@@ -51,6 +52,19 @@ class RunSpec:
 
     key: dict[str, Any]
     args: tuple[Any, ...]
+
+
+class RunRecord(Protocol):
+    """Where :func:`run_grid` keeps finished runs (:class:`~synbal.experiments.cache.RunCache`, or an
+    experiment's own record of array results): the value of a recorded run (``None``: not recorded),
+    and recording one."""
+
+    @property
+    def path(self) -> Path: ...
+
+    def get(self, key: dict[str, Any]) -> Any: ...
+
+    def put(self, key: dict[str, Any], value: Any) -> None: ...
 
 
 class Backend(Protocol):
@@ -72,7 +86,7 @@ class InProcess:
             yield i, fn(*spec.args)
 
 
-def run_grid(fn: Callable[..., Any], specs: Sequence[RunSpec], cache: RunCache | None,
+def run_grid(fn: Callable[..., Any], specs: Sequence[RunSpec], cache: RunRecord | None,
              backend: Backend | None = None, *, progress: bool = True, desc: str = "runs") -> list[Any]:
     """Every spec's value: from the record, else computed by ``backend`` and recorded as it arrives
     (``cache=None``: nothing is recorded or reused)."""
@@ -123,6 +137,9 @@ class RayBackend:
         """Start or join Ray unless already connected; whether this backend started it."""
         if self.ray.is_initialized():
             return False
+        # synbal draws its own progress bar; left on, Ray replaces builtins.print in this process (for
+        # its own tqdm bars) the first time it relays a message from the cluster, for the process's life
+        os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if self.address is None:
             options["num_cpus"] = self.num_cpus

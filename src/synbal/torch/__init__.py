@@ -26,14 +26,17 @@ from synbal._adapters.torch import (
 )
 from synbal._adapters.torch.files import LoadedModel, load_exported
 from synbal._adapters.torch.locally_connected import LocallyConnected2d
+from synbal._adapters.torch.out_of_core import CheckpointReport, balance_checkpoint
 
 __all__ = [
+    "CheckpointReport",
     "Discovery",
     "GroupInfo",
     "LoadedModel",
     "LocallyConnected2d",
     "ModelInspection",
     "TorchAdapter",
+    "balance_checkpoint",
     "discover",
     "fold_batchnorm",
     "inspect",

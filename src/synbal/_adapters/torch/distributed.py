@@ -52,11 +52,15 @@ def distributed_adapter(model: nn.Module, **options: Any) -> Any:
 
 
 def unwrapped_mlp_route(model: nn.Module) -> bool:
-    """Whether a distributed model balances without tracing: a DDP-wrapped plain MLP, or a sharded model
-    (sharded models are always balanced through their MLP structure; anything else is refused there)."""
+    """Whether a distributed model balances without tracing (so without example inputs): a DDP-wrapped or
+    sharded plain MLP. Other sharded models are traced on a shape-only copy."""
     from synbal._adapters.torch.plain_mlp import mlp_discovery
     from synbal._adapters.torch.replicated import is_replicated
 
     if is_replicated(model):
         return mlp_discovery(model.module) is not None  # type: ignore[arg-type]
-    return _sharded(model)
+    if not _sharded(model):
+        return False
+    from synbal._adapters.torch.shards import is_sharded_mlp
+
+    return is_sharded_mlp(model)

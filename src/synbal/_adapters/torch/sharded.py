@@ -8,10 +8,13 @@ all-reduce per log-scale vector ``u`` (remembered, so the deficit and ``R`` afte
 the next step's costs share it). The ``layer`` and ``alternating`` schedules read costs only
 through it, so they run unchanged, in lockstep on every rank, and take one all-reduce per
 balancing step (one per set of units; a layer sweep of an MLP with ``L`` hidden layers is ``L``
-steps). Every rank ends with the same log-scales and multiplies only its local shards (and its
-shards of the optimizer state) by them. No parameter is ever gathered: the model is not run
-(the function check of the unsharded route would need every weight), and nothing larger than a
-shard, or a fixed-size chunk of one, is allocated.
+steps); ``exact`` is Newton's method with one all-reduce per Hessian product
+(:mod:`synbal._adapters.torch.sharded_exact`). Every rank ends with the same log-scales and
+multiplies only its local shards (and its shards of the optimizer state) by them. No parameter
+is ever gathered: the model is not run (the function check of the unsharded route would need
+every weight), and nothing larger than a shard, or a fixed-size chunk of one, is allocated.
+Models other than plain MLPs (convolutions, BatchNorm in eval mode, ...) are discovered on a
+shape-only copy (:mod:`synbal._adapters.torch.shards`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch import nn
 from synbal._adapters.torch.apply import factor_arrays, row_col_factors, scale_parameter
 from synbal._adapters.torch.collective import Collective
 from synbal._adapters.torch.extract import build_problem
+from synbal._adapters.torch.sharded_exact import solve_sharded_exact
 from synbal._adapters.torch.shards import local_discovery
 from synbal._problem.problem import BalanceProblem
 from synbal._problem.regularizers import Regularizer
@@ -36,8 +40,9 @@ from synbal.errors import RegularizerError, SynbalError
 
 __all__ = ["SHARDED_METHODS", "ShardedAdapter", "ShardedProblem"]
 
-#: The methods that read costs only through IN/OUT sums (the others need whole blocks).
-SHARDED_METHODS = ("layer", "alternating")
+#: The methods that read costs only through sums over the weights: IN/OUT sums (``layer``,
+#: ``alternating``) and Hessian products (``exact``, :mod:`synbal._adapters.torch.sharded_exact`).
+SHARDED_METHODS = ("layer", "alternating", "exact")
 
 
 @dataclass
@@ -102,16 +107,17 @@ class _ReducedSetEvaluator(SetCosts):
 
 
 class ShardedAdapter:
-    """The adapter of an MLP sharded with ``fully_shard`` (see the module docstring).
+    """The adapter of a model sharded with ``fully_shard`` (see the module docstring).
 
-    ``timeout``: seconds each all-reduce may wait. ``example_inputs`` and ``verify`` are accepted
-    for the common adapter options but not used: checking the function would gather the model.
+    ``timeout``: seconds each all-reduce may wait. ``example_inputs``: needed (shapes only) for a
+    model that is not a plain MLP, which is traced on a ``meta`` copy. ``verify`` is accepted for
+    the common adapter options but not used: checking the function would gather the model.
     """
 
     def __init__(self, model: nn.Module, *, timeout: float | None = None, example_inputs: Any = None,
                  verify: bool = True) -> None:
         self.given = model
-        self.shards = local_discovery(model)
+        self.shards = local_discovery(model, example_inputs)
         self.collective = Collective(self.shards.mesh.get_group(), timeout)  # type: ignore[attr-defined]
 
     def problem(self, reg: Regularizer) -> ShardedProblem:
@@ -127,8 +133,10 @@ class ShardedAdapter:
     def solve(self, problem: BalanceProblem, reg: Regularizer, method: str, options: SolveOptions) -> SolveResult:
         if method not in SHARDED_METHODS:
             raise SynbalError(f"method {method!r} needs whole cost blocks; a sharded model is balanced with "
-                              f"{' or '.join(SHARDED_METHODS)} (the same balanced state as 'exact' when run "
-                              "to convergence)")
+                              f"{', '.join(SHARDED_METHODS)} ('layer' and 'alternating' reach the balanced state of "
+                              "'exact' when run to convergence)")
+        if method == "exact":
+            return solve_sharded_exact(problem, self.collective, options)
         return solve(problem, reg, method, options)
 
     def notes(self) -> list[str]:

@@ -33,7 +33,8 @@ EXAMPLE_PREFIX = "example:"
 def add_network_arguments(parser: argparse.ArgumentParser) -> None:
     """The input network file and the ``--reg`` regularizer (``balance`` and ``inspect``)."""
     parser.add_argument("input", nargs="?",
-                        help="network file: NET.json (synbal.graph/1), MODEL.pt2, or example:NAME for a "
+                        help="network file: NET.json (synbal.graph/1), MODEL.pt2, a Hugging Face model folder "
+                        "(config.json + safetensors shards, balanced out of core), or example:NAME for a "
                         "shipped example (issue_example, recurrent_mixed, layered)")
     parser.add_argument("--reg", default="l2",
                         help="regularizer: l2, l1, l0.5, 1*l2+0.01*l1, l2,1 (l_{p,q}), ... (default l2)")
@@ -56,6 +57,11 @@ def add_model_options(parser: argparse.ArgumentParser, *, verify: bool) -> None:
     if verify:
         group.add_argument("--no-verify", action="store_true",
                            help="skip checking that the balanced network computes the same function")
+        group.add_argument("--replace", action="store_true",
+                           help="a model folder input (config.json + safetensors shards): replace an existing, "
+                           "non-empty output folder (it is swapped out only once the new one is complete)")
+        group.add_argument("--max-component-mb", type=float, metavar="MB",
+                           help="a model folder input: refuse if one independent component's tensors exceed MB")
 
 
 def is_model_input(args: argparse.Namespace) -> bool:

@@ -5,6 +5,9 @@
 * ``synbal balance --factory pkg.module:function --weights W.safetensors -o OUT.safetensors`` —
   the factory builds the model, the weights are loaded with safetensors, the balanced state is
   saved with safetensors.
+* ``synbal balance MODEL_DIR -o OUT_DIR [--replace] [--max-component-mb N]`` — a Hugging Face model
+  folder (``config.json`` and safetensors shards), balanced out of core by
+  :func:`synbal.torch.balance_checkpoint` (exact solver, one component in memory at a time).
 
 Example inputs come from the program (when stored) or ``--example-shape``. Unless
 ``--no-verify``, the written file is read back and run on the example inputs, and must compute
@@ -94,12 +97,47 @@ def _read_back(loaded: LoadedModel, out: Path) -> Any:
     return model
 
 
+def _balance_folder(args: argparse.Namespace) -> int:
+    """``synbal balance MODEL_DIR -o OUT_DIR``: out-of-core balancing of a Hugging Face model folder."""
+    from synbal._adapters.torch.out_of_core import balance_checkpoint
+
+    if _opt(args, "factory") or _opt(args, "weights"):
+        raise SynbalError("a model folder brings its own config and weights: drop --factory and --weights")
+    if _opt(args, "method", "exact") != "exact":
+        raise SynbalError(f"a model folder is balanced with method exact, not {_opt(args, 'method')!r}")
+    limit = _opt(args, "max_component_mb")
+    report = balance_checkpoint(
+        _opt(args, "input"), _opt(args, "output"), _opt(args, "reg", "l2"), tol=_opt(args, "tol", 1e-10),
+        max_sweeps=_opt(args, "max_sweeps", 10_000), replace=bool(_opt(args, "replace", False)),
+        max_component_bytes=None if limit is None else int(limit * 2**20), progress=bool(_opt(args, "progress")))
+    if _opt(args, "report"):
+        text = json_text(report.as_dict())
+        atomic_write_all([(_opt(args, "report"), lambda tmp: tmp.write_text(text, encoding="utf-8"))])
+    change = (100.0 * (report.regularizer_after - report.regularizer_before) / report.regularizer_before
+              if report.regularizer_before > 0 else 0.0)
+    print(f"balanced {report.model_dir} -> {report.out_dir}: {report.groups} scalable groups in "
+          f"{report.components} components, method exact, regularizer {report.regularizer}")
+    print(f"  regularizer {report.regularizer_before:.10g} -> {report.regularizer_after:.10g} ({change:+.2f}%)")
+    print(f"  max relative deficit {report.max_relative_deficit:.3e}: "
+          f"{'converged' if report.converged else 'NOT converged'}; discovery {report.discovery_seconds:.3g} s, "
+          f"balance {report.balance_seconds:.3g} s")
+    print(f"  read {report.tensors_read} tensors, {report.bytes_read} bytes in {report.reads} reads "
+          f"({report.checkpoint_reads:.3f} x the checkpoint's {report.checkpoint_bytes} bytes)")
+    if report.left_out:
+        print(f"  not copied (weights in other formats, unbalanced): {', '.join(report.left_out)}")
+    return 0
+
+
 def balance_model_file(args: argparse.Namespace, *, sets: list[list[str]] | None = None,
                        closed_form: bool = False) -> int:
     """Balance a model file and write the balanced one (see the module docstring); returns 0.
 
     ``sets`` (group names, as ``synbal inspect`` lists them) and ``closed_form`` go to
     :func:`synbal.balance` like the CLI's other method options."""
+    if _opt(args, "input") and Path(_opt(args, "input")).is_dir():
+        if sets is not None or closed_form:
+            raise SynbalError("a model folder is balanced with method exact: --sets and --closed-form do not apply")
+        return _balance_folder(args)
     loaded = load_model_file(args)
     out = _check_output(args, loaded)
     verify = not _opt(args, "no_verify", False)

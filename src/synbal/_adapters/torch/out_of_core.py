@@ -1,0 +1,285 @@
+"""Out-of-core balancing of a Hugging Face model folder: one component in memory at a time.
+
+:func:`balance_checkpoint` (``synbal balance MODEL_DIR -o OUT_DIR``):
+
+1. builds the model from ``config.json`` on the ``meta`` device and discovers its groups there
+   (``torch.export`` traces shapes only; discovery is the one used in memory, on the same class and
+   config, so the groups are the same — no weight is materialised);
+2. splits the groups into independent components (:mod:`synbal._adapters.torch.components`);
+3. shard by shard: copies the tensors no group touches byte for byte (summing their costs on the
+   way), then, for every component with a tensor in that shard, reads its tensors (and only
+   those, one read each), solves it exactly with the regularizer used in memory, rescales the
+   tensors in their own dtype and writes them at their offsets in the output shards;
+4. copies the config, tokenizer and other files, and renames the output folder into place.
+
+Peak memory is the largest component's tensors plus the solver's state (one decoder block), not
+the model. A component larger than ``max_component_bytes`` is refused before any work (one pass
+over its tensors is needed per Newton step otherwise; this is not done). The output folder is
+written as a temporary folder beside ``out_dir`` and renamed at the end: it never exists half
+written. ``out_dir`` must not be ``model_dir`` (nor a folder holding it), and must be absent or
+empty unless ``replace=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from synbal._adapters.torch.apply import row_col_factors, scale_parameter
+from synbal._adapters.torch.components import Component, components, sub_discovery
+from synbal._adapters.torch.discovery import Discovery, discover
+from synbal._adapters.torch.extract import build_problem, power_sums
+from synbal._adapters.torch.hf_folder import ModelFolder, meta_model, open_folder, trace_inputs
+from synbal._adapters.torch.safetensors_io import ShardReader, ShardWriter
+from synbal._front import _final_state
+from synbal._problem.regularizers import Regularizer, RegularizerSpec, parse_regularizer
+from synbal._solvers import solve
+from synbal._solvers.base import SolveOptions
+from synbal.errors import CheckpointError, RegularizerError, SynbalError
+
+__all__ = ["CheckpointReport", "balance_checkpoint"]
+
+
+@dataclass
+class CheckpointReport:
+    """What :func:`balance_checkpoint` did: groups, ``R`` before/after, deficit, and the reads it made.
+
+    ``bytes_read / checkpoint_bytes`` is the number of times the checkpoint was read (1.0: every
+    byte once); ``reads`` counts read calls.
+
+    >>> report = CheckpointReport("model", "balanced", "l2", bytes_read=3_000, checkpoint_bytes=3_010)
+    >>> round(report.checkpoint_reads, 3), report.as_dict()["regularizer"]
+    (0.997, 'l2')
+    """
+
+    model_dir: str
+    out_dir: str
+    regularizer: str
+    groups: int = 0
+    components: int = 0
+    regularizer_before: float = 0.0
+    regularizer_after: float = 0.0
+    max_relative_deficit: float = 0.0
+    converged: bool = True
+    tensors_read: int = 0
+    bytes_read: int = 0
+    reads: int = 0
+    checkpoint_bytes: int = 0
+    largest_component_bytes: int = 0
+    discovery_seconds: float = 0.0
+    balance_seconds: float = 0.0
+    left_out: list[str] = field(default_factory=list)
+
+    @property
+    def checkpoint_reads(self) -> float:
+        return self.bytes_read / self.checkpoint_bytes if self.checkpoint_bytes else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "checkpoint_reads": self.checkpoint_reads}
+
+
+@dataclass
+class _Plan:
+    """The discovered model: groups, components, and every parameter's place in the checkpoint."""
+
+    discovery: Discovery
+    parts: list[Component]
+    fixed: list[str]
+    key: dict[str, str]  # canonical parameter name → checkpoint tensor name
+    part_shards: list[set[str]]  # per component, the shard files it reads
+
+
+def _check_out(root: Path, out: Path, replace: bool) -> None:
+    src, dst = root.resolve(), out.resolve()
+    if dst == src or dst in src.parents:
+        raise SynbalError(f"output folder {out} is the model folder or holds it; choose another path")
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not replace:
+        raise SynbalError(f"output folder {out} exists and is not empty; remove it or pass replace=True "
+                          "(--replace on the command line)")
+
+
+def _checkpoint_keys(model: nn.Module, d: Discovery, folder: ModelFolder) -> dict[str, str]:
+    """Canonical parameter name → the checkpoint's name for it (a tied alias when that is what is stored)."""
+    aliases: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
+    key = {}
+    for name, p in d.params.items():  # the meta model's parameters by canonical name
+        found = next((a for a in aliases.get(id(p), [name]) if a in folder.weight_map), None)
+        if found is None:
+            raise CheckpointError(f"the checkpoint in {folder.root} has no tensor for parameter {name!r} of the model "
+                                  "config.json describes (config and weights do not match)")
+        entry = folder.shards[folder.weight_map[found]].tensors[found]
+        if entry.shape != tuple(p.shape):
+            raise CheckpointError(f"tensor {found!r} in shard {folder.root / folder.weight_map[found]} has shape "
+                                  f"{list(entry.shape)}, the model's parameter has {list(p.shape)}")
+        key[name] = found
+    return key
+
+
+def _plan(folder: ModelFolder) -> _Plan:
+    model = meta_model(folder.root)
+    d = discover(model, trace_inputs(model))
+    key = _checkpoint_keys(model, d, folder)
+    parts, fixed = components(d)
+    for part in parts:
+        for name in part.params:
+            dtype = folder.shards[folder.weight_map[key[name]]].tensors[key[name]].dtype
+            if dtype is None or not dtype.is_floating_point:
+                raise CheckpointError(f"tensor {key[name]!r} must be rescaled but is stored as "
+                                      f"{folder.shards[folder.weight_map[key[name]]].tensors[key[name]].dtype_name}")
+    shards = [{folder.weight_map[key[n]] for n in part.params} for part in parts]
+    return _Plan(d, parts, fixed, key, shards)
+
+
+def _part_bytes(plan: _Plan, folder: ModelFolder, k: int) -> int:
+    return sum(folder.shards[folder.weight_map[plan.key[n]]].tensors[plan.key[n]].nbytes for n in plan.parts[k].params)
+
+
+def _cost(reg: Regularizer, name: str, t: torch.Tensor) -> float:
+    """``R``'s part for the entries of ``t`` (``reg`` is a sum of powers, checked by :func:`_regularizer`)."""
+    flat = t.reshape(-1)
+    return sum(term.coef * float(power_sums(name, flat, (0,), term.power).sum()) for term in reg.sum_of_powers or ())
+
+
+def _copy_fixed(file: str, folder: ModelFolder, writer: ShardWriter, reader: ShardReader, costed: dict[str, str],
+                reg: Regularizer, scaled: set[str]) -> float:
+    """Copy the shard's tensors that are not rescaled; the cost of those that are model parameters."""
+    header, total = folder.shards[file], 0.0
+    for name, entry in header.tensors.items():
+        if name in scaled:
+            continue
+        offset = 0
+        for piece in reader.pieces(header, name):
+            writer.write(name, piece, offset)
+            offset += len(piece)
+            if name in costed and entry.dtype is not None and entry.dtype.is_floating_point and piece:
+                total += _cost(reg, costed[name], torch.frombuffer(piece, dtype=entry.dtype))
+        writer.done(name)
+    return total
+
+
+def _solve_part(plan: _Plan, k: int, folder: ModelFolder, reader: ShardReader, writers: dict[str, ShardWriter],
+                reg: Regularizer, options: SolveOptions) -> tuple[float, float, float, bool]:
+    """Read, solve, rescale and write component ``k``; its ``(R before, R after, deficit, converged)``."""
+    part = plan.parts[k]
+    names = {n: plan.key[n] for n in part.params}
+    tensors = {n: reader.tensor(folder.shards[folder.weight_map[key]], key) for n, key in names.items()}
+    sub = sub_discovery(plan.discovery, part, tensors)
+    problem = build_problem(sub, reg)
+    result = solve(problem, reg, "exact", options)
+    final = _final_state(problem, reg, result, None)
+    for name, (rf, cf) in row_col_factors(sub, final.u).items():
+        scale_parameter(tensors[name], rf, cf)
+    for name, key in names.items():
+        writers[folder.weight_map[key]].write_tensor(key, tensors[name])
+    return final.before, final.after, final.deficit, bool(result.converged)
+
+
+@contextmanager
+def _staging(out: Path, replace: bool) -> Iterator[Path]:
+    """A temporary folder beside ``out``, renamed to ``out`` when the block succeeds, removed otherwise."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        old = None
+        if out.exists() and (replace or (out.is_dir() and not any(out.iterdir()))):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / "previous")
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _run(folder: ModelFolder, plan: _Plan, tmp: Path, reg: Regularizer, options: SolveOptions,
+         report: CheckpointReport, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    reader = ShardReader()
+    writers = {file: ShardWriter(header, tmp / file) for file, header in folder.shards.items()}
+    scaled = {plan.key[n] for part in plan.parts for n in part.params}
+    costed = {plan.key[n]: n for n in plan.fixed}
+    pending = list(range(len(plan.parts)))
+    before = after = 0.0
+    with tqdm(total=len(folder.shards), unit="shard", desc="balancing shards", disable=not progress) as bar:
+        for file in folder.shards:
+            fixed_cost = _copy_fixed(file, folder, writers[file], reader, costed, reg, scaled)
+            before, after = before + fixed_cost, after + fixed_cost
+            for k in [k for k in pending if file in plan.part_shards[k]]:
+                b, a, deficit, converged = _solve_part(plan, k, folder, reader, writers, reg, options)
+                before, after = before + b, after + a
+                report.max_relative_deficit = max(report.max_relative_deficit, deficit)
+                report.converged &= converged
+                pending.remove(k)
+            bar.update(1)
+    for writer in writers.values():
+        writer.close()
+    report.regularizer_before, report.regularizer_after = before, after
+    report.tensors_read, report.bytes_read, report.reads = reader.tensors_read, reader.bytes_read, reader.reads
+
+
+def _regularizer(reg: RegularizerSpec) -> Regularizer:
+    regularizer = parse_regularizer(reg)
+    if regularizer.sum_of_powers is None:  # the untouched tensors' costs are summed as powers while copied
+        raise RegularizerError(f"out-of-core balancing takes sums of powers (l2, l1, 1*l2+0.01*l1, ...), not {reg!r}")
+    return regularizer
+
+
+def balance_checkpoint(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], reg: RegularizerSpec = "l2",
+                       *, tol: float = 1e-10, max_sweeps: int = 10_000, replace: bool = False,
+                       max_component_bytes: int | None = None, progress: bool = False) -> CheckpointReport:
+    """Balance the Hugging Face model folder ``model_dir`` out of core into ``out_dir`` (see the module docstring).
+
+    Bad input raises a :class:`~synbal.errors.SynbalError` (a :class:`~synbal.errors.CheckpointError`
+    for the folder's own defects); ``out_dir`` then does not appear. ``transformers`` must be
+    installed (``synbal[hf]``); the README shows a complete run.
+
+    >>> import os, tempfile
+    >>> from synbal.errors import CheckpointError
+    >>> root = tempfile.mkdtemp()
+    >>> for name, data in [("config.json", b"{}"), ("pytorch_model.bin", b"pickled")]:
+    ...     with open(os.path.join(root, name), "wb") as f:
+    ...         _ = f.write(data)
+    >>> try:  # pickled weights are never loaded
+    ...     balance_checkpoint(root, os.path.join(root + ".out"))
+    ... except CheckpointError as exc:
+    ...     print(str(exc).split("(")[1].split(")")[0], os.path.exists(root + ".out"))
+    pytorch_model.bin False
+    """
+    regularizer = _regularizer(reg)
+    root, out = Path(model_dir), Path(out_dir)
+    folder = open_folder(root)
+    _check_out(root, out, replace)
+    report = CheckpointReport(str(root), str(out), str(regularizer), checkpoint_bytes=folder.nbytes,
+                              left_out=list(folder.left_out))
+    start = time.perf_counter()
+    plan = _plan(folder)
+    report.discovery_seconds = time.perf_counter() - start
+    report.groups, report.components = plan.discovery.n, len(plan.parts)
+    sizes = [_part_bytes(plan, folder, k) for k in range(len(plan.parts))]
+    report.largest_component_bytes = max(sizes, default=0)
+    if max_component_bytes is not None and report.largest_component_bytes > max_component_bytes:
+        k = int(np.argmax(sizes))
+        raise CheckpointError(f"component {k} (groups {plan.discovery.names[int(plan.parts[k].groups[0])]}...) needs "
+                              f"{sizes[k]} bytes of tensors in memory, over the limit of {max_component_bytes}")
+    start = time.perf_counter()
+    with _staging(out, replace) as tmp:
+        _run(folder, plan, tmp, regularizer, SolveOptions(tol=tol, max_sweeps=max_sweeps), report, progress)
+        for name in folder.other_files:
+            shutil.copy2(folder.root / name, tmp / name)
+    report.balance_seconds = time.perf_counter() - start
+    return report

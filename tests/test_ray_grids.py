@@ -1,0 +1,89 @@
+"""quant and fig9 on the Ray backend (issue 16): the in-process numbers exactly, per run; a peer
+arm the workers cannot import is refused, not dropped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import synbal.experiments._quant as quant
+from problem_factory import layered_problem
+from synbal.errors import SynbalError
+from synbal.experiments import ExperimentContext, run_experiment
+from synbal.experiments._fig9 import Fig9Settings, WeightSpace, reproduce, stochastic_ensemble
+
+QUANT = {"models": ["mlp"], "seeds": 2, "epochs": 1, "train_size": 200, "test_size": 100, "bits": [8, 4],
+         "arms": ["none", "torch-equalize", "brevitas", "synbal-linf", "synbal-l2"], "datasets": ["MNIST"]}
+
+
+def _runs(path: Path) -> dict[str, object]:
+    """Key → value of every recorded run, without its timings (the only part allowed to differ)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        out[entry["key"]] = {k: v for k, v in entry["value"].items() if "seconds" not in k}
+    return out
+
+
+def test_quant_on_ray_gives_the_in_process_numbers(tmp_path, ray_local):
+    from synbal.experiments.backend import RayBackend
+
+    ray_ctx = ExperimentContext(out_dir=tmp_path / "ray", quick=True, progress=False, extra=QUANT,
+                                backend=RayBackend())
+    on_ray = run_experiment("quant", ray_ctx)
+    here = run_experiment("quant", ExperimentContext(out_dir=tmp_path / "here", quick=True, progress=False,
+                                                     extra=QUANT))
+    ray_runs, local_runs = _runs(tmp_path / "ray" / "quant-runs.jsonl"), _runs(tmp_path / "here" / "quant-runs.jsonl")
+    assert len(ray_runs) == 2 and ray_runs == local_runs  # per run: every row, exactly
+    assert on_ray["rows"] == here["rows"] and on_ray["goals"] == here["goals"]
+    arms = [a for a in QUANT["arms"] if quant.peer_status((a,)).get(a) is None]  # brevitas where installed
+    assert {r["seed"] for r in on_ray["rows"]} == {0, 1} and len(on_ray["rows"]) == 2 * 2 * 2 * len(arms) * 2
+    assert not on_ray["failures"]  # every arm ran on the workers
+    rerun = run_experiment("quant", ray_ctx)  # resume: everything is in the record, nothing runs
+    assert rerun["rows"] == on_ray["rows"]
+
+
+def test_quant_refuses_an_arm_the_workers_cannot_import(tmp_path, ray_local, monkeypatch):
+    from synbal.experiments.backend import RayBackend
+
+    # as under scripts/synbal_tolerant_torchvision.py: AIMET imports here, the workers run the plain package
+    monkeypatch.setattr(quant, "peer_status", lambda arms: {p: None for p in quant.PEERS if p in arms})
+    ctx = ExperimentContext(out_dir=tmp_path, quick=True, progress=False, backend=RayBackend(),
+                            extra={**QUANT, "arms": ["none", "aimet", "synbal-linf"]})
+    with pytest.raises(SynbalError, match=r"arm\(s\) aimet run here but not on the ray workers \(aimet: aimet-torch "
+                                          r"failed to import: .*arms=\[\"none\", \"synbal-linf\"\]"):
+        run_experiment("quant", ctx)
+    assert not (tmp_path / "quant-runs.jsonl").exists()  # refused before any run
+
+
+def test_fig9_ensemble_on_ray_gives_the_in_process_numbers(tmp_path, ray_local):
+    from synbal.experiments.backend import RayBackend
+
+    problem = layered_problem(np.random.default_rng(3), [5, 4, 3, 4, 2])
+    space = WeightSpace(problem, np.zeros(problem.n))
+    here = stochastic_ensemble(problem, space, runs=7, seed=5, grid_points=10)
+    on_ray = stochastic_ensemble(problem, space, runs=7, seed=5, grid_points=10, record=tmp_path / "runs",
+                                 backend=RayBackend())
+    for name in ("distance", "norm", "endpoints", "sweeps_used"):
+        np.testing.assert_array_equal(getattr(on_ray, name), getattr(here, name))
+    assert len(list((tmp_path / "runs").glob("runs-*.npz"))) == 7  # one task per run, each recorded
+    again = stochastic_ensemble(problem, space, runs=7, seed=5, grid_points=10, record=tmp_path / "runs",
+                                backend=RayBackend())
+    assert again.resumed == 7
+    np.testing.assert_array_equal(again.endpoints, here.endpoints)
+
+
+def test_fig9_reproduction_on_ray(tmp_path, ray_local):
+    from synbal.experiments.backend import RayBackend
+
+    settings = Fig9Settings(runs=4, train_epochs=1, train_size=300, eval_size=200, grid_points=20)
+    ray_ctx = ExperimentContext(out_dir=tmp_path / "ray", quick=True, progress=False, backend=RayBackend())
+    on_ray = reproduce(ray_ctx, "fig9", settings)
+    here = reproduce(ExperimentContext(out_dir=tmp_path / "here", quick=True, progress=False), "fig9", settings)
+    assert on_ray["final"] == here["final"] and on_ray["supports_claim"] is True
+    for curve, values in here["curves"].items():
+        np.testing.assert_array_equal(on_ray["curves"][curve], values)
+    assert len(list((tmp_path / "ray" / "fig9-runs").glob("runs-*.npz"))) == 4
