@@ -143,16 +143,20 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None)
     return out
 
 
-def case_train(wrap: str, dtype: str = "float64") -> Result:
-    """train() with a balancing schedule; every rank sees the same data stream (comparable runs)."""
+def case_train(wrap: str, dtype: str = "float64", net: str = "mlp") -> Result:
+    """train() with a balancing schedule; every rank sees the same data stream (comparable runs).
+    ``net="residual"`` (traced, not the MLP fast path) balances with ``exact`` at every epoch."""
     from synbal.training import BalanceSchedule, TrainConfig, train
 
-    model = WRAPS[wrap](mlp(dtypes=(getattr(torch, dtype),)))
+    torch_dtype = getattr(torch, dtype)
+    model = WRAPS[wrap](mlp(dtypes=(torch_dtype,)) if net == "mlp" else residual((6, 8, 11, 3), (torch_dtype,)))
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     x, y = data()
-    hist = train(model, opt, (x.to(getattr(torch, dtype)), y),
+    method, sweeps = ("layer", 1) if net == "mlp" else ("exact", 100)
+    hist = train(model, opt, (x.to(torch_dtype), y),
                  TrainConfig(epochs=3, batch_size=16, progress=False),
-                 balance=BalanceSchedule(at_start="layer", every=1, method="layer", max_sweeps=1))
+                 balance=BalanceSchedule(at_start=method, every=1, method=method, max_sweeps=sweeps),
+                 example_inputs=None if net == "mlp" else (x[:1].to(torch_dtype),))
     out = full_state(model, opt)
     out["losses"] = torch.tensor([r["train_loss"] for r in hist.epochs()], dtype=torch.float64)
     out["deficits"] = torch.tensor([r["max_relative_deficit"] for r in hist.epochs()], dtype=torch.float64)
