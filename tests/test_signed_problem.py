@@ -139,14 +139,19 @@ def test_a_free_component_with_signed_rows_is_not_pinned_and_drift_is_found_by_t
     assert not floating.grounding()[1].any()
 
 
-def test_two_level_sweeps_take_signed_rows_and_reach_the_newton_state() -> None:
-    """Layers {gains} and {Q/K units, value unit}: ``exact`` runs its two-level sweeps (coarse problem with
-    signed blocks) and ends where plain Newton (no layers given) ends."""
-    from synbal._solvers.exact import _coarse_ok, _two_level
+@pytest.mark.parametrize("split", [False, True])
+def test_two_level_sweeps_take_signed_rows_and_reach_the_newton_state(split: bool) -> None:
+    """Layers {gains} and {Q/K units, value unit}, or {gains}, {Q/K units}, {value unit} (both fed by the gains:
+    the classes are a 2-colouring of the layer graph, not odd/even indices): ``exact`` runs its two-level sweeps
+    (coarse problem with signed blocks) and ends where plain Newton (no layers given) ends."""
+    from synbal._solvers.exact import _coarse_ok, _layer_classes, _two_level
 
     base = _qk_problem(4)
     degree = np.ones(base.n)
-    layered = BalanceProblem(degree, base.blocks, layers=[np.arange(4), np.arange(4, 8)])
+    layers = [np.arange(4), np.arange(4, 7), np.arange(7, 8)] if split else [np.arange(4), np.arange(4, 8)]
+    layered = BalanceProblem(degree, base.blocks, layers=layers)
+    classes = _layer_classes(layered)
+    assert classes is not None and classes.tolist() == ([0, 1, 1] if split else [0, 1])
     plain = BalanceProblem(degree, base.blocks)
     assert _coarse_ok(layered) and layered.free_mask().all()
     two = _two_level(layered, SolveOptions(tol=1e-12, max_sweeps=500))

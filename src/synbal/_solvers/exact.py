@@ -321,9 +321,40 @@ def _coarse_ok(problem: BalanceProblem) -> bool:
         sl = np.unique(layer_of[b.src])
         if dl.size != 1 or sl.size != 1:
             return False
-        if dl[0] >= 0 and sl[0] >= 0 and (dl[0] - sl[0]) % 2 == 0:
-            return False  # the two parity classes must be independent sets
-    return True
+    return _layer_classes(problem) is not None  # the two classes must be independent sets
+
+
+def _layer_classes(problem: BalanceProblem) -> np.ndarray | None:
+    """Two classes of layers (0/1, one per layer) with every block between the two, or ``None``.
+
+    A 2-colouring of the graph of layers joined by a block, each part started at its lowest layer
+    with that layer's parity: a chain gets its odd/even layers; a layer of query/key units beside
+    the value units both fed by one norm gets the class of the value units.
+    """
+    layers = problem.layers or []
+    layer_of = _layer_index(problem)
+    adjacent: list[set[int]] = [set() for _ in layers]
+    for b in problem.blocks:
+        for d in np.unique(layer_of[b.dst]).tolist():
+            for s in np.unique(layer_of[b.src]).tolist():
+                if d >= 0 and s >= 0:
+                    adjacent[d].add(s)
+                    adjacent[s].add(d)
+    colour = np.full(len(layers), -1, dtype=np.int64)
+    for start in range(len(layers)):
+        if colour[start] >= 0:
+            continue
+        colour[start] = start % 2
+        stack = [start]
+        while stack:
+            k = stack.pop()
+            for m in adjacent[k]:
+                if colour[m] < 0:
+                    colour[m] = 1 - colour[k]
+                    stack.append(m)
+                elif colour[m] == colour[k]:
+                    return None
+    return colour
 
 
 def _coarse_problem(problem: BalanceProblem, totals: np.ndarray, block_layers: np.ndarray) -> BalanceProblem:
@@ -369,8 +400,10 @@ def _two_level(problem: BalanceProblem, options: SolveOptions, limit: int | None
     layer_of = _layer_index(problem)
     block_layers = np.array([[layer_of[b.dst[0]], layer_of[b.src[0]]] for b in problem.blocks], dtype=np.int64)
     parity = np.full(problem.n, -1, dtype=np.int64)
+    classes = _layer_classes(problem)
+    assert classes is not None  # _coarse_ok checked it
     for k, layer in enumerate(layers):
-        parity[layer] = k % 2
+        parity[layer] = classes[k]
     degree_ext = np.append(problem.degree, 1.0)
     free = problem.free_mask()
     powers = problem.powers
