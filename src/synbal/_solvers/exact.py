@@ -357,6 +357,16 @@ def _layer_classes(problem: BalanceProblem) -> np.ndarray | None:
     return colour
 
 
+def _unit_classes(problem: BalanceProblem) -> np.ndarray:
+    """The class (0/1) of every unit's layer, see :func:`_layer_classes` (``-1``: in no layer)."""
+    parity = np.full(problem.n, -1, dtype=np.int64)
+    classes = _layer_classes(problem)
+    assert classes is not None  # _coarse_ok checked it
+    for k, layer in enumerate(problem.layers or []):
+        parity[layer] = classes[k]
+    return parity
+
+
 def _coarse_problem(problem: BalanceProblem, totals: np.ndarray, block_layers: np.ndarray) -> BalanceProblem:
     layers = problem.layers or []
     blocks = [
@@ -399,11 +409,7 @@ def _two_level(problem: BalanceProblem, options: SolveOptions, limit: int | None
     layers = problem.layers or []
     layer_of = _layer_index(problem)
     block_layers = np.array([[layer_of[b.dst[0]], layer_of[b.src[0]]] for b in problem.blocks], dtype=np.int64)
-    parity = np.full(problem.n, -1, dtype=np.int64)
-    classes = _layer_classes(problem)
-    assert classes is not None  # _coarse_ok checked it
-    for k, layer in enumerate(layers):
-        parity[layer] = classes[k]
+    parity = _unit_classes(problem)
     degree_ext = np.append(problem.degree, 1.0)
     free = problem.free_mask()
     powers = problem.powers
