@@ -9,6 +9,8 @@ kernels and torch.export machinery loaded), the peak RSS is reset (``/proc/self/
 then ``discover`` is timed, then ``synbal.balance(model, "l2", example_inputs=...)`` end to end
 (tracing again, extraction, the exact solve to 1e-10, a balanced copy, verification), and the
 peak RSS growth is read (``VmHWM``) and divided by the weights' bytes (the copy alone is 1×).
+The groups column counts every scalable group; ``Q/K`` the query/key pairs among them (QK-norm gain
+pairs for Qwen3), from ``synbal.inspect`` after the measurements.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ def one(name: str, hidden: int, layers: int) -> dict[str, float]:
     res = synbal.balance(model, "l2", example_inputs=x)
     t2 = time.perf_counter()
     growth = _status("VmHWM") - base
-    return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "groups": d.n,
+    blocks = synbal.inspect(model, x).blocks.values()
+    qk = sum(c["Q/K pairs"] + c["QK-norm pairs"] for c in blocks)
+    return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "groups": d.n, "qk": qk,
             "discovery_s": t1 - t0, "balance_s": t2 - t1, "iterations": res.sweeps,
             "deficit": res.max_relative_deficit, "growth_mb": growth / 2**20, "ratio": growth / weight_bytes}
 
@@ -66,14 +70,15 @@ def main() -> None:
         print("transformers is not installed (pip install -c constraints.txt -e .[hf])")
         return
     print(f"torch {torch.__version__}, hidden {args.hidden}, {args.layers} layers, vocab {VOCAB}, float32, 2×32 tokens")
-    print(f"{'model':7s} {'params':>8s} {'groups':>7s} {'discovery':>10s} {'balance':>9s} {'iters':>5s} "
+    print(f"{'model':7s} {'params':>8s} {'groups':>7s} {'Q/K':>5s} {'discovery':>10s} {'balance':>9s} {'iters':>5s} "
           f"{'deficit':>9s} {'peak growth':>16s}")
     for name in MODELS:
         out = subprocess.run([sys.executable, __file__, "--one", name, "--hidden", str(args.hidden), "--layers",
                               str(args.layers)], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{name:7s} {r['params_m']:7.2f}M {r['groups']:7d} {r['discovery_s']:9.2f}s {r['balance_s']:8.2f}s "
-              f"{r['iterations']:5d} {r['deficit']:9.1e} {r['growth_mb']:7.0f} MB {r['ratio']:5.2f}x")
+        print(f"{name:7s} {r['params_m']:7.2f}M {r['groups']:7d} {r['qk']:5d} {r['discovery_s']:9.2f}s "
+              f"{r['balance_s']:8.2f}s {r['iterations']:5d} {r['deficit']:9.1e} {r['growth_mb']:7.0f} MB "
+              f"{r['ratio']:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 import synbal
+from synbal.errors import UnsupportedProblemError
 from synbal.torch import discover
 
 
@@ -33,6 +34,12 @@ class _Attn(nn.Module):
         return self.o(a.transpose(1, 2).reshape(b, s, 12))
 
 
+def _key_row(q_row: int, gqa: bool) -> int:
+    """The key row that query row ``h·3 + d`` meets: KV head ``h // 2`` under GQA (4 query heads, 2 KV heads)."""
+    head, dim = divmod(q_row, 3)
+    return (head // 2 if gqa else head) * 3 + dim
+
+
 @pytest.mark.parametrize("gqa", [False, True])
 def test_sdpa_values_balance_and_keep_the_function(gqa: bool) -> None:
     torch.manual_seed(0)
@@ -40,14 +47,48 @@ def test_sdpa_values_balance_and_keep_the_function(gqa: bool) -> None:
     x = torch.randn(2, 5, 6, dtype=torch.float64)
     d = discover(model, (x,))
     assert [n for n in d.names if n.startswith("v[")] == [f"v[{i}]" for i in range(6 if gqa else 12)]
-    assert not [n for n in d.names if n.startswith(("q[", "k["))]
+    # one Q/K pair per KV dimension, tied across the query heads that read it; keys never name a group
+    assert [n for n in d.names if n.startswith("q[")] == ([f"q[{i}]" for i in (0, 1, 2, 6, 7, 8)] if gqa
+                                                         else [f"q[{i}]" for i in range(12)])
+    assert not [n for n in d.names if n.startswith("k[")]
     res = synbal.balance(model, "l2", example_inputs=(x,))
     assert res.converged and res.max_relative_deficit <= 1e-8
     other = torch.randn(3, 7, 6, dtype=torch.float64)
     with torch.no_grad():
         before, after = model(other), res.net(other)
     assert float((after - before).abs().max()) <= 1e-10 * float(before.abs().max())
-    assert torch.equal(res.net.q.bias, model.q.bias) and torch.equal(res.net.k.bias, model.k.bias)
+    # query bias d times the key bias it meets is unchanged, and the biases did move
+    fq, fk = (res.net.q.bias / model.q.bias).detach(), (res.net.k.bias / model.k.bias).detach()
+    pairs = torch.tensor([float(fq[r] * fk[_key_row(r, gqa)]) for r in range(12)], dtype=torch.float64)
+    assert torch.allclose(pairs, torch.ones(12, dtype=torch.float64), rtol=1e-12)
+    assert float((fq - 1).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["layer", "stochastic"])
+def test_query_key_pairs_reach_the_exact_state_by_another_method(method: str) -> None:
+    torch.manual_seed(1)
+    model = _Attn(True).double().eval()
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    exact = synbal.balance(model, "l2", example_inputs=(x,), tol=1e-12)
+    other = synbal.balance(model, "l2", method, example_inputs=(x,), tol=1e-12, max_sweeps=20000)
+    assert exact.converged and other.converged
+    for (name, a), b in zip(exact.net.named_parameters(), other.net.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-12), name
+
+
+def test_methods_without_a_signed_form_refuse_query_key_pairs() -> None:
+    torch.manual_seed(1)
+    model = _Attn(False).double().eval()
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    with pytest.raises(UnsupportedProblemError, match="signed unit coefficients"):
+        synbal.balance(model, "l2", "tied", example_inputs=(x,), sets=[["q[0]", "q[1]"]])
+    with pytest.raises(UnsupportedProblemError, match="sum of powers such as"):
+        synbal.balance(model, "l2,1", "multiplicative", example_inputs=(x,))
+    # a custom cost has no signed form either: its query/key pairs stay fixed (dead units)
+    res = synbal.balance(model, synbal.CustomRegularizer(g=lambda m: m**2 + m**4, dg=lambda m: 2 * m + 4 * m**3),
+                         example_inputs=(x,))
+    assert torch.equal(res.net.q.bias, model.q.bias) and torch.equal(res.net.k.bias, model.k.bias)  # rows unscaled
+    assert not torch.equal(res.net.q.weight, model.q.weight)  # (their columns scale with inp's units)
 
 
 class _Products(nn.Module):
@@ -72,6 +113,9 @@ def test_products_and_selections_that_are_not_rescalings_fix_their_inputs(kind: 
     torch.manual_seed(0)
     model = _Products(kind).eval()
     d = discover(model, (torch.randn(4, 4),))
+    if kind == "both":  # h gᵀ: a's units pair inversely with b's rows (the product keeps scale 1)
+        assert [n for n in d.names if n.startswith(("a[", "b["))] == ["a[0]", "a[1]", "a[2]", "a[3]"]
+        return
     assert not [n for n in d.names if n.startswith("a[")]
     if kind == "computed":
         assert "feeds addmm" in d.excluded["a[0]..a[3] (4 units)"]
@@ -112,6 +156,9 @@ def test_softmax_times_values_passes_the_value_columns() -> None:
     x = torch.randn(2, 5, 4, dtype=torch.float64)
     d = discover(model, (x,))
     assert [n for n in d.names if n.startswith("v[")] == ["v[0]", "v[1]", "v[2]"]
+    # s(x) s(x)ᵀ: each dimension would pair with itself (λ² = 1), so s stays fixed
+    assert not [n for n in d.names if n.startswith("s")]
+    assert "inversely are tied" in d.excluded["s[0]..s[4] (5 units)"]
     res = synbal.balance(model, "l2", example_inputs=(x,))
     other = torch.randn(2, 5, 4, dtype=torch.float64)
     assert torch.allclose(res.net(other), model(other), rtol=1e-10, atol=1e-12)

@@ -92,8 +92,16 @@ def test_folder_layout_and_untouched_tensors_are_copied_bit_for_bit(tmp_path: Pa
         assert (tmp_path / "out" / n).read_bytes() == (tmp_path / "in" / n).read_bytes()
     src, dst = _tensors(tmp_path / "in"), _tensors(tmp_path / "out")
     assert torch.equal(src["model.embed_tokens.weight"], dst["model.embed_tokens.weight"])  # no group touches it
-    ratio = dst["model.layers.0.self_attn.q_proj.weight"] / src["model.layers.0.self_attn.q_proj.weight"]
-    assert torch.allclose(ratio, ratio[:1].expand_as(ratio))  # Q rows never move; columns follow the norm gain
+    ratio = dst["model.layers.0.mlp.gate_proj.weight"] / src["model.layers.0.mlp.gate_proj.weight"]
+    assert torch.allclose(ratio, ratio[:1].expand_as(ratio))  # gate rows never move; columns follow the norm gain
+    # query row h·4 + d scales inversely to key row (h // 2)·4 + d (4 query heads over 2 KV heads), the norm's
+    # column factors taken out
+    gain = dst["model.layers.0.input_layernorm.weight"] / src["model.layers.0.input_layernorm.weight"]
+    fq, fk = (dst[f"model.layers.0.self_attn.{p}_proj.weight"] / src[f"model.layers.0.self_attn.{p}_proj.weight"]
+              * gain for p in "qk")
+    meets = torch.tensor([(h // 2) * 4 + d for h in range(4) for d in range(4)])
+    assert torch.allclose(fq[:, 0] * fk[meets, 0], torch.ones(16), rtol=1e-5)
+    assert float((fq[:, 0] - 1).abs().max()) > 1e-3  # and they did move
     assert not torch.equal(src["model.layers.0.mlp.down_proj.weight"], dst["model.layers.0.mlp.down_proj.weight"])
     for shard in (tmp_path / "in").glob("*.safetensors"):  # same header: same names, dtypes, shapes, offsets
         size = 8 + int.from_bytes(shard.read_bytes()[:8], "little")

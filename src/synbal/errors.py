@@ -25,6 +25,7 @@ __all__ = [
     "SynbalError",
     "UnsafeFileError",
     "UnsupportedOperationError",
+    "UnsupportedProblemError",
     "VerificationError",
 ]
 
@@ -153,6 +154,24 @@ class UnsafeFileError(ModelError):
     ... except UnsafeFileError as exc:
     ...     print(str(exc).split(": ", 1)[1].split(",")[0])
     member 'data/aotinductor/model/model.so' holds compiled AOTInductor code
+    """
+
+
+class UnsupportedProblemError(SynbalError):
+    """A balancing method (or a regularizer) cannot solve this kind of problem: e.g. a problem with
+    signed unit coefficients (queries against keys, see :mod:`synbal._problem.signed`) given to a
+    method whose kernels assume that every unit scales the weights into it up.
+
+    >>> import numpy as np, synbal
+    >>> from synbal._problem.problem import BalanceProblem, CostBlock
+    >>> from synbal._solvers import SolveOptions, solve
+    >>> prob = BalanceProblem(np.ones(1), [CostBlock(2.0, [0], [-1], [[4.0]]),
+    ...                                    CostBlock(2.0, [0], [-1], [[1.0]], row_sign=-1.0)])
+    >>> try:
+    ...     solve(prob, synbal.parse_regularizer("l2"), "tied", SolveOptions(sets=[[0]]))
+    ... except UnsupportedProblemError as exc:
+    ...     print(str(exc).split(" (")[0])
+    method 'tied' cannot solve a problem with signed unit coefficients
     """
 
 

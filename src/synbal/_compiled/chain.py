@@ -91,8 +91,8 @@ def chain_of(problem: BalanceProblem) -> Chain | None:
 
     Reads each constant-side block once (its row or column sums).
     """
-    if problem.custom is not None or problem.layers is None or len(problem.powers) != 1:
-        return None
+    if problem.custom is not None or problem.layers is None or len(problem.powers) != 1 or problem.signed:
+        return None  # (rows of sign -1 are not in the chain kernels)
     if any(b.dst.size and (b.dst < 0).any() and (b.dst >= 0).any() for b in problem.blocks):
         return None  # a block mixing fixed and scalable destinations (one all-units block, say)
     layers = problem.layers

@@ -50,6 +50,9 @@ class UnitGraph:
     @classmethod
     def build(cls, problem: BalanceProblem) -> UnitGraph:
         """Aggregate every block into one (n+1)×(n+1) matrix per power (fixed units merged)."""
+        from synbal._problem.signed import require_unsigned
+
+        require_unsigned(problem, "the compiled unit kernels")
         n = problem.n
         powers = np.array(problem.powers, dtype=np.float64)
         mats = []

@@ -35,12 +35,14 @@ __all__ = ["MAX_LP_EDGES", "positive_flow_exists"]
 MAX_LP_EDGES = 200_000
 
 
-def positive_flow_exists(members: np.ndarray, dst: np.ndarray, src: np.ndarray, degree: np.ndarray) -> bool:
+def positive_flow_exists(members: np.ndarray, dst: np.ndarray, src: np.ndarray, degree: np.ndarray,
+                         sign: np.ndarray | None = None) -> bool:
     """Whether the weights touching ``members`` carry a flow ``> 0`` conserved (with gains) at each member.
 
     ``dst``/``src`` list the weights of non-zero cost by unit index (``-1`` fixed); units outside
-    ``members`` count as fixed. ``degree`` holds every unit's ``c``. Groups beyond
-    :data:`MAX_LP_EDGES` weights are assumed to have a flow (not tested).
+    ``members`` count as fixed. ``degree`` holds every unit's ``c``; ``sign`` (default all +1) the
+    row sign of each weight (``L_e(d) = s_e d_i − c_j d_j``: a flow enters its row with ``s_e``).
+    Groups beyond :data:`MAX_LP_EDGES` weights are assumed to have a flow (not tested).
     """
     from scipy.optimize import linprog
 
@@ -48,6 +50,7 @@ def positive_flow_exists(members: np.ndarray, dst: np.ndarray, src: np.ndarray, 
     inside[members] = True
     touch = inside[dst] | inside[src]
     d, s = dst[touch], src[touch]
+    row_sign = np.ones(d.size) if sign is None else np.asarray(sign, dtype=np.float64)[touch]
     m = d.size
     if m == 0 or m > MAX_LP_EDGES:
         return True
@@ -58,7 +61,7 @@ def positive_flow_exists(members: np.ndarray, dst: np.ndarray, src: np.ndarray, 
     # conservation at each member: +y for a weight into it, −c·y for a weight out of it (both for a self-loop)
     rows = np.concatenate([row_of[d][inside[d]], row_of[s][inside[s]]])
     cols = np.concatenate([edge[inside[d]], edge[inside[s]]])
-    vals = np.concatenate([np.ones(int(inside[d].sum())), -c_ext[s][inside[s]]])
+    vals = np.concatenate([row_sign[inside[d]], -c_ext[s][inside[s]]])
     conserve = sp.csr_array((vals, (rows, cols)), shape=(members.size, m))
     a_eq = sp.hstack([conserve, sp.csr_array((members.size, m))]).tocsr()  # variables: y, then t
     a_ub = sp.hstack([-sp.eye_array(m), sp.eye_array(m)]).tocsr()  # t_e − y_e ≤ 0

@@ -16,6 +16,10 @@ graph. With ``x_j = exp(−p c_j u_j)`` and ``y_i = exp(p u_i)``:
 * ``∂R/∂u_i = Σ_p p (IN_i − c_i OUT_i)``, so "every unit balanced" ⇔ "global minimum";
 * the Hessian is a weighted graph Laplacian grounded at the fixed units.
 
+A block may carry ``row_sign = −1`` (queries against keys: its rows scale *down* with their
+unit, ``exp(−u_i − c_j u_j)``); such costs count in the unit's ``OUT``, and the Hessian is then
+a sum of rank-one terms instead of a Laplacian — see :mod:`synbal._problem.signed`.
+
 All sums are accumulated in float64 whatever the dtype of the weights.
 
 >>> import numpy as np
@@ -165,10 +169,14 @@ class CostBlock:
     matrix: Matrix
     bias: bool = False
     fixed_ids: np.ndarray | None = None
+    row_sign: float = 1.0
 
     def __post_init__(self) -> None:
         self.dst = np.asarray(self.dst, dtype=np.int64)
         self.src = np.asarray(self.src, dtype=np.int64)
+        self.row_sign = float(self.row_sign)
+        if self.row_sign not in (1.0, -1.0):
+            raise GraphFormatError(f"cost block row_sign must be +1 or -1, got {self.row_sign}")
         from synbal._compiled.powermatrix import PowerMatrix
 
         if sp.issparse(self.matrix):
@@ -183,6 +191,8 @@ class CostBlock:
         for name, idx in (("dst", self.dst), ("src", self.src)):
             if _repeats(idx):
                 raise GraphFormatError(f"cost block {name} indices repeat a unit")
+        if self.row_sign < 0 and np.intersect1d(self.dst[self.dst >= 0], self.src[self.src >= 0]).size:
+            raise GraphFormatError("a cost block with row_sign = -1 joins a unit to itself")
 
     @property
     def is_sparse(self) -> bool:
@@ -192,10 +202,11 @@ class CostBlock:
         return float(self.matrix.sum())
 
     def factors(self, ue: np.ndarray, ce: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(x, y)`` with ``x_k = exp(−p c_k u_k)`` over sources and ``y_r = exp(p u_r)`` over
-        destinations, given ``u`` and ``c`` extended by the fixed slot (``u = 0``, ``c = 1``)."""
+        """``(x, y)`` with ``x_k = exp(−p c_k u_k)`` over sources and ``y_r = exp(±p u_r)`` (the
+        block's ``row_sign``) over destinations, given ``u`` and ``c`` extended by the fixed slot
+        (``u = 0``, ``c = 1``)."""
         p = self.power
-        return np.exp(-p * ce[self.src] * ue[self.src]), np.exp(p * ue[self.dst])
+        return np.exp(-p * ce[self.src] * ue[self.src]), np.exp(self.row_sign * p * ue[self.dst])
 
     def explicit(self) -> Matrix:
         """The costs as a numpy array or scipy sparse matrix (materialising matrix-free blocks)."""
@@ -294,6 +305,34 @@ class BalanceProblem:
             for idx in (b.dst, b.src):
                 if idx.size and idx.max() >= self.n:
                     raise GraphFormatError(f"cost block refers to unit {idx.max()} of {self.n}")
+        if self.signed:
+            bad = np.flatnonzero(self.signed_units() & (self.degree != 1.0))
+            if bad.size:
+                raise GraphFormatError(f"unit {self.names[int(bad[0])]!r} has a row of sign -1 and degree "
+                                       f"{self.degree[bad[0]]}; signed rows need degree 1")
+
+    @property
+    def signed(self) -> bool:
+        """Whether some block has ``row_sign = −1`` (see :mod:`synbal._problem.signed`)."""
+        return any(b.row_sign < 0 for b in self.blocks)
+
+    def _layered(self) -> bool:
+        """Whether the layered-net shortcuts hold: known layers, and every unit with a row of sign −1
+        a leaf (never a column) — see :meth:`drifting_mask`."""
+        if self.layers is None:
+            return False
+        if not self.signed:
+            return True
+        signed = np.append(self.signed_units(), False)
+        return not any(signed[b.src].any() for b in self.blocks)
+
+    def signed_units(self) -> np.ndarray:
+        """Mask of the units that are the row of some block with ``row_sign = −1``."""
+        mask = np.zeros(self.n + 1, dtype=bool)
+        for b in self.blocks:
+            if b.row_sign < 0:
+                mask[b.dst] = True
+        return mask[:-1]
 
     # ------------------------------------------------------------------ structure
     @property
@@ -359,7 +398,7 @@ class BalanceProblem:
             IN, OUT = out.setdefault(p, (np.zeros(self.n + 1), np.zeros(self.n + 1)))
             # indices >= 0 never repeat inside a block; repeats of the fixed slot (-1, the
             # last entry) are discarded, so plain fancy-index accumulation is exact here.
-            IN[b.dst] += y * row
+            (IN if b.row_sign > 0 else OUT)[b.dst] += y * row
             OUT[b.src] += x * col
         return {p: (IN[:-1], OUT[:-1]) for p, (IN, OUT) in out.items()}
 
@@ -435,17 +474,24 @@ class BalanceProblem:
     # ------------------------------------------------------------------ topology
     def _nonzero_edges(self) -> tuple[np.ndarray, np.ndarray]:
         """Destination and source unit (``-1`` fixed) of every weight with non-zero cost."""
+        r, c, _ = self.signed_edges()
+        return r, c
+
+    def signed_edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Destination, source (``-1`` fixed) and row sign of every weight with non-zero cost."""
         if self.custom is not None:
             keep = self.custom.magnitude > 0
-            return self.custom.dst[keep], self.custom.src[keep]
+            return self.custom.dst[keep], self.custom.src[keep], np.ones(int(keep.sum()))
         rows: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
         cols: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+        signs: list[np.ndarray] = [np.zeros(0)]
         for b in self.blocks:
             coo = sp.coo_array(b.explicit())
             keep = coo.data > 0
             rows.append(b.dst[coo.row[keep]])
             cols.append(b.src[coo.col[keep]])
-        return np.concatenate(rows), np.concatenate(cols)
+            signs.append(np.full(int(keep.sum()), b.row_sign))
+        return np.concatenate(rows), np.concatenate(cols), np.concatenate(signs)
 
     def unit_adjacency(self) -> sp.csr_array:
         """Symmetric 0/1 adjacency of scalable units joined by a weight of non-zero cost."""
@@ -498,7 +544,7 @@ class BalanceProblem:
         as *floating* and left alone.
         """
         cached = self._cache.get("grounding")
-        if cached is None and (self.layers is not None or self.n == 0):
+        if cached is None and (self._layered() or self.n == 0):
             # A layered net is acyclic: following incoming weights back from any live unit
             # reaches a fixed or dead unit, so every live unit is grounded (and no units: none floats).
             cached = (np.zeros(self.n, dtype=bool), np.zeros(self.n, dtype=bool))
@@ -520,11 +566,12 @@ class BalanceProblem:
             ncomp, labels = connected_components(sub, directed=False)
             floating = np.zeros(self.n, dtype=bool)
             pinned = np.zeros(self.n, dtype=bool)
+            signed = self.signed_units()  # a common shift moves their rows of sign -1: not a symmetry
             for comp in range(ncomp):
                 members = live_idx[labels == comp]
                 if grounded[members].any():
                     continue
-                if np.all(self.degree[members] == 1.0):
+                if np.all(self.degree[members] == 1.0) and not signed[members].any():
                     pinned[members.min()] = True
                 else:
                     floating[members] = True
@@ -547,6 +594,8 @@ class BalanceProblem:
         digest.update(np.ascontiguousarray(self.degree, dtype=np.float64).tobytes())
         for b in self.blocks:
             digest.update(np.float64(b.power).tobytes())
+            if b.row_sign < 0:
+                digest.update(b"row_sign=-1")
             digest.update(np.ascontiguousarray(b.dst, dtype=np.int64).tobytes())
             digest.update(np.ascontiguousarray(b.src, dtype=np.int64).tobytes())
             matrix = b.explicit()
@@ -580,9 +629,26 @@ class BalanceProblem:
         each connected part of the closure with a BiPU is flagged when no strictly positive flow,
         conserved with the units' gains, covers its weights (:mod:`synbal._problem.drift`).
         (Gain cycles among units that both reach and are reached by ground are not examined.)
+
+        A layered net cannot drift, also with rows of sign −1 on leaf units (query/key pairs, never
+        a column): in a drift direction ``d`` a unit with ``d_i > 0`` has a live incoming weight
+        from some ``j`` with ``c_j d_j ≥ d_i > 0``, and following these back through the DAG ends
+        at a fixed unit, so ``d ≤ 0``; symmetrically a unit with ``d_i < 0`` passes ``d < 0`` forward
+        along an outgoing weight, which must end at a fixed unit or at a leaf ``k``, where its Q
+        row (``d_k ≤ c_i d_i < 0``) meets a K row (``−d_k ≤ c_j d_j ≤ 0``), or its K row
+        (``d_k > 0``) meets a Q row (``d_k ≤ c_j d_j ≤ 0``): impossible, so ``d = 0``. Otherwise
+        problems with signed rows are tested part by part with the signed flow
+        (:func:`~synbal._problem.signed.signed_drifting`).
         """
         cached = self._cache.get("drifting")
-        if cached is None and self.layers is not None:
+        if cached is None and self.signed and not self._layered():
+            from synbal._problem.signed import signed_drifting
+
+            floating, pinned = self.grounding()
+            parts = _components(self.unit_adjacency(), ~(self.dead_mask() | floating | pinned))
+            cached = signed_drifting(parts, self.signed_edges(), self.degree)
+            self._cache["drifting"] = cached
+        if cached is None and self._layered():
             # layered: the scalable units form a DAG, so following the edges of a live unit
             # forwards (backwards) always ends at a fixed or dead unit — nothing drifts
             cached = np.zeros(self.n, dtype=bool)
@@ -649,6 +715,9 @@ class BalanceProblem:
         self, u: np.ndarray, members: Sequence[int] | np.ndarray
     ) -> dict[float, tuple[float, float, float]]:
         """Per power, ``(IN, OUT, INSIDE)`` of a tied set: costs entering, leaving, and inside it."""
+        from synbal._problem.signed import require_unsigned
+
+        require_unsigned(self, "tied sets (one scale for several units)")
         members = np.asarray(members, dtype=np.int64)
         inside = np.zeros(self.n + 1, dtype=bool)
         inside[members] = True

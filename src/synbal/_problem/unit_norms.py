@@ -73,6 +73,10 @@ class UnitNorms:
     """
 
     def __init__(self, problem: BalanceProblem, p: float, include_bias: bool) -> None:
+        from synbal._problem.signed import require_unsigned
+
+        require_unsigned(problem, "ℓ_{p,q} balancing (per-unit incoming norms)",
+                         "balance a sum of powers such as 'l2' instead")
         blocks = [b for b in problem.blocks if include_bias or not b.bias]
         bad = sorted({b.power for b in blocks if b.power != p})
         if bad:

@@ -8,7 +8,7 @@ balanced state is its unique minimiser (Theorem 9.1 of the synaptic-balance pape
   the Hessian is a weighted graph Laplacian grounded at the fixed units; it is assembled sparse,
   Jacobi-scaled and factorised directly; steps are damped by an Armijo line search on ``R``.
   Converges quadratically, to a max relative deficit near machine precision.
-* **Two-level sweeps** (layered nets; compiled end to end for chains such as MLPs, see
+* **Two-level sweeps** (layered nets, also with signed rows; compiled end to end for chains such as MLPs, see
   :mod:`synbal._compiled.chain`): Gauss–Seidel sweeps over the layers (each layer is
   an independent set, balanced in closed form) remove the within-layer error fast, while the
   slow error mode — one shift per layer, which plain sweeps spread over ~D² sweeps — is removed
@@ -56,7 +56,8 @@ TWO_LEVEL_SWEEPS = 30
 
 
 def hessian(problem: BalanceProblem, u: np.ndarray) -> sp.csr_array:
-    """The Hessian of ``R`` at ``u`` as a sparse ``n×n`` matrix (a grounded weighted Laplacian)."""
+    """The Hessian of ``R`` at ``u`` as a sparse ``n×n`` matrix (a grounded weighted Laplacian; with
+    signed rows a sum of rank-one terms, see :mod:`synbal._problem.signed`)."""
     ue = np.append(u, 0.0)
     ce = np.append(problem.degree, 1.0)
     rows: list[np.ndarray] = []
@@ -70,7 +71,7 @@ def hessian(problem: BalanceProblem, u: np.ndarray) -> sp.csr_array:
         c = b.src[coo.col]
         keep = (r >= 0) & (c >= 0) & (r != c) & (coo.data > 0)
         v = coo.data[keep] * y[coo.row[keep]] * x[coo.col[keep]]
-        off = -p * p * ce[c[keep]] * v
+        off = -p * p * b.row_sign * ce[c[keep]] * v  # see synbal._problem.signed
         rows += [r[keep], c[keep]]
         cols += [c[keep], r[keep]]
         vals += [off, off]
@@ -320,15 +321,56 @@ def _coarse_ok(problem: BalanceProblem) -> bool:
         sl = np.unique(layer_of[b.src])
         if dl.size != 1 or sl.size != 1:
             return False
-        if dl[0] >= 0 and sl[0] >= 0 and (dl[0] - sl[0]) % 2 == 0:
-            return False  # the two parity classes must be independent sets
-    return True
+    return _layer_classes(problem) is not None  # the two classes must be independent sets
+
+
+def _layer_classes(problem: BalanceProblem) -> np.ndarray | None:
+    """Two classes of layers (0/1, one per layer) with every block between the two, or ``None``.
+
+    A 2-colouring of the graph of layers joined by a block, each part started at its lowest layer
+    with that layer's parity: a chain gets its odd/even layers; a layer of query/key units beside
+    the value units both fed by one norm gets the class of the value units.
+    """
+    layers = problem.layers or []
+    layer_of = _layer_index(problem)
+    adjacent: list[set[int]] = [set() for _ in layers]
+    for b in problem.blocks:
+        for d in np.unique(layer_of[b.dst]).tolist():
+            for s in np.unique(layer_of[b.src]).tolist():
+                if d >= 0 and s >= 0:
+                    adjacent[d].add(s)
+                    adjacent[s].add(d)
+    colour = np.full(len(layers), -1, dtype=np.int64)
+    for start in range(len(layers)):
+        if colour[start] >= 0:
+            continue
+        colour[start] = start % 2
+        stack = [start]
+        while stack:
+            k = stack.pop()
+            for m in adjacent[k]:
+                if colour[m] < 0:
+                    colour[m] = 1 - colour[k]
+                    stack.append(m)
+                elif colour[m] == colour[k]:
+                    return None
+    return colour
+
+
+def _unit_classes(problem: BalanceProblem) -> np.ndarray:
+    """The class (0/1) of every unit's layer, see :func:`_layer_classes` (``-1``: in no layer)."""
+    parity = np.full(problem.n, -1, dtype=np.int64)
+    classes = _layer_classes(problem)
+    assert classes is not None  # _coarse_ok checked it
+    for k, layer in enumerate(problem.layers or []):
+        parity[layer] = classes[k]
+    return parity
 
 
 def _coarse_problem(problem: BalanceProblem, totals: np.ndarray, block_layers: np.ndarray) -> BalanceProblem:
     layers = problem.layers or []
     blocks = [
-        CostBlock(b.power, block_layers[k, :1], block_layers[k, 1:], np.array([[totals[k]]]))
+        CostBlock(b.power, block_layers[k, :1], block_layers[k, 1:], np.array([[totals[k]]]), row_sign=b.row_sign)
         for k, b in enumerate(problem.blocks)
     ]
     degree = np.array([problem.degree[layer[0]] for layer in layers])
@@ -348,7 +390,7 @@ def _read_costs(problem: BalanceProblem, u: np.ndarray, degree_ext: np.ndarray
         x, y = b.factors(ue, degree_ext)
         rins.append(y * r)
         routs.append(x * s)
-        IN[b.power][b.dst] += rins[-1]
+        (IN if b.row_sign > 0 else OUT)[b.power][b.dst] += rins[-1]  # key rows scale down: outgoing
         OUT[b.power][b.src] += routs[-1]
     return IN, OUT, rins, routs
 
@@ -367,9 +409,7 @@ def _two_level(problem: BalanceProblem, options: SolveOptions, limit: int | None
     layers = problem.layers or []
     layer_of = _layer_index(problem)
     block_layers = np.array([[layer_of[b.dst[0]], layer_of[b.src[0]]] for b in problem.blocks], dtype=np.int64)
-    parity = np.full(problem.n, -1, dtype=np.int64)
-    for k, layer in enumerate(layers):
-        parity[layer] = k % 2
+    parity = _unit_classes(problem)
     degree_ext = np.append(problem.degree, 1.0)
     free = problem.free_mask()
     powers = problem.powers
@@ -402,7 +442,7 @@ def _two_level(problem: BalanceProblem, options: SolveOptions, limit: int | None
         for k, b in enumerate(problem.blocks):
             p = b.power
             if t[b.dst].any():
-                totals[k] = float(rins[k] @ np.exp(p * t[b.dst]))
+                totals[k] = float(rins[k] @ np.exp(b.row_sign * p * t[b.dst]))
             elif t[b.src].any():
                 totals[k] = float(routs[k] @ np.exp(-p * degree_ext[b.src] * t[b.src]))
         # coarse correction: one shift per layer, solved exactly

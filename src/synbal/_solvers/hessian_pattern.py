@@ -62,7 +62,7 @@ class HessianPattern:
         for k, rows, cols, data, src in self.entries:
             b = prob.blocks[k]
             x, y = b.factors(ue, ce)
-            off = -b.power * b.power * ce[src] * (data * y[rows] * x[cols])
+            off = -b.power * b.power * b.row_sign * ce[src] * (data * y[rows] * x[cols])
             vals += [off, off]
         data_out = np.bincount(self.slot, weights=np.concatenate(vals), minlength=self.nnz)
         m = self.idx.size

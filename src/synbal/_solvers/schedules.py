@@ -97,7 +97,7 @@ class _UnitSchedule(Schedule):
     def sweeper(self, problem: BalanceProblem, options: SolveOptions) -> tuple[Sweep, Measure]:
         free = np.flatnonzero(problem.free_mask())
         rng = np.random.default_rng(options.seed)
-        if problem.custom is not None:
+        if problem.custom is not None or problem.signed:  # the compiled kernels assume rows of sign +1
             def sweep(u: np.ndarray) -> int:
                 order = self.order(free, rng)
                 balance_in_order(problem, u, order, options.theta)
@@ -205,6 +205,9 @@ class _Tied(_SetSchedule):
         return out
 
     def run(self, problem: BalanceProblem, reg: Regularizer, options: SolveOptions) -> SolveResult:
+        from synbal._problem.signed import require_unsigned
+
+        require_unsigned(problem, "method 'tied'")
         if not options.closed_form:
             return super().run(problem, reg, options)
         sets = self.sets(problem, options)

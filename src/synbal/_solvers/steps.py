@@ -191,7 +191,8 @@ class SetCosts:
             IN, OUT, _ = out[b.power]
             if rows.size:
                 A = b.matrix if rows.size == b.dst.size else b.matrix[rows]
-                IN[pos[b.dst[rows]]] += y[rows] * (A @ x)
+                # a row of sign -1 scales down with its unit: an outgoing cost (synbal._problem.signed)
+                (IN if b.row_sign > 0 else OUT)[pos[b.dst[rows]]] += y[rows] * (A @ x)
             if cols.size:
                 OUT[pos[b.src[cols]]] += x[cols] * (b.matrix.T @ y)[cols]
         loops = prob.self_loop_costs()

@@ -101,10 +101,16 @@ def scaled_by_parameter(w: Walker, node: fx.Node, param: ParamRef, x: Ids, resul
         return None
     lead = x.ndim - len(param.shape)
     padded = (1,) * lead + param.shape
-    if any(p == 1 and s > 1 for p, s in zip(padded, x.ids.shape, strict=True)):
-        return None
+    cols = x.ids
+    if any(p == 1 and s > 1 for p, s in zip(padded, x.ids.shape, strict=True)) or any(
+            s > 1 for s in x.ids.shape[:lead]):
+        # one γ entry meets several slots of x: a diagonal layer only when they all have scale 1
+        # (QK-norm: γ of size head_dim times every head's normalised, hence fixed, query)
+        if not w.table.fixed_so_far(x.ids):
+            return None
+        cols = np.zeros((1,) * x.ndim, dtype=np.int64)
     rows = w.table.new(param.name, param.shape)
-    w.use(param.name, rows, x.ids.reshape(x.ids.shape[lead:]), node)
+    w.use(param.name, rows, cols.reshape(cols.shape[lead:]), node)
     return Ids(rows.reshape(padded), shape)
 
 

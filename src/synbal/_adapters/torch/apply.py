@@ -38,7 +38,8 @@ def _slot_log_scales(d: Discovery, u: np.ndarray) -> np.ndarray:
     u = np.asarray(u, dtype=np.float64).reshape(-1)
     if u.size != d.n:
         raise ValueError(f"expected {d.n} log-scales, got {u.size}")
-    return np.append(u, 0.0)[d.group_of_slot]
+    su = np.append(u, 0.0)[d.group_of_slot]
+    return su if d.sign_of_slot is None else su * d.sign_of_slot  # a key slot scales by 1/λ of its group
 
 
 def factor_arrays(d: Discovery, u: np.ndarray) -> dict[str, np.ndarray]:

@@ -7,14 +7,15 @@
 * **A matrix product with one side of scale 1**, ``P @ V`` (eager attention: the softmax output
   ``P`` is fixed): ``out[…, s, d] = Σ_t P[…, s, t] V[…, t, d]`` scales by ``λ_d`` exactly when
   every ``V[…, t, d]`` does, so ``V``'s slots are tied along the contracted axis and kept along the
-  others. The mirrored case ``X @ C`` ties ``X`` along its last axis. Both sides scaled: fixed.
+  others. The mirrored case ``X @ C`` ties ``X`` along its last axis. Both sides scaled (eager
+  attention scores ``q @ kᵀ``): the contracted dimensions pair inversely
+  (:mod:`synbal._adapters.torch.qk_rules`), and the product has scale 1.
 * **``aten.scaled_dot_product_attention(q, k, v, mask, …)``**: the output is ``softmax(q kᵀ/√d +
   mask) v``, linear in ``v`` per (head, dimension). Each dimension of a KV head keeps its slot
   (tied across positions); under grouped-query attention (``enable_gqa``, query heads ``Hq =
   g·Hkv``) query head ``h`` reads KV head ``h // g``, so the output of every query head of a group
-  carries the same slot — the tie across the heads that share it. Queries, keys and the mask are
-  fixed: scaling ``q`` and ``k`` inversely is a symmetry of ``q kᵀ`` that the balance problem
-  (weights scale by ``λ_row / λ_col``) cannot express when the projections' inputs are scaled too.
+  carries the same slot — the tie across the heads that share it. The mask is fixed; each query
+  dimension pairs inversely with the key dimension it meets (:mod:`synbal._adapters.torch.qk_rules`).
 
 >>> import torch, synbal
 >>> from torch import nn
@@ -26,7 +27,7 @@
 ...         q, k, v = (m(x).view(1, -1, 2, 4).transpose(1, 2) for m in (self.q, self.k, self.v))
 ...         a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
 ...         return self.o(a.transpose(1, 2).reshape(1, -1, 8))
->>> groups = synbal.inspect(Attn(), torch.zeros(1, 3, 8)).groups
+>>> groups = [g for g in synbal.inspect(Attn(), torch.zeros(1, 3, 8)).groups if g.name.startswith("v[")]
 >>> len(groups), groups[0].incoming[:2], groups[0].outgoing[:1]
 (8, ['v.weight[0, :]', 'v.bias[0]'], ['o.weight[:, 0]'])
 """
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from synbal._adapters.torch.qk_rules import pair_queries_and_keys
 from synbal._adapters.torch.values import Ids, ParamRef, compress, per_channel, result_shape, zeros_like_shape
 from synbal.errors import ModelError
 
@@ -106,6 +108,8 @@ def matmul(w: Walker, node: fx.Node, result: Any) -> Any:
             return _product_side(w, node, a, -2, shape)
         if a.all_fixed() and b.all_fixed():
             return zeros_like_shape(shape)
+        pair_queries_and_keys(w, node, a, b, key_axis=-2)  # a @ b = Σ_d a[…, s, d] b[…, d, t]
+        return zeros_like_shape(shape)
     reason = f"feeds a product of two scaled tensors at node {node.name!r}"
     for v in (a, b):
         if v is not None:
@@ -116,11 +120,10 @@ def matmul(w: Walker, node: fx.Node, result: Any) -> Any:
 def sdpa(w: Walker, node: fx.Node, result: Any) -> Any:
     """``scaled_dot_product_attention``: see the module docstring."""
     q, k, v = (w.tensor_input(node, i, kw) for i, kw in ((0, "query"), (1, "key"), (2, "value")))
-    reason = (f"feeds the attention scores q·kᵀ at node {node.name!r} (softmax input; the inverse Q/K "
-              "scaling is not representable here)")
-    for x in (q, k, w.input_ids(node, 3, "attn_mask")):
-        if x is not None:
-            w.table.fix(x.ids, reason)
+    mask = w.input_ids(node, 3, "attn_mask")
+    if mask is not None:
+        w.table.fix(mask.ids, f"attention mask at node {node.name!r} (added to the softmax input)")
+    pair_queries_and_keys(w, node, q, k, key_axis=-1)
     shape = result_shape(result)
     if v.ndim < 3:
         raise ModelError(f"node {node.name!r}: attention value of shape {v.shape} has no sequence axis")

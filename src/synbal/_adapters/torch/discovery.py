@@ -149,10 +149,17 @@ class Discovery:
     unused: list[str]
     shared: dict[str, list[str]]
     params: dict[str, torch.Tensor]
+    sign_of_slot: np.ndarray | None = None  # −1 where a slot scales by 1/λ of its group (a key); None: all +1
 
     @property
     def n(self) -> int:
         return len(self.groups)
+
+    def signs(self) -> np.ndarray:
+        """Per slot, +1 or −1: a parameter entry scales by ``λ_row^{sign} / λ_col`` (keys against queries)."""
+        if self.sign_of_slot is None:
+            return np.ones(self.group_of_slot.size, dtype=np.int8)
+        return self.sign_of_slot
 
 
 def check_finite(name: str, p: torch.Tensor) -> None:
@@ -248,9 +255,15 @@ def build_discovery(table: SlotTable, uses: dict[str, ParamUse], params: dict[st
         if use is not None:  # read as data elsewhere: its values must not change
             table.tie(use.row, use.col)
     res = table.resolve()
+    if res.sign is not None:
+        from synbal._adapters.torch.qk_discovery import check_signed_uses
+
+        check_signed_uses(res, uses)
     comp = res.component
     ncomp = res.n_components
     has_out = np.zeros(ncomp, dtype=bool)
+    if res.sign is not None:  # a query/key group's key rows are the weights it scales down
+        has_out[comp[res.sign < 0]] = True
     for use in uses.values():
         rc, cc, product = label_pairs(comp[use.row], comp[use.col])
         if product and rc.size:  # every row meets every column
@@ -277,7 +290,7 @@ def build_discovery(table: SlotTable, uses: dict[str, ParamUse], params: dict[st
     layers = _layers(table, groups, group_of_slot, uses)
     unused = [n for n, p in params.items() if n not in uses and p.is_floating_point()]
     return Discovery(table, uses, group_of_slot, groups, names, excluded, layers, unused,
-                     dict(shared or {}), params)
+                     dict(shared or {}), params, res.sign)
 
 
 def _excluded(table: SlotTable, comp: np.ndarray, group_of_slot: np.ndarray,

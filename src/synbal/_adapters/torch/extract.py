@@ -23,6 +23,11 @@ Two routes build a block, with the same result:
 * **label blocks** (irregular slots: grouped or transposed convolutions, locally connected
   layers, embeddings): the parameter is reduced over the axes along which nothing varies, and its
   entries are binned by their (row group, column group) pair.
+
+Key rows (slots of sign −1: a query/key group scales them by ``1/λ``) get row keys of their own
+(``n + slots + group``) and end in blocks with ``row_sign = −1`` (the ℓ_{p,q} solver refuses such a
+problem). Custom costs have no signed form: there the query/key groups' rows are fixed rows, so
+those groups are dead units and keep scale 1, as before query/key pairs were found.
 """
 
 from __future__ import annotations
@@ -92,12 +97,41 @@ def power_sums(name: str, p: torch.Tensor, axes: tuple[int, ...], power: float) 
 
 
 # ---------------------------------------------------------------------------- keys
+def qk_groups(d: Discovery) -> np.ndarray:
+    """Mask of the groups with key slots (sign −1): the query/key pairs."""
+    mask = np.zeros(d.n + 1, dtype=bool)
+    if d.sign_of_slot is not None:
+        mask[d.group_of_slot[d.sign_of_slot < 0]] = True  # a fixed slot (-1) marks the spare last entry
+    return mask[:-1]
+
+
 def _keys(d: Discovery, use: ParamUse) -> tuple[np.ndarray, np.ndarray]:
-    """Row keys (group, or ``n + slot`` when fixed) and column groups (``-1`` fixed), each shrunk
-    to size 1 along every axis where it is constant."""
+    """Row keys (group; ``n + slot`` when fixed; ``n + slots + group`` for a key row) and column
+    groups (``-1`` fixed), each shrunk to size 1 along every axis where it is constant."""
     g_row = d.group_of_slot[use.row]
+    if d.sign_of_slot is not None:
+        g_row = np.where(d.sign_of_slot[use.row] < 0, d.n + d.table.n_slots + g_row, g_row)
     row_key = np.where(g_row >= 0, g_row, d.n + use.row)
     return compress(row_key), compress(d.group_of_slot[use.col])
+
+
+def _signed_rows(d: Discovery, blocks: list[CostBlock]) -> list[CostBlock]:
+    """Split off the key rows (keys ``≥ n + slots``) of each block into a block of ``row_sign = −1``."""
+    base = d.n + d.table.n_slots
+    out = []
+    for b in blocks:
+        keys = b.fixed_ids
+        if keys is None or not (neg := keys >= base).any():
+            out.append(b)
+            continue
+        matrix = b.matrix if neg.all() else b.explicit()
+        for rows, sign in ((np.flatnonzero(~neg), 1.0), (np.flatnonzero(neg), -1.0)):
+            if rows.size:
+                dst = b.dst[rows] if sign > 0 else keys[rows] - base
+                part = matrix if rows.size == b.dst.size else matrix[rows]
+                out.append(CostBlock(b.power, dst, b.src, part, bias=b.bias,
+                                     fixed_ids=keys[rows] if sign > 0 else dst, row_sign=sign))
+    return out
 
 
 @dataclass
@@ -300,7 +334,9 @@ def _custom(d: Discovery, g: CostFunction, dg: CostFunction) -> CustomCosts:
     for use in d.uses.values():
         p = d.params[use.name]
         shape = tuple(p.shape)
-        dst.append(np.broadcast_to(d.group_of_slot[use.row], shape).ravel())
+        rows = d.group_of_slot[use.row]
+        rows = np.where(np.append(qk_groups(d), False)[rows], -1, rows)  # query/key pairs stay fixed here
+        dst.append(np.broadcast_to(rows, shape).ravel())
         src.append(np.broadcast_to(d.group_of_slot[use.col], shape).ravel())
         check_finite(use.name, p)
         mag.append(p.detach().to(torch.float64).abs().cpu().numpy().ravel())
@@ -337,7 +373,7 @@ class _ModelCosts:
         blocks: list[CostBlock] = []
         for use in d.uses.values():
             product = product_blocks(d, use, terms) if self.fast else None
-            blocks.extend(product if product is not None else label_blocks(d, use, terms))
+            blocks.extend(_signed_rows(d, product if product is not None else label_blocks(d, use, terms)))
         blocks.extend(_unused_blocks(d, terms, d.n + d.table.n_slots))
         return BalanceProblem(np.ones(d.n), blocks, names=d.names, layers=d.layers)
 

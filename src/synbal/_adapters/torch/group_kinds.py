@@ -12,13 +12,17 @@ to its first component ending in a number: ``model.layers.0``, ``encoder.block.1
   that scale against it;
 * ``MLP units`` — the output units of a Linear or convolution (a ReLU MLP's hidden units, a
   gated MLP's ``up`` rows against the ``down`` columns);
-* ``Q/K pairs`` — not found by this version (queries and keys stay fixed), always 0.
+* ``Q/K pairs`` — a query dimension (rows of the Q projection) against the key dimension it meets
+  (rows of the K projection, scaled inversely), tied across the query heads of a KV head and
+  across the two dimensions RoPE rotates together;
+* ``QK-norm pairs`` — the same with QK-norm (Qwen3, OLMo-2): a ``q_norm`` gain dimension against
+  the ``k_norm`` gain dimension (the projections' rows are normalised away).
 
 >>> import torch, synbal
 >>> from torch import nn
 >>> block = nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
 >>> print(synbal.inspect(nn.Sequential(block), torch.zeros(2, 4)).blocks)
-{'0': {'MLP units': 8, 'V/O dims': 0, 'Q/K pairs': 0, 'norm dims': 4, 'layer scale': 0}}
+{'0': {'MLP units': 8, 'V/O dims': 0, 'Q/K pairs': 0, 'QK-norm pairs': 0, 'norm dims': 4, 'layer scale': 0}}
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from synbal._adapters.torch.discovery import Discovery
 
 __all__ = ["KINDS", "block_of", "group_kinds"]
 
-KINDS = ("MLP units", "V/O dims", "Q/K pairs", "norm dims", "layer scale")
+KINDS = ("MLP units", "V/O dims", "Q/K pairs", "QK-norm pairs", "norm dims", "layer scale")
 _BLOCK = re.compile(r"^(.*?(?:^|\.)[A-Za-z_]*\d+)(?=\.|#|$)")
 
 
@@ -77,8 +81,12 @@ def group_kinds(d: Discovery, model: nn.Module) -> dict[str, dict[str, int]]:
                     gains.setdefault(g, kind)
     out: dict[str, dict[str, int]] = {}
     for g, slots in enumerate(d.groups):
-        kinds = {d.table.kinds.get(int(s)) for s in slots} - {None}
-        kind = "V/O dims" if kinds else gains.get(g, "MLP units")
+        kinds = {k for k in (d.table.kinds.get(int(s)) for s in slots) if k is not None}
+        kind = gains.get(g, "MLP units")
+        if "Q/K pairs" in kinds:  # a pair of norm gains is a QK-norm pair
+            kind = "QK-norm pairs" if kind == "norm dims" else "Q/K pairs"
+        elif kinds:
+            kind = kinds.pop()
         block = block_of(d.table.range_of(int(slots[0]))[0])
         counts = out.setdefault(block, dict.fromkeys(KINDS, 0))
         counts[kind] += 1

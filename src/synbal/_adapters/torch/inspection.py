@@ -14,8 +14,8 @@ group 0[1]: 1 neuron, degree 1
     out: 2.weight[0, 1]
 excluded:
     2[0]: model output
-groups per block (MLP units, V/O dims, Q/K pairs, norm dims, layer scale):
-    0: 2, 0, 0, 0, 0
+groups per block (MLP units, V/O dims, Q/K pairs, QK-norm pairs, norm dims, layer scale):
+    0: 2, 0, 0, 0, 0, 0
 >>> info.groups[1].members
 ['0[1]']
 """
@@ -111,8 +111,8 @@ class ModelInspection:
     … 2 more groups
     excluded:
         2[0]: model output
-    groups per block (MLP units, V/O dims, Q/K pairs, norm dims, layer scale):
-        0: 3, 0, 0, 0, 0
+    groups per block (MLP units, V/O dims, Q/K pairs, QK-norm pairs, norm dims, layer scale):
+        0: 3, 0, 0, 0, 0, 0
     """
 
     model_name: str
@@ -157,11 +157,15 @@ def inspection_of(d: Discovery, model_name: str) -> ModelInspection:
     """Build a :class:`ModelInspection` from a discovery result."""
     incoming: list[list[str]] = [[] for _ in range(d.n)]
     outgoing: list[list[str]] = [[] for _ in range(d.n)]
+    signs = d.signs()
     for use in d.uses.values():
         rows = d.group_of_slot[use.row]
         cols = d.group_of_slot[use.col]
-        for g in np.unique(rows[rows >= 0]).tolist():
+        down = signs[use.row] < 0  # key rows: scaled down by their query/key group
+        for g in np.unique(rows[(rows >= 0) & ~down]).tolist():
             incoming[g].append(_slices(d, use, use.row, g))
+        for g in np.unique(rows[(rows >= 0) & down]).tolist():
+            outgoing[g].append(_slices(d, use, use.row, g))
         for g in np.unique(cols[cols >= 0]).tolist():
             mask = (cols == g) & (np.broadcast_to(rows, np.broadcast_shapes(rows.shape, cols.shape)) != g)
             if mask.any():

@@ -7,10 +7,13 @@ the unit a bias hangs from. Rules then record
 
 * **ties** — two slots must share one scale (residual ``+``, a shared parameter, pooling windows);
 * **fixes** — a slot must keep scale 1, with the reason (model output, feeds GELU, …);
-* **normalisers** — a slot whose scale a BatchNorm removes (reported if it has no other use).
+* **normalisers** — a slot whose scale a BatchNorm removes (reported if it has no other use);
+* **inverse pairs** — two slots whose scales must multiply to 1 (a query and a key dimension).
 
 :meth:`SlotTable.resolve` merges ties into components (scipy connected components, so millions
-of ties cost one sparse pass) and marks a component fixed when any member is fixed.
+of ties cost one sparse pass) and marks a component fixed when any member is fixed; inverse pairs
+then join components into one group whose key side has sign −1 (see
+:mod:`synbal._adapters.torch.inverse_pairs`).
 
 >>> import numpy as np
 >>> t = SlotTable()
@@ -55,6 +58,7 @@ class Resolution:
     component: np.ndarray
     fixed: np.ndarray
     reasons: dict[int, str]
+    sign: np.ndarray | None = None  # per slot: −1 where it scales by 1/λ of its component (None: all +1)
 
     @property
     def n_components(self) -> int:
@@ -76,6 +80,7 @@ class SlotTable:
         self._tie_a: list[np.ndarray] = []
         self._tie_b: list[np.ndarray] = []
         self._fixes: list[tuple[np.ndarray, str]] = []
+        self._inverse: list[tuple[np.ndarray, np.ndarray, str]] = []
         self.soft_reasons: dict[int, str] = {}
         self.kinds: dict[int, str] = {}
         self._prefix_uses: dict[str, int] = {}
@@ -134,6 +139,21 @@ class SlotTable:
         if s.size:
             self._fixes.append((s, reason))
 
+    def inverse(self, a: np.ndarray, b: np.ndarray, where: str) -> None:
+        """Slots ``a`` and ``b`` (broadcast together) must scale inversely, ``λ_a λ_b = 1``, elementwise
+        (``where`` names the operation, for the reason given when the pair can only keep scale 1)."""
+        a2, b2 = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+        self._inverse.append((a2.ravel().copy(), b2.ravel().copy(), where))
+
+    def fixed_so_far(self, slots: np.ndarray) -> bool:
+        """Whether every slot is the constant slot or was fixed directly by a rule already (ties not followed)."""
+        s = np.unique(np.asarray(slots, dtype=np.int64))
+        s = s[s != FIXED_SLOT]
+        if s.size == 0:
+            return True
+        fixed = np.concatenate([f for f, _ in self._fixes]) if self._fixes else np.zeros(0, dtype=np.int64)
+        return bool(np.isin(s, fixed).all())
+
     def note_normalised(self, slots: np.ndarray, reason: str) -> None:
         """``slots`` feed a normaliser (BatchNorm): the reason given if they turn out to have no other use."""
         for s in np.unique(np.asarray(slots, dtype=np.int64)).tolist():
@@ -153,9 +173,19 @@ class SlotTable:
             b = np.concatenate(self._tie_b)
         else:
             a = b = np.zeros(0, dtype=np.int64)
-        graph = sp.coo_array((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n, n)).tocsr()
-        _, comp = connected_components(graph, directed=False)
-        comp = np.asarray(comp, dtype=np.int64)
+        comp = _components(a, b, n)
+        sign = None
+        if self._inverse:
+            from synbal._adapters.torch.inverse_pairs import merge_inverse
+
+            ia, ib = (np.concatenate([pair[k] for pair in self._inverse]) for k in (0, 1))
+            (ta, tb), negative, bad = merge_inverse(comp, ia, ib)
+            if bad.size:
+                self.fix(bad, f"a query and a key dimension that must scale inversely are tied ({self._inverse[0][2]})")
+            comp = _components(np.concatenate([a, ta]), np.concatenate([b, tb]), n)
+            sign = np.ones(n, dtype=np.int8)
+            sign[negative] = -1
+            sign[FIXED_SLOT] = 1
         # renumber components by their smallest slot, so that component order follows graph order
         first = np.full(int(comp.max()) + 1, n, dtype=np.int64)
         np.minimum.at(first, comp, np.arange(n, dtype=np.int64))
@@ -171,7 +201,14 @@ class SlotTable:
                 if not fixed[c] or c not in reasons:
                     reasons[c] = reason
                 fixed[c] = True
-        return Resolution(comp, fixed, reasons)
+        return Resolution(comp, fixed, reasons, sign)
+
+
+def _components(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """Connected components of ``n`` slots joined by the ties ``a[k] — b[k]``."""
+    graph = sp.coo_array((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n, n)).tocsr()
+    _, comp = connected_components(graph, directed=False)
+    return np.asarray(comp, dtype=np.int64)
 
 
 def label_pairs(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
