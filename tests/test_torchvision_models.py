@@ -29,8 +29,8 @@ def _small(name: str) -> nn.Module:
     if name == "vit":
         from torchvision.models.vision_transformer import VisionTransformer
 
-        return VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16,
-                                 num_classes=5)
+        return _live_head(VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=8,
+                                            mlp_dim=16, num_classes=5))
     if name == "swin":
         from torchvision.models.swin_transformer import SwinTransformer
 
@@ -40,6 +40,14 @@ def _small(name: str) -> nn.Module:
 
     return EfficientNet([MBConvConfig(1, 3, 1, 8, 8, 1), MBConvConfig(4, 3, 2, 8, 16, 2)], dropout=0.1,
                         stochastic_depth_prob=0.2, num_classes=5)
+
+
+def _live_head(vit: nn.Module) -> nn.Module:
+    """torchvision initialises a ViT's head to zero: its outputs would then be 0 whatever balancing does
+    to the encoder, and a function check on them could not fail."""
+    with torch.no_grad():
+        vit.heads.head.weight.normal_(std=0.5)
+    return vit
 
 
 def _check(model: nn.Module, x: torch.Tensor, rtol: float, barriers: bool = False) -> synbal.BalanceResult:
@@ -90,7 +98,12 @@ def test_vit_attention_values_and_norm_gains_scale() -> None:
     info = synbal.inspect(_small("vit").eval(), torch.randn(1, 3, 16, 16))
     layer = info.blocks["encoder.layers.encoder_layer_0"]
     # ln_1's gains (read by the packed in-projection), 8 value features, ln_2's gains; GELU MLP: no units
-    assert (layer["norm dims"], layer["V/O dims"], layer["MLP units"]) == (16, 8, 0)
+    assert (layer["norm dims"], layer["V/O dims"], layer["Q/K pairs"], layer["MLP units"]) == (16, 8, 8, 0)
+    q = next(g for g in info.groups if g.name == "encoder.layers.encoder_layer_0.self_attention.q[0]")
+    assert q.incoming == ["encoder.layers.encoder_layer_0.self_attention.in_proj_weight[0, :]",
+                          "encoder.layers.encoder_layer_0.self_attention.in_proj_bias[0]"]
+    assert q.outgoing == ["encoder.layers.encoder_layer_0.self_attention.in_proj_weight[8, :]",  # its key row
+                          "encoder.layers.encoder_layer_0.self_attention.in_proj_bias[8]"]
     v = next(g for g in info.groups if g.name == "encoder.layers.encoder_layer_0.self_attention.v[0]")
     assert v.incoming == ["encoder.layers.encoder_layer_0.self_attention.in_proj_weight[16, :]",
                           "encoder.layers.encoder_layer_0.self_attention.in_proj_bias[16]"]
@@ -105,7 +118,7 @@ def test_vit_b_16_balances() -> None:
     tv = torchvision_models()
     assert tv is not None
     torch.manual_seed(0)
-    res = _check(tv.vit_b_16(weights=None), torch.randn(1, 3, 224, 224), 1e-5)
+    res = _check(_live_head(tv.vit_b_16(weights=None)), torch.randn(1, 3, 224, 224), 1e-5)
     assert not any("barrier" in reason for reason in res.excluded.values())
 
 

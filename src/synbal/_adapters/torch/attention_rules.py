@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from synbal._adapters.torch.qk_rules import pair_queries_and_keys
+from synbal._adapters.torch.qk_rules import QK_KIND, pair_queries_and_keys
 from synbal._adapters.torch.values import Ids, ParamRef, compress, per_channel, result_shape, zeros_like_shape
 from synbal.errors import ModelError
 
@@ -169,12 +169,14 @@ def _features(w: Walker, node: fx.Node, pos: int, kw: str, size: int) -> np.ndar
 
 
 def multihead_attention(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -> Any:
-    """``nn.MultiheadAttention``: each value feature (a head's dimension) against the out-projection column.
+    """``nn.MultiheadAttention``: each value feature (a head's dimension) against the out-projection
+    column, and each query feature against the key feature it meets, inversely.
 
-    The query and key rows of the input projection are fixed (they feed the softmax); the value
-    rows (and bias) get one slot per feature, which the output projection's columns read; its
-    rows are new output slots. ``bias_k``/``bias_v`` and ``add_zero_attn`` are not understood
-    (the module is then a barrier).
+    Query feature ``i`` (head ``i // head_dim``, dimension ``i % head_dim``) meets key feature ``i``
+    in the scores ``q kᵀ`` (:mod:`~synbal._adapters.torch.qk_rules`): their rows (and biases) of the
+    input projection scale by ``λ`` and ``1/λ``. The value rows (and bias) get one slot per feature,
+    which the output projection's columns read; its rows are new output slots. ``bias_k``/``bias_v``
+    and ``add_zero_attn`` are not understood (the module is then a barrier).
     """
     assert isinstance(mod, nn.MultiheadAttention)
     if mod.bias_k is not None or mod.bias_v is not None or mod.add_zero_attn:
@@ -186,8 +188,11 @@ def multihead_attention(w: Walker, node: fx.Node, mod: nn.Module, result: Any) -
         mask = w.input_ids(node, pos, kw)
         if mask is not None:
             w.table.fix(mask.ids, reason)
-    qk = w.table.new(f"{path}.qk", (2 * e,))
-    w.table.fix(qk, reason)
+    q, k = w.table.new(f"{path}.q", (e,)), w.table.new(f"{path}.k", (e,))
+    w.table.inverse(q, k, f"attention scores in {path!r}")
+    w.table.note_kind(q, QK_KIND)
+    w.table.note_kind(k, QK_KIND)
+    qk = np.concatenate([q, k])
     v = w.table.new(f"{path}.v", (e,))
     w.table.note_kind(v, VALUE_KIND)
     zero = np.zeros(1, dtype=np.int64)

@@ -148,9 +148,10 @@ class ModelInspection:
         return "\n".join(lines)
 
 
-def _slices(d: Discovery, use: ParamUse, side: np.ndarray, g: int) -> str:
+def _slices(d: Discovery, use: ParamUse, side: np.ndarray, g: int, where: np.ndarray | bool = True) -> str:
+    """The entries of ``use``'s parameter whose ``side`` slot is in group ``g`` (and ``where`` holds)."""
     shape = tuple(int(s) for s in d.params[use.name].shape)
-    return describe_slice(use.name, d.group_of_slot[side] == g, shape)
+    return describe_slice(use.name, (d.group_of_slot[side] == g) & where, shape)
 
 
 def inspection_of(d: Discovery, model_name: str) -> ModelInspection:
@@ -163,9 +164,9 @@ def inspection_of(d: Discovery, model_name: str) -> ModelInspection:
         cols = d.group_of_slot[use.col]
         down = signs[use.row] < 0  # key rows: scaled down by their query/key group
         for g in np.unique(rows[(rows >= 0) & ~down]).tolist():
-            incoming[g].append(_slices(d, use, use.row, g))
+            incoming[g].append(_slices(d, use, use.row, g, ~down))
         for g in np.unique(rows[(rows >= 0) & down]).tolist():
-            outgoing[g].append(_slices(d, use, use.row, g))
+            outgoing[g].append(_slices(d, use, use.row, g, down))
         for g in np.unique(cols[cols >= 0]).tolist():
             mask = (cols == g) & (np.broadcast_to(rows, np.broadcast_shapes(rows.shape, cols.shape)) != g)
             if mask.any():
