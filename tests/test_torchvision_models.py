@@ -71,6 +71,20 @@ def test_small_torchvision_architectures_balance_without_barriers(name: str) -> 
     _check(model, x, 1e-5, barriers=True)  # crashed with an IndexError before (convnext, swin)
 
 
+@pytest.mark.parametrize("name", ["convnext", "swin", "vit"])
+def test_small_transformer_like_architectures_keep_their_function_in_float64(name: str) -> None:
+    """Issue 12's bound for float64: outputs change by at most 1e-10 relative, on an input other
+    than the example input; every group ends balanced and ``R`` does not increase."""
+    torch.manual_seed(0)
+    model = _small(name).double().eval()
+    example, other = torch.randn(1, 3, 16, 16, dtype=torch.float64), torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    res = synbal.balance(model, "l2", example_inputs=(example,))
+    assert res.converged and res.max_relative_deficit <= 1e-8 and res.regularizer_after <= res.regularizer_before
+    with torch.no_grad():
+        before, after = model(other), res.net(other)
+    assert float((after - before).abs().max()) <= 1e-10 * float(before.abs().max())
+
+
 def test_layer_scale_and_stochastic_depth_units() -> None:
     torch.manual_seed(0)
     model = _small("convnext").double().eval()
