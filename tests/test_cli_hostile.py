@@ -185,9 +185,12 @@ def test_a_signal_mid_write_leaves_no_temporary_file(tmp_path: Path, sig: int, c
     net, out, flag = tmp_path / "net.json", tmp_path / "out.json", tmp_path / "paused"
     net.write_text(json.dumps(BASE))
     env = {**os.environ, PAUSE_ENV: str(flag), "PYTHONPATH": os.pathsep.join(sys.path)}
+    # a shell's background job (CI started with `&`) ignores SIGINT, and children inherit that: the
+    # child gets the default disposition back, as it has when started from a terminal
     proc = subprocess.Popen([sys.executable, "-m", "synbal._cli.main", "balance", str(net), "-o", str(out),
                              "--report", str(tmp_path / "r.json")], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
