@@ -108,4 +108,5 @@ def test_a_newton_search_that_cannot_move_stops_at_once() -> None:
     case = fuzz_case(14316)
     res = synbal.balance(Graph.from_dict(case["graph"]), case["reg"], case["method"], max_sweeps=1000, seed=0)
     assert not res.converged and res.sweeps <= 20
+    assert any("no longer change the log-scales in float64" in note for note in res.notes)
     assert run_case(case)[0] == "ok"

@@ -88,7 +88,7 @@ def balance(net: Any, reg: RegularizerSpec = "l2", method: str = "exact", *, tol
         regularizer_before=final.before, regularizer_after=final.after,
         # the solver's own measure at its final state (per set for method "tied"), or at the rounded scales
         max_relative_deficit=final.deficit, seconds=time.perf_counter() - start, problem=problem,
-        excluded={**adapter.excluded(), **_drifting(problem)}, notes=notes, round_scales=round_scales,
+        excluded={**adapter.excluded(), **_drifting(problem)}, notes=notes + result.notes, round_scales=round_scales,
         rounding_cost=final.rounding_cost,
     )
 

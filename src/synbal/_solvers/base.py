@@ -83,6 +83,7 @@ class SolveResult:
     converged: bool
     history: list[HistoryEntry] = field(default_factory=list)
     steps: int = 0
+    notes: list[str] = field(default_factory=list)  #: why the solver stopped, when it is worth saying
 
     @property
     def sweeps(self) -> int:

@@ -107,7 +107,7 @@ def solve_exact(problem: BalanceProblem, reg: Regularizer, options: SolveOptions
         history = first.history + [
             HistoryEntry(h.sweep + offset, h.regularizer, h.max_relative_deficit) for h in polish.history[1:]
         ]
-        return SolveResult(polish.u, polish.converged, history, steps=first.steps + polish.steps)
+        return SolveResult(polish.u, polish.converged, history, steps=first.steps + polish.steps, notes=polish.notes)
     return _newton(problem, options)
 
 
@@ -124,6 +124,7 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
     it = 0
     direct: BandedSolver | bool | None = None
     pattern = HessianPattern(problem, idx) if idx.size else None
+    notes: list[str] = []
     while rel > options.tol and it < max(options.max_sweeps, 1) and pattern is not None:
         it += 1
         H = pattern.at(u)
@@ -149,6 +150,7 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
             if moved:
                 grad, scale = problem.gradient_parts(u)
             elif stalled:  # the next iteration would repeat this one: float64 can go no further
+                notes.append(STALLED.format(it=it, rel=_max_rel(grad, scale, free)))
                 break
             rel = _max_rel(grad, scale, free)
         if guard:
@@ -160,7 +162,12 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
         if options.callback is not None:
             options.callback(it, u)
     bar.close()
-    return SolveResult(u, rel <= options.tol, history, steps=it)
+    return SolveResult(u, rel <= options.tol, history, steps=it, notes=notes)
+
+
+#: The note of a Newton search that stopped because its steps fell below the rounding of ``u``.
+STALLED = ("exact stopped after {it} iterations at max relative deficit {rel:.3g}: its steps no longer "
+           "change the log-scales in float64 (the balanced state may lie beyond float64's range)")
 
 
 def _below_rounding(move: np.ndarray, u: np.ndarray) -> bool:
