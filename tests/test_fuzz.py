@@ -10,6 +10,7 @@ hang, a result with a zero/infinite scale or a non-finite R, or a changed functi
 from __future__ import annotations
 
 import time
+import warnings
 
 import pytest
 
@@ -110,3 +111,24 @@ def test_a_newton_search_that_cannot_move_stops_at_once() -> None:
     assert not res.converged and res.sweeps <= 20
     assert any("no longer change the log-scales in float64" in note for note in res.notes)
     assert run_case(case)[0] == "ok"
+
+
+def test_a_schedule_stops_once_its_costs_leave_float64() -> None:
+    """Seed 16950 (``tied``, ``l2+l0.5`` on weights spanning float64): R turned NaN after a few
+    sweeps, and the schedule went on to its 1,000th (8-15 s) before the final state refused it.
+    Now it stops at the first NaN; the outcome is the same typed error."""
+    import numpy as np
+
+    from synbal import Graph
+    from synbal._adapters.graph import GraphAdapter
+    from synbal._problem.regularizers import parse_regularizer
+    from synbal._solvers import SolveOptions, solve
+
+    case = fuzz_case(16950)
+    reg = parse_regularizer(case["reg"])
+    problem = GraphAdapter(Graph.from_dict(case["graph"])).problem(reg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = solve(problem, reg, case["method"], SolveOptions(max_sweeps=1000, seed=0))
+    assert res.sweeps < 50 and np.isnan(res.history[-1].regularizer)
+    assert run_case(case)[0] == "typed"

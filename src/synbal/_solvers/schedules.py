@@ -80,6 +80,8 @@ class Schedule(Method):
             check_range(problem, u)
             history.append(HistoryEntry(sweep, problem.value(u), deficit(u)))
             converged = history[-1].max_relative_deficit <= options.tol
+            if np.isnan(history[-1].regularizer) or np.isnan(history[-1].max_relative_deficit):
+                break  # the costs left float64: no later sweep can be judged (the final state says so)
             if options.callback is not None:
                 options.callback(sweep, u)
             bar.update(1)
