@@ -47,7 +47,7 @@ from synbal._solvers.far_steps import far_unit_steps
 from synbal._solvers.hessian_pattern import HessianPattern
 from synbal._solvers.steps import balance_in_order, optimal_log_steps
 
-__all__ = ["full_step", "hessian", "solve_exact"]
+__all__ = ["STALLED", "full_step", "hessian", "solve_exact"]
 
 #: Problems with at most this many unit pairs are solved by Newton with a direct solver.
 DIRECT_LIMIT = 3_000_000
@@ -149,10 +149,10 @@ def _newton(problem: BalanceProblem, options: SolveOptions, u0: np.ndarray | Non
             moved = far_unit_steps(problem, u, _rel(grad, scale), free)
             if moved:
                 grad, scale = problem.gradient_parts(u)
-            elif stalled:  # the next iteration would repeat this one: float64 can go no further
-                notes.append(STALLED.format(it=it, rel=_max_rel(grad, scale, free)))
-                break
             rel = _max_rel(grad, scale, free)
+            if stalled and not moved:  # the next iteration would repeat this one: float64 can go no further
+                notes.append(STALLED.format(it=it, rel=rel))
+                break
         if guard:
             check_range(problem, u)
         value = problem.value(u)

@@ -31,7 +31,7 @@ from synbal._adapters.torch.collective import Collective
 from synbal._compiled.powermatrix import as_products
 from synbal._problem.problem import BalanceProblem
 from synbal._solvers.base import HistoryEntry, SolveOptions, SolveResult
-from synbal._solvers.exact import _below_rounding, _forcing, _line_search, _max_rel, full_step
+from synbal._solvers.exact import STALLED, _below_rounding, _forcing, _line_search, _max_rel, full_step
 from synbal.errors import SynbalError
 
 __all__ = ["hessian_product", "solve_sharded_exact"]
@@ -109,6 +109,7 @@ def solve_sharded_exact(problem: BalanceProblem, collective: Collective, options
     rel = _max_rel(grad, scale, free)
     history = [HistoryEntry(0, problem.value(u), rel)]
     it = 0
+    notes: list[str] = []
     while rel > options.tol and it < max(options.max_sweeps, 1) and idx.size:
         it += 1
         step = _newton_step(problem, collective, u, grad, idx, _forcing(rel, options.tol))
@@ -118,6 +119,7 @@ def solve_sharded_exact(problem: BalanceProblem, collective: Collective, options
         else:
             alpha = _line_search(problem, u, step, float(grad @ step))
             if _below_rounding(alpha * step, u):  # the next iteration would repeat this one
+                notes.append(STALLED.format(it=it, rel=rel))
                 break
             u = u + alpha * step
             grad, scale = problem.gradient_parts(u)
@@ -126,4 +128,4 @@ def solve_sharded_exact(problem: BalanceProblem, collective: Collective, options
         if options.callback is not None:
             options.callback(it, u)
     u = collective.broadcast(torch.from_numpy(u.copy()), "sharing the balanced log-scales").numpy()
-    return SolveResult(u, rel <= options.tol, history, steps=it)
+    return SolveResult(u, rel <= options.tol, history, steps=it, notes=notes)
