@@ -11,6 +11,7 @@ import torch
 import synbal.experiments._quant as quant
 from synbal.experiments import ExperimentContext, run_experiment
 from synbal.experiments._quant_models import build_model, train_model
+from synbal.experiments._quant_report import _goal_lines
 from synbal.experiments._quant_verdict import verdict
 
 TINY = {"models": ["mlp"], "seeds": 1, "epochs": 1, "train_size": 200, "test_size": 100, "bits": [8, 4],
@@ -72,6 +73,23 @@ def test_verdict_rules_can_fail():
     assert goals["rescaled"]["met"] is False and goals["fp32"]["met"] is False
     assert goals["4bit"]["wins_per_dataset"] == {"D": 0}
     assert verdict(rows, floats, [])["8bit"]["met"] is None  # no peer ran: not judged
+
+
+def test_the_4bit_verdict_says_where_float_accuracy_leaves_no_room_for_a_win():
+    rows = [_row(m, 4, a, acc) for m, peer, ours in [("mobilenet", 80.0, 84.0), ("resnet", 98.5, 98.6),
+                                                     ("mlp", 97.7, 97.8)]
+            for a, acc in [("aimet", peer), ("synbal-l2", ours)]]
+    floats = [{"dataset": "D", "model": m, "arm": "none", "rescaled": False, "accuracy": acc}
+              for m, acc in [("mobilenet", 98.0), ("resnet", 99.2), ("mlp", 97.9)]]
+    goals = verdict(rows, floats, ["aimet"])
+    g4 = goals["4bit"]
+    assert g4["met"] is False and g4["wins_per_dataset"] == {"D": 1}
+    assert g4["reachable_per_dataset"] == {"D": 1}
+    assert {d["model"]: round(d["headroom_points"], 6) for d in g4["details"]} == {
+        "mobilenet": 18.0, "resnet": 0.7, "mlp": 0.2}
+    text = "\n".join(_goal_lines(goals))
+    assert "D: only 1 of 3 models have float accuracy at least 1.0 pt above" in text
+    assert "mobilenet: synbal-l2 vs aimet: +4.00 pt (float accuracy +18.00 pt above the best peer)" in text
 
 
 @pytest.mark.slow

@@ -30,7 +30,8 @@ def _goal_lines(goals: dict[str, Any]) -> list[str]:
              f"of 3 models: {_WORD[g4['met']]} (wins per dataset: {g4['wins_per_dataset']} of "
              f"{g4['models_per_dataset']})."]
     lines += [f"  - {d['dataset']}, {d['model']}: {d['best_synbal']} vs {d['best_peer']}: "
-              f"{d['margin_points']:+.2f} pt" for d in g4["details"]]
+              f"{d['margin_points']:+.2f} pt{_headroom(d)}" for d in g4["details"]]
+    lines += _reach_lines(g4)
     by_arm = ", ".join(f"{a} {v:.2f}" for a, v in sorted(gr["max_abs_points_by_arm"].items()))
     lines += [f"- rescaled copies, every synbal arm within {RESCALED_POINTS} pt of its accuracy on the "
               f"original: {_WORD[gr['met']]} (largest |rescaled − original| of mean accuracy, any "
@@ -38,6 +39,22 @@ def _goal_lines(goals: dict[str, Any]) -> list[str]:
               f"- float outputs unchanged by synbal to {FP32_RTOL:g} (relative): {_WORD[gf['met']]} "
               f"(largest change {gf['max_rel_output_change']})."]
     return lines
+
+
+def _headroom(detail: dict[str, Any]) -> str:
+    h = detail.get("headroom_points")
+    return "" if h is None else f" (float accuracy {h:+.2f} pt above the best peer)"
+
+
+def _reach_lines(g4: dict[str, Any]) -> list[str]:
+    """One sentence per dataset where fewer than the needed models leave room for a win."""
+    out = []
+    for ds, n in sorted(g4.get("reachable_per_dataset", {}).items()):
+        if n < GOAL_4BIT_MODELS:
+            out.append(f"  - {ds}: only {n} of {g4['models_per_dataset'][ds]} models have float accuracy at "
+                       f"least {GOAL_4BIT_POINTS} pt above the best peer's 4-bit accuracy, so on this "
+                       f"dataset the goal can be met only where a 4-bit model beats the float one.")
+    return out
 
 
 def _table(rows: list[dict[str, Any]], float_rows: list[dict[str, Any]], ds: str, gran: str,

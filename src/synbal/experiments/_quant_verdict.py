@@ -4,7 +4,10 @@ Accuracies are in percent; "points" are differences of mean accuracy over seeds.
 
 * ``8bit``: at 8 bits per-tensor every synbal arm is within ``GOAL_8BIT_POINTS`` of the best peer.
 * ``4bit``: at 4 bits per-tensor synbal's best arm beats the best peer by ``GOAL_4BIT_POINTS``
-  on at least ``GOAL_4BIT_MODELS`` of the three main models (every dataset).
+  on at least ``GOAL_4BIT_MODELS`` of the three main models (every dataset). Each model also
+  reports its *headroom*: float accuracy minus the best peer's 4-bit accuracy. A model whose
+  headroom is under ``GOAL_4BIT_POINTS`` can be won only by a quantized model that beats the
+  float one; ``reachable_per_dataset`` counts the others.
 * ``rescaled``: every synbal arm's mean accuracy on the randomly rescaled copies equals the one
   on the originals within ``RESCALED_POINTS`` (every model, dataset, bits, granularity).
 * ``fp32``: every synbal arm changes the float outputs by at most ``FP32_RTOL`` (relative).
@@ -67,9 +70,11 @@ def _goal_8bit(table: dict, cells: list[tuple[str, str]], peers: list[str], ours
     return {"met": all(ok) if ok else None, "details": details}
 
 
-def _goal_4bit(table: dict, cells: list[tuple[str, str]], peers: list[str], ours: list[str]) -> dict[str, Any]:
+def _goal_4bit(table: dict, floats: dict, cells: list[tuple[str, str]], peers: list[str],
+               ours: list[str]) -> dict[str, Any]:
     wins: dict[str, int] = defaultdict(int)
     judged: dict[str, int] = defaultdict(int)
+    reachable: dict[str, int] = defaultdict(int)
     details = []
     for ds, model in cells:
         best_peer, best_ours = _best(table, ds, model, 4, peers), _best(table, ds, model, 4, ours)
@@ -78,11 +83,24 @@ def _goal_4bit(table: dict, cells: list[tuple[str, str]], peers: list[str], ours
         margin = best_ours[1] - best_peer[1]
         judged[ds] += 1
         wins[ds] += margin >= GOAL_4BIT_POINTS
+        flt = floats.get((ds, model))
+        headroom = None if flt is None else flt - best_peer[1]
+        reachable[ds] += headroom is None or headroom >= GOAL_4BIT_POINTS
         details.append({"dataset": ds, "model": model, "best_synbal": best_ours[0], "best_peer": best_peer[0],
-                        "margin_points": margin})
+                        "margin_points": margin, "headroom_points": headroom})
     enough = [ds for ds in judged if judged[ds] >= GOAL_4BIT_MODELS]
     met = all(wins[ds] >= GOAL_4BIT_MODELS for ds in enough) if enough else None
-    return {"met": met, "wins_per_dataset": dict(wins), "models_per_dataset": dict(judged), "details": details}
+    return {"met": met, "wins_per_dataset": dict(wins), "models_per_dataset": dict(judged),
+            "reachable_per_dataset": {ds: reachable[ds] for ds in judged}, "details": details}
+
+
+def _float_accuracy(float_rows: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    """``(dataset, model) → mean float accuracy`` of the unequalized originals."""
+    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in float_rows:
+        if r["arm"] == "none" and not r.get("rescaled", False):
+            groups[(r["dataset"], r["model"])].append(float(r["accuracy"]))
+    return {k: float(np.mean(v)) for k, v in groups.items()}
 
 
 def _goal_rescaled(table: dict, ours: list[str], everyone: list[str]) -> dict[str, Any]:
@@ -107,7 +125,7 @@ def verdict(rows: list[dict[str, Any]], float_rows: list[dict[str, Any]], peers:
     changes = [float(r["max_rel_output_change"]) for r in float_rows if r["arm"].startswith("synbal-")]
     return {
         "8bit": _goal_8bit(table, cells, peers, ours),
-        "4bit": _goal_4bit(table, cells, peers, ours),
+        "4bit": _goal_4bit(table, _float_accuracy(float_rows), cells, peers, ours),
         "rescaled": _goal_rescaled(table, ours, arms),
         "fp32": {"met": max(changes) <= FP32_RTOL if changes else None,
                  "max_rel_output_change": max(changes) if changes else None},
