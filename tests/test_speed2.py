@@ -41,6 +41,17 @@ def test_paired_decision_refuted_inside_the_null_band_only() -> None:
     assert paired_decision(plain, outside, steps, steps)["decision"] == "Inconclusive"
 
 
+def test_an_arm_behind_plain_beyond_the_null_band_is_flagged_but_keeps_its_label() -> None:
+    plain, steps = [90.0] * SEEDS, [100.0] * SEEDS
+    far = [90.0 - NULL_BAND_POINTS - 0.2 + e for e in _noise(0.01)]
+    edge = [90.0 - NULL_BAND_POINTS + 0.05 + e for e in _noise(0.2)]  # interval crosses −band
+    d = paired_decision(plain, far, steps, steps)
+    assert (d["decision"], d["behind"]) == ("Inconclusive", True)
+    assert paired_decision(plain, edge, steps, steps)["behind"] is False
+    ahead = [91.0 + e for e in _noise(0.01)]
+    assert paired_decision(plain, ahead, steps, steps)["behind"] is False
+
+
 def test_paired_decision_supported_by_speed() -> None:
     plain = [90.0] * SEEDS
     same = [90.0 + e for e in _noise(0.01)]

@@ -47,7 +47,8 @@ def _ci(c: dict[str, float] | None, digits: int = 2, scale: float = 1.0) -> str:
 
 
 def _decision_cells(d: dict[str, Any]) -> str:
-    return f"{_ci(d['accuracy'])} | {_ci(d['speedup'], 0, 100)} | **{d['decision']}**"
+    flag = " (behind plain)" if d.get("behind") else ""
+    return f"{_ci(d['accuracy'])} | {_ci(d['speedup'], 0, 100)} | **{d['decision']}**{flag}"
 
 
 def _part_a(a: dict[str, Any]) -> list[str]:
@@ -110,8 +111,9 @@ def markdown(st: Any, results: dict[str, Any]) -> str:
              f"Rules (fixed in code before the runs): paired by seed ({st.seeds} seeds), 95 % t-intervals. "
              f"Supported: ahead by ≥ {MIN_GAIN_POINTS:g} point in final test accuracy, or ≥ {MIN_SPEEDUP:.0%} fewer "
              f"steps to the threshold, with the interval excluding 0; Refuted: the accuracy interval within "
-             f"±{NULL_BAND_POINTS:g} point; Inconclusive otherwise. Inputs Normalize(0.5, 0.5); weights-only "
-             "balancing (biases neither counted nor rescaled); PyTorch default init; batch 256.", ""]
+             f"±{NULL_BAND_POINTS:g} point; Inconclusive otherwise (marked \"behind plain\" when the whole "
+             f"accuracy interval is below −{NULL_BAND_POINTS:g} point: the rules name no such outcome). "
+             "Inputs Normalize(0.5, 0.5); weights-only balancing (biases neither counted nor rescaled); PyTorch default init; batch 256.", ""]
     for part, render in (("A", _part_a), ("B", _part_b), ("C", _part_c)):
         if part in results:
             lines += [*render(results[part]), ""]

@@ -8,13 +8,18 @@ of the mean paired difference (Student t, ``n − 1`` degrees of freedom):
   the interval excluding 0, *or* it reaches the accuracy threshold at least
   :data:`MIN_SPEEDUP` (25 %) sooner with the interval of the relative saving excluding 0;
 * **Refuted**: (not supported and) the accuracy interval lies within ±:data:`NULL_BAND_POINTS`;
-* **Inconclusive** otherwise.
+* **Inconclusive** otherwise. An Inconclusive arm whose whole accuracy interval lies below
+  −:data:`NULL_BAND_POINTS` is also flagged ``behind`` (worse than plain beyond the null band): the
+  issue's labels name no such outcome, so the flag describes it without changing the label.
 
 >>> d = paired_decision([90.0, 91.0, 90.5], [91.0, 92.1, 91.4], [10, 10, 10], [9, 9, 9])
 >>> d["decision"], round(d["accuracy"]["mean"], 2)
 ('Supported', 1.0)
 >>> paired_decision([90.0, 91.0, 92.0], [90.05, 91.0, 92.05], [10] * 3, [10] * 3)["decision"]
 'Refuted'
+>>> d = paired_decision([90.0, 91.0, 92.0], [80.0, 82.0, 81.0], [10] * 3, [None] * 3)
+>>> d["decision"], d["behind"]
+('Inconclusive', True)
 """
 
 from __future__ import annotations
@@ -91,5 +96,6 @@ def paired_decision(plain_acc: Sequence[float], arm_acc: Sequence[float],
         decision = "Refuted"
     else:
         decision = "Inconclusive"
-    return {"decision": decision, "accuracy": acc, "speedup": speed, "arm_never_reached": never,
+    behind = decision == "Inconclusive" and acc["high"] < -NULL_BAND_POINTS
+    return {"decision": decision, "behind": behind, "accuracy": acc, "speedup": speed, "arm_never_reached": never,
             "by": [w for w, ok in (("accuracy", gain_ok), ("speed", speed_ok)) if ok]}
