@@ -113,7 +113,8 @@ def markdown(st: Any, results: dict[str, Any]) -> str:
              f"steps to the threshold, with the interval excluding 0; Refuted: the accuracy interval within "
              f"±{NULL_BAND_POINTS:g} point; Inconclusive otherwise (marked \"behind plain\" when the whole "
              f"accuracy interval is below −{NULL_BAND_POINTS:g} point: the rules name no such outcome). "
-             "Inputs Normalize(0.5, 0.5); weights-only balancing (biases neither counted nor rescaled); PyTorch default init; batch 256.", ""]
+             "Inputs Normalize(0.5, 0.5); weights-only balancing (biases neither counted nor rescaled); "
+             "PyTorch default init; batch 256.", ""]
     for part, render in (("A", _part_a), ("B", _part_b), ("C", _part_c)):
         if part in results:
             lines += [*render(results[part]), ""]
