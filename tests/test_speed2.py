@@ -114,10 +114,27 @@ def test_speed2_tiny_run_parts_a_and_c(tmp_path: Path) -> None:
         run_experiment("speed2", ExperimentContext(out_dir=tmp_path, quick=True, extra={"parts": '["D"]'}))
 
 
+def test_part_b_figures_put_three_panels_a_row_and_plot_the_final_runs() -> None:
+    from synbal.experiments._speed2_report import figures
+
+    run = {"epoch": [0, 1, 2], "val": [0.1, 0.5, 0.9], "test": [0.1, 0.4, 0.8]}
+    net = {"sweep_val_accuracy": {"plain": {0.01: 0.5, 0.1: 0.9}}, "best_lr": {"plain": 0.1},
+           "curves": {"plain": [run, run]}}
+    results = {"B": {ds: {"nets": {"a": net, "b": net}} for ds in ("MNIST", "Fashion-MNIST")}}
+    figs = figures(results)
+    assert set(figs) == {"partB_lr", "partB_curves"}
+    axes = figs["partB_curves"].axes
+    assert len(axes) == 6 and [ax.get_visible() for ax in axes] == [True] * 4 + [False] * 2
+    assert axes[0].get_title() == "Part B: MNIST, a" and axes[0].get_ylabel() == "validation accuracy %"
+    line = axes[0].get_lines()[0]
+    assert line.get_label() == "plain (lr 0.1)" and list(line.get_ydata()) == [10.0, 50.0, 90.0]
+
+
 @pytest.mark.slow
 def test_speed2_quick_variant(tmp_path: Path) -> None:
     res = run_experiment("speed2", ExperimentContext(out_dir=tmp_path, quick=True, progress=False))
     assert set(res) >= {"A", "B", "C"}
+    assert {"speed2_partB_lr.png", "speed2_partB_curves.png"} <= {p.name for p in tmp_path.iterdir()}
     b = res["B"]["MNIST"]["nets"]["784-256-10"]
     assert set(b["best_lr"]) == set(res["A"]["nets"]["784-256-10"]["final_test_accuracy"])
     # part A: accuracies are percentages, and every decision is the rule's on the recorded curves

@@ -122,7 +122,8 @@ def markdown(st: Any, results: dict[str, Any]) -> str:
 
 
 def figures(results: dict[str, Any]) -> dict[str, Any]:
-    """Test-accuracy curves of Parts A and C; validation accuracy against lr for Part B."""
+    """Test-accuracy curves of Parts A and C; for Part B, validation accuracy against lr (the
+    sweep) and the validation curves of the final runs at each arm's best lr (mean ± std over seeds)."""
     out = {}
     if "A" in results:
         out["partA"] = _curves({net: n["curves"] for net, n in results["A"]["nets"].items()}, "Part A")
@@ -131,28 +132,42 @@ def figures(results: dict[str, Any]) -> dict[str, Any]:
     if "B" in results:
         panels = [(f"{ds}, {net}", n["sweep_val_accuracy"]) for ds, d in results["B"].items()
                   for net, n in d["nets"].items()]
-        fig, axes = new_figure(ncols=len(panels), size=(4.2, 3.4))
-        for ax, (title, sweep) in zip(np.atleast_1d(axes), panels, strict=True):
+        fig, axes = _panels(len(panels))
+        for ax, (title, sweep) in zip(axes, panels, strict=True):
             for k, (arm, per) in enumerate(sweep.items()):
                 ax.plot(list(per), [100 * v for v in per.values()], "o-", color=f"C{k}", label=arm)
             ax.set_xscale("log")
             ax.set_xlabel("learning rate")
             ax.set_ylabel("validation accuracy % (sweep)")
             ax.set_title(title, fontsize=8)
-        np.atleast_1d(axes)[0].legend(fontsize=6)
+        axes[0].legend(fontsize=6)
         out["partB_lr"] = fig
+        out["partB_curves"] = _curves({f"{ds}, {net}": {f"{arm} (lr {n['best_lr'][arm]:g})": runs
+                                                        for arm, runs in n["curves"].items()}
+                                       for ds, d in results["B"].items() for net, n in d["nets"].items()},
+                                      "Part B", metric="val")
     return out
 
 
-def _curves(groups: dict[str, dict[str, list[dict[str, Any]]]], title: str) -> Any:
-    fig, axes = new_figure(ncols=len(groups), size=(4.4, 3.4))
-    for ax, (name, per_arm) in zip(np.atleast_1d(axes), groups.items(), strict=True):
+def _curves(groups: dict[str, dict[str, list[dict[str, Any]]]], title: str, metric: str = "test") -> Any:
+    fig, axes = _panels(len(groups))
+    for ax, (name, per_arm) in zip(axes, groups.items(), strict=True):
         for k, (arm, runs) in enumerate(per_arm.items()):
             epochs = np.asarray(runs[0]["epoch"], dtype=np.float64)
-            plot_mean_std(ax, epochs, 100 * np.array([r["test"] for r in runs], dtype=np.float64), label=arm,
+            plot_mean_std(ax, epochs, 100 * np.array([r[metric] for r in runs], dtype=np.float64), label=arm,
                           color=f"C{k}")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy %")
+        ax.set_ylabel(f"{'validation' if metric == 'val' else 'test'} accuracy %")
         ax.set_title(f"{title}: {name}", fontsize=8)
-    np.atleast_1d(axes)[0].legend(fontsize=6)
+    axes[0].legend(fontsize=6)
     return fig
+
+
+def _panels(n: int) -> tuple[Any, list[Any]]:
+    """A figure of ``n`` panels, at most three a row (unused cells hidden), and its axes in order."""
+    cols = min(3, n)
+    fig, axes = new_figure(ncols=cols, nrows=-(-n // cols), size=(4.4, 3.4))
+    flat = list(np.ravel(axes))
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
