@@ -32,20 +32,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from synbal._adapters.torch.apply import row_col_factors, scale_parameter
-from synbal._adapters.torch.components import Component, components, sub_discovery
-from synbal._adapters.torch.discovery import Discovery, discover
-from synbal._adapters.torch.extract import build_problem, power_sums
-from synbal._adapters.torch.hf_folder import ModelFolder, meta_model, open_folder, trace_inputs
+from synbal._adapters.torch.checkpoint_plan import Plan, checkpoint_regularizer, piece_cost, plan_checkpoint
+from synbal._adapters.torch.components import sub_discovery
+from synbal._adapters.torch.extract import build_problem
+from synbal._adapters.torch.hf_folder import ModelFolder, open_folder
 from synbal._adapters.torch.safetensors_io import ShardReader, ShardWriter
 from synbal._front import _final_state
-from synbal._problem.regularizers import Regularizer, RegularizerSpec, parse_regularizer
+from synbal._problem.regularizers import Regularizer, RegularizerSpec
 from synbal._solvers import solve
 from synbal._solvers.base import SolveOptions
-from synbal.errors import CheckpointError, RegularizerError, SynbalError
+from synbal.errors import CheckpointError, SynbalError
 
 __all__ = ["CheckpointReport", "balance_checkpoint"]
 
@@ -88,17 +86,6 @@ class CheckpointReport:
         return {**asdict(self), "checkpoint_reads": self.checkpoint_reads}
 
 
-@dataclass
-class _Plan:
-    """The discovered model: groups, components, and every parameter's place in the checkpoint."""
-
-    discovery: Discovery
-    parts: list[Component]
-    fixed: list[str]
-    key: dict[str, str]  # canonical parameter name → checkpoint tensor name
-    part_shards: list[set[str]]  # per component, the shard files it reads
-
-
 def _check_out(root: Path, out: Path, replace: bool) -> None:
     src, dst = root.resolve(), out.resolve()
     if dst == src or dst in src.parents:
@@ -106,50 +93,6 @@ def _check_out(root: Path, out: Path, replace: bool) -> None:
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not replace:
         raise SynbalError(f"output folder {out} exists and is not empty; remove it or pass replace=True "
                           "(--replace on the command line)")
-
-
-def _checkpoint_keys(model: nn.Module, d: Discovery, folder: ModelFolder) -> dict[str, str]:
-    """Canonical parameter name → the checkpoint's name for it (a tied alias when that is what is stored)."""
-    aliases: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(param), []).append(name)
-    key = {}
-    for name, p in d.params.items():  # the meta model's parameters by canonical name
-        found = next((a for a in aliases.get(id(p), [name]) if a in folder.weight_map), None)
-        if found is None:
-            raise CheckpointError(f"the checkpoint in {folder.root} has no tensor for parameter {name!r} of the model "
-                                  "config.json describes (config and weights do not match)")
-        entry = folder.shards[folder.weight_map[found]].tensors[found]
-        if entry.shape != tuple(p.shape):
-            raise CheckpointError(f"tensor {found!r} in shard {folder.root / folder.weight_map[found]} has shape "
-                                  f"{list(entry.shape)}, the model's parameter has {list(p.shape)}")
-        key[name] = found
-    return key
-
-
-def _plan(folder: ModelFolder) -> _Plan:
-    model = meta_model(folder.root)
-    d = discover(model, trace_inputs(model))
-    key = _checkpoint_keys(model, d, folder)
-    parts, fixed = components(d)
-    for part in parts:
-        for name in part.params:
-            dtype = folder.shards[folder.weight_map[key[name]]].tensors[key[name]].dtype
-            if dtype is None or not dtype.is_floating_point:
-                raise CheckpointError(f"tensor {key[name]!r} must be rescaled but is stored as "
-                                      f"{folder.shards[folder.weight_map[key[name]]].tensors[key[name]].dtype_name}")
-    shards = [{folder.weight_map[key[n]] for n in part.params} for part in parts]
-    return _Plan(d, parts, fixed, key, shards)
-
-
-def _part_bytes(plan: _Plan, folder: ModelFolder, k: int) -> int:
-    return sum(folder.shards[folder.weight_map[plan.key[n]]].tensors[plan.key[n]].nbytes for n in plan.parts[k].params)
-
-
-def _cost(reg: Regularizer, name: str, t: torch.Tensor) -> float:
-    """``R``'s part for the entries of ``t`` (``reg`` is a sum of powers, checked by :func:`_regularizer`)."""
-    flat = t.reshape(-1)
-    return sum(term.coef * float(power_sums(name, flat, (0,), term.power).sum()) for term in reg.sum_of_powers or ())
 
 
 def _copy_fixed(file: str, folder: ModelFolder, writer: ShardWriter, reader: ShardReader, costed: dict[str, str],
@@ -163,13 +106,13 @@ def _copy_fixed(file: str, folder: ModelFolder, writer: ShardWriter, reader: Sha
         for piece in reader.pieces(header, name):
             writer.write(name, piece, offset)
             offset += len(piece)
-            if name in costed and entry.dtype is not None and entry.dtype.is_floating_point and piece:
-                total += _cost(reg, costed[name], torch.frombuffer(piece, dtype=entry.dtype))
+            if name in costed:
+                total += piece_cost(reg, costed[name], entry, piece)
         writer.done(name)
     return total
 
 
-def _solve_part(plan: _Plan, k: int, folder: ModelFolder, reader: ShardReader, writers: dict[str, ShardWriter],
+def _solve_part(plan: Plan, k: int, folder: ModelFolder, reader: ShardReader, writers: dict[str, ShardWriter],
                 reg: Regularizer, options: SolveOptions) -> tuple[float, float, float, bool]:
     """Read, solve, rescale and write component ``k``; its ``(R before, R after, deficit, converged)``."""
     part = plan.parts[k]
@@ -205,7 +148,7 @@ def _staging(out: Path, replace: bool) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def _run(folder: ModelFolder, plan: _Plan, tmp: Path, reg: Regularizer, options: SolveOptions,
+def _run(folder: ModelFolder, plan: Plan, tmp: Path, reg: Regularizer, options: SolveOptions,
          report: CheckpointReport, progress: bool) -> None:
     from tqdm.auto import tqdm
 
@@ -232,13 +175,6 @@ def _run(folder: ModelFolder, plan: _Plan, tmp: Path, reg: Regularizer, options:
     report.tensors_read, report.bytes_read, report.reads = reader.tensors_read, reader.bytes_read, reader.reads
 
 
-def _regularizer(reg: RegularizerSpec) -> Regularizer:
-    regularizer = parse_regularizer(reg)
-    if regularizer.sum_of_powers is None:  # the untouched tensors' costs are summed as powers while copied
-        raise RegularizerError(f"out-of-core balancing takes sums of powers (l2, l1, 1*l2+0.01*l1, ...), not {reg!r}")
-    return regularizer
-
-
 def balance_checkpoint(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], reg: RegularizerSpec = "l2",
                        *, tol: float = 1e-10, max_sweeps: int = 10_000, replace: bool = False,
                        max_component_bytes: int | None = None, progress: bool = False) -> CheckpointReport:
@@ -260,17 +196,17 @@ def balance_checkpoint(model_dir: str | os.PathLike[str], out_dir: str | os.Path
     ...     print(str(exc).split("(")[1].split(")")[0], os.path.exists(root + ".out"))
     pytorch_model.bin False
     """
-    regularizer = _regularizer(reg)
+    regularizer = checkpoint_regularizer(reg)
     root, out = Path(model_dir), Path(out_dir)
     folder = open_folder(root)
     _check_out(root, out, replace)
     report = CheckpointReport(str(root), str(out), str(regularizer), checkpoint_bytes=folder.nbytes,
                               left_out=list(folder.left_out))
     start = time.perf_counter()
-    plan = _plan(folder)
+    plan = plan_checkpoint(folder)
     report.discovery_seconds = time.perf_counter() - start
     report.groups, report.components = plan.discovery.n, len(plan.parts)
-    sizes = [_part_bytes(plan, folder, k) for k in range(len(plan.parts))]
+    sizes = [plan.part_bytes(folder, k) for k in range(len(plan.parts))]
     report.largest_component_bytes = max(sizes, default=0)
     if max_component_bytes is not None and report.largest_component_bytes > max_component_bytes:
         k = int(np.argmax(sizes))
