@@ -76,6 +76,15 @@ class CheckpointInspection:
 
     ``bytes_read`` equals ``touched_bytes`` (the stored bytes of the model's parameters) when every
     tensor it needs was read once; ``as_dict()`` is JSON-ready (``synbal._jsonsafe.json_text``).
+    Built by hand here from one group's problem (IN 4, OUT 1):
+
+    >>> from synbal._problem.problem import BalanceProblem, CostBlock
+    >>> problem = BalanceProblem(np.ones(1), [CostBlock(2.0, [0], [-1], [[4.0]]), CostBlock(2.0, [-1], [0], [[1.0]])])
+    >>> a = unit_arrays(problem)
+    >>> report = CheckpointInspection("model", report_of(a, ["mlp[0]"], [], regularizer="l2", regularizer_value=5.0),
+    ...                               a, np.array([1]), np.array([0]), [], [])
+    >>> report.max_relative_deficit, report.worst_group, report.as_dict()["groups"][0]["OUT"]
+    (0.6, 'mlp[0]', 1.0)
     """
 
     model_dir: str
