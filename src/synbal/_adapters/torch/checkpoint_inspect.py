@@ -95,18 +95,27 @@ class CheckpointInspection:
     layers: list[LayerSummary]
     components: list[ComponentBalance]
     untouched_regularizer_value: float = 0.0  # R's part in the parameters no group touches
-    tensors_read: int = 0
-    bytes_read: int = 0
-    reads: int = 0
+    reader: ShardReader = field(default_factory=ShardReader)  # what was read: tensors, bytes, read calls
     touched_bytes: int = 0
     checkpoint_bytes: int = 0
-    discovery_seconds: float = 0.0
-    inspect_seconds: float = 0.0
+    seconds: tuple[float, float] = (0.0, 0.0)  # discovery, then reading and measuring
     left_out: list[str] = field(default_factory=list)
 
     @property
     def groups(self) -> int:
         return int(self.sizes.size)
+
+    @property
+    def tensors_read(self) -> int:
+        return self.reader.tensors_read
+
+    @property
+    def bytes_read(self) -> int:
+        return self.reader.bytes_read
+
+    @property
+    def reads(self) -> int:
+        return self.reader.reads
 
     @property
     def max_relative_deficit(self) -> float:
@@ -133,7 +142,7 @@ class CheckpointInspection:
                 "components": len(self.components), "untouched_regularizer_value": self.untouched_regularizer_value,
                 "tensors_read": self.tensors_read, "bytes_read": self.bytes_read, "reads": self.reads,
                 "touched_bytes": self.touched_bytes, "checkpoint_bytes": self.checkpoint_bytes,
-                "discovery_seconds": self.discovery_seconds, "inspect_seconds": self.inspect_seconds,
+                "discovery_seconds": self.seconds[0], "inspect_seconds": self.seconds[1],
                 "left_out": list(self.left_out)}
 
     def as_dict(self) -> dict[str, Any]:
@@ -305,5 +314,5 @@ def inspect_checkpoint(model_dir: str | os.PathLike[str], reg: RegularizerSpec =
     touched = sum(plan.entry(folder, n).nbytes for n in d.params)
     return CheckpointInspection(
         str(model_dir), balance, walk.arrays, np.array([len(g) for g in d.groups], dtype=np.int64), walk.component_of,
-        _layers(names, walk), walk.parts, walk.value, reader.tensors_read, reader.bytes_read, reader.reads, touched,
-        folder.nbytes, discovery_seconds, time.perf_counter() - start, list(folder.left_out))
+        _layers(names, walk), walk.parts, walk.value, reader, touched, folder.nbytes,
+        (discovery_seconds, time.perf_counter() - start), list(folder.left_out))
