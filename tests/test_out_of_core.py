@@ -192,6 +192,7 @@ def test_cli_balances_a_folder_and_writes_the_report(tmp_path: Path, capsys: pyt
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "r.json").read_text())  # 2 blocks x (attention, MLP); the head is tied
     assert report["converged"] and report["components"] == 4 and 0.5 < report["checkpoint_reads"] <= 1.0
+    assert report["verified"] is False  # off by default for a folder
     assert "components, method exact" in capsys.readouterr().out
     assert main(["balance", str(tmp_path / "in"), "-o", str(tmp_path / "out")]) == 2  # exists, not empty
     assert "not empty" in capsys.readouterr().err
@@ -247,6 +248,22 @@ def test_meta_model_needs_a_config(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(CheckpointError, match="names no architecture"):
         meta_model(tmp_path)
+
+
+def test_verify_loads_both_folders_and_compares_logits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    _save("llama", tmp_path / "in", layers=2)
+    report = balance_checkpoint(tmp_path / "in", tmp_path / "out", verify=True)
+    assert report.verified
+    capsys.readouterr()
+    assert main(["balance", str(tmp_path / "in"), "-o", str(tmp_path / "o3"), "--verify"]) == 0
+    assert "function verified (same logits)" in capsys.readouterr().out
+    monkeypatch.setattr(out_of_core, "scale_parameter", lambda t, rf, cf: t.mul_(1.5))  # not a symmetry
+    with pytest.raises(synbal.errors.VerificationError, match="written folder"):
+        balance_checkpoint(tmp_path / "in", tmp_path / "bad", verify=True)
+    assert not (tmp_path / "bad").exists()  # checked before the folder is renamed into place
+    assert main(["balance", str(tmp_path / "in"), "-o", str(tmp_path / "bad"), "--verify"]) == 1
+    assert not (tmp_path / "bad").exists()
 
 
 def _prefix(name: str) -> str:

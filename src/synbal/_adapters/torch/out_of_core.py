@@ -12,6 +12,13 @@
    tensors in their own dtype and writes them at their offsets in the output shards;
 4. copies the config, tokenizer and other files, and renames the output folder into place.
 
+With ``verify=True`` (off by default: it needs the model in memory, twice in turn) the written
+folder is checked before it is renamed into place: the input folder's model and the written one
+are loaded with ``transformers`` one after the other and must give the same logits on fixed token
+ids (:func:`~synbal._adapters.torch.apply.verify_outputs`' tolerance for the dtype: ``1e-4``
+relative in float32, ``1e-8`` in float64); otherwise
+:class:`~synbal.errors.VerificationError` is raised and nothing is written.
+
 Peak memory is the largest component's tensors plus the solver's state (one decoder block), not
 the model. A component larger than ``max_component_bytes`` is refused before any work (one pass
 over its tensors is needed per Newton step otherwise; this is not done). The output folder is
@@ -32,12 +39,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from synbal._adapters.torch.apply import row_col_factors, scale_parameter
+from synbal._adapters.torch.apply import row_col_factors, scale_parameter, verify_outputs
 from synbal._adapters.torch.checkpoint_plan import Plan, checkpoint_regularizer, piece_cost, plan_checkpoint
 from synbal._adapters.torch.components import sub_discovery
 from synbal._adapters.torch.extract import build_problem
-from synbal._adapters.torch.hf_folder import ModelFolder, open_folder
+from synbal._adapters.torch.hf_folder import ModelFolder, load_model, open_folder, trace_inputs
 from synbal._adapters.torch.safetensors_io import ShardReader, ShardWriter
 from synbal._front import _final_state
 from synbal._problem.regularizers import Regularizer, RegularizerSpec
@@ -45,7 +53,7 @@ from synbal._solvers import solve
 from synbal._solvers.base import SolveOptions
 from synbal.errors import CheckpointError, SynbalError
 
-__all__ = ["CheckpointReport", "balance_checkpoint"]
+__all__ = ["CheckpointReport", "balance_checkpoint", "verify_folder"]
 
 
 @dataclass
@@ -77,6 +85,7 @@ class CheckpointReport:
     discovery_seconds: float = 0.0
     balance_seconds: float = 0.0
     left_out: list[str] = field(default_factory=list)
+    verified: bool = False  # the written folder's logits were checked against the input's
 
     @property
     def checkpoint_reads(self) -> float:
@@ -175,9 +184,26 @@ def _run(folder: ModelFolder, plan: Plan, tmp: Path, reg: Regularizer, options: 
     report.tensors_read, report.bytes_read, report.reads = reader.tensors_read, reader.bytes_read, reader.reads
 
 
+def _logits(root: Path, length: int = 8) -> list[torch.Tensor]:
+    """The logits (the main output) of the folder ``root``'s model, loaded in memory, on fixed token ids."""
+    model = load_model(root)
+    vocab = int(getattr(model.config, "vocab_size", 2) or 2)
+    ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(*trace_inputs(model, length, ids))
+    return [out.logits if hasattr(out, "logits") else out[0]]
+
+
+def verify_folder(model_dir: Path, written: Path, where: str) -> None:
+    """Raise :class:`~synbal.errors.VerificationError` unless the two folders' models give the same logits."""
+    before = _logits(model_dir)
+    verify_outputs(before, _logits(written), where)
+
+
 def balance_checkpoint(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], reg: RegularizerSpec = "l2",
                        *, tol: float = 1e-10, max_sweeps: int = 10_000, replace: bool = False,
-                       max_component_bytes: int | None = None, progress: bool = False) -> CheckpointReport:
+                       max_component_bytes: int | None = None, progress: bool = False,
+                       verify: bool = False) -> CheckpointReport:
     """Balance the Hugging Face model folder ``model_dir`` out of core into ``out_dir`` (see the module docstring).
 
     Bad input raises a :class:`~synbal.errors.SynbalError` (a :class:`~synbal.errors.CheckpointError`
@@ -217,5 +243,8 @@ def balance_checkpoint(model_dir: str | os.PathLike[str], out_dir: str | os.Path
         _run(folder, plan, tmp, regularizer, SolveOptions(tol=tol, max_sweeps=max_sweeps), report, progress)
         for name in folder.other_files:
             shutil.copy2(folder.root / name, tmp / name)
+        if verify:
+            verify_folder(folder.root, tmp, f"written folder {out}")
+            report.verified = True
     report.balance_seconds = time.perf_counter() - start
     return report

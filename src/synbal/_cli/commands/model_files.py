@@ -5,7 +5,7 @@
 * ``synbal balance --factory pkg.module:function --weights W.safetensors -o OUT.safetensors`` —
   the factory builds the model, the weights are loaded with safetensors, the balanced state is
   saved with safetensors.
-* ``synbal balance MODEL_DIR -o OUT_DIR [--replace] [--max-component-mb N]`` — a Hugging Face model
+* ``synbal balance MODEL_DIR -o OUT_DIR [--replace] [--max-component-mb N] [--verify]`` — a Hugging Face model
   folder (``config.json`` and safetensors shards), balanced out of core by
   :func:`synbal.torch.balance_checkpoint` (exact solver, one component in memory at a time).
 * ``synbal inspect MODEL_DIR [--reg SPEC] [--json] [--max-rows N] [--progress]`` — the balance of such
@@ -116,7 +116,8 @@ def _balance_folder(args: argparse.Namespace) -> int:
     report = balance_checkpoint(
         _opt(args, "input"), _opt(args, "output"), _opt(args, "reg", "l2"), tol=_opt(args, "tol", 1e-10),
         max_sweeps=_opt(args, "max_sweeps", 10_000), replace=bool(_opt(args, "replace", False)),
-        max_component_bytes=None if limit is None else int(limit * 2**20), progress=bool(_opt(args, "progress")))
+        max_component_bytes=None if limit is None else int(limit * 2**20), progress=bool(_opt(args, "progress")),
+        verify=bool(_opt(args, "verify", False)))
     if _opt(args, "report"):
         text = json_text(report.as_dict())
         atomic_write_all([(_opt(args, "report"), lambda tmp: tmp.write_text(text, encoding="utf-8"))])
@@ -130,6 +131,7 @@ def _balance_folder(args: argparse.Namespace) -> int:
           f"balance {report.balance_seconds:.3g} s")
     print(f"  read {report.tensors_read} tensors, {report.bytes_read} bytes in {report.reads} reads "
           f"({report.checkpoint_reads:.3f} x the checkpoint's {report.checkpoint_bytes} bytes)")
+    print(f"  function {'verified (same logits)' if report.verified else 'not checked (--verify loads it in memory)'}")
     if report.left_out:
         print(f"  not copied (weights in other formats, unbalanced): {', '.join(report.left_out)}")
     return 0
