@@ -115,6 +115,22 @@ def test_scale_beyond_float64_is_a_typed_error(method: str) -> None:
             synbal.balance(g, "l1", method, seed=0)
 
 
+def test_a_nan_log_scale_is_named_as_nan_not_as_a_huge_scale() -> None:
+    from problem_factory import layered_problem
+    from synbal._solvers.base import check_range
+
+    problem = layered_problem(np.random.default_rng(0), [2, 3, 2])
+    u = np.zeros(problem.n)
+    check_range(problem, u)  # finite and small: nothing to say
+    u[1] = np.nan
+    with pytest.raises(NumericRangeError, match=r"log-scale of unit .* became NaN on the way") as info:
+        check_range(problem, u)
+    assert "e^nan" not in str(info.value)
+    u[1] = 900.0
+    with pytest.raises(NumericRangeError, match=r"passed e\^900 on the way"):
+        check_range(problem, u)
+
+
 def test_bipu_degree_range_is_validated() -> None:
     for c in (1e-320, 0.0, -1.0, 0.001, 1e3, 1e300):
         with pytest.raises(ActivationError, match=r"between 0\.01 and 100"):

@@ -88,3 +88,79 @@ def test_fig9_reproduction_on_ray(tmp_path, ray_local):
     for curve, values in here["curves"].items():
         np.testing.assert_array_equal(on_ray["curves"][curve], values)
     assert len(list((tmp_path / "ray" / "fig9-runs").glob("runs-*.npz"))) == 4
+
+
+class TwoMachines:
+    """A backend whose second machine lacks aimet-torch (what a mixed cluster looks like to the probe)."""
+
+    name = "ray"
+
+    def on_each_node(self, fn, *args):
+        here = {arm: None for arm in args[0]}
+        there = {arm: "aimet-torch is not installed" if arm == "aimet" else None for arm in args[0]}
+        return {"node-a": here, "node-b": there}
+
+
+def test_quant_refuses_an_arm_that_one_worker_machine_lacks():
+    with pytest.raises(SynbalError, match=r"arm\(s\) aimet run here but not on the ray workers \(aimet: aimet-torch "
+                                          r"is not installed \(on 1 of 2 worker machines\)\)"):
+        quant.check_workers(TwoMachines(), ["none", "brevitas", "aimet", "synbal-linf"])
+    quant.check_workers(TwoMachines(), ["none", "brevitas", "synbal-linf"])  # every machine has brevitas
+
+
+def test_a_probe_that_fails_on_a_machine_refuses_every_peer():
+    class Broken(TwoMachines):
+        def on_each_node(self, fn, *args):
+            return {"node-a": {arm: None for arm in args[0]}, "node-b": ImportError("no module named synbal")}
+
+    with pytest.raises(SynbalError, match=r"arm\(s\) brevitas run here.*the probe failed: ImportError: no module "
+                                          r"named synbal \(on 1 of 2"):
+        quant.check_workers(Broken(), ["none", "brevitas"])
+
+
+def test_the_ray_probe_runs_once_on_the_local_node(ray_local):
+    from synbal.experiments.backend import RayBackend
+
+    out = RayBackend().on_each_node(_node_and_sum, 2, 3)
+    assert out == {ray_local.get_runtime_context().get_node_id(): (ray_local.get_runtime_context().get_node_id(), 5)}
+
+
+def _node_and_sum(a, b):
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), a + b
+
+
+CLUSTER_PROBE = """
+import json, ray
+from ray.cluster_utils import Cluster
+from synbal.experiments.backend import RayBackend
+from probe_node import node_id
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+print(json.dumps({"nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),
+                  "probe": RayBackend().on_each_node(node_id)}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_the_ray_probe_reaches_every_machine_of_a_two_node_cluster(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    (tmp_path / "probe_node.py").write_text("import ray\n\ndef node_id():\n"
+                                            "    return ray.get_runtime_context().get_node_id()\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", CLUSTER_PROBE], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(out["nodes"]) == 2
+    assert out["probe"] == {node: node for node in out["nodes"]}  # one task on each, pinned there

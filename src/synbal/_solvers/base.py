@@ -32,6 +32,11 @@ def check_range(problem: BalanceProblem, u: np.ndarray) -> None:
     if not worst <= LOG_SCALE_LIMIT:  # also NaN
         k = int(np.argmax(np.where(np.isfinite(total), np.abs(total), np.inf)))
         name = (problem.names or [])[k] if problem.names is not None else str(k)
+        if np.isnan(total[k]):
+            raise NumericRangeError(
+                f"the log-scale of unit {name!r} became NaN on the way to the balanced state (its costs left "
+                "the float64 range): that state cannot be computed in float64"
+            )
         raise NumericRangeError(
             f"the scale of unit {name!r} passed e^{total[k]:.6g} on the way to the balanced state: "
             "that state cannot be represented in float64"

@@ -167,20 +167,30 @@ def quant_run(model_name: str, ds_name: str, data: ImageDataset, seed: int, s: d
 
 
 def check_workers(backend: Backend | None, usable: list[str]) -> None:
-    """Refuse a peer arm that imports here but not on ``backend``'s workers (one probe task).
+    """Refuse a peer arm that imports here but not on every one of ``backend``'s worker machines
+    (one probe task pinned to each).
 
     Workers run the plain package: AIMET needs torchvision, which the leniency of
     ``scripts/synbal_tolerant_torchvision.py`` makes importable on this side only; such an arm
     would fail on every worker, so it is refused before anything runs, never dropped silently.
+    A cluster whose machines differ is refused the same way, naming how many lack the arm.
     """
     peers = tuple(a for a in usable if a in PEERS)
     if backend is None or not peers:
         return
-    there = run_grid(_quant_arms.peer_status, [RunSpec({"probe": list(peers)}, (peers,))], None, backend,
-                     progress=False)[0]
-    missing = {arm: why for arm, why in there.items() if why}
+    per_node = backend.on_each_node(_quant_arms.peer_status, peers)
+    missing: dict[str, list[str]] = {}
+    for status in per_node.values():
+        if isinstance(status, BaseException):  # the probe itself failed there: no peer is usable
+            status = {arm: f"the probe failed: {type(status).__name__}: {status}" for arm in peers}
+        for arm, why in status.items():
+            if why:
+                missing.setdefault(arm, []).append(why)
     if missing:
-        listed = "; ".join(f"{arm}: {why}" for arm, why in missing.items())
+        nodes = len(per_node)
+        listed = "; ".join(f"{arm}: {whys[0]}" + ("" if len(whys) == nodes else f" (on {len(whys)} of {nodes} "
+                                                                              "worker machines)")
+                           for arm, whys in missing.items())
         keep = [a for a in usable if a not in missing]
         raise SynbalError(f"quant: arm(s) {', '.join(missing)} run here but not on the {backend.name} workers "
                           f"({listed}); install them there, use the in-process backend, or leave them out: "

@@ -75,15 +75,26 @@ class Backend(Protocol):
 
     def map(self, fn: Callable[..., Any], specs: Sequence[RunSpec]) -> Iterator[tuple[int, Any]]: ...
 
+    def on_each_node(self, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
+        """``fn(*args)`` once on every machine that runs tasks: machine → value (or the exception)."""
+        ...
+
 
 class InProcess:
-    """Every run in this process, in order (an exception stops the grid, as before backends)."""
+    """Every run in this process, in order (an exception stops the grid, as before backends).
+
+    >>> InProcess().on_each_node(max, 2, 3)
+    {'this process': 3}
+    """
 
     name = "in-process"
 
     def map(self, fn: Callable[..., Any], specs: Sequence[RunSpec]) -> Iterator[tuple[int, Any]]:
         for i, spec in enumerate(specs):
             yield i, fn(*spec.args)
+
+    def on_each_node(self, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
+        return {"this process": fn(*args)}
 
 
 def run_grid(fn: Callable[..., Any], specs: Sequence[RunSpec], cache: RunRecord | None,
@@ -149,6 +160,29 @@ class RayBackend:
             where = f"join the Ray cluster at {self.address!r}" if self.address else "start a local Ray instance"
             raise SynbalError(f"cannot {where}: {exc}") from exc
         return True
+
+    def on_each_node(self, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
+        """``fn(*args)`` as one task pinned to each alive node with a CPU (node id → value, or the
+        task's exception): a probe of what every worker machine can do, not just the first one."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        started = self._start()
+        ray = self.ray
+        try:
+            nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
+            task = ray.remote(num_cpus=1, max_retries=self.retries)(fn)
+            refs = {node: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                    .remote(*args) for node in nodes}
+            out: dict[str, Any] = {}
+            for node, r in refs.items():
+                try:
+                    out[node] = ray.get(r)
+                except (ray.exceptions.RayTaskError, ray.exceptions.RayError) as exc:
+                    out[node] = exc
+            return out
+        finally:
+            if started:
+                ray.shutdown()
 
     def map(self, fn: Callable[..., Any], specs: Sequence[RunSpec]) -> Iterator[tuple[int, Any]]:
         if not specs:
