@@ -1,4 +1,5 @@
-"""Out-of-core balancing of Hugging Face model folders (issue 12): ``synbal balance MODEL_DIR -o OUT_DIR``.
+"""Out-of-core balancing of Hugging Face model folders (issue 12): ``synbal balance MODEL_DIR -o OUT_DIR``,
+and their out-of-core inspection (``synbal inspect MODEL_DIR``).
 
 Tiny Llama (GQA + RoPE), GPT-2 and OPT checkpoints are saved in several shards; the out-of-core
 result must equal the in-memory exact balance per tensor, keep the logits, copy what is not
@@ -24,8 +25,9 @@ from synbal._adapters.torch import out_of_core
 from synbal._adapters.torch.components import components
 from synbal._adapters.torch.hf_folder import meta_model, trace_inputs
 from synbal._cli.main import main
+from synbal._jsonsafe import json_text
 from synbal.errors import CheckpointError, SynbalError
-from synbal.torch import balance_checkpoint, discover
+from synbal.torch import balance_checkpoint, discover, inspect_checkpoint
 from transformers_compat import example, logits, needs_transformers, tiny
 
 pytestmark = needs_transformers
@@ -169,6 +171,8 @@ def test_defective_folders_raise_checkpoint_error_and_write_nothing(tmp_path: Pa
         _shards(src)[0].write_bytes(data[:8] + b"x" + data[9:])
     with pytest.raises(CheckpointError, match=expected):
         balance_checkpoint(src, tmp_path / "out")
+    with pytest.raises(CheckpointError, match=expected):  # inspection makes the same checks
+        inspect_checkpoint(src)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
@@ -188,6 +192,7 @@ def test_cli_balances_a_folder_and_writes_the_report(tmp_path: Path, capsys: pyt
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "r.json").read_text())  # 2 blocks x (attention, MLP); the head is tied
     assert report["converged"] and report["components"] == 4 and 0.5 < report["checkpoint_reads"] <= 1.0
+    assert report["verified"] is False  # off by default for a folder
     assert "components, method exact" in capsys.readouterr().out
     assert main(["balance", str(tmp_path / "in"), "-o", str(tmp_path / "out")]) == 2  # exists, not empty
     assert "not empty" in capsys.readouterr().err
@@ -223,6 +228,9 @@ def test_limits_and_refusals(tmp_path: Path) -> None:
         balance_checkpoint(tmp_path / "in", tmp_path)
     with pytest.raises(synbal.errors.RegularizerError, match="sums of powers"):
         balance_checkpoint(tmp_path / "in", tmp_path / "out", "l2,1")
+    for reg in ("l2,1", "linf"):  # inspection takes what balancing takes
+        with pytest.raises(synbal.errors.RegularizerError, match="sums of powers"):
+            inspect_checkpoint(tmp_path / "in", reg)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
@@ -240,6 +248,120 @@ def test_meta_model_needs_a_config(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(CheckpointError, match="names no architecture"):
         meta_model(tmp_path)
+
+
+def test_verify_loads_both_folders_and_compares_logits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    _save("llama", tmp_path / "in", layers=2)
+    report = balance_checkpoint(tmp_path / "in", tmp_path / "out", verify=True)
+    assert report.verified
+    capsys.readouterr()
+    assert main(["balance", str(tmp_path / "in"), "-o", str(tmp_path / "o3"), "--verify"]) == 0
+    assert "function verified (same logits)" in capsys.readouterr().out
+    monkeypatch.setattr(out_of_core, "scale_parameter", lambda t, rf, cf: t.mul_(1.5))  # not a symmetry
+    with pytest.raises(synbal.errors.VerificationError, match="written folder"):
+        balance_checkpoint(tmp_path / "in", tmp_path / "bad", verify=True)
+    assert not (tmp_path / "bad").exists()  # checked before the folder is renamed into place
+    assert main(["balance", str(tmp_path / "in"), "-o", str(tmp_path / "bad"), "--verify"]) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+def _prefix(name: str) -> str:
+    return name.rsplit("[", 1)[0]
+
+
+@pytest.mark.parametrize(("name", "reg"), [("llama", "l2"), ("llama", "l1"), ("gpt2", "l2"), ("gpt2", "l1")])
+def test_inspect_equals_the_in_memory_deficit(tmp_path: Path, name: str, reg: str) -> None:
+    model = _save(name, tmp_path / "in", layers=2)  # float32, several shards
+    ref = synbal.deficit(model, reg, example_inputs=example(name, 0), verify=False)
+    got = inspect_checkpoint(tmp_path / "in", reg)
+    b = got.balance
+    for attr in ("regularizer_value", "overall_deficit", "max_relative_deficit", "frobenius_norm"):
+        assert getattr(b, attr) == pytest.approx(getattr(ref, attr), rel=1e-9, abs=0), attr
+    assert b.regularizer == ref.regularizer == reg and b.excluded == ref.excluded
+    assert [u.name for u in b.units] == [u.name for u in ref.units] and got.groups == len(ref.units)
+    for field in ("IN", "OUT", "degree", "deficit", "relative_deficit"):
+        x = np.array([getattr(u, field) for u in b.units])
+        y = np.array([getattr(u, field) for u in ref.units])
+        assert np.allclose(x, y, rtol=1e-9, atol=0), field
+    assert [u.status for u in b.units] == [u.status for u in ref.units]
+    assert [la.units for la in b.layers] == [la.units for la in ref.layers]
+    assert np.allclose([(la.IN, la.OUT, la.max_relative_deficit) for la in b.layers],
+                       [(la.IN, la.OUT, la.max_relative_deficit) for la in ref.layers], rtol=1e-9, atol=0)
+    free = {u.name: u.relative_deficit for u in ref.units if u.status == "free"}
+    for layer in got.layers:  # each named layer: its groups' count, sums, max and mean, from the in-memory units
+        mine = [u for u in ref.units if _prefix(u.name) == layer.name]
+        rel = [free[u.name] for u in mine if u.name in free]
+        assert layer.groups == len(mine)
+        assert np.isclose(layer.IN, sum(u.IN for u in mine), rtol=1e-9, atol=0)
+        assert layer.max_relative_deficit == pytest.approx(max(rel), rel=1e-12)
+        assert layer.mean_relative_deficit == pytest.approx(float(np.mean(rel)), rel=1e-9)
+    assert sum(layer.groups for layer in got.layers) == got.groups
+    assert got.mean_relative_deficit == pytest.approx(float(np.mean(list(free.values()))), rel=1e-9)
+    assert sum(c.regularizer_value for c in got.components) + got.untouched_regularizer_value == pytest.approx(
+        ref.regularizer_value, rel=1e-9)
+    params = {k: t for k, t in _tensors(tmp_path / "in").items() if k in dict(model.named_parameters())}
+    assert got.tensors_read == len(params) == got.reads  # every parameter's tensor read once, in one read (< 16 MiB)
+    assert got.bytes_read == got.touched_bytes == sum(t.numel() * t.element_size() for t in params.values())
+    assert got.touched_bytes < got.checkpoint_bytes  # headers (and any other tensor) are not read
+
+
+@pytest.mark.parametrize(("dtype", "bound"), [(torch.float64, 1e-10), (torch.float32, 2**-21)])
+def test_inspect_after_balancing_shows_the_balanced_state(tmp_path: Path, dtype: torch.dtype, bound: float) -> None:
+    """Below the solver's tolerance in float64; in float32 the written weights' rounding (2^-24 relative,
+    doubled by the squares) bounds what the checkpoint itself can show."""
+    _save("llama", tmp_path / "in", dtype, layers=2)
+    before = inspect_checkpoint(tmp_path / "in", "l1")
+    report = balance_checkpoint(tmp_path / "in", tmp_path / "out", "l1", tol=1e-10)
+    after = inspect_checkpoint(tmp_path / "out", "l1")
+    assert before.max_relative_deficit > 0.1 and report.converged
+    assert after.max_relative_deficit <= bound and all(c.max_relative_deficit <= bound for c in after.components)
+    assert before.balance.regularizer_value == pytest.approx(report.regularizer_before, rel=1e-9)
+    assert after.balance.regularizer_value == pytest.approx(report.regularizer_after, rel=bound)
+    assert after.untouched_regularizer_value == before.untouched_regularizer_value  # copied bit for bit
+
+
+def test_cli_inspects_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _save("gpt2", tmp_path / "in", layers=2)
+    (tmp_path / "in" / "extra.bin").write_bytes(b"pickled, never read")
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "in"), "--reg", "l1", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    api = json.loads(json_text(inspect_checkpoint(tmp_path / "in", "l1").as_dict()))
+    for d in (data, api):
+        for key in ("discovery_seconds", "inspect_seconds"):
+            del d["totals"][key]
+    assert data == api and data["totals"]["left_out"] == ["extra.bin"] and len(data["groups"]) == 128
+    assert main(["inspect", str(tmp_path / "in"), "--max-rows", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "(4 more layers)" in out and "max relative deficit: " in out and "regularizer (l2): " in out
+
+
+@pytest.mark.parametrize("defect", ["truncated", "no config", "pickle only", "regularizer", "factory"])
+def test_cli_inspect_bad_folders_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 defect: str) -> None:
+    src = tmp_path / "in"
+    _save("llama", src, layers=2)
+    args, expected = ["inspect", str(src)], {"truncated": "cut short", "no config": "no config.json",
+                                             "pickle only": "pickle-based", "regularizer": "sums of powers",
+                                             "factory": "drop --factory"}[defect]
+    if defect == "truncated":
+        _truncate(_shards(src)[0], 100)
+    elif defect == "no config":
+        (src / "config.json").unlink()
+    elif defect == "pickle only":
+        for p in [*_shards(src), src / "model.safetensors.index.json"]:
+            p.unlink()
+        (src / "pytorch_model.bin").write_bytes(b"not loaded")
+    elif defect == "regularizer":
+        args += ["--reg", "l2,1"]
+    else:
+        args += ["--factory", "os:getcwd"]
+    capsys.readouterr()
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "\n" not in err and expected in err and "Traceback" not in err and captured.out == ""
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ import numpy as np
 
 from synbal._problem.problem import BalanceProblem, Records
 
-__all__ = ["DeficitReport", "LayerBalance", "UnitBalance", "deficit_report"]
+__all__ = ["DeficitReport", "LayerBalance", "UnitArrays", "UnitBalance", "deficit_report", "report_of", "unit_arrays"]
 
 
 
@@ -133,6 +133,59 @@ def _status(problem: BalanceProblem) -> np.ndarray:
                      ["dead", "floating", "pinned", "drifting"], "free")
 
 
+@dataclass
+class UnitArrays:
+    """Per-unit ``IN``, ``OUT``, degree, relative deficit, status and free mask: what a
+    :class:`DeficitReport` is made of, so the reports of independent parts can be joined.
+
+    >>> import numpy as np
+    >>> from synbal._problem.problem import BalanceProblem, CostBlock
+    >>> arrays = unit_arrays(BalanceProblem(np.ones(1), [CostBlock(2.0, [0], [-1], [[4.0]]),
+    ...                                                  CostBlock(2.0, [-1], [0], [[1.0]])]))
+    >>> arrays.IN.tolist(), arrays.OUT.tolist(), arrays.status.tolist()
+    ([4.0], [1.0], ['free'])
+    """
+
+    IN: np.ndarray
+    OUT: np.ndarray
+    degree: np.ndarray
+    relative: np.ndarray
+    status: np.ndarray
+    free: np.ndarray
+
+
+def unit_arrays(problem: BalanceProblem, u: np.ndarray | None = None) -> UnitArrays:
+    """The :class:`UnitArrays` of ``problem`` at log-scales ``u`` (default: the unscaled weights)."""
+    u = np.zeros(problem.n) if u is None else np.asarray(u, dtype=np.float64)
+    IN, OUT = problem.in_out(u)
+    return UnitArrays(IN, OUT, np.asarray(problem.degree, dtype=np.float64), problem.relative_deficit(u),
+                      _status(problem), problem.free_mask())
+
+
+def report_of(arrays: UnitArrays, names: Sequence[str], layers: list[np.ndarray], *, regularizer: str,
+              regularizer_value: float, frobenius_norm: float | None = None,
+              excluded: dict[str, str] | None = None) -> DeficitReport:
+    """The :class:`DeficitReport` of units given by their arrays (``regularizer_value`` is ``R``)."""
+    IN, OUT, c, rel, status = arrays.IN, arrays.OUT, arrays.degree, arrays.relative, arrays.status
+    deficits = (IN - c * OUT) ** 2
+
+    def unit(i: int) -> UnitBalance:
+        return UnitBalance(name=names[i], IN=float(IN[i]), OUT=float(OUT[i]), degree=float(c[i]),
+                           deficit=float(deficits[i]), relative_deficit=float(rel[i]), status=str(status[i]))
+
+    free = arrays.free
+    return DeficitReport(
+        regularizer=regularizer,
+        units=Records(IN.size, unit),
+        regularizer_value=regularizer_value,
+        overall_deficit=float(np.sum(deficits)),
+        max_relative_deficit=float(rel[free].max()) if free.any() else 0.0,
+        frobenius_norm=frobenius_norm,
+        layers=_layer_balance(layers, IN, OUT, np.where(free, rel, 0.0)),
+        excluded=dict(excluded or {}),
+    )
+
+
 def deficit_report(
     problem: BalanceProblem,
     u: np.ndarray | None = None,
@@ -143,28 +196,8 @@ def deficit_report(
 ) -> DeficitReport:
     """Measure the balance of ``problem`` at log-scales ``u`` (default: the unscaled weights)."""
     u = np.zeros(problem.n) if u is None else np.asarray(u, dtype=np.float64)
-    IN, OUT = problem.in_out(u)
-    rel = problem.relative_deficit(u)
-    status = _status(problem)
-    names = problem.names or []
-    c = problem.degree
-    deficits = (IN - c * OUT) ** 2
-
-    def unit(i: int) -> UnitBalance:
-        return UnitBalance(name=names[i], IN=float(IN[i]), OUT=float(OUT[i]), degree=float(c[i]),
-                           deficit=float(deficits[i]), relative_deficit=float(rel[i]), status=str(status[i]))
-
-    free = problem.free_mask()
-    return DeficitReport(
-        regularizer=regularizer,
-        units=Records(problem.n, unit),
-        regularizer_value=problem.value(u),
-        overall_deficit=float(np.sum(deficits)),
-        max_relative_deficit=float(rel[free].max()) if free.any() else 0.0,
-        frobenius_norm=frobenius_norm,
-        layers=_layer_balance(problem.layers or [], IN, OUT, np.where(free, rel, 0.0)),
-        excluded=dict(excluded or {}),
-    )
+    return report_of(unit_arrays(problem, u), problem.names or [], problem.layers or [], regularizer=regularizer,
+                     regularizer_value=problem.value(u), frobenius_norm=frobenius_norm, excluded=excluded)
 
 
 def _layer_balance(layers: list[np.ndarray], IN: np.ndarray, OUT: np.ndarray, rel: np.ndarray

@@ -24,11 +24,13 @@ from synbal._adapters.torch import (
     fold_batchnorm,
     inspect,
 )
+from synbal._adapters.torch.checkpoint_inspect import CheckpointInspection, inspect_checkpoint
 from synbal._adapters.torch.files import LoadedModel, load_exported
 from synbal._adapters.torch.locally_connected import LocallyConnected2d
 from synbal._adapters.torch.out_of_core import CheckpointReport, balance_checkpoint
 
 __all__ = [
+    "CheckpointInspection",
     "CheckpointReport",
     "Discovery",
     "GroupInfo",
@@ -40,5 +42,6 @@ __all__ = [
     "discover",
     "fold_batchnorm",
     "inspect",
+    "inspect_checkpoint",
     "load_exported",
 ]

@@ -34,7 +34,7 @@ from torch import nn
 from synbal._adapters.torch.safetensors_io import ShardHeader, read_header
 from synbal.errors import CheckpointError
 
-__all__ = ["INDEX", "SINGLE", "ModelFolder", "meta_model", "open_folder", "trace_inputs"]
+__all__ = ["INDEX", "SINGLE", "ModelFolder", "load_model", "meta_model", "open_folder", "trace_inputs"]
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -113,8 +113,8 @@ def _transformers() -> Any:
     return transformers
 
 
-def meta_model(root: Path) -> nn.Module:
-    """The model ``root/config.json`` describes, built on the ``meta`` device in eval mode."""
+def _model_class(root: Path) -> tuple[Any, Any]:
+    """The ``transformers`` class ``root/config.json`` names, and the config."""
     T = _transformers()
     try:
         config = T.AutoConfig.from_pretrained(str(root), local_files_only=True)
@@ -125,19 +125,41 @@ def meta_model(root: Path) -> nn.Module:
     if not names:
         raise CheckpointError(f"config {root / 'config.json'} names no architecture (\"architectures\"), so the "
                               "checkpoint's tensor names cannot be matched to a model class")
+    cls = getattr(T, names[0], None)
+    if cls is None:
+        raise CheckpointError(f"config {root / 'config.json'}: transformers cannot build {names[0]}: "
+                              "it has no such class")
+    return cls, config
+
+
+def meta_model(root: Path) -> nn.Module:
+    """The model ``root/config.json`` describes, built on the ``meta`` device in eval mode."""
+    cls, config = _model_class(root)
     try:
-        cls = getattr(T, names[0])
         with torch.device("meta"):
             model = cls(config)
     except Exception as exc:
-        raise CheckpointError(f"config {root / 'config.json'}: transformers cannot build {names[0]}: "
+        raise CheckpointError(f"config {root / 'config.json'}: transformers cannot build {cls.__name__}: "
                               f"{type(exc).__name__}: {exc}") from None
     return model.eval()
 
 
-def trace_inputs(model: nn.Module, length: int = 8) -> tuple[Any, ...]:
-    """Positional token-id inputs on the ``meta`` device: ``input_ids``, and ``decoder_input_ids``
-    (``None`` for the arguments between) when the model's ``forward`` takes them.
+def load_model(root: Path) -> nn.Module:
+    """The model of the folder ``root`` with its weights, in memory (CPU, stored dtype, eval mode)."""
+    cls, _ = _model_class(root)
+    major, minor = (int(x) for x in _transformers().__version__.split(".")[:2])
+    dtype_key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"  # renamed in 4.56
+    try:
+        model = cls.from_pretrained(str(root), local_files_only=True, use_safetensors=True, **{dtype_key: "auto"})
+    except Exception as exc:
+        raise CheckpointError(f"model folder {root}: transformers cannot load {cls.__name__}: "
+                              f"{type(exc).__name__}: {exc}") from None
+    return model.eval()
+
+
+def trace_inputs(model: nn.Module, length: int = 8, ids: torch.Tensor | None = None) -> tuple[Any, ...]:
+    """Positional token-id inputs (``ids``; zeros on the ``meta`` device by default): ``input_ids``, and
+    ``decoder_input_ids`` (``None`` for the arguments between) when the model's ``forward`` takes them.
 
     >>> class M(nn.Module):
     ...     def forward(self, input_ids, attention_mask=None, decoder_input_ids=None): ...
@@ -145,7 +167,7 @@ def trace_inputs(model: nn.Module, length: int = 8) -> tuple[Any, ...]:
     [(1, 8), None, (1, 8)]
     """
     params = list(inspect.signature(model.forward).parameters)
-    ids = torch.zeros(1, length, dtype=torch.long, device="meta")
+    ids = torch.zeros(1, length, dtype=torch.long, device="meta") if ids is None else ids
     wanted = {"input_ids": ids}
     if "decoder_input_ids" in params:
         wanted["decoder_input_ids"] = ids

@@ -12,6 +12,13 @@
    tensors in their own dtype and writes them at their offsets in the output shards;
 4. copies the config, tokenizer and other files, and renames the output folder into place.
 
+With ``verify=True`` (off by default: it needs the model in memory, twice in turn) the written
+folder is checked before it is renamed into place: the input folder's model and the written one
+are loaded with ``transformers`` one after the other and must give the same logits on fixed token
+ids (:func:`~synbal._adapters.torch.apply.verify_outputs`' tolerance for the dtype: ``1e-4``
+relative in float32, ``1e-8`` in float64); otherwise
+:class:`~synbal.errors.VerificationError` is raised and nothing is written.
+
 Peak memory is the largest component's tensors plus the solver's state (one decoder block), not
 the model. A component larger than ``max_component_bytes`` is refused before any work (one pass
 over its tensors is needed per Newton step otherwise; this is not done). The output folder is
@@ -33,21 +40,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from synbal._adapters.torch.apply import row_col_factors, scale_parameter
-from synbal._adapters.torch.components import Component, components, sub_discovery
-from synbal._adapters.torch.discovery import Discovery, discover
-from synbal._adapters.torch.extract import build_problem, power_sums
-from synbal._adapters.torch.hf_folder import ModelFolder, meta_model, open_folder, trace_inputs
+from synbal._adapters.torch.apply import row_col_factors, scale_parameter, verify_outputs
+from synbal._adapters.torch.checkpoint_plan import Plan, checkpoint_regularizer, piece_cost, plan_checkpoint
+from synbal._adapters.torch.components import sub_discovery
+from synbal._adapters.torch.extract import build_problem
+from synbal._adapters.torch.hf_folder import ModelFolder, load_model, open_folder, trace_inputs
 from synbal._adapters.torch.safetensors_io import ShardReader, ShardWriter
 from synbal._front import _final_state
-from synbal._problem.regularizers import Regularizer, RegularizerSpec, parse_regularizer
+from synbal._problem.regularizers import Regularizer, RegularizerSpec
 from synbal._solvers import solve
 from synbal._solvers.base import SolveOptions
-from synbal.errors import CheckpointError, RegularizerError, SynbalError
+from synbal.errors import CheckpointError, SynbalError
 
-__all__ = ["CheckpointReport", "balance_checkpoint"]
+__all__ = ["CheckpointReport", "balance_checkpoint", "verify_folder"]
 
 
 @dataclass
@@ -79,6 +85,7 @@ class CheckpointReport:
     discovery_seconds: float = 0.0
     balance_seconds: float = 0.0
     left_out: list[str] = field(default_factory=list)
+    verified: bool = False  # the written folder's logits were checked against the input's
 
     @property
     def checkpoint_reads(self) -> float:
@@ -88,17 +95,6 @@ class CheckpointReport:
         return {**asdict(self), "checkpoint_reads": self.checkpoint_reads}
 
 
-@dataclass
-class _Plan:
-    """The discovered model: groups, components, and every parameter's place in the checkpoint."""
-
-    discovery: Discovery
-    parts: list[Component]
-    fixed: list[str]
-    key: dict[str, str]  # canonical parameter name → checkpoint tensor name
-    part_shards: list[set[str]]  # per component, the shard files it reads
-
-
 def _check_out(root: Path, out: Path, replace: bool) -> None:
     src, dst = root.resolve(), out.resolve()
     if dst == src or dst in src.parents:
@@ -106,50 +102,6 @@ def _check_out(root: Path, out: Path, replace: bool) -> None:
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not replace:
         raise SynbalError(f"output folder {out} exists and is not empty; remove it or pass replace=True "
                           "(--replace on the command line)")
-
-
-def _checkpoint_keys(model: nn.Module, d: Discovery, folder: ModelFolder) -> dict[str, str]:
-    """Canonical parameter name → the checkpoint's name for it (a tied alias when that is what is stored)."""
-    aliases: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(param), []).append(name)
-    key = {}
-    for name, p in d.params.items():  # the meta model's parameters by canonical name
-        found = next((a for a in aliases.get(id(p), [name]) if a in folder.weight_map), None)
-        if found is None:
-            raise CheckpointError(f"the checkpoint in {folder.root} has no tensor for parameter {name!r} of the model "
-                                  "config.json describes (config and weights do not match)")
-        entry = folder.shards[folder.weight_map[found]].tensors[found]
-        if entry.shape != tuple(p.shape):
-            raise CheckpointError(f"tensor {found!r} in shard {folder.root / folder.weight_map[found]} has shape "
-                                  f"{list(entry.shape)}, the model's parameter has {list(p.shape)}")
-        key[name] = found
-    return key
-
-
-def _plan(folder: ModelFolder) -> _Plan:
-    model = meta_model(folder.root)
-    d = discover(model, trace_inputs(model))
-    key = _checkpoint_keys(model, d, folder)
-    parts, fixed = components(d)
-    for part in parts:
-        for name in part.params:
-            dtype = folder.shards[folder.weight_map[key[name]]].tensors[key[name]].dtype
-            if dtype is None or not dtype.is_floating_point:
-                raise CheckpointError(f"tensor {key[name]!r} must be rescaled but is stored as "
-                                      f"{folder.shards[folder.weight_map[key[name]]].tensors[key[name]].dtype_name}")
-    shards = [{folder.weight_map[key[n]] for n in part.params} for part in parts]
-    return _Plan(d, parts, fixed, key, shards)
-
-
-def _part_bytes(plan: _Plan, folder: ModelFolder, k: int) -> int:
-    return sum(folder.shards[folder.weight_map[plan.key[n]]].tensors[plan.key[n]].nbytes for n in plan.parts[k].params)
-
-
-def _cost(reg: Regularizer, name: str, t: torch.Tensor) -> float:
-    """``R``'s part for the entries of ``t`` (``reg`` is a sum of powers, checked by :func:`_regularizer`)."""
-    flat = t.reshape(-1)
-    return sum(term.coef * float(power_sums(name, flat, (0,), term.power).sum()) for term in reg.sum_of_powers or ())
 
 
 def _copy_fixed(file: str, folder: ModelFolder, writer: ShardWriter, reader: ShardReader, costed: dict[str, str],
@@ -163,13 +115,13 @@ def _copy_fixed(file: str, folder: ModelFolder, writer: ShardWriter, reader: Sha
         for piece in reader.pieces(header, name):
             writer.write(name, piece, offset)
             offset += len(piece)
-            if name in costed and entry.dtype is not None and entry.dtype.is_floating_point and piece:
-                total += _cost(reg, costed[name], torch.frombuffer(piece, dtype=entry.dtype))
+            if name in costed:
+                total += piece_cost(reg, costed[name], entry, piece)
         writer.done(name)
     return total
 
 
-def _solve_part(plan: _Plan, k: int, folder: ModelFolder, reader: ShardReader, writers: dict[str, ShardWriter],
+def _solve_part(plan: Plan, k: int, folder: ModelFolder, reader: ShardReader, writers: dict[str, ShardWriter],
                 reg: Regularizer, options: SolveOptions) -> tuple[float, float, float, bool]:
     """Read, solve, rescale and write component ``k``; its ``(R before, R after, deficit, converged)``."""
     part = plan.parts[k]
@@ -205,7 +157,7 @@ def _staging(out: Path, replace: bool) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def _run(folder: ModelFolder, plan: _Plan, tmp: Path, reg: Regularizer, options: SolveOptions,
+def _run(folder: ModelFolder, plan: Plan, tmp: Path, reg: Regularizer, options: SolveOptions,
          report: CheckpointReport, progress: bool) -> None:
     from tqdm.auto import tqdm
 
@@ -232,16 +184,26 @@ def _run(folder: ModelFolder, plan: _Plan, tmp: Path, reg: Regularizer, options:
     report.tensors_read, report.bytes_read, report.reads = reader.tensors_read, reader.bytes_read, reader.reads
 
 
-def _regularizer(reg: RegularizerSpec) -> Regularizer:
-    regularizer = parse_regularizer(reg)
-    if regularizer.sum_of_powers is None:  # the untouched tensors' costs are summed as powers while copied
-        raise RegularizerError(f"out-of-core balancing takes sums of powers (l2, l1, 1*l2+0.01*l1, ...), not {reg!r}")
-    return regularizer
+def _logits(root: Path, length: int = 8) -> list[torch.Tensor]:
+    """The logits (the main output) of the folder ``root``'s model, loaded in memory, on fixed token ids."""
+    model = load_model(root)
+    vocab = int(getattr(model.config, "vocab_size", 2) or 2)
+    ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(*trace_inputs(model, length, ids))
+    return [out.logits if hasattr(out, "logits") else out[0]]
+
+
+def verify_folder(model_dir: Path, written: Path, where: str) -> None:
+    """Raise :class:`~synbal.errors.VerificationError` unless the two folders' models give the same logits."""
+    before = _logits(model_dir)
+    verify_outputs(before, _logits(written), where)
 
 
 def balance_checkpoint(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], reg: RegularizerSpec = "l2",
                        *, tol: float = 1e-10, max_sweeps: int = 10_000, replace: bool = False,
-                       max_component_bytes: int | None = None, progress: bool = False) -> CheckpointReport:
+                       max_component_bytes: int | None = None, progress: bool = False,
+                       verify: bool = False) -> CheckpointReport:
     """Balance the Hugging Face model folder ``model_dir`` out of core into ``out_dir`` (see the module docstring).
 
     Bad input raises a :class:`~synbal.errors.SynbalError` (a :class:`~synbal.errors.CheckpointError`
@@ -260,17 +222,17 @@ def balance_checkpoint(model_dir: str | os.PathLike[str], out_dir: str | os.Path
     ...     print(str(exc).split("(")[1].split(")")[0], os.path.exists(root + ".out"))
     pytorch_model.bin False
     """
-    regularizer = _regularizer(reg)
+    regularizer = checkpoint_regularizer(reg)
     root, out = Path(model_dir), Path(out_dir)
     folder = open_folder(root)
     _check_out(root, out, replace)
     report = CheckpointReport(str(root), str(out), str(regularizer), checkpoint_bytes=folder.nbytes,
                               left_out=list(folder.left_out))
     start = time.perf_counter()
-    plan = _plan(folder)
+    plan = plan_checkpoint(folder)
     report.discovery_seconds = time.perf_counter() - start
     report.groups, report.components = plan.discovery.n, len(plan.parts)
-    sizes = [_part_bytes(plan, folder, k) for k in range(len(plan.parts))]
+    sizes = [plan.part_bytes(folder, k) for k in range(len(plan.parts))]
     report.largest_component_bytes = max(sizes, default=0)
     if max_component_bytes is not None and report.largest_component_bytes > max_component_bytes:
         k = int(np.argmax(sizes))
@@ -281,5 +243,8 @@ def balance_checkpoint(model_dir: str | os.PathLike[str], out_dir: str | os.Path
         _run(folder, plan, tmp, regularizer, SolveOptions(tol=tol, max_sweeps=max_sweeps), report, progress)
         for name in folder.other_files:
             shutil.copy2(folder.root / name, tmp / name)
+        if verify:
+            verify_folder(folder.root, tmp, f"written folder {out}")
+            report.verified = True
     report.balance_seconds = time.perf_counter() - start
     return report

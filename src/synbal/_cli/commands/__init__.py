@@ -62,6 +62,9 @@ def add_model_options(parser: argparse.ArgumentParser, *, verify: bool) -> None:
                            "non-empty output folder (it is swapped out only once the new one is complete)")
         group.add_argument("--max-component-mb", type=float, metavar="MB",
                            help="a model folder input: refuse if one independent component's tensors exceed MB")
+        group.add_argument("--verify", action="store_true",
+                           help="a model folder input: load the input and the written folder in memory in turn and "
+                           "check they give the same logits (off by default: the model must fit in memory)")
 
 
 def is_model_input(args: argparse.Namespace) -> bool:

@@ -5,7 +5,8 @@ degree, relative deficit and status (free, dead, …), per-layer sums for layere
 totals (regularizer, overall deficit, max relative deficit, Frobenius norm); ``--json`` prints
 the same as strict JSON (non-finite numbers as ``null``, listed with their values under
 ``non_finite``). PyTorch model inputs go to
-:func:`synbal._cli.commands.model_files.inspect_model_file`.
+:func:`synbal._cli.commands.model_files.inspect_model_file`; a Hugging Face model folder (``config.json``
+and safetensors shards) is measured out of core there, one component in memory at a time.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_network_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--max-rows", type=int, default=None, help="show at most this many units in the table")
+    p.add_argument("--progress", action="store_true", help="show a progress bar (a model folder: one step per shard)")
     add_model_options(p, verify=False)
 
 

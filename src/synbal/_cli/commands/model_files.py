@@ -5,9 +5,11 @@
 * ``synbal balance --factory pkg.module:function --weights W.safetensors -o OUT.safetensors`` —
   the factory builds the model, the weights are loaded with safetensors, the balanced state is
   saved with safetensors.
-* ``synbal balance MODEL_DIR -o OUT_DIR [--replace] [--max-component-mb N]`` — a Hugging Face model
+* ``synbal balance MODEL_DIR -o OUT_DIR [--replace] [--max-component-mb N] [--verify]`` — a Hugging Face model
   folder (``config.json`` and safetensors shards), balanced out of core by
   :func:`synbal.torch.balance_checkpoint` (exact solver, one component in memory at a time).
+* ``synbal inspect MODEL_DIR [--reg SPEC] [--json] [--max-rows N] [--progress]`` — the balance of such
+  a folder, measured out of core by :func:`synbal.torch.inspect_checkpoint`.
 
 Example inputs come from the program (when stored) or ``--example-shape``. Unless
 ``--no-verify``, the written file is read back and run on the example inputs, and must compute
@@ -97,19 +99,25 @@ def _read_back(loaded: LoadedModel, out: Path) -> Any:
     return model
 
 
+def _folder_only(args: argparse.Namespace) -> None:
+    """A model folder brings its config and weights; options naming others are refused."""
+    if _opt(args, "factory") or _opt(args, "weights"):
+        raise SynbalError("a model folder brings its own config and weights: drop --factory and --weights")
+
+
 def _balance_folder(args: argparse.Namespace) -> int:
     """``synbal balance MODEL_DIR -o OUT_DIR``: out-of-core balancing of a Hugging Face model folder."""
     from synbal._adapters.torch.out_of_core import balance_checkpoint
 
-    if _opt(args, "factory") or _opt(args, "weights"):
-        raise SynbalError("a model folder brings its own config and weights: drop --factory and --weights")
+    _folder_only(args)
     if _opt(args, "method", "exact") != "exact":
         raise SynbalError(f"a model folder is balanced with method exact, not {_opt(args, 'method')!r}")
     limit = _opt(args, "max_component_mb")
     report = balance_checkpoint(
         _opt(args, "input"), _opt(args, "output"), _opt(args, "reg", "l2"), tol=_opt(args, "tol", 1e-10),
         max_sweeps=_opt(args, "max_sweeps", 10_000), replace=bool(_opt(args, "replace", False)),
-        max_component_bytes=None if limit is None else int(limit * 2**20), progress=bool(_opt(args, "progress")))
+        max_component_bytes=None if limit is None else int(limit * 2**20), progress=bool(_opt(args, "progress")),
+        verify=bool(_opt(args, "verify", False)))
     if _opt(args, "report"):
         text = json_text(report.as_dict())
         atomic_write_all([(_opt(args, "report"), lambda tmp: tmp.write_text(text, encoding="utf-8"))])
@@ -123,6 +131,7 @@ def _balance_folder(args: argparse.Namespace) -> int:
           f"balance {report.balance_seconds:.3g} s")
     print(f"  read {report.tensors_read} tensors, {report.bytes_read} bytes in {report.reads} reads "
           f"({report.checkpoint_reads:.3f} x the checkpoint's {report.checkpoint_bytes} bytes)")
+    print(f"  function {'verified (same logits)' if report.verified else 'not checked (--verify loads it in memory)'}")
     if report.left_out:
         print(f"  not copied (weights in other formats, unbalanced): {', '.join(report.left_out)}")
     return 0
@@ -186,8 +195,23 @@ def balance_model_file(args: argparse.Namespace, *, sets: list[list[str]] | None
     return 0
 
 
+def _inspect_folder(args: argparse.Namespace) -> int:
+    """``synbal inspect MODEL_DIR``: the balance of a Hugging Face model folder, measured out of core."""
+    from synbal._adapters.torch.checkpoint_inspect import inspect_checkpoint
+
+    _folder_only(args)
+    report = inspect_checkpoint(_opt(args, "input"), _opt(args, "reg", "l2"), progress=bool(_opt(args, "progress")))
+    if _opt(args, "json", False):
+        print(json_text(report.as_dict()), end="")
+    else:
+        print(report.format_table(_opt(args, "max_rows")))
+    return 0
+
+
 def inspect_model_file(args: argparse.Namespace) -> int:
     """Print a model file's scalable groups, excluded units, and per-group balance; returns 0."""
+    if _opt(args, "input") and Path(_opt(args, "input")).is_dir():
+        return _inspect_folder(args)
     loaded = load_model_file(args)
     info = inspect(loaded.model, loaded.example_inputs)
     info.model_name = str(_opt(args, "factory") or Path(str(_opt(args, "input"))).name)
