@@ -22,7 +22,8 @@ import numpy as np
 
 from synbal._problem.problem import BalanceProblem, Records
 
-__all__ = ["DeficitReport", "LayerBalance", "UnitArrays", "UnitBalance", "deficit_report", "report_of", "unit_arrays"]
+__all__ = ["DeficitReport", "LayerBalance", "UnitArrays", "UnitBalance", "deficit_report", "label_totals", "report_of",
+           "unit_arrays"]
 
 
 
@@ -200,19 +201,29 @@ def deficit_report(
                      regularizer_value=problem.value(u), frobenius_norm=frobenius_norm, excluded=excluded)
 
 
+def label_totals(label: np.ndarray, m: int, IN: np.ndarray, OUT: np.ndarray, rel: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per label ``0..m-1`` (``label[i]`` is unit ``i``'s): the count, summed IN and OUT, and the
+    largest ``rel`` (0 for an empty label; ``rel`` is 0 for units that should not count).
+
+    >>> [t.tolist() for t in label_totals(np.array([0, 1, 0]), 2, np.ones(3), np.arange(3.0), np.array([.1, .3, .2]))]
+    [[2, 1], [2.0, 1.0], [2.0, 1.0], [0.2, 0.3]]
+    """
+    worst = np.zeros(m)
+    np.maximum.at(worst, label, rel)
+    return (np.bincount(label, minlength=m), np.bincount(label, IN, minlength=m), np.bincount(label, OUT, minlength=m),
+            worst)
+
+
 def _layer_balance(layers: list[np.ndarray], IN: np.ndarray, OUT: np.ndarray, rel: np.ndarray
                    ) -> Sequence[LayerBalance]:
     """Per layer: its size, summed IN and OUT, and the largest relative deficit of its free units
     (``rel`` is 0 for the others); one pass over all units, whatever the number of layers."""
     if not layers:
         return []
-    sizes = np.array([layer.size for layer in layers])
     members = np.concatenate(layers)
-    layer_of = np.repeat(np.arange(len(layers)), sizes)
-    ins = np.bincount(layer_of, IN[members], minlength=len(layers))
-    outs = np.bincount(layer_of, OUT[members], minlength=len(layers))
-    worst = np.zeros(len(layers))
-    np.maximum.at(worst, layer_of, rel[members])
+    layer_of = np.repeat(np.arange(len(layers)), [layer.size for layer in layers])
+    sizes, ins, outs, worst = label_totals(layer_of, len(layers), IN[members], OUT[members], rel[members])
 
     def layer(k: int) -> LayerBalance:
         return LayerBalance(index=k, units=int(sizes[k]), IN=float(ins[k]), OUT=float(outs[k]),

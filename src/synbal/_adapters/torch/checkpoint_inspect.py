@@ -32,7 +32,7 @@ from synbal._adapters.torch.components import sub_discovery
 from synbal._adapters.torch.extract import build_problem
 from synbal._adapters.torch.hf_folder import ModelFolder, open_folder
 from synbal._adapters.torch.safetensors_io import ShardReader
-from synbal._problem.metrics import DeficitReport, UnitArrays, report_of, unit_arrays
+from synbal._problem.metrics import DeficitReport, UnitArrays, label_totals, report_of, unit_arrays
 from synbal._problem.regularizers import Regularizer, RegularizerSpec, parse_regularizer
 
 __all__ = ["CheckpointInspection", "ComponentBalance", "LayerSummary", "inspect_checkpoint"]
@@ -216,7 +216,7 @@ def _measure_part(plan: Plan, k: int, folder: ModelFolder, reader: ShardReader, 
                   walk: _Walk) -> None:
     """Read component ``k``'s tensors, measure its problem, put its groups' numbers in place."""
     part = plan.parts[k]
-    tensors = {n: reader.tensor(folder.shards[folder.weight_map[plan.key[n]]], plan.key[n]) for n in part.params}
+    tensors = plan.read_part(folder, reader, k)
     sub = sub_discovery(plan.discovery, part, tensors)
     reg, l2 = regs
     problem = build_problem(sub, reg)
@@ -239,14 +239,16 @@ def _walk(folder: ModelFolder, plan: Plan, reg: Regularizer, reader: ShardReader
 
     walk = _empty(plan.discovery.n)
     regs = (reg, parse_regularizer("l2"))
+    same = str(reg) == str(regs[1])  # R is the sum of squares: the Frobenius norm needs no second pass
     costed = {plan.key[n]: n for n in plan.fixed}
     pending = list(range(len(plan.parts)))
     with tqdm(total=len(folder.shards), unit="shard", desc="inspecting shards", disable=not progress) as bar:
         for file, header in folder.shards.items():
             for key in [key for key in header.tensors if key in costed]:
                 for piece in reader.pieces(header, key):
-                    walk.value += piece_cost(reg, costed[key], header.tensors[key], piece)
-                    walk.l2 += piece_cost(regs[1], costed[key], header.tensors[key], piece)
+                    cost = piece_cost(reg, costed[key], header.tensors[key], piece)
+                    walk.value += cost
+                    walk.l2 += cost if same else piece_cost(regs[1], costed[key], header.tensors[key], piece)
             for k in [k for k in pending if file in plan.part_shards[k]]:
                 _measure_part(plan, k, folder, reader, regs, walk)
                 pending.remove(k)
@@ -261,13 +263,10 @@ def _layers(names: list[str], walk: _Walk) -> list[LayerSummary]:
     codes: dict[str, int] = {}
     of = np.array([codes.setdefault(n.rsplit("[", 1)[0], len(codes)) for n in names], dtype=np.int64)
     m = len(codes)
-    count = np.bincount(of, minlength=m)
-    IN, OUT = np.bincount(of, a.IN, minlength=m), np.bincount(of, a.OUT, minlength=m)
     free_rel = np.where(a.free, a.relative, 0.0)
+    count, IN, OUT, worst = label_totals(of, m, a.IN, a.OUT, free_rel)
     n_free = np.bincount(of, a.free.astype(np.float64), minlength=m)
     mean = np.divide(np.bincount(of, free_rel, minlength=m), n_free, out=np.zeros(m), where=n_free > 0)
-    worst = np.zeros(m)
-    np.maximum.at(worst, of, free_rel)
     first = np.unique(of, return_index=True)[1]  # each layer's first group (codes are 0..m-1, in order)
     return [LayerSummary(name, int(walk.component_of[first[j]]), int(count[j]), float(IN[j]), float(OUT[j]),
                          float(worst[j]), float(mean[j])) for name, j in codes.items()]

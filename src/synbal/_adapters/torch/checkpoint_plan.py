@@ -28,7 +28,7 @@ from synbal._adapters.torch.components import Component, components
 from synbal._adapters.torch.discovery import Discovery, discover
 from synbal._adapters.torch.extract import power_sums
 from synbal._adapters.torch.hf_folder import ModelFolder, meta_model, trace_inputs
-from synbal._adapters.torch.safetensors_io import TensorEntry
+from synbal._adapters.torch.safetensors_io import ShardReader, TensorEntry
 from synbal._problem.regularizers import Regularizer, RegularizerSpec, parse_regularizer
 from synbal.errors import CheckpointError, RegularizerError
 
@@ -53,6 +53,11 @@ class Plan:
     def part_bytes(self, folder: ModelFolder, k: int) -> int:
         """Bytes of component ``k``'s tensors in the checkpoint."""
         return sum(self.entry(folder, n).nbytes for n in self.parts[k].params)
+
+    def read_part(self, folder: ModelFolder, reader: ShardReader, k: int) -> dict[str, torch.Tensor]:
+        """Component ``k``'s tensors by canonical name, each read once through ``reader``."""
+        return {n: reader.tensor(folder.shards[folder.weight_map[self.key[n]]], self.key[n])
+                for n in self.parts[k].params}
 
 
 def _checkpoint_keys(model: nn.Module, d: Discovery, folder: ModelFolder) -> dict[str, str]:

@@ -124,17 +124,15 @@ def _copy_fixed(file: str, folder: ModelFolder, writer: ShardWriter, reader: Sha
 def _solve_part(plan: Plan, k: int, folder: ModelFolder, reader: ShardReader, writers: dict[str, ShardWriter],
                 reg: Regularizer, options: SolveOptions) -> tuple[float, float, float, bool]:
     """Read, solve, rescale and write component ``k``; its ``(R before, R after, deficit, converged)``."""
-    part = plan.parts[k]
-    names = {n: plan.key[n] for n in part.params}
-    tensors = {n: reader.tensor(folder.shards[folder.weight_map[key]], key) for n, key in names.items()}
-    sub = sub_discovery(plan.discovery, part, tensors)
+    tensors = plan.read_part(folder, reader, k)
+    sub = sub_discovery(plan.discovery, plan.parts[k], tensors)
     problem = build_problem(sub, reg)
     result = solve(problem, reg, "exact", options)
     final = _final_state(problem, reg, result, None)
     for name, (rf, cf) in row_col_factors(sub, final.u).items():
         scale_parameter(tensors[name], rf, cf)
-    for name, key in names.items():
-        writers[folder.weight_map[key]].write_tensor(key, tensors[name])
+    for name, tensor in tensors.items():
+        writers[folder.weight_map[plan.key[name]]].write_tensor(plan.key[name], tensor)
     return final.before, final.after, final.deficit, bool(result.converged)
 
 
