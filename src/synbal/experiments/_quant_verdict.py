@@ -96,11 +96,9 @@ def _goal_4bit(table: dict, floats: dict, cells: list[tuple[str, str]], peers: l
 
 def _float_accuracy(float_rows: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
     """``(dataset, model) → mean float accuracy`` of the unequalized originals."""
-    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for r in float_rows:
-        if r["arm"] == "none" and not r.get("rescaled", False):
-            groups[(r["dataset"], r["model"])].append(float(r["accuracy"]))
-    return {k: float(np.mean(v)) for k, v in groups.items()}
+    originals = [{**r, "granularity": "float", "bits": 32} for r in float_rows
+                 if r["arm"] == "none" and not r.get("rescaled", False)]
+    return {(ds, model): mean for (ds, model, *_), (mean, _, _) in means(originals).items()}
 
 
 def _goal_rescaled(table: dict, ours: list[str], everyone: list[str]) -> dict[str, Any]:

@@ -161,6 +161,13 @@ class RayBackend:
             raise SynbalError(f"cannot {where}: {exc}") from exc
         return True
 
+    def _value(self, ref: Any) -> Any:
+        """A finished task's value, or its error (reported, not raised: the grid records the others)."""
+        try:
+            return self.ray.get(ref)
+        except (self.ray.exceptions.RayTaskError, self.ray.exceptions.RayError) as exc:
+            return exc
+
     def on_each_node(self, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
         """``fn(*args)`` as one task pinned to each alive node with a CPU (node id → value, or the
         task's exception): a probe of what every worker machine can do, not just the first one."""
@@ -173,13 +180,7 @@ class RayBackend:
             task = ray.remote(num_cpus=1, max_retries=self.retries)(fn)
             refs = {node: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
                     .remote(*args) for node in nodes}
-            out: dict[str, Any] = {}
-            for node, r in refs.items():
-                try:
-                    out[node] = ray.get(r)
-                except (ray.exceptions.RayTaskError, ray.exceptions.RayError) as exc:
-                    out[node] = exc
-            return out
+            return {node: self._value(r) for node, r in refs.items()}
         finally:
             if started:
                 ray.shutdown()
@@ -204,11 +205,7 @@ class RayBackend:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for r in done:
-                    i = pending.pop(r)
-                    try:
-                        yield i, ray.get(r)
-                    except (ray.exceptions.RayTaskError, ray.exceptions.RayError) as exc:
-                        yield i, exc
+                    yield pending.pop(r), self._value(r)
         finally:
             if started:
                 ray.shutdown()
